@@ -1,0 +1,38 @@
+"""Sample data contributions (File > Open Sample)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .samples import load_sample
+
+__all__ = ["generated_nuclei", "stardist_nuclei"]
+
+
+def _layers(name: str) -> list[tuple[Any, dict[str, Any], str]]:
+    sample = load_sample(name)
+    return [
+        (sample.image, {"name": sample.name}, "image"),
+        (
+            sample.boxes_yx_corners(),
+            {
+                "name": "SAM prompts",
+                "shape_type": "rectangle",
+                "edge_color": "yellow",
+                "face_color": "transparent",
+                "edge_width": 2,
+            },
+            "shapes",
+        ),
+    ]
+
+
+def generated_nuclei() -> list[tuple[Any, dict[str, Any], str]]:
+    """Generated nuclei (works with any extras) and a few box prompts."""
+    return _layers("nuclei")
+
+
+def stardist_nuclei() -> list[tuple[Any, dict[str, Any], str]]:
+    """StarDist's 2D nuclei image (needs the ``stardist`` extra)."""
+    sample = load_sample("stardist")
+    return [(sample.image, {"name": sample.name}, "image")]

@@ -1,0 +1,138 @@
+"""``cellsparse``: the command-line front end of the engine (no window, no Qt)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CellsparseError
+from .progress import Progress
+
+__all__ = ["main"]
+
+log = logging.getLogger("napari_cellsparse")
+
+
+def _print_progress(event: Progress) -> None:
+    if event.total:
+        pct = 100.0 * event.step / event.total
+        print(f"\r{event.message}: {pct:5.1f}%", end="", file=sys.stderr, flush=True)
+        if event.step >= event.total:
+            print(file=sys.stderr)
+
+
+def _read_image(spec: str) -> tuple[np.ndarray, str]:
+    from .errors import BadInputError
+
+    if spec.startswith("sample:"):
+        from .samples import load_sample
+
+        name = spec.split(":", 1)[1]
+        return load_sample(name).image, f"sample_{name}"
+    path = Path(spec)
+    if not path.is_file():
+        raise BadInputError(f"The image file {path} does not exist.")
+    import tifffile
+
+    try:
+        image = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else None
+        if image is None:
+            from skimage.io import imread
+
+            image = imread(path)
+    except Exception as err:
+        raise BadInputError(f"Could not read the image {path}: {err}") from err
+    return np.asarray(image), path.stem
+
+
+def _cmd_sam(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from .labels import paint_masks, write_objects_csv
+    from .samples import read_boxes
+    from .sam.embedding import EmbeddingCache
+    from .sam.prompting import SamPrompter
+
+    image, stem = _read_image(args.image)
+    boxes = read_boxes(args.boxes)
+    cache = EmbeddingCache(disk_dir=args.cache_dir) if args.cache_dir else None
+    prompter = SamPrompter.load(args.model, args.weights, args.device, cache)
+    print(f"SAM {args.model} on {prompter.device}; {len(boxes)} boxes", file=sys.stderr)
+    from .progress import run_sync
+
+    run_sync(prompter.set_image(image, args.channels), progress=_print_progress)
+    masks = prompter.boxes(boxes)
+    labels = np.zeros(image.shape[:2], dtype=np.int32)
+    ids = paint_masks(labels, masks)
+    scores = {i: m.score for i, m in zip(ids, [m for m in masks if m.area], strict=False)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tif = out / f"{stem}_labels.tif"
+    table = out / f"{stem}_objects.csv"
+    tifffile.imwrite(tif, labels, compression="zlib")
+    rows = write_objects_csv(table, labels, scores)
+    print(f"wrote {tif} and {table} ({rows} objects)")
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from .sam.weights import CHECKPOINTS, download, weights_dir
+
+    if args.action == "list":
+        for ckpt in CHECKPOINTS.values():
+            have = (weights_dir() / ckpt.filename).is_file()
+            print(f"{ckpt.model_type}\t{ckpt.size_mb} MB\t{'cached' if have else 'missing'}\t{ckpt.url}")
+        print(f"cache folder: {weights_dir()}")
+        return 0
+    path = download(args.model, args.url, args.sha256)
+    print(f"saved {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cellsparse`` argument parser."""
+    parser = argparse.ArgumentParser(prog="cellsparse", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sam = sub.add_parser("sam", help="segment objects from SAM box prompts")
+    sam.add_argument("--image", required=True, help="image file, or sample:nuclei / sample:stardist")
+    sam.add_argument("--boxes", required=True, help="CSV with header x0,y0,x1,y1 (image pixels)")
+    sam.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
+    sam.add_argument("--weights", help="checkpoint file (default: the cached official one)")
+    sam.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    sam.add_argument("--channels", type=int, nargs="+", help="channel indices to use (YXC images)")
+    sam.add_argument("--cache-dir", help="keep image embeddings on disk in this folder")
+    sam.add_argument("--out", default="out", help="output folder")
+    sam.set_defaults(func=_cmd_sam)
+
+    weights = sub.add_parser("weights", help="list or download SAM checkpoints")
+    weights.add_argument("action", choices=["list", "download"])
+    weights.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
+    weights.add_argument("--url", help="download from this mirror instead")
+    weights.add_argument("--sha256", help="expected checksum for --url")
+    weights.set_defaults(func=_cmd_weights)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cellsparse``; returns the exit status (2 for a problem the user can fix)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CellsparseError as err:
+        print(f"cellsparse: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cellsparse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Where computation runs: one function resolves ``auto`` to CUDA, then Apple MPS, then CPU."""
+
+from __future__ import annotations
+
+from .errors import BadInputError
+
+__all__ = ["available_devices", "resolve_device"]
+
+
+def available_devices() -> list[str]:
+    """Devices torch can use here, best first (always ends with ``"cpu"``)."""
+    from ._lazy import import_torch
+
+    torch = import_torch()
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    found.append("cpu")
+    return found
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """Turn ``"auto"`` (or None) into the best device; check an explicit one exists."""
+    found = available_devices()
+    if device in (None, "", "auto"):
+        return found[0]
+    name = device.split(":")[0]
+    if name not in found:
+        raise BadInputError(
+            f"Device {device!r} is not available on this computer; available: {', '.join(found)}."
+        )
+    return device

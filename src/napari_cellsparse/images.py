@@ -1,0 +1,84 @@
+"""Image checks and the one percentile normalisation every model input goes through."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import BadInputError
+
+__all__ = ["as_yxc", "normalize_percentile", "to_rgb_uint8"]
+
+MAX_CHANNELS = 4
+
+
+def normalize_percentile(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, axis: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """Scale ``image`` so that its ``low``/``high`` percentiles map to 0/1 (float32, unclipped).
+
+    ``axis`` selects the axes the percentiles are taken over (None: all of them); a constant
+    image maps to zeros rather than dividing by zero.
+    """
+    data = np.asarray(image, dtype=np.float32)
+    lo = np.percentile(data, low, axis=axis, keepdims=True).astype(np.float32)
+    hi = np.percentile(data, high, axis=axis, keepdims=True).astype(np.float32)
+    scale = np.where(hi - lo > 1e-12, hi - lo, np.float32(1.0))
+    return (data - lo) / scale
+
+
+def as_yxc(image: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
+    """Return a 2D image as YXC (C in 1..4), checking shape, dtype and values.
+
+    ``image`` is YX or YXC (channels last, at most 4). ``channels`` picks some of them.
+    Stacks must be sliced by the caller (the viewer's current slice, or per slice).
+    """
+    data = np.asarray(image)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise BadInputError(f"Images must be integer or floating point, not {data.dtype}.")
+    if data.ndim == 2:
+        data = data[..., None]
+    elif data.ndim != 3 or data.shape[-1] > MAX_CHANNELS:
+        raise BadInputError(
+            f"Expected a 2D image (YX) or a 2D image with up to {MAX_CHANNELS} channels last "
+            f"(YXC); got shape {data.shape}. For a stack, pick one slice (or use axes='ZYX')."
+        )
+    if min(data.shape[:2]) < 2:
+        raise BadInputError(f"The image is too small to segment: shape {data.shape}.")
+    if channels is not None:
+        chosen = list(channels)
+        bad = [c for c in chosen if not 0 <= c < data.shape[-1]]
+        if not chosen or bad:
+            raise BadInputError(
+                f"Channels {chosen} do not exist; the image has {data.shape[-1]} channel(s)."
+            )
+        data = data[..., chosen]
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise BadInputError("The image contains NaN or infinite values.")
+    return data
+
+
+def to_rgb_uint8(image: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
+    """Turn any supported 2D image into the HxWx3 uint8 RGB that SAM expects.
+
+    One channel is repeated three times; two channels fill red and green; three are used as
+    they are; of four, the first three are used unless ``channels`` says otherwise. An RGB
+    uint8 picture is kept as it is (its colours mean something); anything else is stretched
+    per channel between its 1st and 99.8th percentiles.
+    """
+    data = as_yxc(image, channels)
+    if data.shape[-1] == MAX_CHANNELS and channels is None:
+        data = data[..., :3]
+    if data.dtype == np.uint8 and data.shape[-1] == 3:
+        return np.ascontiguousarray(data)
+    scaled = normalize_percentile(data, axis=(0, 1))
+    rgb = np.zeros((*data.shape[:2], 3), dtype=np.uint8)
+    converted = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if converted.shape[-1] == 1:
+        rgb[:] = converted
+    else:
+        rgb[..., : converted.shape[-1]] = converted
+    return rgb

@@ -1,0 +1,63 @@
+"""Writing objects into a sparse annotation without losing what is already there.
+
+Convention (shared with cellsparse-api): ``0`` = not annotated, ``1`` = background,
+``2, 3, ...`` = one id per cell. A new object takes the next free id and is painted only
+over unannotated or background pixels: cells already annotated are never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .sam.upsample import PromptMask
+
+__all__ = ["FIRST_CELL_ID", "next_free_id", "paint_masks", "write_objects_csv"]
+
+FIRST_CELL_ID = 2
+
+
+def next_free_id(labels: np.ndarray) -> int:
+    """The id a new cell gets: one above the largest, and never below 2."""
+    top = int(labels.max()) if labels.size else 0
+    return max(top + 1, FIRST_CELL_ID)
+
+
+def paint_masks(labels: np.ndarray, masks: Iterable[PromptMask], start_id: int | None = None) -> list[int]:
+    """Paint ``masks`` into ``labels`` in place with consecutive new ids; return the ids.
+
+    Empty masks are skipped (no id is used for them). Pixels of existing cells stay.
+    """
+    next_id = next_free_id(labels) if start_id is None else start_id
+    ids = []
+    for item in masks:
+        region = labels[item.slices]
+        write = item.mask & (region < FIRST_CELL_ID)
+        if not write.any():
+            continue
+        region[write] = next_id
+        ids.append(next_id)
+        next_id += 1
+    return ids
+
+
+def write_objects_csv(path: str | Path, labels: np.ndarray, scores: dict[int, float] | None = None) -> int:
+    """One row per object of ``labels`` (id, centroid y/x, area, bbox, score); returns rows."""
+    from skimage.measure import regionprops
+
+    scores = scores or {}
+    rows = 0
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", "centroid_y", "centroid_x", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "score"])
+        for region in regionprops(labels.astype(np.int32)):
+            cy, cx = region.centroid
+            y0, x0, y1, x1 = region.bbox
+            score = scores.get(region.label)
+            out.writerow([region.label, f"{cy:.2f}", f"{cx:.2f}", int(region.area), y0, x0, y1, x1,
+                          "" if score is None else f"{score:.4f}"])
+            rows += 1
+    return rows

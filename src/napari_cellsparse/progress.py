@@ -1,0 +1,59 @@
+"""Long work as generators: yield :class:`Progress`, return the result.
+
+The UI runs such a generator in a napari ``thread_worker`` (each yield is a chance to report
+and to cancel); the CLI, the server and the tests drain it with :func:`run_sync`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import CancelledError
+
+__all__ = ["Progress", "ProgressCallback", "check_cancel", "run_sync"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event: ``step`` of ``total`` done, with a short message."""
+
+    step: int
+    total: int
+    message: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise :class:`CancelledError` when ``cancel`` is set."""
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("Cancelled by the user.")
+
+
+def run_sync(
+    work: Generator[Progress, None, T],
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> T:
+    """Drain a progress generator and return its result.
+
+    ``cancel`` is checked after every step; when set, the generator is closed (so it can
+    clean up) and :class:`CancelledError` is raised.
+    """
+    try:
+        while True:
+            event = next(work)
+            if progress is not None:
+                progress(event)
+            if cancel is not None and cancel.is_set():
+                work.close()
+                raise CancelledError("Cancelled by the user.")
+    except StopIteration as stop:
+        return stop.value
