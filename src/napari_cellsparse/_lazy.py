@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -92,6 +93,9 @@ def import_mobile_sam() -> ModuleType:
     """Import ``mobile_sam`` (MobileSAM vit_t, from the ``mobilesam-mirror`` package)."""
     import_torch()
     try:
-        return importlib.import_module("mobile_sam")
+        with warnings.catch_warnings():
+            # mobile_sam re-registers timm's TinyViT names and uses deprecated timm paths.
+            warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+            return importlib.import_module("mobile_sam")
     except ImportError as err:
         raise BackendUnavailableError("MobileSAM (mobilesam-mirror)", "sam", err) from err
