@@ -54,9 +54,9 @@ def _cmd_sam(args: argparse.Namespace) -> int:
     import tifffile
 
     from .labels import paint_masks, write_objects_csv
-    from .samples import read_boxes
     from .sam.embedding import EmbeddingCache
     from .sam.prompting import SamPrompter
+    from .samples import read_boxes
 
     image, stem = _read_image(args.image)
     boxes = read_boxes(args.boxes)
@@ -85,8 +85,8 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         for ckpt in CHECKPOINTS.values():
-            have = (weights_dir() / ckpt.filename).is_file()
-            print(f"{ckpt.model_type}\t{ckpt.size_mb} MB\t{'cached' if have else 'missing'}\t{ckpt.url}")
+            have = "cached" if (weights_dir() / ckpt.filename).is_file() else "missing"
+            print(f"{ckpt.model_type}\t{ckpt.size_mb} MB\t{have}\t{ckpt.url}")
         print(f"cache folder: {weights_dir()}")
         return 0
     path = download(args.model, args.url, args.sha256)
@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sam = sub.add_parser("sam", help="segment objects from SAM box prompts")
-    sam.add_argument("--image", required=True, help="image file, or sample:nuclei / sample:stardist")
+    sam.add_argument(
+        "--image", required=True, help="image file, or sample:nuclei / sample:stardist"
+    )
     sam.add_argument("--boxes", required=True, help="CSV with header x0,y0,x1,y1 (image pixels)")
     sam.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
     sam.add_argument("--weights", help="checkpoint file (default: the cached official one)")

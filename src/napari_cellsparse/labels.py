@@ -15,7 +15,7 @@ import numpy as np
 
 from .sam.upsample import PromptMask
 
-__all__ = ["FIRST_CELL_ID", "next_free_id", "paint_masks", "write_objects_csv"]
+__all__ = ["FIRST_CELL_ID", "next_free_id", "paint_masks", "writable", "write_objects_csv"]
 
 FIRST_CELL_ID = 2
 
@@ -26,7 +26,14 @@ def next_free_id(labels: np.ndarray) -> int:
     return max(top + 1, FIRST_CELL_ID)
 
 
-def paint_masks(labels: np.ndarray, masks: Iterable[PromptMask], start_id: int | None = None) -> list[int]:
+def writable(region: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` a new object may take in ``region``: unannotated or background."""
+    return mask & (region < FIRST_CELL_ID)
+
+
+def paint_masks(
+    labels: np.ndarray, masks: Iterable[PromptMask], start_id: int | None = None
+) -> list[int]:
     """Paint ``masks`` into ``labels`` in place with consecutive new ids; return the ids.
 
     Empty masks are skipped (no id is used for them). Pixels of existing cells stay.
@@ -35,7 +42,7 @@ def paint_masks(labels: np.ndarray, masks: Iterable[PromptMask], start_id: int |
     ids = []
     for item in masks:
         region = labels[item.slices]
-        write = item.mask & (region < FIRST_CELL_ID)
+        write = writable(region, item.mask)
         if not write.any():
             continue
         region[write] = next_id
@@ -44,7 +51,9 @@ def paint_masks(labels: np.ndarray, masks: Iterable[PromptMask], start_id: int |
     return ids
 
 
-def write_objects_csv(path: str | Path, labels: np.ndarray, scores: dict[int, float] | None = None) -> int:
+def write_objects_csv(
+    path: str | Path, labels: np.ndarray, scores: dict[int, float] | None = None
+) -> int:
     """One row per object of ``labels`` (id, centroid y/x, area, bbox, score); returns rows."""
     from skimage.measure import regionprops
 
@@ -52,12 +61,35 @@ def write_objects_csv(path: str | Path, labels: np.ndarray, scores: dict[int, fl
     rows = 0
     with open(path, "w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["id", "centroid_y", "centroid_x", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "score"])
+        out.writerow(
+            [
+                "id",
+                "centroid_y",
+                "centroid_x",
+                "area",
+                "bbox_y0",
+                "bbox_x0",
+                "bbox_y1",
+                "bbox_x1",
+                "score",
+            ]
+        )
         for region in regionprops(labels.astype(np.int32)):
             cy, cx = region.centroid
             y0, x0, y1, x1 = region.bbox
             score = scores.get(region.label)
-            out.writerow([region.label, f"{cy:.2f}", f"{cx:.2f}", int(region.area), y0, x0, y1, x1,
-                          "" if score is None else f"{score:.4f}"])
+            out.writerow(
+                [
+                    region.label,
+                    f"{cy:.2f}",
+                    f"{cx:.2f}",
+                    int(region.area),
+                    y0,
+                    x0,
+                    y1,
+                    x1,
+                    "" if score is None else f"{score:.4f}",
+                ]
+            )
             rows += 1
     return rows

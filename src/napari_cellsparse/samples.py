@@ -61,12 +61,16 @@ def load_sample(name: str = "nuclei") -> Sample:
     """Load a sample by name (see :data:`SAMPLE_NAMES`)."""
     if name == "nuclei":
         image, labels = make_nuclei()
-        return Sample("nuclei (generated)", image, labels, read_boxes(sample_file("nuclei_boxes.csv")))
+        return Sample(
+            "nuclei (generated)", image, labels, read_boxes(sample_file("nuclei_boxes.csv"))
+        )
     if name == "stardist":
         try:
             from stardist.data import test_image_nuclei_2d
         except ImportError as err:
-            raise BackendUnavailableError("StarDist (for its sample image)", "stardist", err) from err
+            raise BackendUnavailableError(
+                "StarDist (for its sample image)", "stardist", err
+            ) from err
         image, labels = test_image_nuclei_2d(return_mask=True)
         return Sample("nuclei (StarDist sample)", image, labels.astype(np.int32), np.zeros((0, 4)))
     raise BadInputError(f"Unknown sample {name!r}; choose one of {', '.join(SAMPLE_NAMES)}.")

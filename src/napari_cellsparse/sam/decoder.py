@@ -61,7 +61,7 @@ class FastMaskDecoder:
         """Compute everything that depends only on the image embedding ``features``."""
         torch = self.torch
         with torch.inference_mode():
-            _, dim, h, w = features.shape
+            _, _dim, h, w = features.shape
             dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
             src = (features + dense).flatten(2)[0].transpose(0, 1).contiguous()
             pos = self.prompt_encoder.get_dense_pe().flatten(2)[0].transpose(0, 1).contiguous()
@@ -138,7 +138,9 @@ class FastMaskDecoder:
 
             q = queries + query_pe
             if index == 0:
-                attn_out = self._i2t(layer.cross_attn_image_to_token, None, q, queries, ctx.l0_i2t_q)
+                attn_out = self._i2t(
+                    layer.cross_attn_image_to_token, None, q, queries, ctx.l0_i2t_q
+                )
                 keys = layer.norm4(ctx.src + attn_out)
             else:
                 attn_out = self._i2t(layer.cross_attn_image_to_token, keys + ctx.pos, q, queries)
@@ -173,9 +175,7 @@ class FastMaskDecoder:
         out = torch.einsum("bhtd,hcd->bthc", px, w_v) + attn.v_proj.bias.view(heads, c)
         return attn.out_proj(out.reshape(batch, tokens, heads * c))
 
-    def _i2t(
-        self, attn: Any, q_in: Any, k_in: Any, v_in: Any, q_image: Any = None
-    ) -> Any:
+    def _i2t(self, attn: Any, q_in: Any, k_in: Any, v_in: Any, q_image: Any = None) -> Any:
         """The image attends to the tokens; ``q_image`` are precomputed scaled queries."""
         torch = self.torch
         batch, tokens, dim = k_in.shape

@@ -1,0 +1,1 @@
+"""napari dock widgets (Qt front ends of the engine), one widget per module."""

@@ -1,0 +1,143 @@
+"""The one helper that runs engine progress generators from a dock widget.
+
+It starts the generator in a napari ``thread_worker`` (or synchronously, for tests), maps
+its :class:`~napari_cellsparse.progress.Progress` events to a napari progress bar, routes
+errors to a notification a biologist can read, wires the Cancel button to ``quit()`` and
+disables the run buttons while busy. Results arrive on the main thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QWidget
+
+from ..errors import CancelledError, CellsparseError
+from ..progress import Progress
+
+__all__ = ["JobRunner", "friendly_message"]
+
+log = logging.getLogger(__name__)
+
+
+def friendly_message(err: BaseException) -> str:
+    """What to tell the user about ``err`` (our errors carry their own wording)."""
+    if isinstance(err, CellsparseError):
+        return str(err)
+    if isinstance(err, MemoryError):
+        return "Not enough memory for this image; try a smaller image or the vit_t model."
+    return f"Unexpected error ({type(err).__name__}: {err}). Details are in the log."
+
+
+class JobRunner:
+    """Runs one job at a time for a widget; ``synchronous=True`` runs in the caller's thread."""
+
+    def __init__(
+        self,
+        busy_widgets: Sequence[QWidget] = (),
+        cancel_button: QWidget | None = None,
+        status: Callable[[str], None] | None = None,
+    ) -> None:
+        self.busy_widgets = list(busy_widgets)
+        self.cancel_button = cancel_button
+        self.status = status or (lambda _msg: None)
+        self.synchronous = False
+        self.worker: Any = None
+        self._bar: Any = None
+        if cancel_button is not None:
+            cancel_button.setEnabled(False)
+            cancel_button.clicked.connect(self.cancel)
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        job: Callable[[], Generator[Progress, None, Any]],
+        on_done: Callable[[Any], None],
+        description: str,
+        on_cancelled: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``job()``; call ``on_done(result)`` on the main thread when it finishes."""
+        if self.busy:
+            show_info("Still working on the previous step; wait for it or press Cancel.")
+            return
+        self._set_busy(True, description)
+        if self.synchronous:
+            self._run_here(job, on_done, on_cancelled)
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(job)
+        self.worker = worker
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(on_done)
+        worker.errored.connect(self._on_error)
+        if on_cancelled is not None:
+            worker.aborted.connect(on_cancelled)
+        worker.aborted.connect(lambda: self.status("Cancelled."))
+        worker.finished.connect(lambda: self._set_busy(False))
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next step."""
+        if self.worker is not None:
+            self.status("Cancelling...")
+            self.worker.quit()
+
+    def _run_here(
+        self,
+        job: Callable[[], Generator[Progress, None, Any]],
+        on_done: Callable[[Any], None],
+        on_cancelled: Callable[[], None] | None,
+    ) -> None:
+        self.worker = "synchronous"
+        try:
+            gen = job()
+            while True:
+                self._on_progress(next(gen))
+        except StopIteration as stop:
+            on_done(stop.value)
+        except Exception as err:
+            self._on_error(err)
+        finally:
+            self._set_busy(False)
+
+    def _on_progress(self, event: Progress) -> None:
+        if self._bar is None:
+            return
+        if event.total and self._bar.total != event.total:
+            self._bar.total = event.total
+        self._bar.n = min(event.step, event.total or event.step)
+        if event.message:
+            self._bar.set_description(event.message)
+        self._bar.refresh()
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, CancelledError):
+            self.status("Cancelled.")
+            return
+        message = friendly_message(err)
+        if not isinstance(err, CellsparseError):
+            log.error("unexpected error in a background job", exc_info=err)
+        self.status(message)
+        show_error(message)
+
+    def _set_busy(self, busy: bool, description: str = "") -> None:
+        for widget in self.busy_widgets:
+            widget.setEnabled(not busy)
+        if self.cancel_button is not None:
+            self.cancel_button.setEnabled(busy)
+        if busy:
+            self._bar = napari_progress(total=0, desc=description)
+            self.status(f"{description}...")
+        else:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = None
+            self.worker = None

@@ -1,0 +1,462 @@
+"""The "SAM annotator" dock widget: boxes and points become objects in a Labels layer.
+
+Thin front end over :class:`~napari_cellsparse.sam.prompting.SamPrompter`: the image
+embedding is computed in a background worker (progress, cancel); decoding a prompt takes
+tens of milliseconds and runs on the main thread, writing through napari's undo history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import BadInputError, CellsparseError
+from ..labels import FIRST_CELL_ID, next_free_id, writable
+from ..outlines import mask_outline
+from ..sam.embedding import EmbeddingCache
+from ..sam.weights import MODEL_TYPES, download_weights
+from ._worker import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..sam.prompting import PromptMask, SamPrompter
+
+__all__ = ["SamAnnotatorWidget"]
+
+PROMPTS, POINTS, OUTLINES, PREVIEW, ANNOTATION = (
+    "SAM prompts",
+    "SAM points",
+    "SAM outlines",
+    "SAM preview",
+    "SAM annotation",
+)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class SamState:
+    """What the widget knows between events (owned by one widget, never global)."""
+
+    prompter: SamPrompter | None = None
+    spec: tuple[str, str, str] | None = None  # model, weights, device of ``prompter``
+    image_key: tuple[Any, ...] | None = None  # layer and slice the embedding belongs to
+    boxes_done: int = 0
+    pending_boxes: list[np.ndarray] = field(default_factory=list)
+    preview: PromptMask | None = None
+    cache: EmbeddingCache = field(default_factory=EmbeddingCache)
+
+
+class SamAnnotatorWidget(QWidget):
+    """Dock widget: pick image, model and weights; prompt with boxes or points."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = SamState()
+        self._build()
+        self.runner = JobRunner(
+            [self.embed_button, self.download_button, self.run_boxes_button],
+            self.cancel_button,
+            self.status.setText,
+        )
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def _fail(self, err: BaseException) -> None:
+        """Tell the user what went wrong (status line and a napari notification)."""
+        self.status.setText(str(err))
+        show_error(str(err))
+
+    # -- layout ------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.image_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(list(MODEL_TYPES))
+        self.model_combo.setCurrentText("vit_t")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.weights_edit = QLineEdit()
+        self.weights_edit.setPlaceholderText("official checkpoint (cached)")
+        browse = QPushButton("...")
+        browse.clicked.connect(self._browse_weights)
+        weights_row = QHBoxLayout()
+        weights_row.addWidget(self.weights_edit)
+        weights_row.addWidget(browse)
+        self.channels_edit = QLineEdit()
+        self.channels_edit.setPlaceholderText("all (e.g. 0,2)")
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Channels", self.channels_edit)
+        form.addRow("Annotation", self.labels_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Weights", weights_row)
+
+        self.embed_button = QPushButton("Compute embedding")
+        self.embed_button.clicked.connect(self.compute_embedding)
+        self.download_button = QPushButton("Download weights")
+        self.download_button.clicked.connect(self.download)
+        self.cancel_button = QPushButton("Cancel")
+        run_row = QHBoxLayout()
+        for button in (self.embed_button, self.download_button, self.cancel_button):
+            run_row.addWidget(button)
+
+        self.box_mode = QRadioButton("Boxes")
+        self.point_mode = QRadioButton("Points")
+        self.box_mode.setChecked(True)
+        modes = QButtonGroup(self)
+        modes.addButton(self.box_mode)
+        modes.addButton(self.point_mode)
+        self.box_mode.toggled.connect(self._mode_changed)
+        mode_row = QHBoxLayout()
+        mode_row.addWidget(self.box_mode)
+        mode_row.addWidget(self.point_mode)
+        self.run_boxes_button = QPushButton("Segment all boxes")
+        self.run_boxes_button.clicked.connect(self.segment_all_boxes)
+        self.positive_button = QRadioButton("Positive")
+        self.negative_button = QRadioButton("Negative")
+        self.positive_button.setChecked(True)
+        self.positive_button.toggled.connect(self._point_kind_changed)
+        self.commit_button = QPushButton("Commit object (C)")
+        self.commit_button.clicked.connect(self.commit_points)
+        point_row = QHBoxLayout()
+        for widget in (self.positive_button, self.negative_button, self.commit_button):
+            point_row.addWidget(widget)
+
+        self.status = QLabel("Choose an image and press Compute embedding.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(run_row)
+        layout.addLayout(mode_row)
+        layout.addWidget(self.run_boxes_button)
+        layout.addLayout(point_row)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    def _refresh_layers(self, _event: Any = None) -> None:
+        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
+            current = combo.currentText()
+            names = [ly.name for ly in self.viewer.layers if isinstance(ly, kind)]
+            if kind is Labels:
+                names = [n for n in names if n != PREVIEW]
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+    def _browse_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt)"
+        )
+        if path:
+            self.weights_edit.setText(path)
+
+    # -- the image and its embedding --------------------------------------------------
+    def _image(self) -> tuple[Image, np.ndarray, tuple[int, ...]]:
+        """The chosen image layer, its current 2D slice (YX or YXC) and the slice index."""
+        name = self.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise BadInputError("No image layer: open an image first (File > Open Sample).")
+        layer = self.viewer.layers[name]
+        spatial = layer.data.ndim - (1 if layer.rgb else 0)
+        if spatial < 2 or spatial > 4:
+            raise BadInputError(
+                f"The image '{name}' has {layer.data.ndim} dimensions; the SAM annotator works "
+                "on 2D images and on stacks of up to 4 dimensions (e.g. TZYX), one slice at a time."
+            )
+        prefix = tuple(int(i) for i in self.viewer.dims.current_step[: spatial - 2])
+        data = np.asarray(layer.data[prefix] if prefix else layer.data)
+        return layer, data, prefix
+
+    def _channels(self) -> list[int] | None:
+        text = self.channels_edit.text().strip()
+        if not text:
+            return None
+        try:
+            return [int(c) for c in text.replace(" ", "").split(",") if c]
+        except ValueError:
+            raise BadInputError(
+                f"Channels must be numbers separated by commas, not {text!r}."
+            ) from None
+
+    def _spec(self) -> tuple[str, str, str]:
+        return (
+            self.model_combo.currentText(),
+            self.weights_edit.text().strip(),
+            self.device_combo.currentText(),
+        )
+
+    def _ready(self) -> bool:
+        try:
+            layer, _, prefix = self._image()
+        except CellsparseError:
+            return False
+        return (
+            self.state.prompter is not None
+            and self.state.spec == self._spec()
+            and self.state.image_key == (id(layer), prefix, self.channels_edit.text())
+        )
+
+    def compute_embedding(self) -> None:
+        """Load the model if needed and embed the current image slice (in a worker)."""
+        try:
+            layer, image, prefix = self._image()
+            channels = self._channels()
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        spec = self._spec()
+        state = self.state
+        reuse = state.prompter if state.spec == spec else None
+        key = (id(layer), prefix, self.channels_edit.text())
+
+        def job():
+            from ..progress import Progress
+            from ..sam.prompting import SamPrompter
+
+            prompter = reuse
+            if prompter is None:
+                yield Progress(0, 1, f"loading SAM {spec[0]}")
+                prompter = SamPrompter.load(spec[0], spec[1] or None, spec[2], state.cache)
+            yield from prompter.set_image(image, channels)
+            return prompter
+
+        def done(prompter: SamPrompter) -> None:
+            state.prompter, state.spec, state.image_key = prompter, spec, key
+            self.status.setText(f"SAM {spec[0]} on {prompter.device}: embedding ready.")
+            self._process_pending()
+
+        self.runner.start(job, done, "Computing SAM embedding")
+
+    def download(self) -> None:
+        """Download the chosen model's official checkpoint into the cache (in a worker)."""
+        model = self.model_combo.currentText()
+        self.runner.start(
+            lambda: download_weights(model),
+            lambda path: self.status.setText(f"Saved {Path(path).name}; press Compute embedding."),
+            f"Downloading {model} weights",
+        )
+
+    # -- layers the widget writes to ---------------------------------------------------
+    def _annotation(self, image: Image) -> Labels:
+        name = self.labels_combo.currentText()
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        if name and name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if tuple(layer.data.shape) != tuple(shape):
+                raise BadInputError(
+                    f"The annotation '{name}' ({layer.data.shape}) does not match the image "
+                    f"({tuple(shape)}); choose another annotation layer or remove it."
+                )
+            return layer
+        layer = self.viewer.add_labels(
+            np.zeros(shape, dtype=np.int32), name=ANNOTATION, scale=image.scale[: len(shape)]
+        )
+        self.labels_combo.setCurrentText(layer.name)
+        return layer
+
+    def _layer(self, name: str, kind: type, image: Image, **kwargs: Any) -> Any:
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], kind):
+            return self.viewer.layers[name]
+        ndim = image.data.ndim - (1 if image.rgb else 0)
+        adder = {Shapes: self.viewer.add_shapes, Points: self.viewer.add_points}[kind]
+        return adder(name=name, ndim=ndim, scale=image.scale[:ndim], **kwargs)
+
+    def prompts_layer(self) -> Shapes:
+        """The Shapes layer whose rectangles are box prompts (created when missing)."""
+        layer, _, _ = self._image()
+        shapes = self._layer(
+            PROMPTS, Shapes, layer, edge_color="yellow", face_color="transparent", edge_width=2
+        )
+        if self._on_prompts not in shapes.events.data.callbacks:
+            shapes.events.data.connect(self._on_prompts)
+            self.state.boxes_done = 0
+        return shapes
+
+    def points_layer(self) -> Points:
+        """The Points layer of positive/negative point prompts (created when missing)."""
+        layer, _, _ = self._image()
+        points = self._layer(
+            POINTS,
+            Points,
+            layer,
+            size=8,
+            features={"positive": np.zeros(0, bool)},
+            face_color="lime",
+        )
+        if self._on_points not in points.events.data.callbacks:
+            points.feature_defaults["positive"] = True
+            points.events.data.connect(self._on_points)
+            points.bind_key("c", lambda _layer: self.commit_points(), overwrite=True)
+        return points
+
+    def _mode_changed(self) -> None:
+        try:
+            layer = self.prompts_layer() if self.box_mode.isChecked() else self.points_layer()
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle" if isinstance(layer, Shapes) else "add"
+
+    def _point_kind_changed(self) -> None:
+        if POINTS in self.viewer.layers:
+            points = self.viewer.layers[POINTS]
+            positive = self.positive_button.isChecked()
+            points.feature_defaults["positive"] = positive
+            points.current_face_color = "lime" if positive else "red"
+
+    # -- box prompts -------------------------------------------------------------------
+    def _on_prompts(self, event: Any) -> None:
+        action = str(getattr(event, "action", ""))
+        shapes = self.viewer.layers[PROMPTS]
+        if action == "removed":
+            self.state.boxes_done = min(self.state.boxes_done, len(shapes.data))
+        if action != "added":
+            return
+        new = [
+            s
+            for s, t in zip(
+                shapes.data[self.state.boxes_done :],
+                shapes.shape_type[self.state.boxes_done :],
+                strict=True,
+            )
+            if t == "rectangle"
+        ]
+        self.state.boxes_done = len(shapes.data)
+        self.state.pending_boxes.extend(new)
+        self._process_pending()
+
+    def segment_all_boxes(self) -> None:
+        """Segment every rectangle of the prompts layer again (new objects for each)."""
+        try:
+            shapes = self.prompts_layer()
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        self.state.pending_boxes = [
+            s for s, t in zip(shapes.data, shapes.shape_type, strict=True) if t == "rectangle"
+        ]
+        self.state.boxes_done = len(shapes.data)
+        self._process_pending()
+
+    def _process_pending(self) -> None:
+        if not self.state.pending_boxes:
+            return
+        if not self._ready():
+            if not self.runner.busy:
+                self.compute_embedding()
+            return
+        corners, self.state.pending_boxes = self.state.pending_boxes, []
+        boxes = np.array(
+            [[c[:, -1].min(), c[:, -2].min(), c[:, -1].max(), c[:, -2].max()] for c in corners]
+        )
+        try:
+            masks = self.state.prompter.boxes(boxes)
+            written = self._write(masks)
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        self.status.setText(f"Added {written} object(s) from {len(boxes)} box(es).")
+
+    # -- point prompts -----------------------------------------------------------------
+    def _on_points(self, event: Any) -> None:
+        if str(getattr(event, "action", "")) not in ("added", "removed", "changed"):
+            return
+        points = self.viewer.layers[POINTS]
+        if len(points.data) == 0:
+            self._set_preview(None)
+            return
+        if not self._ready():
+            if not self.runner.busy:
+                self.compute_embedding()
+            return
+        xy = points.data[:, [-1, -2]]
+        positive = np.asarray(points.features["positive"], dtype=bool)
+        try:
+            self._set_preview(self.state.prompter.points(xy, positive.astype(int)))
+        except CellsparseError as err:
+            self.status.setText(str(err))  # live preview: no pop-up for every point
+
+    def _set_preview(self, mask: PromptMask | None) -> None:
+        self.state.preview = mask
+        layer, _, _prefix = self._image()
+        shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
+        data = np.zeros(shape[-2:], dtype=np.uint8)
+        if mask is not None:
+            data[mask.slices] = mask.mask
+        if PREVIEW in self.viewer.layers:
+            self.viewer.layers[PREVIEW].data = data
+        else:
+            self.viewer.add_labels(data, name=PREVIEW, opacity=0.5, scale=layer.scale[-2:])
+
+    def commit_points(self) -> None:
+        """Write the point-prompt preview as a new object and clear the points."""
+        if self.state.preview is None:
+            show_info("Nothing to commit: add a positive point on an object first.")
+            return
+        try:
+            self._write([self.state.preview])
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        self.viewer.layers[POINTS].data = np.zeros((0, self.viewer.layers[POINTS].ndim))
+        self._set_preview(None)
+
+    # -- writing objects -----------------------------------------------------------------
+    def _write(self, masks: list[PromptMask]) -> int:
+        """Paint masks as new objects (undo-aware) and add their outlines; returns count."""
+        image, _, prefix = self._image()
+        labels = self._annotation(image)
+        outlines = self._layer(
+            OUTLINES, Shapes, image, edge_color="cyan", face_color="transparent", edge_width=1
+        )
+        next_id = max(next_free_id(labels.data), FIRST_CELL_ID)
+        written = 0
+        polygons = []
+        with labels.block_history():
+            for mask in masks:
+                region = labels.data[prefix + mask.slices]
+                write = writable(region, mask.mask)
+                ys, xs = np.nonzero(write)
+                if ys.size == 0:
+                    continue
+                index = (*tuple(np.full(ys.size, p) for p in prefix), ys + mask.y0, xs + mask.x0)
+                labels.data_setitem(index, next_id, refresh=False)
+                next_id += 1
+                written += 1
+                outline = mask_outline(write, (mask.y0, mask.x0))
+                if outline is not None:
+                    polygons.append(
+                        np.hstack([np.tile(prefix, (len(outline), 1)), outline])
+                        if prefix
+                        else outline
+                    )
+        labels.refresh()
+        if polygons:
+            outlines.add_polygons(polygons)
+        return written
