@@ -249,6 +249,7 @@ class SamAnnotatorWidget(QWidget):
             state.prompter, state.spec, state.image_key = prompter, spec, key
             self.status.setText(f"SAM {spec[0]} on {prompter.device}: embedding ready.")
             self._process_pending()
+            self._update_preview()
 
         self.runner.start(job, done, "Computing SAM embedding")
 
@@ -385,7 +386,12 @@ class SamAnnotatorWidget(QWidget):
 
     # -- point prompts -----------------------------------------------------------------
     def _on_points(self, event: Any) -> None:
-        if str(getattr(event, "action", "")) not in ("added", "removed", "changed"):
+        if str(getattr(event, "action", "")) in ("added", "removed", "changed"):
+            self._update_preview()
+
+    def _update_preview(self) -> None:
+        """Decode the current point prompts into the preview layer."""
+        if POINTS not in self.viewer.layers:
             return
         points = self.viewer.layers[POINTS]
         if len(points.data) == 0:

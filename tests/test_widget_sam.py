@@ -1,0 +1,186 @@
+"""The SAM annotator in a real napari viewer (Xvfb): boxes, points, undo, errors, cancel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+
+@pytest.fixture
+def annotator(make_napari_viewer, vit_t_checkpoint):
+    from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+    from napari_cellsparse.synthetic import make_nuclei
+
+    viewer = make_napari_viewer()
+    image, truth = make_nuclei(shape=(256, 256), n_objects=12, seed=3)
+    viewer.add_image(image, name="nuclei")
+    widget = SamAnnotatorWidget(viewer)
+    widget.weights_edit.setText(str(vit_t_checkpoint))
+    widget.runner.synchronous = True
+    return viewer, widget, truth
+
+
+def _rectangle(x0, y0, x1, y1):
+    return np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=float)
+
+
+def test_box_becomes_object_without_touching_existing_cells(annotator):
+    viewer, widget, _ = annotator
+    annotation = viewer.add_labels(np.zeros((256, 256), dtype=np.int32), name="my cells")
+    annotation.data[100:140, 100:140] = 5  # a cell the user already annotated
+    annotation.data[0:10, :] = 1  # painted background
+    widget._refresh_layers()
+    widget.labels_combo.setCurrentText("my cells")
+    before = annotation.data.copy()
+
+    widget.prompts_layer().add_rectangles(_rectangle(90, 90, 200, 200))
+
+    data = annotation.data
+    assert widget.state.prompter is not None, widget.status.text()
+    assert (data[100:140, 100:140] == 5).all(), "an existing cell was overwritten"
+    new = data != before
+    assert new.any()
+    assert set(np.unique(data[new])) == {6}, "the new object must take the next free id"
+    assert len(viewer.layers["SAM outlines"].data) == 1
+    annotation.undo()
+    np.testing.assert_array_equal(annotation.data, before)
+
+
+def test_segment_all_boxes_and_ids_start_at_two(annotator):
+    viewer, widget, _ = annotator
+    shapes = widget.prompts_layer()
+    shapes.events.data.disconnect(widget._on_prompts)  # draw first, segment on demand
+    shapes.add_rectangles([_rectangle(10, 10, 60, 60), _rectangle(150, 150, 220, 240)])
+    widget.segment_all_boxes()
+    labels = viewer.layers["SAM annotation"].data
+    ids = set(np.unique(labels)) - {0}
+    assert ids and min(ids) == 2 and ids <= {2, 3}
+    assert 1 not in ids
+
+
+def test_points_preview_and_commit(annotator):
+    viewer, widget, _ = annotator
+    widget.point_mode.setChecked(True)
+    points = viewer.layers["SAM points"]
+    points.add([[128, 128]])
+    assert "SAM preview" in viewer.layers
+    assert widget.state.preview is not None
+    assert viewer.layers["SAM preview"].data.any() == (widget.state.preview.area > 0)
+    widget.negative_button.setChecked(True)
+    points.add([[20, 20]])
+    assert list(points.features["positive"]) == [True, False]
+    widget.commit_points()
+    labels = viewer.layers["SAM annotation"].data
+    assert labels.max() == 2
+    assert len(points.data) == 0
+    assert not viewer.layers["SAM preview"].data.any()
+
+
+def test_stack_writes_only_the_current_slice(annotator):
+    viewer, widget, _ = annotator
+    from napari_cellsparse.synthetic import make_nuclei
+
+    stack = np.stack([make_nuclei((128, 128), 5, seed=s)[0] for s in range(3)])
+    viewer.add_image(stack, name="stack")
+    widget._refresh_layers()
+    widget.image_combo.setCurrentText("stack")
+    viewer.dims.set_current_step(0, 1)
+    widget.prompts_layer().add_rectangles(np.array([[1, 20, 20], [1, 20, 90], [1, 90, 90], [1, 90, 20]]))
+    labels = viewer.layers["SAM annotation"].data
+    assert labels.shape == stack.shape
+    assert labels[1].any() and not labels[0].any() and not labels[2].any()
+
+
+def test_errors_are_messages_not_crashes(make_napari_viewer, vit_t_checkpoint, tmp_path):
+    from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+
+    viewer = make_napari_viewer()
+    widget = SamAnnotatorWidget(viewer)
+    widget.runner.synchronous = True
+    widget.compute_embedding()
+    assert "No image layer" in widget.status.text()
+
+    viewer.add_image(np.zeros((2, 2, 2, 8, 8)), name="5d")
+    widget._refresh_layers()
+    widget.compute_embedding()
+    assert "dimensions" in widget.status.text()
+
+    viewer.layers.clear()
+    viewer.add_image(np.random.default_rng(0).random((64, 64)), name="img")
+    widget._refresh_layers()
+    widget.compute_embedding()  # no weights anywhere in the (temporary) cache
+    assert "mobile_sam.pt" in widget.status.text() and "download" in widget.status.text().lower()
+
+    corrupt = tmp_path / "broken.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    widget.weights_edit.setText(str(corrupt))
+    widget.compute_embedding()
+    assert "corrupted" in widget.status.text()
+    assert widget.state.prompter is None
+
+    widget.weights_edit.setText(str(vit_t_checkpoint))
+    widget.compute_embedding()
+    widget.prompts_layer().add_rectangles(_rectangle(30, 30, 30.5, 60))  # a 1-pixel-wide box
+    assert "too small" in widget.status.text()
+    assert "SAM annotation" not in viewer.layers or not viewer.layers["SAM annotation"].data.any()
+
+
+def test_cancel_embedding_in_a_thread(annotator, qtbot):
+    viewer, widget, _ = annotator
+    widget.runner.synchronous = False
+    widget.compute_embedding()
+    assert widget.runner.busy
+    widget.runner.cancel()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    assert widget.state.prompter is None
+    assert widget.status.text() == "Cancelled."
+    assert len(widget.state.cache) == 0
+
+
+def test_embedding_in_a_thread_keeps_widget_usable(annotator, qtbot):
+    viewer, widget, _ = annotator
+    widget.runner.synchronous = False
+    widget.compute_embedding()
+    assert not widget.embed_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert widget.embed_button.isEnabled()
+    assert widget.state.prompter is not None
+    assert "embedding ready" in widget.status.text()
+
+
+def test_viewer_first_then_sam_does_not_crash(vit_t_checkpoint, tmp_path):
+    """Regression: torchvision/triton imported after napari's OpenGL context (see _lazy)."""
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, napari
+        from qtpy.QtWidgets import QApplication
+        viewer = napari.Viewer()
+        viewer.add_image(np.random.default_rng(0).random((128, 128)), name="img")
+        QApplication.processEvents()
+        assert "torchvision" not in __import__("sys").modules
+        from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+        widget = SamAnnotatorWidget(viewer)
+        widget.runner.synchronous = True
+        widget.weights_edit.setText({str(vit_t_checkpoint)!r})
+        widget.compute_embedding()
+        assert widget.state.prompter is not None, widget.status.text()
+        viewer.screenshot({str(tmp_path / "shot.png")!r})
+        viewer.close()
+        print("survived")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "survived" in done.stdout
+    assert Path(tmp_path / "shot.png").stat().st_size > 0
