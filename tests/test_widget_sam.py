@@ -94,7 +94,9 @@ def test_stack_writes_only_the_current_slice(annotator):
     widget._refresh_layers()
     widget.image_combo.setCurrentText("stack")
     viewer.dims.set_current_step(0, 1)
-    widget.prompts_layer().add_rectangles(np.array([[1, 20, 20], [1, 20, 90], [1, 90, 90], [1, 90, 20]]))
+    widget.prompts_layer().add_rectangles(
+        np.array([[1, 20, 20], [1, 20, 90], [1, 90, 90], [1, 90, 20]])
+    )
     labels = viewer.layers["SAM annotation"].data
     assert labels.shape == stack.shape
     assert labels[1].any() and not labels[0].any() and not labels[2].any()
@@ -135,7 +137,7 @@ def test_errors_are_messages_not_crashes(make_napari_viewer, vit_t_checkpoint, t
 
 
 def test_cancel_embedding_in_a_thread(annotator, qtbot):
-    viewer, widget, _ = annotator
+    _viewer, widget, _ = annotator
     widget.runner.synchronous = False
     widget.compute_embedding()
     assert widget.runner.busy
@@ -147,7 +149,7 @@ def test_cancel_embedding_in_a_thread(annotator, qtbot):
 
 
 def test_embedding_in_a_thread_keeps_widget_usable(annotator, qtbot):
-    viewer, widget, _ = annotator
+    _viewer, widget, _ = annotator
     widget.runner.synchronous = False
     widget.compute_embedding()
     assert not widget.embed_button.isEnabled()
@@ -184,3 +186,18 @@ def test_viewer_first_then_sam_does_not_crash(vit_t_checkpoint, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "survived" in done.stdout
     assert Path(tmp_path / "shot.png").stat().st_size > 0
+
+
+def test_docked_through_napari_boxes_work(make_napari_viewer, vit_t_checkpoint):
+    """Docked by napari, the widget sees a proxy viewer (new layer wrappers on each access)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-cellsparse", "nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellsparse", "SAM annotator")
+    widget.weights_edit.setText(str(vit_t_checkpoint))
+    widget.runner.synchronous = True
+    widget.segment_all_boxes()
+    labels = viewer.layers["SAM annotation"].data
+    n_boxes = len(viewer.layers["SAM prompts"].data)
+    assert n_boxes == 12
+    assert 2 <= labels.max() <= 1 + n_boxes
+    assert len(viewer.layers["SAM outlines"].data) == labels.max() - 1

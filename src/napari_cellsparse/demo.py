@@ -17,7 +17,7 @@ PLUGIN = "napari-cellsparse"
 WIDGETS = ("SAM annotator",)
 
 
-def open_demo(viewer=None, sample: str = "nuclei"):  # noqa: ANN001, ANN201 - napari types
+def open_demo(viewer=None, sample: str = "nuclei"):
     """Load the sample into ``viewer`` (a new one when None) and dock every widget."""
     import napari
 

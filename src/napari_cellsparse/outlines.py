@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import approximate_polygon, find_contours, label
 
 __all__ = ["mask_outline"]
 
@@ -11,22 +11,21 @@ __all__ = ["mask_outline"]
 def mask_outline(
     mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.5
 ) -> np.ndarray | None:
-    """The outer boundary of the largest part of ``mask`` as an ``N x 2`` (y, x) polygon.
+    """The outer boundary of the largest connected part of ``mask`` as an ``N x 2`` polygon.
 
-    Coordinates follow pixel edges' midpoints (``find_contours`` at 0.5 on a padded mask),
-    shifted by ``offset``; ``tolerance`` simplifies (0 keeps every vertex). None if empty.
+    Vertices (y, x) lie on pixel edges (``find_contours`` at 0.5 on a padded mask), shifted
+    by ``offset``. ``tolerance`` simplifies the polygon; where that would leave fewer than 3
+    vertices (a one-pixel part) the exact boundary is kept. None only for an empty mask.
     """
-    if not mask.any():
+    parts = label(np.pad(mask, 1), connectivity=1)
+    if parts.max() == 0:
         return None
-    padded = np.pad(mask.astype(np.uint8), 1)
-    contours = find_contours(padded, 0.5)
-    if not contours:
-        return None
-    longest = max(contours, key=len)
+    largest = np.bincount(parts.ravel())[1:].argmax() + 1
+    contour = max(find_contours((parts == largest).astype(np.uint8), 0.5), key=len)
+    if contour.shape[0] > 1 and np.allclose(contour[0], contour[-1]):
+        contour = contour[:-1]
     if tolerance > 0:
-        longest = approximate_polygon(longest, tolerance)
-    if len(longest) > 1 and np.allclose(longest[0], longest[-1]):
-        longest = longest[:-1]
-    if len(longest) < 3:
-        return None
-    return longest - 1 + np.asarray(offset, dtype=float)
+        simple = approximate_polygon(np.vstack([contour, contour[:1]]), tolerance)[:-1]
+        if len(simple) >= 3:
+            contour = simple
+    return contour - 1 + np.asarray(offset, dtype=float)

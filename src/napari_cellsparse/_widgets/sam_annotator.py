@@ -203,6 +203,11 @@ class SamAnnotatorWidget(QWidget):
                 f"Channels must be numbers separated by commas, not {text!r}."
             ) from None
 
+    def _image_key(self, layer: Image, prefix: tuple[int, ...]) -> tuple[Any, ...]:
+        # napari hands plugins a proxy viewer whose layers are new wrapper objects on every
+        # access, so identify the layer by its stable unique id, not by ``id()``.
+        return (layer.unique_id, prefix, self.channels_edit.text())
+
     def _spec(self) -> tuple[str, str, str]:
         return (
             self.model_combo.currentText(),
@@ -218,7 +223,7 @@ class SamAnnotatorWidget(QWidget):
         return (
             self.state.prompter is not None
             and self.state.spec == self._spec()
-            and self.state.image_key == (id(layer), prefix, self.channels_edit.text())
+            and self.state.image_key == self._image_key(layer, prefix)
         )
 
     def compute_embedding(self) -> None:
@@ -232,7 +237,7 @@ class SamAnnotatorWidget(QWidget):
         spec = self._spec()
         state = self.state
         reuse = state.prompter if state.spec == spec else None
-        key = (id(layer), prefix, self.channels_edit.text())
+        key = self._image_key(layer, prefix)
 
         def job():
             from ..progress import Progress
