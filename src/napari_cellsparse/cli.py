@@ -69,7 +69,7 @@ def _cmd_sam(args: argparse.Namespace) -> int:
     masks = prompter.boxes(boxes)
     labels = np.zeros(image.shape[:2], dtype=np.int32)
     ids = paint_masks(labels, masks)
-    scores = {i: m.score for i, m in zip(ids, [m for m in masks if m.area], strict=False)}
+    scores = {i: m.score for i, m in zip(ids, masks, strict=True) if i is not None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tif = out / f"{stem}_labels.tif"

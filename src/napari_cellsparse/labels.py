@@ -33,10 +33,11 @@ def writable(region: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def paint_masks(
     labels: np.ndarray, masks: Iterable[PromptMask], start_id: int | None = None
-) -> list[int]:
-    """Paint ``masks`` into ``labels`` in place with consecutive new ids; return the ids.
+) -> list[int | None]:
+    """Paint ``masks`` into ``labels`` in place with consecutive new ids.
 
-    Empty masks are skipped (no id is used for them). Pixels of existing cells stay.
+    Returns one entry per mask: its new id, or None when nothing of it could be written (an
+    empty mask, or one lying entirely on existing cells, which always stay).
     """
     next_id = next_free_id(labels) if start_id is None else start_id
     ids = []
@@ -44,6 +45,7 @@ def paint_masks(
         region = labels[item.slices]
         write = writable(region, item.mask)
         if not write.any():
+            ids.append(None)
             continue
         region[write] = next_id
         ids.append(next_id)

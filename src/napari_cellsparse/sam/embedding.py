@@ -39,11 +39,11 @@ class ImageEmbedding:
     signature: str
 
 
-def image_signature(rgb: np.ndarray, model_key: str) -> str:
-    """Content hash of an RGB uint8 image plus the model it is embedded with."""
+def image_signature(image: np.ndarray, model_key: str) -> str:
+    """Content hash of an image (shape, dtype, pixels) plus the model it is embedded with."""
     digest = hashlib.sha1(usedforsecurity=False)
-    digest.update(f"{_CACHE_FORMAT}|{model_key}|{rgb.shape}|{rgb.dtype}|".encode())
-    digest.update(np.ascontiguousarray(rgb).data)
+    digest.update(f"{_CACHE_FORMAT}|{model_key}|{image.shape}|{image.dtype}|".encode())
+    digest.update(np.ascontiguousarray(image).data)
     return digest.hexdigest()
 
 

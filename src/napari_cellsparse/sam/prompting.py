@@ -108,10 +108,13 @@ class SamPrompter:
         self, image: np.ndarray, channels: Sequence[int] | None = None
     ) -> Generator[Progress, None, ImageEmbedding]:
         """Use ``image`` (YX or YXC) for the next prompts: cached embedding or the encoder."""
-        rgb = to_rgb_uint8(image, channels)
-        signature = image_signature(rgb, self.model_key)
+        # The signature is of the image as given (plus the channel choice), so a cache hit
+        # skips the conversion to RGB as well as the encoder.
+        choice = None if channels is None else list(channels)
+        signature = image_signature(np.asarray(image), f"{self.model_key}|channels={choice}")
         embedding = self.cache.get(signature, str(self.device))
         if embedding is None:
+            rgb = to_rgb_uint8(image, channels)
             embedding = yield from compute_embedding(self.sam, rgb, signature)
             self.cache.put(embedding)
         else:
@@ -160,7 +163,10 @@ class SamPrompter:
 
     def boxes(self, boxes: Any, multimask: bool = False) -> list[PromptMask]:
         """One object per box (``x0, y0, x1, y1`` in image pixels)."""
-        logits, ious = self.decode_boxes(np.asarray(boxes), multimask)
+        boxes = np.asarray(boxes, dtype=np.float64)
+        if boxes.size == 0:
+            return []
+        logits, ious = self.decode_boxes(boxes, multimask)
         return [self._to_mask(logits[i], ious[i]) for i in range(len(logits))]
 
     def points(

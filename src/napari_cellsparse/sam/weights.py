@@ -9,11 +9,11 @@ to put it in, so a user can fetch it by hand.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
 import threading
-import urllib.error
 import urllib.request
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -155,22 +155,22 @@ def download_weights(
     expected = (sha256 or ckpt.sha256).lower()
     target = weights_dir() / ckpt.filename
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
+        raise WeightsError(_missing_message(ckpt, target, f"Download failed ({err}).")) from err
     fd, tmp_name = tempfile.mkstemp(prefix=f".{ckpt.filename}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     done = 0
     try:
-        try:
-            response = urllib.request.urlopen(url, timeout=timeout)
-        except (urllib.error.URLError, OSError) as err:
-            raise WeightsError(_missing_message(ckpt, target, f"Download failed ({err}).")) from err
         with response, os.fdopen(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
             yield Progress(0, total, f"downloading {ckpt.filename}")
             while True:
                 try:
                     chunk = response.read(_CHUNK)
-                except OSError as err:
+                except (OSError, http.client.HTTPException) as err:
                     raise WeightsError(
                         _missing_message(ckpt, target, f"The download was interrupted ({err}).")
                     ) from err

@@ -1,0 +1,171 @@
+"""Shared fixtures: an isolated user folder, a random MobileSAM checkpoint, a local server.
+
+SAM weights cannot be downloaded in the test environment, so the checkpoint is the real
+vit_t architecture with seeded random weights, saved exactly as a checkpoint file would be.
+The HTTP server listens on 127.0.0.1 only and can misbehave on purpose (truncated bodies,
+interrupted chunked transfers, connection resets) to test the download's error handling.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from napari_cellsparse.paths import HOME_ENV
+
+
+@pytest.fixture(autouse=True)
+def cellsparse_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty user data folder (never the real one)."""
+    home = tmp_path / "cellsparse-home"
+    monkeypatch.setenv(HOME_ENV, str(home))
+    return home
+
+
+# -- SAM model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def vit_t_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MobileSAM (vit_t) checkpoint file with seeded random weights (about 40 MB)."""
+    import torch
+
+    from napari_cellsparse.sam.models import build_sam
+
+    torch.manual_seed(1234)
+    model = build_sam("vit_t")
+    path = tmp_path_factory.mktemp("weights") / "random_mobile_sam.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vit_t_model(vit_t_checkpoint: Path):
+    """The vit_t model loaded from :func:`vit_t_checkpoint` on the CPU (shared: don't modify)."""
+    from napari_cellsparse.sam.models import load_sam
+
+    model, path = load_sam("vit_t", vit_t_checkpoint, "cpu")
+    assert path == vit_t_checkpoint
+    return model
+
+
+# -- a local HTTP server ------------------------------------------------------------------
+
+MODES = ("full", "truncated", "chunked-truncated", "reset", "no-length-truncated")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``/<mode>/<file name>`` from ``root``; see :data:`MODES`."""
+
+    protocol_version = "HTTP/1.1"
+    root: Path = Path()
+    requests: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+            return True
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        mode, _, name = self.path.lstrip("/").partition("/")
+        path = self.root / name
+        if mode not in MODES or not name or not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        half = len(data) // 2
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        if mode == "chunked-truncated":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            step = 256 * 1024
+            for start in range(0, half, step):
+                piece = data[start : min(start + step, half)]
+                if not self._send(b"%x\r\n" % len(piece) + piece + b"\r\n"):
+                    return
+            return  # no terminating zero-length chunk: the transfer is cut
+        if mode == "no-length-truncated":
+            self.end_headers()
+            self._send(data[:half])
+            return
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if mode == "full":
+            step = 1 << 20
+            for start in range(0, len(data), step):
+                if not self._send(data[start : start + step]):
+                    return
+            return
+        self._send(data[:half])
+        if mode == "reset":
+            # Abort with a TCP reset instead of an orderly close.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # "truncated": the handler returns, the server closes the connection early.
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that hang up (cancel) are expected
+
+
+@dataclass
+class LocalServer:
+    """A running server; ``url(name, mode)`` is the address of a served file."""
+
+    root: Path
+    port: int
+    requests: list[str]
+
+    def url(self, name: str, mode: str = "full") -> str:
+        assert mode in MODES
+        return f"http://127.0.0.1:{self.port}/{mode}/{name}"
+
+
+@pytest.fixture
+def http_server() -> Iterator[Callable[[Path], LocalServer]]:
+    """Factory: ``http_server(directory)`` serves that folder on a free 127.0.0.1 port."""
+    running: list[tuple[_Server, threading.Thread]] = []
+
+    def start(directory: Path) -> LocalServer:
+        requests: list[str] = []
+        handler = type("Handler", (_Handler,), {"root": Path(directory), "requests": requests})
+        server = _Server(("127.0.0.1", 0), handler)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        thread.start()
+        running.append((server, thread))
+        return LocalServer(Path(directory), server.server_address[1], requests)
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (connections are refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

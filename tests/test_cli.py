@@ -1,0 +1,229 @@
+"""The ``cellsparse`` command, run in-process through ``cli.main`` (and once as installed)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cellsparse.cli import main
+from napari_cellsparse.sam.weights import CHECKPOINTS, sha256_of, weights_dir
+from napari_cellsparse.samples import load_sample, sample_file
+
+BOXES = str(sample_file("nuclei_boxes.csv"))
+URL = CHECKPOINTS["vit_t"].url
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def sam_run(tmp_path_factory: pytest.TempPathFactory, vit_t_checkpoint: Path):
+    """``cellsparse sam`` on the sample with the random checkpoint (run once)."""
+    out = tmp_path_factory.mktemp("cli-out")
+    cache = tmp_path_factory.mktemp("cli-cache")
+    argv = ["sam", "--image", "sample:nuclei", "--boxes", BOXES, "--weights",
+            str(vit_t_checkpoint), "--device", "cpu", "--out", str(out),
+            "--cache-dir", str(cache)]  # fmt: skip
+    return main(argv), out, cache
+
+
+def test_sam_without_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status = main(
+        ["sam", "--image", "sample:nuclei", "--boxes", BOXES, "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "mobile_sam.pt" in err
+    assert URL in err
+    assert str(weights_dir()) in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sam_on_the_sample(sam_run) -> None:
+    status, out, cache = sam_run
+    assert status == 0
+    labels = tifffile.imread(out / "sample_nuclei_labels.tif")
+    image = load_sample("nuclei").image
+    assert labels.dtype == np.int32
+    assert labels.shape == image.shape
+    ids = np.unique(labels[labels > 0])
+    assert ids.size >= 1
+    assert ids.min() >= 2
+    assert ids.size <= 12  # at most one object per box
+    assert ids.tolist() == list(range(2, 2 + ids.size))  # consecutive
+    table = read_table(out / "sample_nuclei_objects.csv")
+    assert len(table) == ids.size
+    assert sorted(int(r["id"]) for r in table) == ids.tolist()
+    for row in table:
+        assert int(row["area"]) == int((labels == int(row["id"])).sum())
+        assert row["score"] != ""  # every object has a score
+        float(row["score"])
+    assert len(list(cache.glob("*.pt"))) == 1  # the embedding was kept on disk
+
+
+
+
+def test_sam_scores_belong_to_their_objects(sam_run, vit_t_checkpoint: Path) -> None:
+    """The score column is the predicted IoU of the mask painted with that id."""
+    from napari_cellsparse.labels import paint_masks
+    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.sam.embedding import EmbeddingCache
+    from napari_cellsparse.sam.prompting import SamPrompter
+
+    _, out, cache = sam_run
+    sample = load_sample("nuclei")
+    prompter = SamPrompter.load("vit_t", vit_t_checkpoint, "cpu", EmbeddingCache(disk_dir=cache))
+    run_sync(prompter.set_image(sample.image))  # from the disk cache the CLI wrote
+    masks = prompter.boxes(sample.boxes)
+    labels = np.zeros(sample.image.shape, dtype=np.int32)
+    owners = {}
+    for mask in masks:  # painting one by one tells which mask got which id
+        (got,) = paint_masks(labels, [mask])
+        if got is not None:
+            owners[got] = mask
+    assert np.array_equal(labels, tifffile.imread(out / "sample_nuclei_labels.tif"))
+    table = {int(r["id"]): float(r["score"]) for r in read_table(out / "sample_nuclei_objects.csv")}
+    assert set(table) == set(owners)
+    for object_id, owner in owners.items():
+        assert table[object_id] == pytest.approx(owner.score, abs=1e-4)
+
+
+def test_sam_scores_with_a_duplicated_box(sam_run, tmp_path: Path, vit_t_checkpoint: Path) -> None:
+    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.sam.embedding import EmbeddingCache
+    from napari_cellsparse.sam.prompting import SamPrompter
+
+    cache = sam_run[2]  # the sample's embedding is there already
+
+    sample = load_sample("nuclei")
+    boxes = sample.boxes[[0, 0, 1]]  # the second box repeats the first
+    path = tmp_path / "boxes.csv"
+    np.savetxt(path, boxes, delimiter=",", header="x0,y0,x1,y1", comments="", fmt="%g")
+    out = tmp_path / "out"
+    argv = ["sam", "--image", "sample:nuclei", "--boxes", str(path), "--weights",
+            str(vit_t_checkpoint), "--device", "cpu", "--out", str(out),
+            "--cache-dir", str(cache)]  # fmt: skip
+    assert main(argv) == 0
+    prompter = SamPrompter.load("vit_t", vit_t_checkpoint, "cpu", EmbeddingCache(disk_dir=cache))
+    run_sync(prompter.set_image(sample.image))
+    first, _, third = prompter.boxes(boxes)
+    assert abs(first.score - third.score) > 1e-3  # otherwise the test cannot tell
+    table = {int(r["id"]): float(r["score"]) for r in read_table(out / "sample_nuclei_objects.csv")}
+    assert table == {
+        2: pytest.approx(first.score, abs=1e-4),
+        3: pytest.approx(third.score, abs=1e-4),
+    }
+
+
+def test_sam_with_a_bad_boxes_header(
+    tmp_path: Path, vit_t_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("left,top,right,bottom\n1,2,30,40\n")
+    argv = ["sam", "--image", "sample:nuclei", "--boxes", str(boxes), "--weights",
+            str(vit_t_checkpoint), "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "x0,y0,x1,y1" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sam_with_a_missing_image(
+    tmp_path: Path, vit_t_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.tif"
+    argv = ["sam", "--image", str(missing), "--boxes", BOXES, "--weights",
+            str(vit_t_checkpoint), "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+
+
+def test_sam_with_an_unreadable_image(
+    tmp_path: Path, vit_t_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff at all")
+    argv = ["sam", "--image", str(broken), "--boxes", BOXES, "--weights",
+            str(vit_t_checkpoint), "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    assert "Could not read the image" in capsys.readouterr().err
+
+
+def test_sam_with_an_unknown_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sam", "--image", "sample:cells", "--boxes", BOXES, "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "Unknown sample" in capsys.readouterr().err
+
+
+def test_sam_with_a_box_outside_the_image(
+    sam_run, tmp_path: Path, vit_t_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("x0,y0,x1,y1\n10,10,40,40\n600,20,650,60\n")  # the image is 512 wide
+    argv = ["sam", "--image", "sample:nuclei", "--boxes", str(boxes), "--weights",
+            str(vit_t_checkpoint), "--device", "cpu", "--out", str(tmp_path / "o"),
+            "--cache-dir", str(sam_run[2])]  # fmt: skip
+    assert main(argv) == 2
+    assert "Box 2 lies outside the image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 5
+    for model in ("vit_h", "vit_l", "vit_b", "vit_t"):
+        assert any(line.startswith(model) and "missing" in line for line in lines)
+    assert URL in out
+    assert lines[-1] == f"cache folder: {weights_dir()}"
+
+
+def test_weights_download_from_a_mirror(
+    tmp_path: Path, vit_t_checkpoint: Path, http_server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = tmp_path / "mirror"
+    served.mkdir()
+    (served / "mobile_sam.pt").symlink_to(vit_t_checkpoint)
+    server = http_server(served)
+    sha = sha256_of(vit_t_checkpoint)
+    url = server.url("mobile_sam.pt")
+    assert main(["weights", "download", "--model", "vit_t", "--url", url, "--sha256", sha]) == 0
+    target = weights_dir() / "mobile_sam.pt"
+    assert f"saved {target}" in capsys.readouterr().out
+    assert sha256_of(target) == sha
+    assert main(["weights", "list"]) == 0
+    assert any(
+        line.startswith("vit_t") and "cached" in line
+        for line in capsys.readouterr().out.splitlines()
+    )
+    bad = ["weights", "download", "--model", "vit_t", "--url", url, "--sha256", "0" * 64]
+    assert main(bad) == 2
+    assert "checksum" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["sam", "--image", "sample:nuclei"])  # --boxes is required
+    assert info.value.code == 2
+    assert "--boxes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sam", "--image", "x", "--boxes", "y", "--model", "vit_z"])
+
+
+def test_installed_console_script() -> None:
+    script = Path(sys.executable).parent / "cellsparse"
+    assert script.is_file()
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "sam" in done.stdout and "weights" in done.stdout
