@@ -70,8 +70,6 @@ def test_sam_on_the_sample(sam_run) -> None:
     assert len(list(cache.glob("*.pt"))) == 1  # the embedding was kept on disk
 
 
-
-
 def test_sam_scores_belong_to_their_objects(sam_run, vit_t_checkpoint: Path) -> None:
     """The score column is the predicted IoU of the mask painted with that id."""
     from napari_cellsparse.labels import paint_masks

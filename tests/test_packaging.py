@@ -78,7 +78,11 @@ def test_wheel_built_from_the_sdist_has_the_samples(sdist_and_wheel) -> None:
     with zipfile.ZipFile(wheel_path) as wheel:
         names = wheel.namelist()
         assert wheel.read("napari_cellsparse/napari.yaml") == (REPO / "napari.yaml").read_bytes()
-        assert "napari_cellsparse/sample_data/nuclei_boxes.csv" in names
+        assert (
+            wheel.read("napari_cellsparse/sample_data/nuclei_boxes.csv")
+            == (REPO / "sample_data" / "nuclei_boxes.csv").read_bytes()
+        )
+        assert len(names) == len(set(names))
 
 
 def installed_manifest():

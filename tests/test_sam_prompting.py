@@ -6,7 +6,6 @@ implementations of the same maths: the masks are not cells, but every logit must
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,34 +233,45 @@ def test_reversed_and_clipped_boxes_give_the_same_masks(nuclei_case: Case) -> No
 
 
 def test_second_set_image_is_a_cache_hit(vit_t_model, encoder_calls: list[int]) -> None:
-    image_a, _ = make_nuclei(shape=(96, 128), n_objects=5, seed=21)
-    image_b, _ = make_nuclei(shape=(96, 128), n_objects=5, seed=22)
+    first, _ = make_nuclei(shape=(96, 128), n_objects=5, seed=21)
+    second, _ = make_nuclei(shape=(96, 128), n_objects=5, seed=22)
+    image = np.stack([first, second], axis=-1)  # two channels: two RGB images to embed
     prompter = SamPrompter(vit_t_model, "cache-test")
     events: list[Progress] = []
-    first = run_sync(prompter.set_image(image_a), progress=events.append)
+    computed = run_sync(prompter.set_image(image, channels=[0]), progress=events.append)
     assert len(encoder_calls) == 1
     assert events and events[-1].step == events[-1].total
-    box = [10, 10, 60, 50]
-    logits_a, _ = prompter.decode_boxes(np.array(box))
+    box = np.array([10, 10, 60, 50])
+    logits_0, _ = prompter.decode_boxes(box)
 
     events.clear()
-    again = run_sync(prompter.set_image(image_a.copy()), progress=events.append)
+    again = run_sync(prompter.set_image(image.copy(), channels=(0,)), progress=events.append)
     assert len(encoder_calls) == 1  # no encoder run
     assert events == []
-    assert torch.equal(again.features, first.features)
-    assert again.signature == first.signature
+    assert torch.equal(again.features, computed.features)
+    assert again.signature == computed.signature
 
-    other = run_sync(prompter.set_image(image_b))
-    assert len(encoder_calls) == 2  # a different image is a miss
-    assert other.signature != first.signature
-    assert not torch.equal(other.features, first.features)
-    logits_b, _ = prompter.decode_boxes(np.array(box))
-    assert not torch.allclose(logits_a, logits_b)
+    # With ``cancel`` already set, a hit returns the embedding; a miss stops at the encoder.
+    stop = threading.Event()
+    stop.set()
+    assert run_sync(prompter.set_image(image, channels=[0]), cancel=stop) is computed
+    for miss, channels in [(second, None), (image, [0, 1]), (image, None)]:
+        with pytest.raises(CancelledError):
+            run_sync(prompter.set_image(miss, channels=channels), cancel=stop)
+    assert len(encoder_calls) == 1
+    assert prompter.embedding is computed  # a cancelled image changes nothing
 
-    run_sync(prompter.set_image(image_a))  # back to the first image: still cached
+    other = run_sync(prompter.set_image(image, channels=[1]))
+    assert len(encoder_calls) == 2  # another channel is another image: a miss
+    assert other.signature != computed.signature
+    assert not torch.equal(other.features, computed.features)
+    logits_1, _ = prompter.decode_boxes(box)
+    assert not torch.allclose(logits_0, logits_1)
+
+    run_sync(prompter.set_image(image, channels=[0]))  # back to the first: still cached
     assert len(encoder_calls) == 2
-    assert prompter.embedding.signature == first.signature
-    assert torch.equal(prompter.decode_boxes(np.array(box))[0], logits_a)
+    assert prompter.embedding.signature == computed.signature
+    assert torch.equal(prompter.decode_boxes(box)[0], logits_0)
     assert len(prompter.cache) == 2
 
 
@@ -308,9 +318,16 @@ def test_disk_cache_is_found_by_a_new_prompter(
     logits2, ious2 = second.decode_boxes(box, True)
     assert torch.equal(logits, logits2)
     assert torch.equal(ious, ious2)
-    # the same image embedded by another model is another entry
-    other = image_signature(to_rgb_uint8(image), "another-model")
-    assert EmbeddingCache(disk_dir=disk).get(other) is None
+    # The same image embedded by another model is another entry. With ``cancel`` already
+    # set, a hit returns the embedding while a miss stops as the encoder starts.
+    stop = threading.Event()
+    stop.set()
+    same = SamPrompter(vit_t_model, "disk-test", EmbeddingCache(disk_dir=disk))
+    assert run_sync(same.set_image(image), cancel=stop).signature == emb.signature
+    other = SamPrompter(vit_t_model, "another-model", EmbeddingCache(disk_dir=disk))
+    with pytest.raises(CancelledError):
+        run_sync(other.set_image(image), cancel=stop)
+    assert len(encoder_calls) == 1
 
 
 def test_corrupted_disk_cache_file_is_recomputed(
@@ -454,8 +471,19 @@ def test_prompter_rejects_bad_boxes(nuclei_case: Case) -> None:
 
 
 def test_no_boxes(nuclei_case: Case) -> None:
-    with contextlib.suppress(BadInputError):  # either answer is fine
-        assert nuclei_case.prompter.boxes(np.zeros((0, 4))) == []
+    assert nuclei_case.prompter.boxes(np.zeros((0, 4))) == []
+    assert nuclei_case.prompter.boxes([]) == []
+
+
+def test_decode_no_boxes(nuclei_case: Case) -> None:
+    logits, ious = nuclei_case.prompter.decode_boxes(np.zeros((0, 4)), True)
+    assert tuple(logits.shape) == (0, 3, 256, 256)
+    assert tuple(ious.shape) == (0, 3)
+
+
+def test_prompter_rejects_nan_points(nuclei_case: Case) -> None:
+    with pytest.raises(BadInputError):
+        nuclei_case.prompter.points([[np.nan, 10.0]], [1])
 
 
 def test_prompter_rejects_bad_points(nuclei_case: Case) -> None:

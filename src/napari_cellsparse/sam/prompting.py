@@ -150,8 +150,12 @@ class SamPrompter:
     def decode_boxes(self, boxes: np.ndarray, multimask: bool = False) -> tuple[Any, Any]:
         """Low-resolution logits (N x M x 256 x 256) and IoU predictions (N x M) of boxes."""
         emb, ctx = self._require_image()
-        boxes = check_boxes(boxes, emb.original_size)
         torch = import_torch()
+        if np.asarray(boxes).size == 0:
+            count = 3 if multimask else 1
+            empty = torch.zeros((0, count, 256, 256), device=self.device)
+            return empty, torch.zeros((0, count), device=self.device)
+        boxes = check_boxes(boxes, emb.original_size)
         frame_boxes = self._to_input_frame(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
         logits, ious = [], []
         for start in range(0, len(frame_boxes), self.batch_size):
@@ -188,6 +192,8 @@ class SamPrompter:
         if not set(np.unique(lab).tolist()) <= {0, 1}:
             raise BadInputError("Point labels must be 1 (object) or 0 (not the object).")
         h, w = emb.original_size
+        if not np.isfinite(pts).all():
+            raise BadInputError("Point coordinates must be finite numbers.")
         if ((pts < 0) | (pts >= [w, h])).any():
             raise BadInputError(f"A point lies outside the image ({w} x {h} pixels).")
         if not lab.any() and box is None:
