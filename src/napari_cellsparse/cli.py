@@ -54,6 +54,7 @@ def _cmd_sam(args: argparse.Namespace) -> int:
     import tifffile
 
     from .labels import paint_masks, write_objects_csv
+    from .progress import run_sync
     from .sam.embedding import EmbeddingCache
     from .sam.prompting import SamPrompter
     from .samples import read_boxes
@@ -63,8 +64,6 @@ def _cmd_sam(args: argparse.Namespace) -> int:
     cache = EmbeddingCache(disk_dir=args.cache_dir) if args.cache_dir else None
     prompter = SamPrompter.load(args.model, args.weights, args.device, cache)
     print(f"SAM {args.model} on {prompter.device}; {len(boxes)} boxes", file=sys.stderr)
-    from .progress import run_sync
-
     run_sync(prompter.set_image(image, args.channels), progress=_print_progress)
     masks = prompter.boxes(boxes)
     labels = np.zeros(image.shape[:2], dtype=np.int32)

@@ -61,7 +61,6 @@ class JobRunner:
         job: Callable[[], Generator[Progress, None, Any]],
         on_done: Callable[[Any], None],
         description: str,
-        on_cancelled: Callable[[], None] | None = None,
     ) -> None:
         """Run ``job()``; call ``on_done(result)`` on the main thread when it finishes."""
         if self.busy:
@@ -69,7 +68,7 @@ class JobRunner:
             return
         self._set_busy(True, description)
         if self.synchronous:
-            self._run_here(job, on_done, on_cancelled)
+            self._run_here(job, on_done)
             return
         from napari.qt.threading import create_worker
 
@@ -78,8 +77,6 @@ class JobRunner:
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
-        if on_cancelled is not None:
-            worker.aborted.connect(on_cancelled)
         worker.aborted.connect(lambda: self.status("Cancelled."))
         worker.finished.connect(lambda: self._set_busy(False))
         worker.start()
@@ -94,7 +91,6 @@ class JobRunner:
         self,
         job: Callable[[], Generator[Progress, None, Any]],
         on_done: Callable[[Any], None],
-        on_cancelled: Callable[[], None] | None,
     ) -> None:
         self.worker = "synchronous"
         try:

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import BadInputError, CellsparseError
-from ..labels import FIRST_CELL_ID, next_free_id, writable
+from ..labels import next_free_id, writable
 from ..outlines import mask_outline
 from ..sam.embedding import EmbeddingCache
 from ..sam.weights import MODEL_TYPES, download_weights
@@ -446,7 +446,7 @@ class SamAnnotatorWidget(QWidget):
         outlines = self._layer(
             OUTLINES, Shapes, image, edge_color="cyan", face_color="transparent", edge_width=1
         )
-        next_id = max(next_free_id(labels.data), FIRST_CELL_ID)
+        next_id = next_free_id(labels.data)
         written = 0
         polygons = []
         with labels.block_history():
