@@ -18,7 +18,11 @@ demo-smoke:
 	@$(MAKE) --no-print-directory demo SMOKE=1
 
 ## the same pipeline with no window
-headless: headless-sam
+## offline pipeline: train a U-Net on the sample's sparse annotation, predict, write TIFF + CSV
+headless: setup
+	$(VENV)/bin/cellsparse train --backend unet --image sample:nuclei --labels sample:nuclei \
+		--name sample-unet --reset $(if $(STEPS),--steps $(STEPS))
+	$(VENV)/bin/cellsparse predict --model sample-unet --image sample:nuclei --out $(OUT)/predict
 
 headless-sam: setup
 	$(VENV)/bin/cellsparse sam --image sample:nuclei --boxes sample_data/nuclei_boxes.csv \

@@ -279,17 +279,13 @@ def test_write_objects_csv(tmp_path: Path) -> None:
     assert write_objects_csv(tmp_path / "none.csv", np.zeros((5, 5), np.int32)) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG labels.py:79 write_objects_csv: regionprops lists label 1, which the module's "
-    "own convention defines as background, as an object (latent: the CLI never paints 1)",
-)
 def test_write_objects_csv_of_a_sparse_annotation(tmp_path: Path) -> None:
     labels = np.zeros((20, 20), dtype=np.int32)
     labels[:5] = 1  # background strokes
     labels[10:14, 10:14] = 2
     path = tmp_path / "objects.csv"
-    assert write_objects_csv(path, labels) == 1
+    assert write_objects_csv(tmp_path / "plain.csv", labels) == 2
+    assert write_objects_csv(path, labels, background_id=1) == 1
     with open(path, newline="") as handle:
         assert [int(r["id"]) for r in csv.DictReader(handle)] == [2]
 

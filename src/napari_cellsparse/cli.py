@@ -74,8 +74,96 @@ def _cmd_sam(args: argparse.Namespace) -> int:
     tif = out / f"{stem}_labels.tif"
     table = out / f"{stem}_objects.csv"
     tifffile.imwrite(tif, labels, compression="zlib")
-    rows = write_objects_csv(table, labels, scores)
+    rows = write_objects_csv(table, labels, scores, background_id=1)
     print(f"wrote {tif} and {table} ({rows} objects)")
+    return 0
+
+
+def _read_annotation(spec: str) -> np.ndarray:
+    """An annotation file, or ``sample:NAME`` for the sample's ready sparse annotation."""
+    if spec.startswith("sample:"):
+        from .samples import load_sample
+        from .training.annotations import sparse_from_truth
+
+        sample = load_sample(spec.split(":", 1)[1])
+        return sparse_from_truth(sample.image, sample.labels, k=4)
+    return _read_image(spec)[0]
+
+
+def _parse_settings(pairs: Sequence[str]) -> dict[str, object]:
+    """``key=value`` strings → settings (numbers parsed, the rest kept as text)."""
+    import json
+
+    from .errors import BadInputError
+
+    settings: dict[str, object] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"--set expects key=value, got {item!r}.")
+        try:
+            settings[key] = json.loads(value)
+        except ValueError:
+            settings[key] = value
+    return settings
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    if len(args.image) != len(args.labels):
+        from .errors import BadInputError
+
+        raise BadInputError("Give one --labels for every --image, in the same order.")
+    images = [_read_image(spec)[0] for spec in args.image]
+    labels = [_read_annotation(spec) for spec in args.labels]
+
+    def report(step: int, total: int, info: dict) -> None:
+        if step == total or step % max(1, total // 20) == 0:
+            print(f"step {step}/{total} loss {info['loss']:.4f}", file=sys.stderr, flush=True)
+
+    model = train(
+        args.backend, images, labels, name=args.name, steps=args.steps, progress=report,
+        reset=args.reset, device=args.device, **_parse_settings(args.set or []),
+    )
+    session = model.info["sessions"][-1]
+    print(
+        f"trained {model.backend} model {model.name!r}: {session['steps']} steps in "
+        f"{session['train_s']:.1f} s on {model.info['device']}, saved in {model.folder}"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from .labels import write_objects_csv
+    from .training import load_model
+
+    model = load_model(args.model, device=args.device)
+    image, stem = _read_image(args.image)
+    labels = model.predict(image, diameter=args.diameter, axes=args.axes, min_area=args.min_area)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tif = out / f"{stem}_labels.tif"
+    table = out / f"{stem}_objects.csv"
+    tifffile.imwrite(tif, labels, compression="zlib")
+    rows = write_objects_csv(table, labels) if labels.ndim == 2 else int(labels.max())
+    diameters = ", ".join(f"{d:.1f}" for d in model.info["last_diameters"][:5])
+    print(f"wrote {tif} and {table} ({rows} objects; diameter {diameters} px)")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .training import list_models, models_dir
+
+    for meta in list_models():
+        if "error" in meta:
+            print(f"{meta['name']}\tdamaged: {meta['error']}")
+        else:
+            print(f"{meta['name']}\t{meta.get('backend')}\t{meta.get('steps')} steps\t"
+                  f"{meta.get('images')} image(s)\tupdated {meta.get('updated')}")
+    print(f"model folder: {models_dir()}")
     return 0
 
 
@@ -111,6 +199,33 @@ def build_parser() -> argparse.ArgumentParser:
     sam.add_argument("--cache-dir", help="keep image embeddings on disk in this folder")
     sam.add_argument("--out", default="out", help="output folder")
     sam.set_defaults(func=_cmd_sam)
+
+    train = sub.add_parser("train", help="train a model on sparse annotations")
+    train.add_argument("--backend", default="unet", help="unet, stardist or cellpose")
+    train.add_argument("--image", action="append", required=True,
+                       help="image file or sample:NAME (repeat for several images)")
+    train.add_argument("--labels", action="append", required=True,
+                       help="annotation file (0 = not annotated, 1 = background, 2+ = cells), "
+                       "or sample:NAME for the sample's ready sparse annotation")
+    train.add_argument("--name", default="model", help="model name in the model store")
+    train.add_argument("--steps", type=int, help="training steps (default: the backend's)")
+    train.add_argument("--reset", action="store_true", help="start afresh instead of continuing")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="other settings")
+    train.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser("predict", help="segment an image with a trained model")
+    predict.add_argument("--model", required=True, help="model name or model folder")
+    predict.add_argument("--image", required=True, help="image file or sample:NAME")
+    predict.add_argument("--diameter", type=float, help="cell diameter in pixels (default: auto)")
+    predict.add_argument("--axes", help="e.g. ZYX, YXC, CYX when the shape is ambiguous")
+    predict.add_argument("--min-area", type=int, default=0, help="drop smaller objects (pixels)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    predict.add_argument("--out", default="out", help="output folder")
+    predict.set_defaults(func=_cmd_predict)
+
+    models = sub.add_parser("models", help="list the stored models")
+    models.set_defaults(func=_cmd_models)
 
     weights = sub.add_parser("weights", help="list or download SAM checkpoints")
     weights.add_argument("action", choices=["list", "download"])

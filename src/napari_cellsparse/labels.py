@@ -54,9 +54,16 @@ def paint_masks(
 
 
 def write_objects_csv(
-    path: str | Path, labels: np.ndarray, scores: dict[int, float] | None = None
+    path: str | Path,
+    labels: np.ndarray,
+    scores: dict[int, float] | None = None,
+    background_id: int | None = None,
 ) -> int:
-    """One row per object of ``labels`` (id, centroid y/x, area, bbox, score); returns rows."""
+    """One row per object of ``labels`` (id, centroid y/x, area, bbox, score); returns rows.
+
+    0 is never an object; ``background_id=1`` also skips label 1, for label images in the
+    annotation convention (1 = painted background, cells from 2).
+    """
     from skimage.measure import regionprops
 
     scores = scores or {}
@@ -76,7 +83,10 @@ def write_objects_csv(
                 "score",
             ]
         )
-        for region in regionprops(labels.astype(np.int32)):
+        ids = labels.astype(np.int32)
+        if background_id is not None:
+            ids = np.where(ids == background_id, 0, ids)
+        for region in regionprops(ids):
             cy, cx = region.centroid
             y0, x0, y1, x1 = region.bbox
             score = scores.get(region.label)

@@ -1,0 +1,53 @@
+"""Scores that only look where the user annotated: for tuning thresholds on sparse labels.
+
+A sparse annotation cannot say whether a predicted object in unannotated pixels is right, so
+those objects are neither rewarded nor punished. An annotated cell counts as found when one
+predicted object overlaps it with IoU >= 0.5 (such a match is unique). A predicted object
+that lies mostly on annotated pixels and matches no annotated cell is a false positive (a cell
+in painted background, a fragment, or a merge of annotated cells).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .annotations import IGNORE
+
+__all__ = ["annotated_counts", "annotated_f1"]
+
+
+def annotated_counts(
+    pred: np.ndarray, internal: np.ndarray, iou: float = 0.5
+) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of ``pred`` on an annotation."""
+    pred = np.asarray(pred).astype(np.int64, copy=False)
+    truth = np.where(internal > 0, internal, 0).astype(np.int64)
+    n_pred = int(pred.max()) + 1 if pred.size else 1
+    n_true = int(truth.max()) + 1 if truth.size else 1
+    both = np.bincount((truth * n_pred + pred).ravel(), minlength=n_true * n_pred)
+    overlap = both.reshape(n_true, n_pred)
+    true_area = overlap.sum(axis=1)
+    pred_area = overlap.sum(axis=0)
+    union = true_area[:, None] + pred_area[None, :] - overlap
+    ious = np.where(union > 0, overlap / np.maximum(union, 1), 0.0)[1:, 1:]
+    true_ids = np.flatnonzero(true_area[1:] > 0)
+    pred_ids = np.flatnonzero(pred_area[1:] > 0)
+    matched = ious[np.ix_(true_ids, pred_ids)] >= iou if len(true_ids) and len(pred_ids) else None
+    tp = int(matched.any(axis=1).sum()) if matched is not None else 0
+    fn = len(true_ids) - tp
+    on_annotation = np.bincount(pred[internal != IGNORE].ravel(), minlength=n_pred)
+    mostly_annotated = on_annotation[1:][pred_ids] > 0.5 * pred_area[1:][pred_ids]
+    pred_matched = (
+        matched.any(axis=0) if matched is not None else np.zeros(len(pred_ids), bool)
+    )
+    fp = int((mostly_annotated & ~pred_matched).sum())
+    return tp, fp, fn
+
+
+def annotated_f1(preds: list[np.ndarray], internals: list[np.ndarray], iou: float = 0.5) -> float:
+    """F1 over several images, counting only what the annotations can judge."""
+    tp = fp = fn = 0
+    for pred, internal in zip(preds, internals, strict=True):
+        a, b, c = annotated_counts(pred, internal, iou)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return 2 * tp / max(2 * tp + fp + fn, 1)

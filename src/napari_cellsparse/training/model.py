@@ -1,0 +1,114 @@
+"""A trained model as users see it: predict on any supported image, at the right scale.
+
+:class:`TrainedModel` wraps one backend :class:`~napari_cellsparse.training.backend.Network`
+with what the shared code knows: the normalisation, the object scale (training diameter,
+automatic diameter estimate and its calibration), stacks and channel axes, and the metadata
+of the model store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from skimage.morphology import remove_small_objects
+from skimage.segmentation import relabel_sequential
+
+from ..errors import BadInputError
+from ..images import normalize_percentile
+from .backend import Network
+from .inputs import prediction_slices
+from .scale import foreground_diameter, rescale_image, resize_labels
+
+__all__ = ["TrainedModel", "normalize"]
+
+MIN_FACTOR, MAX_FACTOR = 1.0 / 16.0, 8.0
+MAX_SCALED_PIXELS = 200_000_000
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """The one normalisation of model inputs: per channel, 1st/99.8th percentile → 0/1."""
+    return normalize_percentile(image, axis=(0, 1))
+
+
+class TrainedModel:
+    """A model from the store (or just trained): ``predict`` gives int32 instance labels."""
+
+    def __init__(self, network: Network, folder: Path | None, info: dict[str, Any]) -> None:
+        self.network = network
+        self.folder = folder
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name", ""))
+
+    @property
+    def backend(self) -> str:
+        return self.network.name
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.network.config
+
+    @property
+    def n_channels(self) -> int:
+        return self.network.n_channels
+
+    def __repr__(self) -> str:
+        return f"TrainedModel(name={self.name!r}, backend={self.backend!r}, folder={self.folder})"
+
+    def estimate_diameter(self, normalized: np.ndarray) -> float:
+        """Typical cell diameter (pixels) of a normalised YXC slice, calibrated on training."""
+        found = foreground_diameter(normalized, float(self.config.get("polarity", 1.0)))
+        if found is None:
+            return float(self.config["train_diameter"])
+        return found * float(self.config.get("diameter_calibration", 1.0))
+
+    def predict(
+        self,
+        image: np.ndarray,
+        diameter: float | None = None,
+        axes: str | None = None,
+        min_area: int = 0,
+    ) -> np.ndarray:
+        """Instance labels (int32, 0 = background) of a 2D image or, slice by slice, a stack.
+
+        ``diameter`` (pixels) of the cells in ``image``; None estimates it per slice. Ids are
+        unique across a stack. ``min_area`` drops smaller objects. The diameters used are in
+        ``self.info["last_diameters"]``.
+        """
+        if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
+            raise BadInputError(f"The diameter must be a positive number, got {diameter!r}.")
+        slices, label_shape = prediction_slices(image, self.n_channels, axes)
+        out = np.zeros((len(slices), *label_shape[-2:]), np.int32)
+        used = []
+        offset = 0
+        for k, raw in enumerate(slices):
+            labels, d = self.predict_slice(raw, diameter)
+            if min_area > 0:
+                labels = remove_small_objects(labels, min_size=min_area)
+            labels = relabel_sequential(labels)[0].astype(np.int32)
+            out[k] = np.where(labels > 0, labels + offset, 0)
+            offset = int(out[k].max()) if out[k].any() else offset
+            used.append(d)
+        self.info["last_diameters"] = used
+        return out.reshape(label_shape)
+
+    def predict_slice(self, raw: np.ndarray, diameter: float | None) -> tuple[np.ndarray, float]:
+        """Labels of one YXC slice and the diameter used for it."""
+        if not raw.any() or float(raw.max()) == float(raw.min()):
+            return np.zeros(raw.shape[:2], np.int32), float(diameter or 0.0)
+        normalized = normalize(raw)
+        d = float(diameter) if diameter is not None else self.estimate_diameter(normalized)
+        factor = float(np.clip(self.config["target_diameter"] / d, MIN_FACTOR, MAX_FACTOR))
+        if raw.shape[0] * raw.shape[1] * factor**2 > MAX_SCALED_PIXELS:
+            raise BadInputError(
+                f"At diameter {d:.1f} px this image would be rescaled to "
+                f"{factor:.2f}x, too large to predict at once; give a larger diameter or "
+                "use the tiled (batch) prediction."
+            )
+        scaled = rescale_image(normalized, factor)
+        labels = np.asarray(self.network.predict_scaled(scaled), np.int32)
+        return resize_labels(labels, raw.shape[:2]), d

@@ -1,0 +1,239 @@
+"""The 3-class U-Net backend (ELEPHANT-style, PyTorch): background / cell border / cell centre.
+
+Targets come from the annotated cells: a cell's pixels within 2 px of its edge are *border*,
+the rest *centre*; painted background is *background*; everything unannotated is left out of
+the loss. The loss is a class-weighted cross-entropy plus a Dice term on the centre class,
+both over annotated pixels only. Instances are the connected centre regions, grown by a
+watershed into the cell (border + centre) region.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .._lazy import import_torch
+from ..devices import resolve_device
+from ..errors import WeightsError
+from .annotations import IGNORE
+from .backend import Network
+from .evaluate import annotated_f1
+from .sampling import SparseDataset
+
+__all__ = ["UNetNetwork", "unet_loss", "unet_targets"]
+
+BACKGROUND, BORDER, CENTRE = 0, 1, 2
+WEIGHTS_FILE = "unet.pt"
+
+
+def unet_targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
+    """Class targets of internal labels (..., Y, X): -1 ignore, 0 bg, 1 border, 2 centre."""
+    labels = np.asarray(labels)
+    size = [1] * (labels.ndim - 2) + [2 * border_width + 1] * 2
+    edge = ndi.maximum_filter(labels, size=size) != ndi.minimum_filter(labels, size=size)
+    targets = np.full(labels.shape, IGNORE, np.int64)
+    targets[labels == 0] = BACKGROUND
+    cells = labels > 0
+    targets[cells & edge] = BORDER
+    targets[cells & ~edge] = CENTRE
+    return targets
+
+
+def unet_loss(logits: Any, targets: Any, mask: Any, dice_weight: float = 1.0) -> Any:
+    """Masked loss: class-weighted cross-entropy + centre Dice over pixels where ``mask``.
+
+    ``logits`` (N, 3, Y, X); ``targets`` (N, Y, X) class ids, whatever their value outside
+    ``mask`` (N, Y, X, bool) — those pixels contribute nothing, to the loss or its gradient.
+    """
+    torch = import_torch()
+    functional = torch.nn.functional
+    safe = torch.where(mask, targets, torch.zeros_like(targets))
+    counts = torch.stack([((safe == c) & mask).sum() for c in range(3)]).float()
+    weights = torch.where(counts > 0, counts.sum() / (3.0 * counts.clamp(min=1.0)), counts)
+    weights = weights.clamp(max=10.0)
+    per_pixel = functional.cross_entropy(logits, safe, reduction="none")
+    pixel_weight = weights[safe] * mask
+    ce = (per_pixel * pixel_weight).sum() / pixel_weight.sum().clamp(min=1e-6)
+    prob = torch.softmax(logits, dim=1)[:, CENTRE] * mask
+    truth = ((safe == CENTRE) & mask).float()
+    dice = 1.0 - (2.0 * (prob * truth).sum() + 1.0) / (prob.sum() + truth.sum() + 1.0)
+    return ce + dice_weight * dice
+
+
+def _build_unet(n_channels: int, base: int, depth: int) -> Any:
+    """A small 2D U-Net: conv-GroupNorm-ReLU blocks, max-pool down, bilinear up."""
+    torch = import_torch()
+    nn = torch.nn
+
+    def block(cin: int, cout: int) -> Any:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(min(8, cout // 4), cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(min(8, cout // 4), cout),
+            nn.ReLU(inplace=True),
+        )
+
+    class UNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            widths = [base * 2**i for i in range(depth + 1)]
+            self.down = nn.ModuleList(
+                [block(n_channels, widths[0])]
+                + [block(widths[i], widths[i + 1]) for i in range(depth)]
+            )
+            self.up = nn.ModuleList(
+                [block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth))]
+            )
+            self.head = nn.Conv2d(widths[0], 3, 1)
+
+        def forward(self, x: Any) -> Any:
+            skips = []
+            for i, layer in enumerate(self.down):
+                x = layer(x if i == 0 else torch.nn.functional.max_pool2d(x, 2))
+                skips.append(x)
+            skips.pop()
+            for layer in self.up:
+                skip = skips.pop()
+                x = torch.nn.functional.interpolate(
+                    x, size=skip.shape[-2:], mode="bilinear", align_corners=False
+                )
+                x = layer(torch.cat([x, skip], dim=1))
+            return self.head(x)
+
+    return UNet()
+
+
+class UNetNetwork(Network):
+    """3-class U-Net trained with masked losses; ours, small enough for a laptop CPU."""
+
+    name = "unet"
+    title = "3-class U-Net (PyTorch)"
+    requires = ("torch",)
+    extra = "sam"
+    defaults: ClassVar[dict[str, Any]] = {
+        "base_filters": 16,
+        "depth": 3,
+        "border_width": 2,
+        "dice_weight": 1.0,
+        "learning_rate": 2e-3,
+        "centre_threshold": 0.5,
+        "foreground_threshold": 0.5,
+    }
+    weight_files = (WEIGHTS_FILE,)
+
+    def __init__(self, config: dict[str, Any], n_channels: int, device: str | None) -> None:
+        super().__init__(config, n_channels, device)
+        self.device = resolve_device(device)
+        self.net: Any = None
+        self.optimizer: Any = None
+
+    def build(self) -> None:
+        torch = import_torch()
+        torch.manual_seed(int(self.config["seed"]))
+        self.net = _build_unet(
+            self.n_channels, int(self.config["base_filters"]), int(self.config["depth"])
+        ).to(self.device)
+
+    def train_steps(
+        self, data: SparseDataset, steps: int, rng: np.random.Generator
+    ) -> Iterator[dict[str, float]]:
+        torch = import_torch()
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(
+                self.net.parameters(), lr=float(self.config["learning_rate"]), weight_decay=1e-4
+            )
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=float(self.config["learning_rate"]), total_steps=max(steps, 1),
+            pct_start=0.1,
+        )
+        patch, batch_size = int(self.config["patch_size"]), int(self.config["batch_size"])
+        for _ in range(steps):
+            batch = data.sample_batch(rng, batch_size, patch)
+            targets = unet_targets(batch.labels, int(self.config["border_width"]))
+            x = torch.from_numpy(np.moveaxis(batch.images, -1, 1)).to(self.device)
+            t = torch.from_numpy(targets).to(self.device)
+            self.net.train()
+            loss = unet_loss(self.net(x), t, t != IGNORE, float(self.config["dice_weight"]))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            schedule.step()
+            yield {"loss": float(loss.detach())}
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities (3, Y, X) of a normalised YXC image at training scale."""
+        torch = import_torch()
+        multiple = 2 ** int(self.config["depth"])
+        h, w = image.shape[:2]
+        ph, pw = (-h) % multiple, (-w) % multiple
+        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else
+                        "edge")
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(padded, -1, 0))[None]).float()
+        self.net.eval()
+        with torch.inference_mode():
+            prob = torch.softmax(self.net(x.to(self.device)), dim=1)[0].cpu().numpy()
+        return prob[:, :h, :w]
+
+    def instances(self, prob: np.ndarray, centre: float, foreground: float) -> np.ndarray:
+        """Centre components grown by a watershed into the cell region."""
+        from skimage.segmentation import watershed
+
+        cell_region = prob[BORDER] + prob[CENTRE] > foreground
+        seeds, n = ndi.label((prob[CENTRE] > centre) & cell_region)
+        if n == 0:
+            return np.zeros(prob.shape[1:], np.int32)
+        min_seed = max(2, int((0.15 * float(self.config["target_diameter"])) ** 2))
+        sizes = np.bincount(seeds.ravel())
+        seeds[sizes[seeds] < min_seed] = 0
+        return watershed(-prob[CENTRE], seeds, mask=cell_region).astype(np.int32)
+
+    def tune(self, data: SparseDataset) -> dict[str, Any]:
+        probs = [self.probabilities(img) for img in data.images]
+        best = (-1.0, self.config["centre_threshold"], self.config["foreground_threshold"])
+        for centre in (0.3, 0.4, 0.5, 0.6, 0.7):
+            for foreground in (0.4, 0.5, 0.6):
+                f1 = annotated_f1([self.instances(p, centre, foreground) for p in probs],
+                                  data.labels)
+                if f1 > best[0] + 1e-9:
+                    best = (f1, centre, foreground)
+        return {"centre_threshold": best[1], "foreground_threshold": best[2],
+                "tuned_annotated_f1": best[0]}
+
+    def predict_scaled(self, image: np.ndarray) -> np.ndarray:
+        prob = self.probabilities(image)
+        return self.instances(
+            prob, float(self.config["centre_threshold"]),
+            float(self.config["foreground_threshold"]),
+        )
+
+    def save(self, folder: Path) -> None:
+        torch = import_torch()
+        fd, tmp = tempfile.mkstemp(prefix=WEIGHTS_FILE, suffix=".part", dir=folder)
+        os.close(fd)
+        try:
+            torch.save(self.net.state_dict(), tmp)
+            os.replace(tmp, folder / WEIGHTS_FILE)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def load(self, folder: Path) -> None:
+        torch = import_torch()
+        path = folder / WEIGHTS_FILE
+        if not path.is_file():
+            raise WeightsError(f"The model folder {folder} has no weights file {WEIGHTS_FILE}.")
+        self.build()
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.net.load_state_dict(state)
+        except Exception as err:
+            raise WeightsError(
+                f"{path} is damaged or belongs to another network and cannot be loaded ({err})."
+            ) from err

@@ -1,0 +1,291 @@
+"""The shared sparse-training code, exercised through the 3-class U-Net backend.
+
+Convention, storage, scale, stacks, cancel and bad input are backend-independent, so they are
+tested here once with the U-Net (pure PyTorch, always installed with the test extra); the
+StarDist and Cellpose backends have their own files for their losses and training.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stardist.matching import matching
+
+from napari_cellsparse.errors import BackendUnavailableError, BadInputError, WeightsError
+from napari_cellsparse.paths import HOME_ENV
+from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.training import list_models, load_model, train
+from napari_cellsparse.training.annotations import sparse_from_truth, to_internal
+from napari_cellsparse.training.inputs import prediction_slices, training_pairs
+from napari_cellsparse.training.scale import rescale_image, resize_labels
+from napari_cellsparse.training.unet import unet_loss, unet_targets
+
+TINY = {"base_filters": 8, "patch_size": 64, "batch_size": 4}
+
+
+def blobs(seed: int = 1, shape: tuple[int, int] = (160, 160)) -> tuple[np.ndarray, np.ndarray]:
+    """Separated synthetic nuclei (diameter about 16 px) and their ground truth."""
+    return make_nuclei(shape, n_objects=24, radius=(7.0, 9.0), seed=seed)
+
+
+def sparse(image: np.ndarray, truth: np.ndarray, k: int = 3) -> np.ndarray:
+    return sparse_from_truth(image, truth, k=k, band=10)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """One U-Net trained on 6 annotated cells of a synthetic image (its own model store)."""
+    home = tmp_path_factory.mktemp("home")
+    image, truth = blobs()
+    losses: list[float] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(home))
+        model = train("unet", image, sparse(image, truth), name="blobs", steps=120,
+                      progress=lambda s, n, info: losses.append(info["loss"]), **TINY)
+    return model, image, truth, losses, home
+
+
+# -- the annotation convention and input checks --------------------------------------------
+
+
+def test_layer_convention_maps_to_internal_form() -> None:
+    layer = np.array([[0, 1, 2, 3]], np.uint16)
+    assert to_internal(layer).tolist() == [[-1, 0, 1, 2]]
+    with pytest.raises(BadInputError, match="integer"):
+        to_internal(layer.astype(np.float32))
+
+
+def test_sparse_from_truth_keeps_darkest_and_brightest_with_background_band() -> None:
+    image, truth = blobs()
+    ann = sparse(image, truth, k=2)
+    assert len(np.unique(ann[ann >= 2])) == 4
+    assert (ann[truth == 0] <= 1).all()
+    assert (ann == 1).any() and (ann == 0).any()
+    full = sparse_from_truth(image, truth, k=None)
+    assert (full > 0).all() and len(np.unique(full[full >= 2])) == truth.max()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda img, ann: (img, ann[:-1]), "same pixels"),
+        (lambda img, ann: (img, np.where(ann >= 2, 1, ann)), "no annotated cell"),
+        (lambda img, ann: (img, np.where(ann == 1, 0, ann)), "no background"),
+        (lambda img, ann: (img, np.zeros_like(ann)), "Nothing is annotated"),
+        (lambda img, ann: (np.where(ann == 2, np.nan, img.astype(np.float32)), ann), "NaN"),
+        (lambda img, ann: ([img, img], [ann]), "2 image"),
+        (lambda img, ann: ([], []), "No images"),
+    ],
+)
+def test_bad_training_input_is_refused_clearly(change, message: str) -> None:
+    image, truth = blobs()
+    images, labels = change(image, sparse(image, truth))
+    with pytest.raises(BadInputError, match=message):
+        train("unet", images, labels, name="bad", steps=1, **TINY)
+
+
+def test_unknown_or_missing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    image, truth = blobs()
+    with pytest.raises(BadInputError, match="Unknown backend 'ilastik'"):
+        train("ilastik", image, sparse(image, truth), steps=1)
+    import napari_cellsparse.training.backend as backend
+
+    real = backend.importlib.util.find_spec
+    monkeypatch.setattr(
+        backend.importlib.util, "find_spec", lambda m, *a: None if m == "torch" else real(m, *a)
+    )
+    with pytest.raises(BackendUnavailableError, match=r"pip install"):
+        train("unet", image, sparse(image, truth), steps=1)
+    assert list_models() == []
+
+
+def test_channel_axes_and_stacks_are_split_into_2d_pairs() -> None:
+    image, truth = blobs()
+    ann = sparse(image, truth)
+    yxc = np.stack([image, image // 2], axis=-1)
+    cyx = np.moveaxis(yxc, -1, 0)
+    assert [p[0].shape for p in training_pairs(yxc, ann)] == [(160, 160, 2)]
+    assert [p[0].shape for p in training_pairs(cyx, ann)] == [(160, 160, 2)]
+    stack_ann = np.stack([ann, np.zeros_like(ann), ann])
+    pairs = training_pairs(np.stack([image] * 3), stack_ann)
+    assert len(pairs) == 2  # the unannotated slice is skipped
+    slices, shape = prediction_slices(np.stack([image] * 3), 1)
+    assert len(slices) == 3 and shape == (3, 160, 160)
+    with pytest.raises(BadInputError, match="axes"):
+        prediction_slices(np.zeros((3, 4, 160), np.uint8), 1, axes="ZYXC")
+    with pytest.raises(BadInputError, match="channel"):
+        prediction_slices(yxc, 1, axes="YXC")
+
+
+# -- the U-Net's masked loss -----------------------------------------------------------------
+
+
+def test_unet_targets_border_centre_background_ignore() -> None:
+    labels = -np.ones((1, 20, 20), np.int32)
+    labels[0, :, :10] = 0
+    labels[0, 5:15, 2:12] = 1
+    t = unet_targets(labels, border_width=2)[0]
+    assert t[10, 7] == 2 and t[5, 7] == 1 and t[10, 11] == 1
+    assert t[0, 0] == 0 and t[0, 15] == -1 and t[10, 14] == -1
+
+
+def test_unet_loss_ignores_targets_under_unannotated_pixels() -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = torch.tensor(rng.normal(size=(2, 3, 16, 16)), dtype=torch.float32)
+    targets = torch.tensor(rng.integers(0, 3, size=(2, 16, 16)))
+    mask = torch.tensor(rng.random((2, 16, 16)) < 0.3)
+
+    def loss_and_grad(t: torch.Tensor) -> tuple[float, np.ndarray]:
+        x = logits.clone().requires_grad_(True)
+        loss = unet_loss(x, t, mask)
+        loss.backward()
+        return float(loss.detach()), x.grad.numpy().copy()
+
+    base = loss_and_grad(targets)
+    changed = torch.where(mask, targets, (targets + 1) % 3)
+    same = loss_and_grad(changed)
+    assert same[0] == pytest.approx(base[0], abs=1e-7)
+    np.testing.assert_allclose(same[1], base[1], atol=1e-8)
+    assert not base[1][~mask.numpy()[:, None].repeat(3, 1)].any()
+    on_annotated = torch.where(mask, (targets + 1) % 3, targets)
+    assert abs(loss_and_grad(on_annotated)[0] - base[0]) > 1e-3
+
+
+# -- training, storage, prediction -----------------------------------------------------------
+
+
+def test_short_training_reduces_loss_and_segments_blobs(trained) -> None:
+    model, image, truth, losses, _ = trained
+    assert len(losses) == 120
+    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:10])
+    pred = model.predict(image)
+    assert pred.dtype == np.int32 and pred.shape == image.shape
+    assert matching(truth, pred, thresh=0.5).f1 >= 0.8
+
+
+def test_model_store_round_trip_gives_identical_predictions(trained, monkeypatch) -> None:
+    model, image, _, _, home = trained
+    monkeypatch.setenv(HOME_ENV, str(home))
+    [meta] = list_models()
+    assert meta["name"] == "blobs" and meta["backend"] == "unet" and meta["steps"] == 120
+    assert {"created", "images", "versions", "sessions"} <= set(meta)
+    for source in ("blobs", model.folder):
+        again = load_model(source)
+        np.testing.assert_array_equal(again.predict(image), model.predict(image))
+
+
+def test_new_image_at_another_scale_is_rescaled_automatically(trained) -> None:
+    model, image, truth, _, _ = trained
+    big = rescale_image(image[..., None].astype(np.float32), 2.0)[..., 0]
+    big_truth = resize_labels(truth, big.shape)
+    pred = model.predict(big)
+    train_d = model.config["train_diameter"]
+    assert model.info["last_diameters"][0] == pytest.approx(2 * train_d, rel=0.25)
+    assert matching(big_truth, pred, thresh=0.5).f1 >= 0.7
+    fixed = model.predict(big, diameter=train_d)  # told the wrong size: worse or equal
+    assert model.info["last_diameters"] == [train_d]
+    assert matching(big_truth, fixed, thresh=0.5).f1 <= matching(big_truth, pred, thresh=0.5).f1
+
+
+def test_stack_prediction_has_unique_ids_across_slices(trained) -> None:
+    model, image, _, _, _ = trained
+    stack = np.stack([image, image[::-1]])
+    pred = model.predict(stack, axes="ZYX")
+    assert pred.shape == stack.shape
+    ids0, ids1 = set(np.unique(pred[0])) - {0}, set(np.unique(pred[1])) - {0}
+    assert ids0 and ids1 and not ids0 & ids1
+    assert model.predict(np.zeros((64, 64), np.uint16)).max() == 0
+    with pytest.raises(BadInputError, match="positive"):
+        model.predict(image, diameter=-3)
+
+
+def test_cancel_stops_at_the_next_step_and_saves() -> None:
+    image, truth = blobs()
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def progress(step: int, total: int, info: dict) -> None:
+        seen.append(step)
+        if step == 3:
+            stop.set()
+
+    model = train("unet", image, sparse(image, truth), name="stopped", steps=50,
+                  progress=progress, cancel=stop, **TINY)
+    assert seen == [1, 2, 3]
+    assert model.info["stopped_early"] is True
+    assert load_model("stopped").info["steps"] == 3
+
+
+def test_training_again_continues_unless_reset() -> None:
+    image, truth = blobs()
+    ann = sparse(image, truth)
+    first = train("unet", image, ann, name="again", steps=4, **TINY)
+    second = train("unet", image, ann, name="again", steps=3)
+    assert second.info["steps"] == 7 and len(second.info["sessions"]) == 2
+    assert second.config["base_filters"] == 8  # the stored architecture is kept
+    assert not np.array_equal(
+        first.network.net.head.weight.detach().numpy(),
+        second.network.net.head.weight.detach().numpy(),
+    )
+    fresh = train("unet", image, ann, name="again", steps=2, reset=True, **TINY)
+    assert fresh.info["steps"] == 2 and len(fresh.info["sessions"]) == 1
+    with pytest.raises(BadInputError, match="another number of channels"):
+        train("unet", np.stack([image, image], -1), ann, name="again", steps=1)
+
+
+def test_damaged_model_folders_give_clear_errors() -> None:
+    image, truth = blobs()
+    model = train("unet", image, sparse(image, truth), name="damaged", steps=1, **TINY)
+    folder = model.folder
+    (folder / "unet.pt").write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match="damaged"):
+        load_model("damaged")
+    (folder / "unet.pt").unlink()
+    with pytest.raises(WeightsError, match="no weights file"):
+        load_model("damaged")
+    (folder / "metadata.json").write_text("{broken")
+    with pytest.raises(WeightsError, match="damaged"):
+        load_model(folder)
+    assert "error" in list_models()[0]
+    (folder / "metadata.json").unlink()
+    with pytest.raises(WeightsError, match="incomplete"):
+        load_model(folder)
+    with pytest.raises(BadInputError, match="No model called 'nothing'"):
+        load_model("nothing")
+    with pytest.raises(BadInputError, match="cannot be a model name"):
+        train("unet", image, sparse(image, truth), name="../escape", steps=1)
+
+
+def test_unknown_setting_is_refused() -> None:
+    image, truth = blobs()
+    with pytest.raises(BadInputError, match="Unknown setting"):
+        train("unet", image, sparse(image, truth), steps=1, patch=64)
+
+
+def test_cli_train_then_predict_writes_labels_and_table(tmp_path: Path, capsys) -> None:
+    import tifffile
+
+    from napari_cellsparse.cli import main
+
+    settings = [f"{k}={v}" for k, v in TINY.items()]
+    assert main(["train", "--image", "sample:nuclei", "--labels", "sample:nuclei",
+                 "--name", "cli", "--steps", "2", "--set", *settings]) == 0
+    assert "trained unet model 'cli'" in capsys.readouterr().out
+    assert main(["predict", "--model", "cli", "--image", "sample:nuclei",
+                 "--out", str(tmp_path)]) == 0
+    labels = tifffile.imread(tmp_path / "sample_nuclei_labels.tif")
+    assert labels.shape == (512, 512) and labels.dtype == np.int32
+    rows = (tmp_path / "sample_nuclei_objects.csv").read_text().splitlines()
+    assert rows[0].startswith("id,centroid_y,centroid_x,area") and len(rows) == labels.max() + 1
+    assert main(["models"]) == 0
+    assert "cli\tunet\t2 steps" in capsys.readouterr().out
+    assert main(["predict", "--model", "nothing", "--image", "sample:nuclei"]) == 2
+    assert main(["train", "--image", "sample:nuclei", "--labels", "sample:nuclei",
+                 "--set", "patch"]) == 2
+    json.dumps(list_models())
