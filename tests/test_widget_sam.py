@@ -201,3 +201,37 @@ def test_docked_through_napari_boxes_work(make_napari_viewer, vit_t_checkpoint):
     assert n_boxes == 12
     assert 2 <= labels.max() <= 1 + n_boxes
     assert len(viewer.layers["SAM outlines"].data) == labels.max() - 1
+
+
+def test_download_button_fetches_weights_and_reports_failures(
+    annotator, http_server, closed_port, tmp_path, monkeypatch
+):
+    import hashlib
+    import shutil
+
+    from napari_cellsparse._widgets import sam_annotator
+    from napari_cellsparse.sam.weights import weights_dir
+
+    viewer, widget, _ = annotator
+    served = tmp_path / "served"
+    served.mkdir()
+    source = Path(widget.weights_edit.text())
+    shutil.copyfile(source, served / "mobile_sam.pt")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    server = http_server(served)
+    real = sam_annotator.download_weights
+    url = {"now": server.url("mobile_sam.pt")}
+    monkeypatch.setattr(
+        sam_annotator, "download_weights", lambda model: real(model, url["now"], digest)
+    )
+    widget.model_combo.setCurrentText("vit_t")
+    widget.download_button.click()
+    assert "Saved mobile_sam.pt" in widget.status.text()
+    assert (weights_dir() / "mobile_sam.pt").read_bytes() == source.read_bytes()
+
+    (weights_dir() / "mobile_sam.pt").unlink()
+    url["now"] = f"http://127.0.0.1:{closed_port}/mobile_sam.pt"
+    widget.download_button.click()
+    assert "mobile_sam.pt" in widget.status.text() and "Saved" not in widget.status.text()
+    assert not widget.runner.busy and widget.download_button.isEnabled()
+    assert list(weights_dir().glob("*")) == []
