@@ -195,12 +195,20 @@ def test_docked_through_napari_boxes_work(make_napari_viewer, vit_t_checkpoint):
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellsparse", "SAM annotator")
     widget.weights_edit.setText(str(vit_t_checkpoint))
     widget.runner.synchronous = True
+    # the sample's sparse annotation is the natural target: SAM adds cells to it
+    from napari_cellsparse._sample_data import SPARSE_LAYER
+
+    assert widget.labels_combo.currentText() == SPARSE_LAYER
+    before = np.array(viewer.layers[SPARSE_LAYER].data)
     widget.segment_all_boxes()
-    labels = viewer.layers["SAM annotation"].data
+    labels = viewer.layers[SPARSE_LAYER].data
     n_boxes = len(viewer.layers["SAM prompts"].data)
     assert n_boxes == 12
-    assert 2 <= labels.max() <= 1 + n_boxes
-    assert len(viewer.layers["SAM outlines"].data) == labels.max() - 1
+    new_ids = np.unique(labels[labels > before.max()])
+    assert 1 <= len(new_ids) <= n_boxes and new_ids.min() == before.max() + 1
+    cells = before >= 2
+    np.testing.assert_array_equal(labels[cells], before[cells])  # painted cells are kept
+    assert len(viewer.layers["SAM outlines"].data) == len(new_ids)
 
 
 def test_download_button_fetches_weights_and_reports_failures(
@@ -212,7 +220,7 @@ def test_download_button_fetches_weights_and_reports_failures(
     from napari_cellsparse._widgets import sam_annotator
     from napari_cellsparse.sam.weights import weights_dir
 
-    viewer, widget, _ = annotator
+    _, widget, _ = annotator
     served = tmp_path / "served"
     served.mkdir()
     source = Path(widget.weights_edit.text())

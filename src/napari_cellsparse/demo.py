@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["main", "open_demo"]
 
 PLUGIN = "napari-cellsparse"
-WIDGETS = ("SAM annotator",)
+WIDGETS = ("SAM annotator", "Sparse training")
 
 
 def open_demo(viewer=None, sample: str = "nuclei"):

@@ -1,14 +1,17 @@
 """The one helper that runs engine progress generators from a dock widget.
 
 It starts the generator in a napari ``thread_worker`` (or synchronously, for tests), maps
-its :class:`~napari_cellsparse.progress.Progress` events to a napari progress bar, routes
-errors to a notification a biologist can read, wires the Cancel button to ``quit()`` and
-disables the run buttons while busy. Results arrive on the main thread.
+its :class:`~napari_cellsparse.progress.Progress` events to a napari progress bar (and to an
+optional handler of the widget), routes errors to a notification a biologist can read, wires
+the Cancel button to ``quit()`` — or, for a job started with a ``cancel`` event, to setting
+that event, so the job can stop gracefully and still return its result — and disables the run
+buttons while busy. Results arrive on the main thread.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -48,6 +51,8 @@ class JobRunner:
         self.synchronous = False
         self.worker: Any = None
         self._bar: Any = None
+        self._cancel_event: threading.Event | None = None
+        self._on_event: Callable[[Progress], None] | None = None
         if cancel_button is not None:
             cancel_button.setEnabled(False)
             cancel_button.clicked.connect(self.cancel)
@@ -61,11 +66,20 @@ class JobRunner:
         job: Callable[[], Generator[Progress, None, Any]],
         on_done: Callable[[Any], None],
         description: str,
+        cancel: threading.Event | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
-        """Run ``job()``; call ``on_done(result)`` on the main thread when it finishes."""
+        """Run ``job()``; call ``on_done(result)`` on the main thread when it finishes.
+
+        With ``cancel``, Cancel sets that event instead of quitting the worker: the job
+        decides how to stop and its result still reaches ``on_done``. ``on_progress`` also
+        receives every progress event, on the main thread.
+        """
         if self.busy:
             show_info("Still working on the previous step; wait for it or press Cancel.")
             return
+        self._cancel_event = cancel
+        self._on_event = on_progress
         self._set_busy(True, description)
         if self.synchronous:
             self._run_here(job, on_done)
@@ -83,9 +97,14 @@ class JobRunner:
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next step."""
-        if self.worker is not None:
-            self.status("Cancelling...")
-            self.worker.quit()
+        if self.worker is None:
+            return
+        if self._cancel_event is not None:
+            self.status("Stopping at the next step...")
+            self._cancel_event.set()
+            return
+        self.status("Cancelling...")
+        self.worker.quit()
 
     def _run_here(
         self,
@@ -105,14 +124,22 @@ class JobRunner:
             self._set_busy(False)
 
     def _on_progress(self, event: Progress) -> None:
-        if self._bar is None:
+        if self._on_event is not None:
+            self._on_event(event)
+        # napari's Qt progress bar processes events while it updates, so the job may finish
+        # (and ``self._bar`` be closed) in the middle of this method: keep a local reference.
+        bar = self._bar
+        if bar is None:
             return
-        if event.total and self._bar.total != event.total:
-            self._bar.total = event.total
-        self._bar.n = min(event.step, event.total or event.step)
+        if event.total and bar.total != event.total:
+            bar.total = event.total
+        if self._bar is not bar:
+            return
+        bar.n = min(event.step, event.total or event.step)
         if event.message:
-            self._bar.set_description(event.message)
-        self._bar.refresh()
+            bar.set_description(event.message)
+        if self._bar is bar:
+            bar.refresh()
 
     def _on_error(self, err: BaseException) -> None:
         if isinstance(err, CancelledError):
@@ -137,3 +164,5 @@ class JobRunner:
                 self._bar.close()
             self._bar = None
             self.worker = None
+            self._cancel_event = None
+            self._on_event = None

@@ -106,6 +106,7 @@ def train_iter(
     if hasattr(stepper, "close"):
         stepper.close()
 
+    loop_s = time.perf_counter() - started
     yield Progress(done, total, "Tuning thresholds on the annotated pixels")
     config.update(network.tune(dataset))
     train_s = time.perf_counter() - started
@@ -116,6 +117,7 @@ def train_iter(
         "annotated_cells": int(sum(len(np.unique(p[1][p[1] > 0])) for p in pairs)),
         "stopped_early": stopped,
         "train_s": round(train_s, 2),
+        "tune_s": round(train_s - loop_s, 2),
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
     }
     meta.update(

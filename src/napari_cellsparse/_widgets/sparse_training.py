@@ -1,0 +1,696 @@
+"""The "Sparse training" dock widget: train a model on a few painted cells, watch it learn, predict.
+
+Thin front end over :func:`~napari_cellsparse.training.train_iter`: training runs in a
+background worker with a progress bar, a live loss curve and, every few steps, the model's
+prediction on the current view in a preview layer. Stop sets the training's cancel event, so
+the model trained so far is still tuned and saved. Prediction (also in the worker) writes a
+Labels layer and an outlines Shapes layer; annotation layers are only ever read (copied).
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from scipy import ndimage as ndi
+from superqt import QCollapsible
+
+from ..errors import BackendUnavailableError, BadInputError, CellsparseError
+from ..outlines import mask_outline
+from ..progress import Progress, check_cancel
+from ..training import BACKENDS, TrainedModel, backend_class, list_models, load_model, train_iter
+from ..training.store import model_folder
+from ._worker import JobRunner, friendly_message
+from .loss_plot import LossPlot
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["SparseTrainingWidget", "outline_polygons"]
+
+PREVIEW = "Training preview"
+PREDICTION = "{} prediction"
+OUTLINES = "{} outlines"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+BACKEND_EXTRAS = {"stardist": "stardist", "cellpose": "cellpose", "unet": "sam"}
+
+
+@dataclass
+class TrainingState:
+    """What the widget knows between events (owned by one widget, never global)."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (image, annotation) unique ids
+    model: TrainedModel | None = None  # last trained or loaded model
+    model_key: tuple[Any, ...] | None = None  # (name, updated, device) of ``model``
+    reset_next: bool = False
+    cancel: threading.Event | None = None
+    device: str = ""
+    step: int = 0  # last training step seen (this session)
+    preview_z: int | None = None  # stack slice the training preview shows
+
+
+def outline_polygons(labels: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
+    """One outline polygon per object of a YX or ZYX label image (ZYX: z is the first column)."""
+    stack = labels if labels.ndim == 3 else labels[None]
+    polygons = []
+    for z, plane in enumerate(stack):
+        for i, where in enumerate(ndi.find_objects(plane), start=1):
+            if where is None:
+                continue
+            outline = mask_outline(plane[where] == i, (where[0].start, where[1].start), tolerance)
+            if outline is None:
+                continue
+            if labels.ndim == 3:
+                outline = np.column_stack([np.full(len(outline), z, float), outline])
+            polygons.append(outline)
+    return polygons
+
+
+def parse_settings(text: str) -> dict[str, Any]:
+    """``"base_filters=8, depth=2"`` → ``{"base_filters": 8, "depth": 2}`` (clear error if not)."""
+    settings: dict[str, Any] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not key.isidentifier() or not value:
+            raise BadInputError(
+                f"Backend settings must look like 'name=value, name=value', not {item!r}."
+            )
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value
+    return settings
+
+
+def _layer_data(layer: Any) -> Any:
+    """The full-resolution array of a layer (level 0 of a multiscale image)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+class SparseTrainingWidget(QWidget):
+    """Dock widget: pick image/annotation pairs and a backend; train, stop, reset, predict."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = TrainingState()
+        self._build()
+        self.runner = JobRunner(
+            [self.train_button, self.reset_button, self.predict_button],
+            self.stop_button,
+            self.status.setText,
+        )
+        self.stop_button.clicked.connect(self._say_stopping)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._refresh_models()
+
+    def _fail(self, err: BaseException) -> None:
+        """Tell the user what went wrong (status line and a napari notification)."""
+        message = friendly_message(err)
+        self.status.setText(message)
+        show_error(message)
+
+    # -- layout ------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.image_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.add_pair_button = QPushButton("Add pair")
+        self.add_pair_button.clicked.connect(self.add_pair)
+        self.remove_pair_button = QPushButton("Remove")
+        self.remove_pair_button.clicked.connect(self.remove_pair)
+        self.pairs_list = QListWidget()
+        self.pairs_list.setMaximumHeight(70)
+        self.pairs_list.setToolTip(
+            "Image/annotation pairs to train on; when empty, the pair chosen above is used."
+        )
+        pair_row = QHBoxLayout()
+        pair_row.addWidget(self.add_pair_button)
+        pair_row.addWidget(self.remove_pair_button)
+
+        self.backend_combo = QComboBox()
+        self.backend_combo.addItems(list(BACKENDS))
+        self.name_edit = QLineEdit("sparse-model")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(200)
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Annotation", self.labels_combo)
+        form.addRow(pair_row)
+        form.addRow(self.pairs_list)
+        form.addRow("Backend", self.backend_combo)
+        form.addRow("Model name", self.name_edit)
+        form.addRow("Steps", self.steps_spin)
+
+        self.patch_spin = self._default_spin(QSpinBox(), 2048, 16)
+        self.batch_spin = self._default_spin(QSpinBox(), 256, 1)
+        self.lr_spin = self._default_spin(QDoubleSpinBox(), 1.0, 1e-4, decimals=5)
+        self.diameter_spin = self._default_spin(QDoubleSpinBox(), 1000.0, 1.0, decimals=1)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.preview_spin = QSpinBox()
+        self.preview_spin.setRange(0, 1_000_000)
+        self.preview_spin.setValue(25)
+        self.preview_spin.setSpecialValueText("off")
+        self.settings_edit = QLineEdit()
+        self.settings_edit.setPlaceholderText("e.g. base_filters=8, depth=2")
+        advanced = QFormLayout()
+        advanced.addRow("Patch size", self.patch_spin)
+        advanced.addRow("Batch size", self.batch_spin)
+        advanced.addRow("Learning rate", self.lr_spin)
+        advanced.addRow("Target diameter", self.diameter_spin)
+        advanced.addRow("Device", self.device_combo)
+        advanced.addRow("Preview every", self.preview_spin)
+        advanced.addRow("Backend settings", self.settings_edit)
+        inner = QWidget()
+        inner.setLayout(advanced)
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.addWidget(inner)
+
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current step; the model so far is saved.")
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("The next training starts from scratch.")
+        self.reset_button.clicked.connect(self.reset)
+        run_row = QHBoxLayout()
+        for button in (self.train_button, self.stop_button, self.reset_button):
+            run_row.addWidget(button)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.loss_plot = LossPlot()
+
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("A trained model from the model store")
+        refresh = QPushButton("↻")
+        refresh.setMaximumWidth(30)
+        refresh.setToolTip("Refresh the list of stored models")
+        refresh.clicked.connect(self._refresh_models)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(refresh)
+        self.predict_image_combo = QComboBox()
+        self.predict_diameter_spin = QDoubleSpinBox()
+        self.predict_diameter_spin.setRange(0.0, 10_000.0)
+        self.predict_diameter_spin.setDecimals(1)
+        self.predict_diameter_spin.setSpecialValueText("auto")
+        self.predict_diameter_spin.setToolTip("Cell diameter in pixels; auto estimates it.")
+        self.min_area_spin = QSpinBox()
+        self.min_area_spin.setRange(0, 1_000_000)
+        self.min_area_spin.setSpecialValueText("off")
+        self.min_area_spin.setToolTip("Objects smaller than this many pixels are dropped.")
+        self.simplify_spin = QDoubleSpinBox()
+        self.simplify_spin.setRange(0.0, 20.0)
+        self.simplify_spin.setSingleStep(0.25)
+        self.simplify_spin.setValue(0.5)
+        self.simplify_spin.setToolTip("Outline simplification tolerance in pixels (0: exact).")
+        predict_form = QFormLayout()
+        predict_form.addRow("Model", model_row)
+        predict_form.addRow("Predict on", self.predict_image_combo)
+        predict_form.addRow("Diameter", self.predict_diameter_spin)
+        predict_form.addRow("Min area", self.min_area_spin)
+        predict_form.addRow("Simplify outlines", self.simplify_spin)
+        self.predict_button = QPushButton("Predict")
+        self.predict_button.clicked.connect(self.predict)
+
+        self.status = QLabel("Paint a few cells (2, 3, ...) and some background (1), then Train.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addLayout(run_row)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.loss_plot)
+        layout.addLayout(predict_form)
+        layout.addWidget(self.predict_button)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    @staticmethod
+    def _default_spin(spin: Any, top: float, step: float, decimals: int | None = None) -> Any:
+        """A spin box whose lowest value (0) means "the backend's default"."""
+        if decimals is not None:
+            spin.setDecimals(decimals)
+        spin.setRange(0, top)
+        spin.setSingleStep(step)
+        spin.setSpecialValueText("default")
+        spin.setValue(0)
+        return spin
+
+    # -- layers ------------------------------------------------------------------------
+    def _layer_by_uid(self, uid: str) -> Any:
+        # napari hands plugins a proxy viewer whose layers are new wrapper objects on every
+        # access, so layers are identified by their stable unique id, not by ``id()``.
+        for layer in self.viewer.layers:
+            if layer.unique_id == uid:
+                return layer
+        return None
+
+    def _refresh_layers(self, _event: Any = None) -> None:
+        images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
+        labels = [
+            ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name != PREVIEW
+        ]
+        preferred = [n for n in labels if "annotation" in n.lower()]
+        for combo, names, best in (
+            (self.image_combo, images, images[:1]),
+            (self.labels_combo, labels, preferred[:1] or labels[:1]),
+            (self.predict_image_combo, images, images[:1]),
+        ):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            elif best:
+                combo.setCurrentText(best[0])
+            combo.blockSignals(False)
+        uids = {ly.unique_id for ly in self.viewer.layers}
+        self.state.pairs = [p for p in self.state.pairs if p[0] in uids and p[1] in uids]
+        self._show_pairs()
+
+    def _show_pairs(self) -> None:
+        self.pairs_list.clear()
+        for image_uid, labels_uid in self.state.pairs:
+            image, labels = self._layer_by_uid(image_uid), self._layer_by_uid(labels_uid)
+            if image is not None and labels is not None:
+                self.pairs_list.addItem(f"{image.name}  ←  {labels.name}")
+
+    def _chosen_pair(self) -> tuple[Image, Labels]:
+        """The image and annotation layers chosen in the combo boxes (checked)."""
+        image_name, labels_name = self.image_combo.currentText(), self.labels_combo.currentText()
+        if not image_name or image_name not in self.viewer.layers:
+            raise BadInputError("No image layer: open an image first (File > Open Sample).")
+        if not labels_name or labels_name not in self.viewer.layers:
+            raise BadInputError(
+                "No annotation layer: add a Labels layer and paint some cells (2, 3, ...) and "
+                "background (1); 0 means not annotated."
+            )
+        image, labels = self.viewer.layers[image_name], self.viewer.layers[labels_name]
+        self._check_pair(image, labels)
+        return image, labels
+
+    def _check_pair(self, image: Image, labels: Labels) -> None:
+        ishape, lshape = tuple(_layer_data(image).shape), tuple(labels.data.shape)
+        if len(lshape) not in (2, 3):
+            raise BadInputError(
+                f"The annotation '{labels.name}' has shape {lshape}; it must be 2D (YX) or a "
+                "stack (ZYX)."
+            )
+        fits = ishape == lshape or (
+            len(ishape) == len(lshape) + 1 and lshape in (ishape[:-1], ishape[1:])
+        )
+        if not fits:
+            raise BadInputError(
+                f"The annotation '{labels.name}' {lshape} does not match the image "
+                f"'{image.name}' {ishape}; they must cover the same pixels."
+            )
+
+    def add_pair(self) -> None:
+        """Add the image/annotation chosen above to the training pairs."""
+        try:
+            image, labels = self._chosen_pair()
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        pair = (image.unique_id, labels.unique_id)
+        if pair not in self.state.pairs:
+            self.state.pairs.append(pair)
+        self._show_pairs()
+        self.status.setText(f"{len(self.state.pairs)} pair(s) to train on.")
+
+    def remove_pair(self) -> None:
+        """Remove the selected pair (the last one when none is selected)."""
+        if not self.state.pairs:
+            return
+        row = self.pairs_list.currentRow()
+        del self.state.pairs[row if 0 <= row < len(self.state.pairs) else -1]
+        self._show_pairs()
+        self.status.setText(f"{len(self.state.pairs)} pair(s) to train on.")
+
+    def training_layers(self) -> list[tuple[Image, Labels]]:
+        """The pairs to train on: the list, or the chosen pair when the list is empty."""
+        if not self.state.pairs:
+            return [self._chosen_pair()]
+        pairs = []
+        for image_uid, labels_uid in self.state.pairs:
+            image, labels = self._layer_by_uid(image_uid), self._layer_by_uid(labels_uid)
+            if image is None or labels is None:
+                raise BadInputError("A layer of a training pair was removed; remove that pair.")
+            self._check_pair(image, labels)
+            pairs.append((image, labels))
+        return pairs
+
+    def _current_slice(self, image: Image, labels: Labels) -> tuple[np.ndarray, int | None]:
+        """The first pair's image in the current view as YX or YXC, and its z (stacks)."""
+        data = _layer_data(image)
+        z = None
+        if labels.data.ndim == 3:
+            world = labels.world_to_data(self.viewer.dims.point)
+            z = int(np.clip(round(float(world[0])), 0, labels.data.shape[0] - 1))
+            data = data[:, z] if data.shape[1:] == labels.data.shape else data[z]
+        data = np.asarray(data)
+        if data.ndim == 3 and data.shape[-1] > 4 >= data.shape[0]:
+            data = np.moveaxis(data, 0, -1)  # CYX → YXC
+        return data, z
+
+    # -- training ----------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        settings = parse_settings(self.settings_edit.text())
+        for key, spin, kind in (
+            ("patch_size", self.patch_spin, int),
+            ("batch_size", self.batch_spin, int),
+            ("learning_rate", self.lr_spin, float),
+            ("target_diameter", self.diameter_spin, float),
+        ):
+            if spin.value() > 0:
+                settings[key] = kind(spin.value())
+        return settings
+
+    def _backend(self) -> str:
+        """The chosen backend, checked to be installed (a clear message when it is not)."""
+        backend = self.backend_combo.currentText()
+        try:
+            backend_class(backend)
+        except CellsparseError:
+            raise
+        except ImportError as err:
+            raise BackendUnavailableError(
+                f"The {backend} backend", BACKEND_EXTRAS.get(backend, "all"), err
+            ) from err
+        return backend
+
+    def train(self) -> None:
+        """Train (or continue training) the named model on the pairs, in a worker."""
+        if self.runner.busy:
+            self.status.setText("Still working; press Stop or wait.")
+            return
+        try:
+            backend = self._backend()
+            name = self.name_edit.text().strip()
+            model_folder(name)
+            settings = self._settings()
+            layers = self.training_layers()
+            images = [_layer_data(img) for img, _ in layers]
+            # Copies: the user may keep painting while the worker trains.
+            annotations = [np.array(lab.data, copy=True) for _, lab in layers]
+            if not any((a > 1).any() for a in annotations):
+                raise BadInputError(
+                    "The annotation is empty: paint some cells (labels 2, 3, ...) and some "
+                    "background (label 1) first."
+                )
+            preview, z = self._current_slice(*layers[0])
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        steps, every = self.steps_spin.value(), self.preview_spin.value()
+        device, reset = self.device_combo.currentText(), self.state.reset_next
+        cancel = threading.Event()
+        self.state.cancel, self.state.step = cancel, 0
+        self.state.preview_z = z
+        self.loss_plot.clear()
+        self.progress_bar.setRange(0, steps)
+        self.progress_bar.setValue(0)
+        preview_layer = layers[0][0]
+        if every:  # made now, in answer to the click, rather than mid-training
+            self._show_preview(np.zeros(preview.shape[:2], np.uint8), preview_layer)
+
+        def job() -> Generator[Progress, None, TrainedModel]:
+            cls = backend_class(backend)
+            where = device
+            if "torch" in cls.requires:
+                from ..devices import resolve_device
+
+                where = resolve_device(device)
+            elif device == "auto":
+                where = "auto (TensorFlow: CPU unless its GPU build is installed)"
+            yield Progress(0, steps, f"Preparing {backend} on {where}", {"device": where})
+            model = yield from train_iter(
+                backend,
+                [np.asarray(img) for img in images],
+                annotations,
+                name=name,
+                steps=steps,
+                reset=reset,
+                device=device,
+                cancel=cancel,
+                preview=preview,
+                preview_every=every,
+                **settings,
+            )
+            return model
+
+        def done(model: TrainedModel) -> None:
+            try:
+                self._trained(model, reset)
+            except Exception as err:  # never a traceback dialog from a finished job
+                self._fail(err)
+
+        self.runner.start(
+            job,
+            done,
+            f"Training {backend} '{name}'",
+            cancel=cancel,
+            on_progress=lambda event: self._on_progress(event, preview_layer),
+        )
+
+    def _on_progress(self, event: Progress, image: Image) -> None:
+        """Training progress on the main thread: device, loss curve, bar and preview."""
+        info = event.info
+        if "device" in info:
+            self.state.device = str(info["device"])
+        loss = info.get("loss")
+        if loss is None:
+            if event.message:
+                self.status.setText(f"{event.message} ({self.state.device})")
+            return
+        self.state.step = event.step
+        self.loss_plot.add(event.step, float(loss))
+        self.progress_bar.setMaximum(max(event.total, 1))
+        self.progress_bar.setValue(event.step)
+        text = f"{event.message} on {self.state.device}, loss {float(loss):.4f}"
+        if self.state.cancel is not None and self.state.cancel.is_set():
+            text += " (stopping: the model so far will be saved)"
+        self.status.setText(text)
+        if info.get("preview") is not None:
+            try:
+                self._show_preview(np.asarray(info["preview"]), image)
+            except Exception as err:  # a live preview: say it in the status, no pop-up
+                self.status.setText(f"{text} (preview not shown: {err})")
+
+    def _show_preview(self, labels: np.ndarray, image: Image) -> None:
+        top = int(labels.max()) if labels.size else 0
+        if top < 2**16:  # a small dtype: napari displays it faster (less main-thread work)
+            labels = labels.astype(np.uint8 if top < 2**8 else np.uint16)
+        if PREVIEW in self.viewer.layers and isinstance(self.viewer.layers[PREVIEW], Labels):
+            layer = self.viewer.layers[PREVIEW]
+            if layer.data.shape == labels.shape:
+                layer.data = labels
+                return
+            self.viewer.layers.remove(PREVIEW)
+        nd = labels.ndim
+        self.viewer.add_labels(
+            labels,
+            name=PREVIEW,
+            opacity=0.5,
+            scale=image.scale[-nd:],
+            translate=image.translate[-nd:],
+        )
+
+    def stop(self) -> None:
+        """Stop training after the current step; the model trained so far is still saved."""
+        self.runner.cancel()
+        self._say_stopping()
+
+    def _say_stopping(self) -> None:
+        if self.state.cancel is not None and self.runner.busy:
+            self.status.setText(
+                f"Stopping after step {self.state.step}; the model so far will be saved..."
+            )
+
+    def reset(self) -> None:
+        """Make the next training start afresh (the model's saved weights get replaced)."""
+        self.state.reset_next = True
+        self.loss_plot.clear()
+        self.progress_bar.setValue(0)
+        self.status.setText(
+            f"Reset: the next Train starts '{self.name_edit.text().strip()}' from scratch "
+            "(random weights); its saved weights will be replaced."
+        )
+
+    def _trained(self, model: TrainedModel, reset: bool) -> None:
+        if reset:
+            self.state.reset_next = False
+        self.state.model = model
+        self.state.model_key = self._model_key(model.name)
+        self.state.cancel = None
+        self._refresh_models(select=model.name)
+        sessions = model.info.get("sessions") or [{}]
+        done = int(sessions[-1].get("steps", self.state.step))
+        device = model.info.get("device", self.state.device)
+        total = model.info.get("steps", done)
+        if model.info.get("stopped_early"):
+            head = f"Stopped after {done} step(s); saved '{model.name}'"
+        else:
+            head = f"Trained '{model.name}' for {done} step(s)"
+        self.status.setText(
+            f"{head} ({model.backend} on {device}; {total} step(s) in all). Press Predict."
+        )
+
+    # -- prediction ----------------------------------------------------------------------
+    def _refresh_models(self, _checked: Any = None, select: str | None = None) -> None:
+        current = select or self.model_combo.currentText()
+        names = [m["name"] for m in list_models() if "error" not in m]
+        self.model_combo.clear()
+        self.model_combo.addItems(names)
+        if current in names:
+            self.model_combo.setCurrentText(current)
+
+    def _model_key(self, name: str) -> tuple[Any, ...]:
+        meta = next((m for m in list_models() if m["name"] == name), {})
+        return (name, meta.get("updated"), self.device_combo.currentText())
+
+    def predict(self) -> None:
+        """Predict the chosen image with the chosen model (labels + outlines layers)."""
+        if self.runner.busy:
+            self.status.setText("Still working; press Stop or wait.")
+            return
+        name = self.model_combo.currentText()
+        image_name = self.predict_image_combo.currentText()
+        if not image_name or image_name not in self.viewer.layers:
+            self._fail(BadInputError("No image layer to predict on: open an image first."))
+            return
+        if not name:
+            self._fail(BadInputError("No trained model yet: press Train first."))
+            return
+        image = self.viewer.layers[image_name]
+        data, rgb = _layer_data(image), bool(image.rgb)
+        diameter = self.predict_diameter_spin.value() or None
+        min_area, tolerance = self.min_area_spin.value(), self.simplify_spin.value()
+        device = self.device_combo.currentText()
+        key = self._model_key(name)
+        scale, translate = tuple(image.scale), tuple(image.translate)
+        reuse = self.state.model if self.state.model_key == key else None
+        cancel = threading.Event()
+
+        def job() -> Generator[Progress, None, tuple[Any, ...]]:
+            model = reuse
+            if model is None:
+                yield Progress(0, 0, f"Loading model '{name}'")
+                model = load_model(name, device)
+            labels = yield from _predict_iter(model, data, rgb, diameter, min_area, cancel)
+            yield Progress(1, 1, "Outlining objects")
+            polygons = outline_polygons(labels, tolerance)
+            nd = labels.ndim
+            # Built here, not on the main thread: triangulating many polygons takes a while.
+            outlines = Shapes(
+                polygons or None,
+                shape_type="polygon",
+                ndim=nd,
+                name=OUTLINES.format(image_name),
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=1,
+                scale=scale[-nd:],
+                translate=translate[-nd:],
+            )
+            return model, labels, outlines
+
+        def done(result: tuple[Any, ...]) -> None:
+            try:
+                self._predicted(image_name, image, key, *result)
+            except Exception as err:  # never a traceback dialog from a finished job
+                self._fail(err)
+
+        self.runner.start(job, done, f"Predicting {image_name}", cancel=cancel)
+
+    def _predicted(
+        self,
+        image_name: str,
+        image: Image,
+        key: tuple[Any, ...],
+        model: TrainedModel,
+        labels: np.ndarray,
+        outlines: Shapes,
+    ) -> None:
+        self.state.model, self.state.model_key = model, key
+        nd = labels.ndim
+        name = PREDICTION.format(image_name)
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+            self.viewer.layers[name].data = labels
+        else:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_labels(
+                labels,
+                name=name,
+                opacity=0.5,
+                scale=image.scale[-nd:],
+                translate=image.translate[-nd:],
+            )
+        if outlines.name in self.viewer.layers:
+            self.viewer.layers.remove(outlines.name)
+        self.viewer.add_layer(outlines)
+        diameters = model.info.get("last_diameters") or []
+        shown = f", diameter {np.median(diameters):.1f} px" if diameters else ""
+        self.status.setText(
+            f"Predicted {len(outlines.data)} object(s) in '{image_name}' with '{model.name}' "
+            f"({model.backend} on {model.network.device}{shown})."
+        )
+
+
+def _predict_iter(
+    model: TrainedModel,
+    data: Any,
+    rgb: bool,
+    diameter: float | None,
+    min_area: int,
+    cancel: threading.Event,
+) -> Generator[Progress, None, np.ndarray]:
+    """Labels of a 2D image or, slice by slice (progress, cancel), of a stack."""
+    stacked = np.ndim(data) == (4 if rgb else 3) and (rgb or model.n_channels == 1)
+    axes = "YXC" if rgb else None
+    if not stacked:
+        yield Progress(0, 1, "Predicting")
+        return model.predict(np.asarray(data), diameter, axes=axes, min_area=min_area)
+    n = int(data.shape[0])
+    if n == 0:
+        raise BadInputError("The image stack is empty.")
+    out: np.ndarray | None = None
+    offset = 0
+    for z in range(n):
+        check_cancel(cancel)
+        yield Progress(z, n, f"Predicting slice {z + 1}/{n}")
+        plane = model.predict(np.asarray(data[z]), diameter, axes=axes, min_area=min_area)
+        if out is None:
+            out = np.zeros((n, *plane.shape), np.int32)
+        out[z] = np.where(plane > 0, plane + offset, 0)
+        offset = max(offset, int(out[z].max()))
+    return out

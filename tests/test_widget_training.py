@@ -1,0 +1,250 @@
+"""The Sparse training widget in a real napari viewer (Xvfb): train, stop, reset, predict, errors.
+
+Tiny U-Net settings (patch 64, batch 2, 8 base filters, depth 2) on a 96x96 generated image
+keep every training to a fraction of a second; results are checked by step counts and
+layer contents, never by wall time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("torch")
+
+TINY = "base_filters=8, depth=2"
+
+
+def _tiny(widget, steps: int = 6, preview: int = 3, name: str = "tiny") -> None:
+    widget.backend_combo.setCurrentText("unet")
+    widget.name_edit.setText(name)
+    widget.steps_spin.setValue(steps)
+    widget.preview_spin.setValue(preview)
+    widget.patch_spin.setValue(64)
+    widget.batch_spin.setValue(2)
+    widget.device_combo.setCurrentText("cpu")
+    widget.settings_edit.setText(TINY)
+
+
+@pytest.fixture
+def trainer(make_napari_viewer):
+    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.training.annotations import sparse_from_truth
+
+    viewer = make_napari_viewer()
+    image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(sparse_from_truth(image, truth, k=2, band=6), name="my annotation")
+    widget = SparseTrainingWidget(viewer)
+    widget.runner.synchronous = True
+    _tiny(widget)
+    return viewer, widget
+
+
+def _errors(monkeypatch) -> list[str]:
+    """Collect napari error notifications sent by the widget and its job runner."""
+    from napari_cellsparse._widgets import _worker, sparse_training
+
+    shown: list[str] = []
+    monkeypatch.setattr(sparse_training, "show_error", shown.append)
+    monkeypatch.setattr(_worker, "show_error", shown.append)
+    return shown
+
+
+def test_train_in_a_thread_shows_preview_and_saves(trainer, qtbot):
+    from napari_cellsparse.training import list_models
+
+    viewer, widget = trainer
+    assert widget.image_combo.currentText() == "nuclei"
+    assert widget.labels_combo.currentText() == "my annotation"  # auto-picked
+    annotation = viewer.layers["my annotation"]
+    before = annotation.data.copy()
+    widget.runner.synchronous = False
+    widget.train()
+    assert widget.runner.busy and not widget.train_button.isEnabled()
+    assert widget.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+
+    assert "Trained 'tiny' for 6 step(s)" in widget.status.text(), widget.status.text()
+    assert "cpu" in widget.status.text()
+    preview = viewer.layers["Training preview"]
+    assert preview.data.shape == (96, 96)
+    assert widget.loss_plot.steps == [1, 2, 3, 4, 5, 6]
+    assert np.isfinite(widget.loss_plot.losses).all()
+    assert widget.progress_bar.value() == 6
+    models = {m["name"]: m for m in list_models()}
+    assert models["tiny"]["steps"] == 6 and models["tiny"]["backend"] == "unet"
+    assert widget.model_combo.currentText() == "tiny"
+    np.testing.assert_array_equal(annotation.data, before)
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_stop_keeps_the_model_and_reset_starts_afresh(trainer):
+    from napari_cellsparse.training import list_models
+
+    _viewer, widget = trainer
+    handler = widget._on_progress
+
+    def stop_at_two(event, image):
+        handler(event, image)
+        if event.info.get("loss") is not None and event.step == 2:
+            widget.stop()
+
+    widget._on_progress = stop_at_two
+    widget.train()
+    model = widget.state.model
+    assert model is not None and model.info["stopped_early"] is True
+    assert model.info["sessions"][-1]["steps"] == 2
+    assert widget.loss_plot.steps == [1, 2]
+    assert "Stopped after 2 step(s)" in widget.status.text()
+    assert list_models()[0]["steps"] == 2  # saved, not lost
+
+    widget._on_progress = handler
+    widget.steps_spin.setValue(3)
+    widget.train()  # continues from the saved weights
+    assert list_models()[0]["steps"] == 5
+    assert len(list_models()[0]["sessions"]) == 2
+
+    widget.reset()
+    assert "from scratch" in widget.status.text()
+    widget.train()
+    meta = list_models()[0]
+    assert meta["steps"] == 3 and len(meta["sessions"]) == 1
+    assert widget.state.reset_next is False
+
+
+def test_predict_writes_labels_and_outlines(trainer, make_napari_viewer):
+    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse.synthetic import make_nuclei
+
+    viewer, widget = trainer
+    widget.steps_spin.setValue(4)
+    widget.train()
+    annotation = viewer.layers["my annotation"].data.copy()
+    widget.min_area_spin.setValue(5)
+    widget.simplify_spin.setValue(1.0)
+    widget.predict()
+    labels = viewer.layers["nuclei prediction"].data
+    outlines = viewer.layers["nuclei outlines"]
+    assert labels.shape == (96, 96) and labels.dtype == np.int32
+    n = len(np.unique(labels[labels > 0]))
+    assert len(outlines.data) == n
+    assert set(outlines.shape_type) <= {"polygon"}
+    if n:
+        sizes = np.bincount(labels.ravel())[1:]
+        assert sizes[sizes > 0].min() >= 5
+    assert "Predicted" in widget.status.text()
+    np.testing.assert_array_equal(viewer.layers["my annotation"].data, annotation)
+
+    # A stored model in another viewer, on a stack, with a given diameter.
+    other = make_napari_viewer()
+    stack = np.stack([make_nuclei((96, 96), 5, (6.0, 10.0), seed=s)[0] for s in range(3)])
+    other.add_image(stack, name="stack")
+    fresh = SparseTrainingWidget(other)
+    fresh.runner.synchronous = True
+    assert fresh.model_combo.currentText() == "tiny"
+    fresh.predict_diameter_spin.setValue(16.0)
+    fresh.predict()
+    labels = other.layers["stack prediction"].data
+    assert labels.shape == (3, 96, 96), fresh.status.text()
+    outlines = other.layers["stack outlines"]
+    assert outlines.ndim == 3 and len(outlines.data) == len(np.unique(labels[labels > 0]))
+    assert fresh.state.model.info["last_diameters"] == [16.0]
+
+
+def test_annotation_stack_trains_per_slice(trainer):
+    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.training import list_models
+    from napari_cellsparse.training.annotations import sparse_from_truth
+
+    viewer, widget = trainer
+    made = [make_nuclei((96, 96), 5, (6.0, 10.0), seed=s) for s in range(3)]
+    stack = np.stack([m[0] for m in made])
+    sparse = np.zeros(stack.shape, np.uint16)
+    sparse[1] = sparse_from_truth(made[1][0], made[1][1], k=2, band=6)
+    viewer.add_image(stack, name="stack")
+    viewer.add_labels(sparse, name="stack annotation")
+    widget.image_combo.setCurrentText("stack")
+    widget.labels_combo.setCurrentText("stack annotation")
+    widget.add_pair()
+    widget.image_combo.setCurrentText("nuclei")
+    widget.labels_combo.setCurrentText("my annotation")
+    widget.add_pair()
+    assert widget.pairs_list.count() == 2
+    viewer.dims.set_current_step(0, 1)
+    widget.steps_spin.setValue(3)
+    widget.train()
+    assert widget.state.preview_z == 1
+    meta = list_models()[0]
+    assert meta["steps"] == 3, widget.status.text()
+    assert meta["sessions"][-1]["images"] == [[96, 96, 1], [96, 96, 1]]  # one slice + image
+    np.testing.assert_array_equal(viewer.layers["stack annotation"].data, sparse)
+    widget.pairs_list.setCurrentRow(0)
+    widget.remove_pair()
+    assert widget.pairs_list.count() == 1
+
+
+def test_bad_inputs_are_messages_not_crashes(make_napari_viewer, monkeypatch):
+    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse.training import backend
+
+    shown = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    widget = SparseTrainingWidget(viewer)
+    widget.runner.synchronous = True
+    _tiny(widget)
+
+    def attempt(action, expected: str) -> None:
+        before = len(shown)
+        action()
+        assert expected in widget.status.text(), widget.status.text()
+        assert len(shown) == before + 1 and expected in shown[-1]
+
+    attempt(widget.train, "No image layer")
+    attempt(widget.predict, "No image layer")
+    viewer.add_image(np.random.default_rng(0).random((64, 64)), name="img")
+    widget._refresh_layers()
+    attempt(widget.train, "No annotation layer")
+    attempt(widget.predict, "No trained model")
+    empty = viewer.add_labels(np.zeros((64, 64), np.int32), name="annotation")
+    attempt(widget.train, "empty")
+    empty.data[5:10, 5:10] = 2
+    empty.data[20:30, 20:30] = 1
+    widget.settings_edit.setText("base_filters")
+    attempt(widget.train, "name=value")
+    widget.settings_edit.setText("no_such_setting=1")
+    attempt(widget.train, "Unknown setting")
+    widget.settings_edit.setText(TINY)
+    widget.name_edit.setText("../escape")
+    attempt(widget.train, "cannot be a model name")
+    widget.name_edit.setText("tiny")
+    viewer.add_labels(np.zeros((32, 64), np.int32), name="small annotation")
+    widget.labels_combo.setCurrentText("small annotation")
+    attempt(widget.train, "does not match")
+    widget.labels_combo.setCurrentText("annotation")
+    monkeypatch.setitem(backend.BACKENDS, "missing", "napari_cellsparse.training.nothing:Net")
+    widget.backend_combo.addItem("missing")
+    widget.backend_combo.setCurrentText("missing")
+    attempt(widget.train, "not installed")
+    assert not widget.runner.busy
+    np.testing.assert_array_equal(empty.data[5:10, 5:10], 2)
+
+
+def test_docked_through_napari_trains_on_the_sample(make_napari_viewer):
+    """Docked by napari the widget sees a proxy viewer; the sample's annotation is auto-picked."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-cellsparse", "nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellsparse", "Sparse training")
+    assert widget.labels_combo.currentText() == "Sparse annotation (from ground truth)"
+    widget.runner.synchronous = True
+    _tiny(widget, steps=2, preview=1)
+    widget.add_pair()
+    widget.add_pair()  # the same pair once only
+    assert widget.pairs_list.count() == 1
+    widget.train()
+    assert "Trained 'tiny' for 2 step(s)" in widget.status.text(), widget.status.text()
+    assert viewer.layers["Training preview"].data.shape == (512, 512)
