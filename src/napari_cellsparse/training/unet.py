@@ -66,8 +66,13 @@ def unet_loss(logits: Any, targets: Any, mask: Any, dice_weight: float = 1.0) ->
     return ce + dice_weight * dice
 
 
-def _build_unet(n_channels: int, base: int, depth: int) -> Any:
-    """A small 2D U-Net: conv-GroupNorm-ReLU blocks, max-pool down, bilinear up."""
+def _build_unet(n_channels: int, base: int, depth: int, grid: int = 1) -> Any:
+    """A small 2D U-Net: conv-GroupNorm-ReLU blocks, max-pool down, bilinear up.
+
+    With ``grid=2`` (as StarDist's grid) one convolution at full resolution feeds a U-Net
+    that runs at half resolution, and the class logits are upsampled back: about 4x less
+    work per step, which is what makes training in minutes on a laptop CPU possible.
+    """
     torch = import_torch()
     nn = torch.nn
 
@@ -85,8 +90,14 @@ def _build_unet(n_channels: int, base: int, depth: int) -> Any:
         def __init__(self) -> None:
             super().__init__()
             widths = [base * 2**i for i in range(depth + 1)]
+            self.grid = grid
+            self.stem = (
+                nn.Sequential(nn.Conv2d(n_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True))
+                if grid > 1
+                else nn.Identity()
+            )
             self.down = nn.ModuleList(
-                [block(n_channels, widths[0])]
+                [block(widths[0] if grid > 1 else n_channels, widths[0])]
                 + [block(widths[i], widths[i + 1]) for i in range(depth)]
             )
             self.up = nn.ModuleList(
@@ -95,6 +106,9 @@ def _build_unet(n_channels: int, base: int, depth: int) -> Any:
             self.head = nn.Conv2d(widths[0], 3, 1)
 
         def forward(self, x: Any) -> Any:
+            size = x.shape[-2:]
+            if self.grid > 1:
+                x = torch.nn.functional.avg_pool2d(self.stem(x), self.grid)
             skips = []
             for i, layer in enumerate(self.down):
                 x = layer(x if i == 0 else torch.nn.functional.max_pool2d(x, 2))
@@ -106,7 +120,12 @@ def _build_unet(n_channels: int, base: int, depth: int) -> Any:
                     x, size=skip.shape[-2:], mode="bilinear", align_corners=False
                 )
                 x = layer(torch.cat([x, skip], dim=1))
-            return self.head(x)
+            logits = self.head(x)
+            if self.grid > 1:
+                logits = torch.nn.functional.interpolate(
+                    logits, size=size, mode="bilinear", align_corners=False
+                )
+            return logits
 
     return UNet()
 
@@ -121,6 +140,7 @@ class UNetNetwork(Network):
     defaults: ClassVar[dict[str, Any]] = {
         "base_filters": 16,
         "depth": 3,
+        "grid": 2,
         "border_width": 2,
         "dice_weight": 1.0,
         "learning_rate": 2e-3,
@@ -139,7 +159,10 @@ class UNetNetwork(Network):
         torch = import_torch()
         torch.manual_seed(int(self.config["seed"]))
         self.net = _build_unet(
-            self.n_channels, int(self.config["base_filters"]), int(self.config["depth"])
+            self.n_channels,
+            int(self.config["base_filters"]),
+            int(self.config["depth"]),
+            int(self.config["grid"]),
         ).to(self.device)
 
     def train_steps(
@@ -171,7 +194,7 @@ class UNetNetwork(Network):
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities (3, Y, X) of a normalised YXC image at training scale."""
         torch = import_torch()
-        multiple = 2 ** int(self.config["depth"])
+        multiple = int(self.config["grid"]) * 2 ** int(self.config["depth"])
         h, w = image.shape[:2]
         ph, pw = (-h) % multiple, (-w) % multiple
         padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else
