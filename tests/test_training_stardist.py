@@ -1,0 +1,303 @@
+"""The StarDist 2D backend: masked losses, a short training run, weights and pretrained models.
+
+Everything runs on the CPU with a small network (the defaults are the upstream size) so the
+whole file stays well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_cellsparse.errors import (
+    BackendUnavailableError,
+    BadInputError,
+    WeightsError,
+)
+from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.training.annotations import IGNORE, to_internal
+from napari_cellsparse.training.backend import backend_class
+from napari_cellsparse.training.evaluate import annotated_f1
+from napari_cellsparse.training.sampling import Batch, SparseDataset
+from napari_cellsparse.training.stardist_backend import (
+    WEIGHTS_FILE,
+    StarDistNetwork,
+)
+
+if importlib.util.find_spec("stardist") is None or importlib.util.find_spec("tensorflow") is None:
+    pytest.skip("StarDist / TensorFlow are not installed", allow_module_level=True)
+
+# A small, fast network for tests (the defaults are upstream's size).
+SMALL = {
+    "n_rays": 16,
+    "unet_n_depth": 2,
+    "unet_n_filter_base": 8,
+    "net_conv_after_unet": 32,
+    "patch_size": 64,
+    "batch_size": 8,
+    "learning_rate": 5e-3,
+}
+TRAIN_STEPS = 160
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stardist_imported_by_the_backend() -> None:
+    """Let the backend import TensorFlow/StarDist first, as in the app (quiet, fast NMS)."""
+    from napari_cellsparse.training.stardist_backend import _import_tf
+
+    _import_tf()
+
+
+def small_network(n_channels: int = 1, **overrides: Any) -> StarDistNetwork:
+    config = {**StarDistNetwork.default_config(), **SMALL, **overrides}
+    return StarDistNetwork(config, n_channels, "cpu")
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, (1, 99.8))
+    return ((image - lo) / (hi - lo)).astype(np.float32)[..., None]
+
+
+def sparse_annotation(truth: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
+    """Layer convention: a few whole cells (2+), background (1) around them and in a band."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(np.arange(1, truth.max() + 1), n_cells, replace=False)
+    chosen = np.isin(truth, ids)
+    annotation = np.zeros(truth.shape, np.int32)
+    near = ndi.binary_dilation(chosen, iterations=5)
+    band = np.zeros(truth.shape, bool)
+    band[:32] = True
+    annotation[(near | band) & (truth == 0)] = 1
+    annotation[chosen] = truth[chosen] + 1
+    return annotation
+
+
+# -- registry and import boundary ---------------------------------------------------------
+
+
+def test_registry_and_config_are_plain() -> None:
+    cls = backend_class("stardist")
+    assert cls is StarDistNetwork
+    config = cls.default_config()
+    json.dumps(config)  # stored as config.json by the shared code
+    assert config["n_rays"] == 32 and config["grid"] == [2, 2] and config["pretrained"] is None
+    assert cls.weight_files == (WEIGHTS_FILE,)
+
+
+def test_missing_dependency_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "stardist" else real(name, *a)
+    )
+    with pytest.raises(BackendUnavailableError, match=r"napari-cellsparse\[stardist\]"):
+        backend_class("stardist")
+
+
+def test_module_import_does_not_load_tensorflow() -> None:
+    code = (
+        "import sys, napari_cellsparse.training.stardist_backend\n"
+        "print('tensorflow' in sys.modules, 'stardist' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+# -- masked loss --------------------------------------------------------------------------
+
+
+def _loss_and_gradients(net: StarDistNetwork, x: np.ndarray, prob: np.ndarray,
+                        dist: np.ndarray) -> tuple[float, list[np.ndarray]]:
+    """The compiled (upstream) loss of the network and its gradient w.r.t. every weight."""
+    import tensorflow as tf
+
+    keras_model = net.model.keras_model
+    with tf.GradientTape() as tape:
+        y_pred = keras_model([x], training=True)
+        loss = keras_model.compute_loss(x=x, y=[prob, dist], y_pred=y_pred)
+    grads = tape.gradient(loss, keras_model.trainable_weights)
+    return float(loss), [np.asarray(g) for g in grads]
+
+
+def test_loss_and_gradient_ignore_unannotated_pixels() -> None:
+    net = small_network()
+    net.build()
+    net._prepare()  # compiles with upstream's losses
+    rng = np.random.default_rng(0)
+    labels = np.zeros((2, 64, 64), np.int32)
+    yy, xx = np.mgrid[:64, :64]
+    labels[0][(yy - 20) ** 2 + (xx - 20) ** 2 < 64] = 1
+    labels[0][(yy - 40) ** 2 + (xx - 30) ** 2 < 49] = 2
+    labels[1][(yy - 30) ** 2 + (xx - 15) ** 2 < 81] = 3
+    labels[:, :, 44:] = IGNORE  # unannotated: right part of both crops
+    labels[1, 50:, :] = IGNORE
+    images = rng.random((2, 64, 64, 1), dtype=np.float32)
+    x, prob, dist = net.targets(Batch(images, labels))
+    ignored = prob[..., 0] == -1
+    cells = prob[..., 0] > 0
+    assert ignored.any() and cells.any() and (prob[..., 0] == 0).any()
+    assert np.all(dist[..., -1][ignored] == 0)  # the distance loss weight is 0 there
+
+    loss, grads = _loss_and_gradients(net, x, prob, dist)
+    assert np.isfinite(loss) and loss > 0
+
+    # Anything written as distance target under the ignore mask changes nothing.
+    changed = dist.copy()
+    changed[ignored, :-1] = rng.uniform(0, 40, (int(ignored.sum()), dist.shape[-1] - 1))
+    loss2, grads2 = _loss_and_gradients(net, x, prob, changed)
+    assert loss2 == pytest.approx(loss, rel=1e-6)
+    for a, b in zip(grads, grads2, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+    # A change on annotated cell pixels does change loss and gradient (the test can fail);
+    # the distance loss is an absolute error, so the change must flip the error's sign.
+    changed = dist.copy()
+    changed[cells, :-1] = -50.0
+    loss3, grads3 = _loss_and_gradients(net, x, prob, changed)
+    assert abs(loss3 - loss) > 1e-3
+    pairs = zip(grads, grads3, strict=True)
+    assert any(not np.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in pairs)
+    # And so does calling annotated background a cell.
+    flipped = prob.copy()
+    flipped[prob == 0] = 1.0
+    loss4, _ = _loss_and_gradients(net, x, flipped, dist)
+    assert abs(loss4 - loss) > 1e-3
+
+
+# -- a short training run -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict[str, Any]:
+    """A small StarDist trained on 5 annotated cells of a synthetic image, then tuned."""
+    raw, truth = make_nuclei((256, 256), 24, radius=(7.0, 11.0), seed=3)
+    image = normalise(raw)
+    internal = to_internal(sparse_annotation(truth, 5, seed=0))
+    data = SparseDataset([image], [internal])
+    net = small_network()
+    net.build()
+    steps = net.train_steps(data, TRAIN_STEPS, np.random.default_rng(0))
+    losses = [info["loss"] for info in steps]
+    updates = net.tune(data)
+    return {"net": net, "data": data, "image": image, "truth": truth, "internal": internal,
+            "losses": losses, "updates": updates}
+
+
+def test_training_reduces_loss_and_segments(trained: dict[str, Any]) -> None:
+    from stardist.matching import matching
+
+    losses = trained["losses"]
+    assert len(losses) == TRAIN_STEPS and np.all(np.isfinite(losses))
+    assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:5])
+    updates = trained["updates"]
+    assert set(updates) >= {"prob_thresh", "nms_thresh"}
+    assert 0 < updates["prob_thresh"] < 1 and updates["nms_thresh"] in (0.3, 0.4, 0.5)
+    net = trained["net"]
+    assert net.config["prob_thresh"] == updates["prob_thresh"]
+    assert net.device == "cpu"
+
+    pred = net.predict_scaled(trained["image"])
+    assert pred.dtype == np.int32 and pred.shape == trained["truth"].shape
+    assert annotated_f1([pred], [trained["internal"]]) >= 0.8
+    assert matching(trained["truth"], pred, thresh=0.5).f1 >= 0.7  # on every object
+
+
+def test_tune_on_an_untrained_network_keeps_thresholds() -> None:
+    raw, truth = make_nuclei((128, 128), 6, radius=(7.0, 11.0), seed=4)
+    data = SparseDataset([normalise(raw)], [to_internal(sparse_annotation(truth, 2, seed=0))])
+    net = small_network()
+    net.build()
+    before = (net.config["prob_thresh"], net.config["nms_thresh"])
+    updates = net.tune(data)
+    if updates["tuned_annotated_f1"] == 0.0:
+        assert updates == {"tuned_annotated_f1": 0.0}
+        assert (net.config["prob_thresh"], net.config["nms_thresh"]) == before
+
+
+def test_predict_any_size_and_checks_channels(trained: dict[str, Any]) -> None:
+    net = trained["net"]
+    odd = trained["image"][:77, :101]
+    labels = net.predict_scaled(odd)
+    assert labels.shape == (77, 101) and labels.dtype == np.int32
+    with pytest.raises(BadInputError, match="channel"):
+        net.predict_scaled(np.zeros((32, 32, 2), np.float32))
+
+
+def test_save_load_round_trip(trained: dict[str, Any], tmp_path: Path) -> None:
+    net = trained["net"]
+    net.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [WEIGHTS_FILE]
+    config = json.loads(json.dumps(net.config))  # as read back from config.json
+    again = StarDistNetwork(config, 1, None)
+    again.load(tmp_path)
+    image = trained["image"]
+    np.testing.assert_array_equal(again.predict_scaled(image), net.predict_scaled(image))
+
+
+def test_missing_or_damaged_weights(trained: dict[str, Any], tmp_path: Path) -> None:
+    config = dict(trained["net"].config)
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
+        StarDistNetwork(config, 1, None).load(tmp_path)
+    trained["net"].save(tmp_path)
+    path = tmp_path / WEIGHTS_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
+        StarDistNetwork(config, 1, None).load(tmp_path)
+    path.write_bytes(b"not a weights file" * 100)
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
+        StarDistNetwork(config, 1, None).load(tmp_path)
+    path.write_bytes(data)
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):  # a differently shaped network
+        StarDistNetwork({**config, "n_rays": 2 * config["n_rays"]}, 1, None).load(tmp_path)
+
+
+# -- pretrained models --------------------------------------------------------------------
+
+
+def test_pretrained_unknown_name() -> None:
+    with pytest.raises(BadInputError, match="2D_versatile_fluo"):
+        small_network(pretrained="2D_no_such_model").build()
+
+
+def test_pretrained_offline_is_a_clear_weights_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import csbdeep.models.pretrained as pretrained
+
+    def offline(*args: Any, **kwargs: Any) -> None:
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(pretrained, "get_file", offline)
+    with pytest.raises(WeightsError, match=r"2D_versatile_fluo.*internet"):
+        small_network(pretrained="2D_versatile_fluo").build()
+
+
+def test_pretrained_weights_and_architecture_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stardist.models import Config2D, StarDist2D
+
+    source = StarDist2D(
+        Config2D(n_rays=8, grid=(2, 2), n_channel_in=1, unet_n_depth=1, unet_n_filter_base=4,
+                 net_conv_after_unet=8, train_tensorboard=False),
+        name="fake", basedir=None,
+    )
+    source.thresholds = {"prob": 0.61, "nms": 0.33}
+    monkeypatch.setattr(StarDist2D, "from_pretrained", classmethod(lambda cls, name: source))
+    net = small_network(pretrained="2D_versatile_fluo")
+    net.build()
+    assert net.config["n_rays"] == 8 and net.config["unet_n_filter_base"] == 4
+    assert net.config["unet_n_depth"] == 1 and net.config["net_conv_after_unet"] == 8
+    assert (net.config["prob_thresh"], net.config["nms_thresh"]) == (0.61, 0.33)
+    image = np.random.default_rng(1).random((48, 48, 1), dtype=np.float32)
+    expected, _ = source.predict(image, axes="YXC", verbose=0)
+    np.testing.assert_allclose(net.probabilities(image)[0], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BadInputError, match="channel"):
+        small_network(n_channels=2, pretrained="2D_versatile_fluo").build()
