@@ -366,9 +366,13 @@ def test_unknown_sample() -> None:
 def test_generated_sample_layers() -> None:
     from napari_cellsparse._sample_data import generated_nuclei
 
-    (image, image_meta, image_kind), (shapes, shapes_meta, shapes_kind) = generated_nuclei()
-    assert image_kind == "image" and shapes_kind == "shapes"
-    assert image.shape == (512, 512)
+    layers = generated_nuclei()
+    (image, image_meta, image_kind), (sparse, sparse_meta, sparse_kind) = layers[:2]
+    shapes, shapes_meta, shapes_kind = layers[2]
+    assert image_kind == "image" and shapes_kind == "shapes" and sparse_kind == "labels"
+    assert image.shape == (512, 512) == sparse.shape
+    assert "from ground truth" in sparse_meta["name"]
+    assert set(np.unique(sparse)) >= {0, 1, 2} and len(np.unique(sparse[sparse >= 2])) == 8
     assert len(shapes) == 12 and shapes_meta["shape_type"] == "rectangle"
     assert "nuclei" in image_meta["name"]
 

@@ -125,6 +125,6 @@ def test_generated_sample_through_npe2() -> None:
     )
     layers = getattr(importlib.import_module(module_name), attribute)()
     kinds = [kind for _, _, kind in layers]
-    assert kinds == ["image", "shapes"]
+    assert kinds == ["image", "labels", "shapes"]
     assert layers[0][0].shape == (512, 512)
     assert len(layers[1][0]) == 12
