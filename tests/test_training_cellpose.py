@@ -1,0 +1,228 @@
+"""The Cellpose backend: masked loss, sparse training, prediction, weights (small, CPU).
+
+Tests run a small CPnet (``nbase`` 8..64) on cells of about 16 px with 64 px crops; the
+network is scale-agnostic, so this exercises the same code as the default 30 px setting.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cellpose")
+
+from scipy import ndimage as ndi
+
+from napari_cellsparse._lazy import import_torch
+from napari_cellsparse.errors import WeightsError
+from napari_cellsparse.images import normalize_percentile
+from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.training.annotations import IGNORE, to_internal
+from napari_cellsparse.training.backend import backend_class
+from napari_cellsparse.training.cellpose_backend import (
+    WEIGHTS_FILE,
+    CellposeNetwork,
+    cellpose_loss,
+    cellpose_targets,
+    erase_cells,
+)
+from napari_cellsparse.training.sampling import Batch, SparseDataset
+
+torch = import_torch()
+
+SMALL = {
+    "nbase": [8, 16, 32, 64],
+    "target_diameter": 16.0,
+    "patch_size": 64,
+    "batch_size": 4,
+    "learning_rate": 4e-3,
+    "warmup_steps": 5,
+    "min_size": 10,
+    "tile_size": 128,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: tiny nets gain little from two, and lose a lot on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_network(**overrides: Any) -> CellposeNetwork:
+    config = {**CellposeNetwork.default_config(), **SMALL, **overrides}
+    network = CellposeNetwork(config, 1, "cpu")
+    network.build()
+    return network
+
+
+def sparse_nuclei(
+    shape: tuple[int, int] = (160, 160), n_cells: int = 5, seed: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A normalised YXC image, its ground truth, and a sparse internal annotation."""
+    raw, truth = make_nuclei(shape, n_objects=30, radius=(7.0, 9.5), seed=seed)
+    image = normalize_percentile(raw.astype(np.float32), 1, 99.8)[..., None]
+    ids = np.unique(truth)[1:][:n_cells]
+    annotation = np.zeros(shape, np.int32)  # 0 not annotated / 1 background / 2+ cells
+    band = ndi.binary_dilation(np.isin(truth, ids), iterations=6) & (truth == 0)
+    annotation[band] = 1
+    for k, cell in enumerate(ids):
+        annotation[truth == cell] = k + 2
+    return image, truth, to_internal(annotation)
+
+
+def test_backend_registered_and_lazy() -> None:
+    assert backend_class("cellpose") is CellposeNetwork
+    assert CellposeNetwork.default_config()["target_diameter"] == 30.0
+    code = (
+        "import sys, json\n"
+        "import napari_cellsparse.training.cellpose_backend\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'cellpose') if m in sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_masked_loss_ignores_unannotated_targets() -> None:
+    gen = torch.Generator().manual_seed(0)
+    prediction = torch.randn(2, 3, 12, 12, generator=gen)
+    flows = torch.randn(2, 2, 12, 12, generator=gen)
+    cellprob = (torch.rand(2, 12, 12, generator=gen) > 0.5).float()
+    mask = torch.rand(2, 12, 12, generator=gen) > 0.4
+
+    def loss_and_grad(f: Any, c: Any) -> tuple[float, Any]:
+        pred = prediction.clone().requires_grad_(True)
+        loss = cellpose_loss(pred, f, c, mask)
+        loss.backward()
+        return float(loss.detach()), pred.grad
+
+    loss0, grad0 = loss_and_grad(flows, cellprob)
+    outside = ~mask
+    flows2 = torch.where(outside[:, None], flows * -7 + 3, flows)
+    cellprob2 = torch.where(outside, 1 - cellprob, cellprob)
+    loss1, grad1 = loss_and_grad(flows2, cellprob2)
+    assert loss1 == loss0
+    assert torch.equal(grad1, grad0)
+    assert not grad0.permute(1, 0, 2, 3)[:, outside].any()
+    # A change on one annotated pixel changes the loss and the gradient.
+    n, y, x = (int(v) for v in torch.nonzero(mask)[0])
+    flows3 = flows.clone()
+    flows3[n, :, y, x] += 1.0
+    loss2, grad2 = loss_and_grad(flows3, cellprob)
+    cellprob3 = cellprob.clone()
+    cellprob3[n, y, x] = 1 - cellprob3[n, y, x]
+    loss3, _ = loss_and_grad(flows, cellprob3)
+    assert loss2 != loss0 and loss3 != loss0
+    assert not torch.equal(grad2, grad0)
+
+
+def test_targets_follow_annotation() -> None:
+    labels = np.full((1, 40, 40), IGNORE, np.int32)
+    labels[0, 5:30, 5:30] = 0
+    yy, xx = np.mgrid[:40, :40]
+    labels[0][(yy - 15) ** 2 + (xx - 15) ** 2 < 36] = 4  # a whole cell
+    labels[0][(yy - 38) ** 2 + (xx - 20) ** 2 < 25] = 9  # a cell cut by the crop edge
+    flows, cellprob, mask, flow_mask = cellpose_targets(labels)
+    assert np.array_equal(mask, labels != IGNORE)
+    assert np.array_equal(cellprob, (labels > 0).astype(np.float32))
+    inside = labels[0] == 4
+    assert np.allclose(np.hypot(*flows[0][:, inside]), 1.0, atol=1e-3)
+    assert not flows[0][:, labels[0] <= 0].any()
+    assert flow_mask[0][inside].all() and not flow_mask[0][labels[0] == 9].any()
+    # Flows of a turned crop are the turned flows (vector components included); the centre
+    # pixel, where the flow vanishes and its normalised direction is arbitrary, is left out.
+    turned = cellpose_targets(np.rot90(labels, 1, axes=(1, 2)).copy())[0][0]
+    expected = np.rot90(flows[0], 1, axes=(1, 2))
+    off_centre = np.rot90(inside & ((yy != 15) | (xx != 15)))
+    assert np.allclose(turned[0][off_centre], -expected[1][off_centre], atol=1e-4)
+    assert np.allclose(turned[1][off_centre], expected[0][off_centre], atol=1e-4)
+
+
+def test_erase_cells_paints_annotated_cells_as_background() -> None:
+    image, _, internal = sparse_nuclei()
+    batch = SparseDataset([image], [internal]).sample_batch(np.random.default_rng(0), 4, 64)
+    images, labels = batch.images.copy(), batch.labels.copy()
+    erase_cells(images, labels, np.random.default_rng(0), 0.0)
+    assert np.array_equal(images, batch.images) and np.array_equal(labels, batch.labels)
+    erase_cells(images, labels, np.random.default_rng(0), 1.0)
+    cells = batch.labels > 0
+    assert cells.any() and not (labels > 0).any()
+    assert np.array_equal(labels[~cells], batch.labels[~cells])  # ignore stays ignored
+    background = batch.images[batch.labels == 0]
+    assert abs(float(np.median(images[cells])) - float(np.median(background))) < 0.05
+    assert float(np.median(batch.images[cells])) > float(np.median(background)) + 0.1
+
+
+def test_batch_without_annotation_is_skipped() -> None:
+    network = small_network()
+    before = {k: v.clone() for k, v in network.net.state_dict().items()}
+    images = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
+    labels = np.full((2, 64, 64), IGNORE, np.int32)
+    assert network.train_batch(images, labels) is None
+
+    class Empty(SparseDataset):
+        def sample_batch(
+            self, rng: np.random.Generator, batch_size: int, patch: int, augment: bool = True
+        ) -> Batch:
+            return Batch(images[:batch_size], labels[:batch_size])
+
+    dummy = np.zeros((64, 64), np.int32)
+    infos = list(network.train_steps(Empty([images[0]], [dummy]), 3, np.random.default_rng(0)))
+    assert len(infos) == 3 and all(info["skipped"] == 1.0 for info in infos)
+    after = network.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sparse_training_segments_synthetic_nuclei(tmp_path: Path) -> None:
+    from stardist.matching import matching
+
+    image, truth, internal = sparse_nuclei()
+    network = small_network()
+    data = SparseDataset([image], [internal])
+    losses = [info["loss"] for info in network.train_steps(data, 60, np.random.default_rng(0))]
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+    network.config.update(network.tune(data))
+    assert network.config["tuned_annotated_f1"] >= 0.8
+    pred = network.predict_scaled(image)
+    assert pred.dtype == np.int32 and pred.shape == truth.shape
+    assert matching(truth, pred, thresh=0.5).f1 >= 0.7
+
+    # Save/load round trip: identical predictions, also on an odd-sized tiled image.
+    network.save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == list(CellposeNetwork.weight_files)
+    loaded = CellposeNetwork(dict(network.config), 1, "cpu")
+    loaded.load(tmp_path)
+    odd = np.ascontiguousarray(np.concatenate([image, image[:37]], axis=0)[:, :150])
+    assert np.array_equal(loaded.predict_scaled(image), pred)
+    a, b = network.network_output(odd), loaded.network_output(odd)
+    assert a[0].shape == (2, *odd.shape[:2]) and np.array_equal(a[0], b[0])
+    assert np.array_equal(a[1], b[1])
+
+
+def test_missing_or_corrupted_weights(tmp_path: Path) -> None:
+    network = small_network()
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
+        network.load(tmp_path)
+    network.save(tmp_path)
+    path = tmp_path / WEIGHTS_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
+        network.load(tmp_path)
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
+        network.load(tmp_path)
+    other = small_network(nbase=[8, 16, 32, 32])
+    other.save(tmp_path)
+    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
+        network.load(tmp_path)
