@@ -21,8 +21,6 @@ step on a 2-core CPU, and no worse after a few hundred steps from scratch.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,11 +30,11 @@ from scipy import ndimage as ndi
 
 from .._lazy import import_torch
 from ..devices import resolve_device
-from ..errors import WeightsError
 from .annotations import IGNORE
 from .backend import Network
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
+from .torch_weights import load_state, save_state
 
 __all__ = ["CellposeNetwork", "cellpose_loss", "cellpose_targets", "erase_cells"]
 
@@ -177,30 +175,11 @@ class CellposeNetwork(Network):
 
     def save(self, folder: Path) -> None:
         """Write the state_dict to ``folder/cellpose.pt`` (atomically)."""
-        torch = import_torch()
-        fd, tmp = tempfile.mkstemp(prefix=WEIGHTS_FILE, suffix=".part", dir=folder)
-        os.close(fd)
-        try:
-            torch.save(self.net.state_dict(), tmp)
-            os.replace(tmp, folder / WEIGHTS_FILE)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        save_state(self.net, folder, WEIGHTS_FILE)
 
     def load(self, folder: Path) -> None:
         """Rebuild the net from the config and read ``cellpose.pt``; WeightsError if unusable."""
-        torch = import_torch()
-        path = Path(folder) / WEIGHTS_FILE
-        if not path.is_file():
-            raise WeightsError(f"The model folder {folder} has no weights file {WEIGHTS_FILE}.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            net = self._architecture()
-            net.load_state_dict(state)
-        except Exception as err:
-            raise WeightsError(
-                f"{path} is damaged or belongs to another network and cannot be loaded ({err})."
-            ) from err
-        self.net = net.to(self.device)
+        self.net = load_state(folder, WEIGHTS_FILE, self._architecture, self.device)
         self.optimizer = None
 
     # -- training --------------------------------------------------------------------------

@@ -9,8 +9,6 @@ watershed into the cell (border + centre) region.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,11 +18,11 @@ from scipy import ndimage as ndi
 
 from .._lazy import import_torch
 from ..devices import resolve_device
-from ..errors import WeightsError
 from .annotations import IGNORE
 from .backend import Network
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
+from .torch_weights import load_state, save_state
 
 __all__ = ["UNetNetwork", "unet_loss", "unet_targets"]
 
@@ -155,15 +153,18 @@ class UNetNetwork(Network):
         self.net: Any = None
         self.optimizer: Any = None
 
-    def build(self) -> None:
-        torch = import_torch()
-        torch.manual_seed(int(self.config["seed"]))
-        self.net = _build_unet(
+    def _architecture(self) -> Any:
+        return _build_unet(
             self.n_channels,
             int(self.config["base_filters"]),
             int(self.config["depth"]),
             int(self.config["grid"]),
-        ).to(self.device)
+        )
+
+    def build(self) -> None:
+        torch = import_torch()
+        torch.manual_seed(int(self.config["seed"]))
+        self.net = self._architecture().to(self.device)
 
     def train_steps(
         self, data: SparseDataset, steps: int, rng: np.random.Generator
@@ -238,25 +239,8 @@ class UNetNetwork(Network):
         )
 
     def save(self, folder: Path) -> None:
-        torch = import_torch()
-        fd, tmp = tempfile.mkstemp(prefix=WEIGHTS_FILE, suffix=".part", dir=folder)
-        os.close(fd)
-        try:
-            torch.save(self.net.state_dict(), tmp)
-            os.replace(tmp, folder / WEIGHTS_FILE)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        save_state(self.net, folder, WEIGHTS_FILE)
 
     def load(self, folder: Path) -> None:
-        torch = import_torch()
-        path = folder / WEIGHTS_FILE
-        if not path.is_file():
-            raise WeightsError(f"The model folder {folder} has no weights file {WEIGHTS_FILE}.")
-        self.build()
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            self.net.load_state_dict(state)
-        except Exception as err:
-            raise WeightsError(
-                f"{path} is damaged or belongs to another network and cannot be loaded ({err})."
-            ) from err
+        self.net = load_state(folder, WEIGHTS_FILE, self._architecture, self.device)
+        self.optimizer = None
