@@ -118,7 +118,7 @@ def test_every_manifest_command_resolves() -> None:
 
 
 def test_generated_sample_through_npe2() -> None:
-    """napari's File > Open Sample calls the command; it must give an image and boxes."""
+    """File > Open Sample calls the command: an image, its sparse annotation and boxes."""
     commands = {c.id: c for c in installed_manifest().contributions.commands}
     module_name, _, attribute = commands["napari-cellsparse.sample_nuclei"].python_name.partition(
         ":"
@@ -126,5 +126,5 @@ def test_generated_sample_through_npe2() -> None:
     layers = getattr(importlib.import_module(module_name), attribute)()
     kinds = [kind for _, _, kind in layers]
     assert kinds == ["image", "labels", "shapes"]
-    assert layers[0][0].shape == (512, 512)
-    assert len(layers[1][0]) == 12
+    assert layers[0][0].shape == (512, 512) == layers[1][0].shape
+    assert len(layers[2][0]) == 12
