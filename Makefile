@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 # A virtual screen when there is no display (napari needs a real OpenGL context).
 XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1600x1000x24")
 OUT    ?= out
+STEPS  ?= 200
 
 .PHONY: setup demo demo-smoke headless headless-sam test lint bench docs clean
 
@@ -21,7 +22,7 @@ demo-smoke:
 ## offline pipeline: train a U-Net on the sample's sparse annotation, predict, write TIFF + CSV
 headless: setup
 	$(VENV)/bin/cellsparse train --backend unet --image sample:nuclei --labels sample:nuclei \
-		--name sample-unet --reset $(if $(STEPS),--steps $(STEPS))
+		--name sample-unet --reset --steps $(STEPS)
 	$(VENV)/bin/cellsparse predict --model sample-unet --image sample:nuclei --out $(OUT)/predict
 
 headless-sam: setup
