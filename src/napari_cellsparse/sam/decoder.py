@@ -93,6 +93,18 @@ class FastMaskDecoder:
         ``M`` is 3 with ``multimask`` (SAM's three candidate masks), else 1, as in
         ``MaskDecoder.forward``.
         """
+        with self.torch.inference_mode():
+            queries, keys, iou = self.decode_scores(ctx, sparse, multimask)
+            return self.decode_masks(ctx, queries, keys, multimask), iou
+
+    def decode_scores(
+        self, ctx: ImageContext, sparse: Any, multimask: bool
+    ) -> tuple[Any, Any, Any]:
+        """The transformer's output tokens, image tokens and the IoU predictions (B x M).
+
+        The IoU predictions need no mask: callers that filter on them (the automatic mask
+        generator) pass only the survivors' tokens on to :meth:`decode_masks`.
+        """
         torch = self.torch
         md = self.decoder
         with torch.inference_mode():
@@ -100,18 +112,31 @@ class FastMaskDecoder:
             output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
             tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse), dim=1)
             queries, keys = self._transformer(ctx, tokens)
-            iou_token_out = queries[:, 0, :]
-            wanted = range(1, md.num_mask_tokens) if multimask else range(1)
+            iou = md.iou_prediction_head(queries[:, 0, :])[:, self._wanted(multimask)]
+            return queries, keys, iou
+
+    def decode_masks(self, ctx: ImageContext, queries: Any, keys: Any, multimask: bool) -> Any:
+        """Low-resolution mask logits (B x M x 256 x 256) from :meth:`decode_scores`' tokens."""
+        torch = self.torch
+        md = self.decoder
+        with torch.inference_mode():
+            batch = queries.shape[0]
             h, w = ctx.grid
             src = keys.transpose(1, 2).reshape(batch, -1, h, w)
             upscaled = md.output_upscaling(src)
             hyper = torch.stack(
-                [md.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in wanted], dim=1
+                [
+                    md.output_hypernetworks_mlps[i](queries[:, 1 + i, :])
+                    for i in self._wanted(multimask)
+                ],
+                dim=1,
             )
             b, c, hh, ww = upscaled.shape
-            masks = (hyper @ upscaled.view(b, c, hh * ww)).view(b, -1, hh, ww)
-            iou = md.iou_prediction_head(iou_token_out)[:, list(wanted)]
-            return masks, iou
+            return (hyper @ upscaled.view(b, c, hh * ww)).view(b, -1, hh, ww)
+
+    def _wanted(self, multimask: bool) -> list[int]:
+        """Mask-token indices of the output: 1..3 with ``multimask``, else 0 (as upstream)."""
+        return list(range(1, self.decoder.num_mask_tokens)) if multimask else [0]
 
     # -- the two-way transformer -------------------------------------------------------
     def _transformer(self, ctx: ImageContext, tokens: Any) -> tuple[Any, Any]:

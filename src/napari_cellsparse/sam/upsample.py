@@ -17,7 +17,7 @@ import numpy as np
 
 from .._lazy import import_torch
 
-__all__ = ["PromptMask", "upsample_logits"]
+__all__ = ["PromptMask", "upsample_logits", "upsample_window"]
 
 
 @dataclass
@@ -144,6 +144,23 @@ def upsample_logits(
     The result equals SAM's ``postprocess_masks(...) > threshold`` inside the window (up to
     float rounding) and is False everywhere outside it.
     """
+    values, y0, x0 = upsample_window(logits, input_size, original_size, frame, threshold)
+    return values > threshold, y0, x0
+
+
+def upsample_window(
+    logits: Any,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    frame: int = 1024,
+    threshold: float = 0.0,
+) -> tuple[np.ndarray, int, int]:
+    """Full-resolution logits of one 2D logit map inside the window that can exceed ``threshold``.
+
+    Returns ``(values, y0, x0)`` (float32); every pixel outside the window is at most
+    ``threshold`` in SAM's ``postprocess_masks`` output, so counts of pixels above any
+    threshold at or above this one are exact from the window alone.
+    """
     torch = import_torch()
     low = logits.detach().float().cpu()
     lh, lw = low.shape
@@ -153,7 +170,7 @@ def upsample_logits(
     win_y = _window(plan_y, positive.any(axis=1))
     win_x = _window(plan_x, positive.any(axis=0))
     if win_y is None or win_x is None:
-        return np.zeros((0, 0), dtype=bool), 0, 0
+        return np.zeros((0, 0), dtype=np.float32), 0, 0
     (ya, yb), (xa, xb) = win_y, win_x
     if (yb - ya) * (xb - xa) > _DIRECT_FRACTION * original_size[0] * original_size[1]:
         # A mask covering much of the image: torch's own kernels are faster than gathers.
@@ -161,7 +178,7 @@ def upsample_logits(
         up = f.interpolate(low[None, None], (frame, frame), mode="bilinear", align_corners=False)
         up = up[..., : input_size[0], : input_size[1]]
         up = f.interpolate(up, original_size, mode="bilinear", align_corners=False)[0, 0]
-        return (up[ya:yb, xa:xb] > threshold).numpy(), ya, xa
+        return up[ya:yb, xa:xb].numpy(), ya, xa
     rows = _resample(torch, low, plan_y, *win_y, dim=0)
     full = _resample(torch, rows, plan_x, *win_x, dim=1)
-    return (full > threshold).numpy(), win_y[0], win_x[0]
+    return full.numpy(), win_y[0], win_x[0]
