@@ -40,6 +40,9 @@ __all__ = ["CellposeNetwork", "cellpose_loss", "cellpose_targets", "erase_cells"
 
 WEIGHTS_FILE = "cellpose.pt"
 FLOW_SCALE = 5.0  # upstream Cellpose learns flows multiplied by 5
+# Pixels (at training scale) around annotations judged when tuning the thresholds: measured
+# on DSB 2018 with every cell annotated, tuning on all 40 images took 205 s of a 2-core CPU.
+TUNE_PIXELS = 300_000
 CELLPROB_GRID = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 FLOW_GRID = (0.4, 0.6, 0.8, 0.0)  # 0 = no flow-consistency check
 
@@ -323,14 +326,22 @@ class CellposeNetwork(Network):
         device = torch.device(self._flow_device())
         margin = int(np.ceil(1.5 * float(self.config["target_diameter"])))
         crops = []
-        for image, labels in zip(data.images, data.labels, strict=True):
+        pixels = 0
+        # Images in a seeded order until the budget of judged pixels is spent: the flow
+        # dynamics dominate the cost, and a few hundred annotated cells judge as well as all.
+        order = np.random.default_rng(int(self.config["seed"])).permutation(len(data.images))
+        for index in order:
+            if pixels >= TUNE_PIXELS:
+                break
+            image, labels = data.images[index], data.labels[index]
             annotated = labels != IGNORE
             rows, cols = np.nonzero(annotated)
             if rows.size == 0:
                 continue
-            flows, cellprob = self.network_output(image)
             ys = slice(max(rows.min() - margin, 0), rows.max() + margin + 1)
             xs = slice(max(cols.min() - margin, 0), cols.max() + margin + 1)
+            pixels += (ys.stop - ys.start) * (xs.stop - xs.start)
+            flows, cellprob = self.network_output(image)
             # Only objects near annotated pixels can be judged: run the dynamics there only.
             near = ndi.maximum_filter(annotated[ys, xs], size=2 * margin + 1)
             prob = np.where(near, cellprob[ys, xs], np.float32(-1e4))
