@@ -1,0 +1,253 @@
+"""SAM automatic masks: our generator against ``segment_anything.SamAutomaticMaskGenerator``.
+
+Prints one JSON object with a sub-object per run:
+
+* ``speed_512`` / ``speed_1024``: the real vit_t model (same seeded random weights on both
+  sides), a synthetic nuclei image, default parameters. ``ref_s`` / ``ours_s`` are whole
+  ``generate`` calls; ``*_stages`` split them into the image encoder, the decoder (prompt
+  encoder + mask decoder) and upsampling + scoring (everything else).
+* ``same_default`` / ``same_crop1`` / ``same_minarea20``: both decoders replaced by the same
+  :class:`~napari_cellsparse.synthetic.LabelOracle` (random weights decode noise that no
+  threshold keeps), so at least 100 real objects survive; everything after the decoder runs
+  for real. ``matched_frac`` is the share of reference masks matched by one of ours at
+  IoU >= 0.9; ``post_ref_s`` / ``post_ours_s`` the time after the encoder, oracle excluded.
+
+Run on an otherwise idle machine: ``.venv/bin/python benchmarks/sam_automask.py``
+(``--device cuda`` on a GPU; ``--only same`` or ``--only speed`` for a part).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def log(message: str) -> None:
+    print(f"[sam_automask] {message}", file=sys.stderr, flush=True)
+
+
+class Clock:
+    """Cumulative wall time of wrapped callables, by stage name."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.sync = sync
+
+    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.sync()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.sync()
+                self.seconds[stage] += time.perf_counter() - start
+
+        return timed
+
+    def wrap_generator(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Like :meth:`wrap` for a generator function: times the iteration, not the call."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.sync()
+            start = time.perf_counter()
+            try:
+                return (yield from fn(*args, **kwargs))
+            finally:
+                self.sync()
+                self.seconds[stage] += time.perf_counter() - start
+
+        return timed
+
+
+def _model(device: str) -> Any:
+    import torch
+
+    from napari_cellsparse.sam.models import build_sam
+
+    torch.manual_seed(0)
+    return build_sam("vit_t").to(device).eval()
+
+
+def _image(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from napari_cellsparse.synthetic import make_nuclei
+
+    return make_nuclei((size, size), n_objects=n, radius=(7.0, 12.0), seed=1)
+
+
+def _reference(sam: Any, params: dict[str, Any], clock: Clock, oracle: Any = None) -> Any:
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from napari_cellsparse.synthetic import oracle_predict_torch
+
+    generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **params)
+    predictor = generator.predictor
+    predictor.set_image = clock.wrap("encoder", predictor.set_image)
+    if oracle is not None:
+        oracle_call = clock.wrap("oracle", oracle)
+        predictor.predict_torch = oracle_predict_torch(predictor, oracle_call)
+    sam.prompt_encoder.forward = clock.wrap("decoder", sam.prompt_encoder.forward)
+    sam.mask_decoder.forward = clock.wrap("decoder", sam.mask_decoder.forward)
+    return generator
+
+
+def _unwrap(sam: Any) -> None:
+    for module in (sam.prompt_encoder, sam.mask_decoder):
+        module.__dict__.pop("forward", None)
+
+
+def _ours(sam: Any, clock: Clock, oracle: Any = None) -> Any:
+    import napari_cellsparse.sam.automask as automask
+    import napari_cellsparse.sam.prompting as prompting
+    from napari_cellsparse.sam.prompting import SamPrompter
+    from napari_cellsparse.synthetic import OracleDecoder
+
+    device = next(sam.parameters()).device
+    prompter = SamPrompter(sam, "bench", batch_size=1 if device.type == "cpu" else 16)
+    prompting.compute_embedding = clock.wrap_generator("encoder", _original_embedding)
+    if oracle is not None:
+        prompter.decoder = OracleDecoder(prompter.decoder, clock.wrap("oracle", oracle))
+    else:
+        for name in ("embed_prompts", "decode_scores", "decode_masks"):
+            setattr(prompter.decoder, name, clock.wrap("decoder", getattr(prompter.decoder, name)))
+    automask.upsample_window = clock.wrap("upsample", _original_upsample)
+    return prompter
+
+
+def _original_embedding(*args: Any, **kwargs: Any) -> Any:
+    from napari_cellsparse.sam.embedding import compute_embedding
+
+    return (yield from compute_embedding(*args, **kwargs))
+
+
+def _original_upsample(*args: Any, **kwargs: Any) -> Any:
+    from napari_cellsparse.sam.upsample import upsample_window
+
+    return upsample_window(*args, **kwargs)
+
+
+def speed(size: int, device: str) -> dict[str, Any]:
+    import torch
+
+    from napari_cellsparse.images import to_rgb_uint8
+    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.sam.automask import generate_masks
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    image, _ = _image(size, 60)
+    rgb = to_rgb_uint8(image)
+    sam = _model(device)
+    ref_clock = Clock(sync)
+    generator = _reference(sam, {}, ref_clock)
+    log(f"speed {size}: reference")
+    start = time.perf_counter()
+    ref = generator.generate(rgb)
+    ref_s = time.perf_counter() - start
+    _unwrap(sam)
+    ours_clock = Clock(sync)
+    prompter = _ours(sam, ours_clock)
+    log(f"speed {size}: ours")
+    start = time.perf_counter()
+    result = run_sync(generate_masks(prompter, image))
+    ours_s = time.perf_counter() - start
+    ref_stages = {k: round(v, 3) for k, v in ref_clock.seconds.items()}
+    ref_stages["upsample_score_other"] = round(ref_s - sum(ref_clock.seconds.values()), 3)
+    our_stages = {k: round(v, 3) for k, v in ours_clock.seconds.items()}
+    our_stages["other"] = round(ours_s - sum(ours_clock.seconds.values()), 3)
+    return {
+        "size": size,
+        "ref_s": round(ref_s, 2),
+        "ours_s": round(ours_s, 2),
+        "ratio": round(ours_s / ref_s, 3),
+        "n_ref": len(ref),
+        "n_ours": len(result),
+        "ref_stages": ref_stages,
+        "ours_stages": our_stages,
+    }
+
+
+def same(params: dict[str, Any], device: str) -> dict[str, Any]:
+    import torch
+
+    from napari_cellsparse.images import to_rgb_uint8
+    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.sam.automask import generate_masks
+    from napari_cellsparse.synthetic import LabelOracle
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    image, labels = _image(512, 150)
+    sam = _model(device)
+    ref_clock = Clock(sync)
+    generator = _reference(sam, params, ref_clock, LabelOracle(labels))
+    start = time.perf_counter()
+    ref = generator.generate(to_rgb_uint8(image))
+    ref_s = time.perf_counter() - start
+    _unwrap(sam)
+    ours_clock = Clock(sync)
+    prompter = _ours(sam, ours_clock, LabelOracle(labels))
+    start = time.perf_counter()
+    result = run_sync(generate_masks(prompter, image, params))
+    ours_s = time.perf_counter() - start
+    ours = [m.full(labels.shape) for m in result.masks]
+    boxes = [m.box() for m in result.masks]
+    matched = 0
+    for record in ref:
+        seg = record["segmentation"]
+        x, y, w, h = record["bbox"]
+        best = 0.0
+        for mask, (bx0, by0, bx1, by1) in zip(ours, boxes, strict=True):
+            if bx0 > x + w or bx1 < x or by0 > y + h or by1 < y:
+                continue
+            best = max(best, np.logical_and(seg, mask).sum() / np.logical_or(seg, mask).sum())
+        matched += best >= 0.9
+    post = ("encoder", "oracle")
+    return {
+        "params": params,
+        "n_ref": len(ref),
+        "n_ours": len(result),
+        "matched_frac": round(matched / max(len(ref), 1), 4),
+        "post_ref_s": round(ref_s - sum(ref_clock.seconds[k] for k in post), 2),
+        "post_ours_s": round(ours_s - sum(ours_clock.seconds[k] for k in post), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", choices=["speed", "same"], default=None)
+    parser.add_argument("--sizes", default="512,1024")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    out: dict[str, Any] = {"device": args.device, "loadavg_start": os.getloadavg()[0]}
+    if args.only in (None, "same"):
+        for key, params in (
+            ("same_default", {}),
+            ("same_crop1", {"crop_n_layers": 1}),
+            ("same_minarea20", {"min_mask_region_area": 20}),
+        ):
+            log(key)
+            out[key] = same(params, args.device)
+            log(json.dumps(out[key]))
+    if args.only in (None, "speed"):
+        for size in (int(s) for s in args.sizes.split(",")):
+            out[f"speed_{size}"] = speed(size, args.device)
+            log(json.dumps(out[f"speed_{size}"]))
+    out["loadavg_end"] = os.getloadavg()[0]
+    text = json.dumps(out)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
