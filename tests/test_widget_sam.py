@@ -243,3 +243,45 @@ def test_download_button_fetches_weights_and_reports_failures(
     assert "mobile_sam.pt" in widget.status.text() and "Saved" not in widget.status.text()
     assert not widget.runner.busy and widget.download_button.isEnabled()
     assert list(weights_dir().glob("*")) == []
+
+
+def test_automask_layers_and_keeping_objects(annotator):
+    """Automask (label-oracle decoder: random weights decode noise) -> layers -> annotation."""
+    from napari_cellsparse.synthetic import LabelOracle, OracleDecoder
+
+    viewer, widget, truth = annotator
+    annotation = viewer.add_labels(np.zeros((256, 256), dtype=np.int32), name="my cells")
+    first = truth == 1
+    annotation.data[first] = 7  # already annotated by the user: must stay as it is
+    widget._refresh_layers()
+    widget.labels_combo.setCurrentText("my cells")
+    widget.compute_embedding()
+    prompter = widget.state.prompter
+    prompter.decoder = OracleDecoder(prompter.decoder, LabelOracle(truth))
+
+    widget.automask_spins["crop_n_layers"].setValue(4)
+    widget.automask_spins["points_per_side"].setValue(4)
+    widget.automask_spins["crop_n_points_downscale_factor"].setValue(2)
+    widget.run_automask()
+    assert "deepest layer" in widget.status.text()
+    assert "SAM automask" not in viewer.layers
+
+    widget.preset_combo.setCurrentText("cells")
+    assert widget.automask_spins["crop_n_layers"].value() == 0
+    widget.preset_combo.setCurrentText("nuclei")
+    widget.automask_spins["points_per_side"].setValue(24)
+    widget.run_automask()
+    found = viewer.layers["SAM automask"].data
+    n = int(found.max())
+    assert n >= 8, widget.status.text()
+    assert len(viewer.layers["SAM automask outlines"].data) == n
+    assert widget.state.prompter is prompter  # the embedding was reused, not recomputed
+
+    before = annotation.data.copy()
+    widget.keep_automask()
+    after = annotation.data
+    assert (after[first] == 7).all()
+    added = set(np.unique(after[after != before]).tolist())
+    assert len(added) >= n - 1 and min(added) == 8
+    annotation.undo()
+    np.testing.assert_array_equal(annotation.data, before)

@@ -17,6 +17,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -24,31 +25,45 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
+from scipy import ndimage as ndi
+from superqt import QCollapsible
 
 from ..errors import BadInputError, CellsparseError
 from ..labels import next_free_id, writable
 from ..outlines import mask_outline
+from ..sam.automask import AutomaskParams
 from ..sam.embedding import EmbeddingCache
+from ..sam.upsample import PromptMask
 from ..sam.weights import MODEL_TYPES, download_weights
 from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
 
-    from ..sam.prompting import PromptMask, SamPrompter
+    from ..sam.prompting import SamPrompter
 
 __all__ = ["SamAnnotatorWidget"]
 
-PROMPTS, POINTS, OUTLINES, PREVIEW, ANNOTATION = (
+PROMPTS, POINTS, OUTLINES, PREVIEW, ANNOTATION, AUTOMASK, AUTOMASK_OUTLINES = (
     "SAM prompts",
     "SAM points",
     "SAM outlines",
     "SAM preview",
     "SAM annotation",
+    "SAM automask",
+    "SAM automask outlines",
 )
+# Starting points, not tuned values: "SAM defaults" is segment-anything's own setting; the
+# nuclei and cells presets drop tiny fragments (and, for cells, use fewer points).
+AUTOMASK_PRESETS: dict[str, dict[str, Any]] = {
+    "SAM defaults": {},
+    "nuclei": {"min_mask_region_area": 20},
+    "cells": {"points_per_side": 24, "min_mask_region_area": 100},
+}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -74,7 +89,7 @@ class SamAnnotatorWidget(QWidget):
         self.state = SamState()
         self._build()
         self.runner = JobRunner(
-            [self.embed_button, self.download_button, self.run_boxes_button],
+            [self.embed_button, self.download_button, self.run_boxes_button, self.automask_button],
             self.cancel_button,
             self.status.setText,
         )
@@ -152,8 +167,71 @@ class SamAnnotatorWidget(QWidget):
         layout.addLayout(mode_row)
         layout.addWidget(self.run_boxes_button)
         layout.addLayout(point_row)
+        layout.addWidget(self._build_automask())
         layout.addWidget(self.status)
         layout.addStretch()
+
+    def _build_automask(self) -> QWidget:
+        """The "Automask" section: preset, main parameters, the rest folded away."""
+        defaults = AutomaskParams().as_dict()
+        self.automask_spins: dict[str, Any] = {}
+        ranges = {
+            "points_per_side": (1, 256, 1),
+            "points_per_batch": (1, 4096, 1),
+            "crop_n_layers": (0, 4, 1),
+            "crop_n_points_downscale_factor": (1, 64, 1),
+            "min_mask_region_area": (0, 10**6, 10),
+            "stability_score_offset": (0.0, 100.0, 0.1),
+        }
+        for name, value in defaults.items():
+            lo, hi, step = ranges.get(name, (0.0, 1.0, 0.01))
+            spin = QSpinBox() if isinstance(value, int) else QDoubleSpinBox()
+            if isinstance(spin, QDoubleSpinBox):
+                spin.setDecimals(3)
+            spin.setRange(lo, hi)
+            spin.setSingleStep(step)
+            spin.setValue(value)
+            self.automask_spins[name] = spin
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(AUTOMASK_PRESETS))
+        self.preset_combo.currentTextChanged.connect(self._apply_preset)
+        main = QFormLayout()
+        main.addRow("Preset", self.preset_combo)
+        shown = ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
+        for name in (*shown, "min_mask_region_area"):
+            main.addRow(name.replace("_", " ").capitalize(), self.automask_spins[name])
+        advanced = QFormLayout()
+        for name, spin in self.automask_spins.items():
+            if name not in (*shown, "min_mask_region_area"):
+                advanced.addRow(name.replace("_", " ").capitalize(), spin)
+        folded = QCollapsible("Advanced automask parameters")
+        inner = QWidget()
+        inner.setLayout(advanced)
+        folded.addWidget(inner)
+        self.automask_button = QPushButton("Automask (whole image)")
+        self.automask_button.clicked.connect(self.run_automask)
+        self.keep_button = QPushButton("Add automask objects to annotation")
+        self.keep_button.clicked.connect(self.keep_automask)
+        box = QWidget()
+        column = QVBoxLayout(box)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(QLabel("<b>Automask</b>"))
+        column.addLayout(main)
+        column.addWidget(folded)
+        column.addWidget(self.automask_button)
+        column.addWidget(self.keep_button)
+        return box
+
+    def _apply_preset(self, name: str) -> None:
+        values = {**AutomaskParams().as_dict(), **AUTOMASK_PRESETS.get(name, {})}
+        for key, value in values.items():
+            self.automask_spins[key].setValue(value)
+
+    def automask_params(self) -> AutomaskParams:
+        """The parameters set in the widget (checked: out-of-range values are refused)."""
+        return AutomaskParams.from_dict(
+            {name: spin.value() for name, spin in self.automask_spins.items()}
+        )
 
     def _refresh_layers(self, _event: Any = None) -> None:
         for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
@@ -257,6 +335,97 @@ class SamAnnotatorWidget(QWidget):
             self._update_preview()
 
         self.runner.start(job, done, "Computing SAM embedding")
+
+    def run_automask(self) -> None:
+        """Every object SAM finds on the current slice, as new layers (in a worker)."""
+        try:
+            layer, image, prefix = self._image()
+            channels = self._channels()
+            params = self.automask_params()
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        spec = self._spec()
+        state = self.state
+        reuse = state.prompter if state.spec == spec else None
+
+        def job():
+            from ..progress import Progress
+            from ..sam.automask import generate_masks
+            from ..sam.prompting import SamPrompter
+
+            prompter = reuse
+            if prompter is None:
+                yield Progress(0, 1, f"loading SAM {spec[0]}")
+                prompter = SamPrompter.load(spec[0], spec[1] or None, spec[2], state.cache)
+            result = yield from generate_masks(prompter, image, params, channels)
+            return prompter, result
+
+        def done(outcome: Any) -> None:
+            prompter, result = outcome
+            state.prompter, state.spec = prompter, spec
+            state.image_key = self._image_key(layer, prefix)
+            self._show_automask(layer, result)
+
+        self.runner.start(job, done, "Automatic masks")
+
+    def _show_automask(self, image: Image, result: Any) -> None:
+        labels = result.labels()
+        ndim = image.data.ndim - (1 if image.rgb else 0)
+        scale = image.scale[-2:] if ndim >= 2 else None
+        if AUTOMASK in self.viewer.layers:
+            self.viewer.layers[AUTOMASK].data = labels
+        else:
+            self.viewer.add_labels(labels, name=AUTOMASK, scale=scale, opacity=0.5)
+        polygons = []
+        for index, region in enumerate(ndi.find_objects(labels)):
+            if region is None:
+                continue
+            outline = mask_outline(labels[region] == index + 1, (region[0].start, region[1].start))
+            if outline is not None:
+                polygons.append(outline)
+        if AUTOMASK_OUTLINES in self.viewer.layers:
+            self.viewer.layers.remove(AUTOMASK_OUTLINES)
+        self.viewer.add_shapes(
+            polygons,
+            shape_type="polygon",
+            name=AUTOMASK_OUTLINES,
+            scale=scale,
+            edge_color="magenta",
+            face_color="transparent",
+            edge_width=1,
+        )
+        self.status.setText(
+            f"Automask: {int(labels.max())} objects. Delete unwanted ones in "
+            f"'{AUTOMASK}', then add the rest to the annotation."
+        )
+
+    def keep_automask(self) -> None:
+        """Copy the objects of the automask layer into the annotation as new objects.
+
+        Annotated pixels are never overwritten: an object only fills unannotated ones.
+        """
+        if AUTOMASK not in self.viewer.layers:
+            self._fail(BadInputError("Run Automask first."))
+            return
+        try:
+            image, _, prefix = self._image()
+            labels = self._annotation(image)
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        automask = np.asarray(self.viewer.layers[AUTOMASK].data)
+        if automask.shape != labels.data.shape[len(prefix) :]:
+            self._fail(BadInputError("The automask layer does not match the annotation."))
+            return
+        masks = []
+        for index, region in enumerate(ndi.find_objects(automask)):
+            if region is not None:
+                window = automask[region] == index + 1
+                y0, x0 = region[0].start, region[1].start
+                masks.append(PromptMask(window, y0, x0, 1.0, automask.shape))
+        written = self._write(masks)
+        self.status.setText(f"Added {written} objects to '{labels.name}'.")
 
     def download(self) -> None:
         """Download the chosen model's official checkpoint into the cache (in a worker)."""
