@@ -22,19 +22,16 @@ step on a 2-core CPU, and no worse after a few hundred steps from scratch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from .._lazy import import_torch
-from ..devices import resolve_device
 from .annotations import IGNORE
-from .backend import Network
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
-from .torch_weights import load_state, save_state
+from .torch_network import TorchNetwork
 
 __all__ = ["CellposeNetwork", "cellpose_loss", "cellpose_targets", "erase_cells"]
 
@@ -138,7 +135,7 @@ def _distance_to_default(cellprob_threshold: float, flow_threshold: float) -> fl
     return abs(cellprob_threshold) + flow
 
 
-class CellposeNetwork(Network):
+class CellposeNetwork(TorchNetwork):
     """Cellpose 3's CPnet (flows + cell probability), trained from scratch on sparse labels."""
 
     name = "cellpose"
@@ -161,12 +158,6 @@ class CellposeNetwork(Network):
     }
     weight_files = (WEIGHTS_FILE,)
 
-    def __init__(self, config: dict[str, Any], n_channels: int, device: str | None) -> None:
-        super().__init__(config, n_channels, device)
-        self.device = resolve_device(device)
-        self.net: Any = None
-        self.optimizer: Any = None
-
     # -- weights ---------------------------------------------------------------------------
 
     def _architecture(self) -> Any:
@@ -174,23 +165,6 @@ class CellposeNetwork(Network):
 
         nbase = [int(self.n_channels), *(int(c) for c in self.config["nbase"])]
         return CPnet(nbase, 3, 3, diam_mean=float(self.config["target_diameter"]))
-
-    def build(self) -> None:
-        """Fresh CPnet weights (seeded by ``config["seed"]``)."""
-        torch = import_torch()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.config["seed"]))
-            self.net = self._architecture().to(self.device)
-        self.optimizer = None
-
-    def save(self, folder: Path) -> None:
-        """Write the state_dict to ``folder/cellpose.pt`` (atomically)."""
-        save_state(self.net, folder, WEIGHTS_FILE)
-
-    def load(self, folder: Path) -> None:
-        """Rebuild the net from the config and read ``cellpose.pt``; WeightsError if unusable."""
-        self.net = load_state(folder, WEIGHTS_FILE, self._architecture, self.device)
-        self.optimizer = None
 
     # -- training --------------------------------------------------------------------------
 

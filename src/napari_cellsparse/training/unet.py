@@ -10,19 +10,16 @@ watershed into the cell (border + centre) region.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from .._lazy import import_torch
-from ..devices import resolve_device
 from .annotations import IGNORE
-from .backend import Network
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
-from .torch_weights import load_state, save_state
+from .torch_network import TorchNetwork
 
 __all__ = ["UNetNetwork", "unet_loss", "unet_targets"]
 
@@ -128,7 +125,7 @@ def _build_unet(n_channels: int, base: int, depth: int, grid: int = 1) -> Any:
     return UNet()
 
 
-class UNetNetwork(Network):
+class UNetNetwork(TorchNetwork):
     """3-class U-Net trained with masked losses; ours, small enough for a laptop CPU."""
 
     name = "unet"
@@ -148,12 +145,6 @@ class UNetNetwork(Network):
     }
     weight_files = (WEIGHTS_FILE,)
 
-    def __init__(self, config: dict[str, Any], n_channels: int, device: str | None) -> None:
-        super().__init__(config, n_channels, device)
-        self.device = resolve_device(device)
-        self.net: Any = None
-        self.optimizer: Any = None
-
     def _architecture(self) -> Any:
         return _build_unet(
             self.n_channels,
@@ -161,11 +152,6 @@ class UNetNetwork(Network):
             int(self.config["depth"]),
             int(self.config["grid"]),
         )
-
-    def build(self) -> None:
-        torch = import_torch()
-        torch.manual_seed(int(self.config["seed"]))
-        self.net = self._architecture().to(self.device)
 
     def train_steps(
         self, data: SparseDataset, steps: int, rng: np.random.Generator
@@ -239,9 +225,3 @@ class UNetNetwork(Network):
             float(self.config["foreground_threshold"]),
         )
 
-    def save(self, folder: Path) -> None:
-        save_state(self.net, folder, WEIGHTS_FILE)
-
-    def load(self, folder: Path) -> None:
-        self.net = load_state(folder, WEIGHTS_FILE, self._architecture, self.device)
-        self.optimizer = None
