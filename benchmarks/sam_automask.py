@@ -196,7 +196,7 @@ def same(params: dict[str, Any], device: str) -> dict[str, Any]:
     start = time.perf_counter()
     result = run_sync(generate_masks(prompter, image, params))
     ours_s = time.perf_counter() - start
-    ours = [m.full(labels.shape) for m in result.masks]
+    ours = [m.full() for m in result.masks]
     boxes = [m.box() for m in result.masks]
     matched = 0
     for record in ref:

@@ -107,7 +107,7 @@ def test_same_objects_as_the_reference(vit_t_model, nuclei, params) -> None:
     assert len(reference) >= 20
     assert _summary(result.records()) == _summary(reference)
     # Same pixels, not only the same boxes.
-    ours = {tuple(m.record()["bbox"]): m.full(labels.shape) for m in result.masks}
+    ours = {tuple(m.record()["bbox"]): m.full() for m in result.masks}
     for r in reference:
         np.testing.assert_array_equal(ours[tuple(r["bbox"])], r["segmentation"])
 
@@ -137,7 +137,7 @@ def test_real_decoder_matches_the_reference_end_to_end(vit_t_model, nuclei) -> N
     ours = sorted(result.masks, key=lambda m: ([list(m.point)], m.predicted_iou))
     for r, m in zip(ref, ours, strict=True):
         assert m.predicted_iou == pytest.approx(r["predicted_iou"], abs=1e-4)
-        full = m.full(image.shape)
+        full = m.full()
         disagree = np.logical_xor(full, r["segmentation"]).sum()
         assert disagree <= 1e-3 * full.size
 
@@ -183,7 +183,7 @@ def test_cancel_stops_at_the_next_batch_of_points(vit_t_model, nuclei) -> None:
 
 
 def _box(y0: int, x0: int, h: int, w: int, score: float) -> AutoMask:
-    return AutoMask(np.ones((h, w), bool), y0, x0, score, 1.0, (x0, y0), (0, 0, 60, 60))
+    return AutoMask(np.ones((h, w), bool), y0, x0, score, (60, 60), 1.0, (x0, y0), (0, 0, 60, 60))
 
 
 def test_labels_resolve_overlaps_by_score_and_drop_fragments() -> None:

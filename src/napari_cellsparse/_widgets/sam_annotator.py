@@ -304,6 +304,16 @@ class SamAnnotatorWidget(QWidget):
             and self.state.image_key == self._image_key(layer, prefix)
         )
 
+    def _prompter(self, spec: tuple[str, str, str], reuse: SamPrompter | None) -> Any:
+        """Worker-side generator: ``reuse``, or SAM loaded per ``spec`` (model, weights, device)."""
+        from ..progress import Progress
+        from ..sam.prompting import SamPrompter
+
+        if reuse is not None:
+            return reuse
+        yield Progress(0, 1, f"loading SAM {spec[0]}")
+        return SamPrompter.load(spec[0], spec[1] or None, spec[2], self.state.cache)
+
     def compute_embedding(self) -> None:
         """Load the model if needed and embed the current image slice (in a worker)."""
         try:
@@ -318,13 +328,7 @@ class SamAnnotatorWidget(QWidget):
         key = self._image_key(layer, prefix)
 
         def job():
-            from ..progress import Progress
-            from ..sam.prompting import SamPrompter
-
-            prompter = reuse
-            if prompter is None:
-                yield Progress(0, 1, f"loading SAM {spec[0]}")
-                prompter = SamPrompter.load(spec[0], spec[1] or None, spec[2], state.cache)
+            prompter = yield from self._prompter(spec, reuse)
             yield from prompter.set_image(image, channels)
             return prompter
 
@@ -350,14 +354,9 @@ class SamAnnotatorWidget(QWidget):
         reuse = state.prompter if state.spec == spec else None
 
         def job():
-            from ..progress import Progress
             from ..sam.automask import generate_masks
-            from ..sam.prompting import SamPrompter
 
-            prompter = reuse
-            if prompter is None:
-                yield Progress(0, 1, f"loading SAM {spec[0]}")
-                prompter = SamPrompter.load(spec[0], spec[1] or None, spec[2], state.cache)
+            prompter = yield from self._prompter(spec, reuse)
             result = yield from generate_masks(prompter, image, params, channels)
             return prompter, result
 

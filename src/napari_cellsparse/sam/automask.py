@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from .._lazy import import_torch
 from ..errors import BadInputError
 from ..images import to_rgb_uint8
 from ..progress import Progress, check_cancel
-from .upsample import upsample_window
+from .upsample import PromptMask, upsample_window
 
 __all__ = ["AutoMask", "AutomaskParams", "AutomaskResult", "generate_masks"]
 
@@ -103,43 +103,25 @@ class AutomaskParams:
 
 
 @dataclass
-class AutoMask:
-    """One object: a boolean mask in the window at ``(y0, x0)``, with SAM's scores."""
+class AutoMask(PromptMask):
+    """One object of the generator: a window mask (``score`` is SAM's predicted IoU) with
+    the reference's other fields."""
 
-    mask: np.ndarray
-    y0: int
-    x0: int
-    predicted_iou: float
     stability_score: float
     point: tuple[float, float]  # x, y in image pixels
     crop_box: tuple[int, int, int, int]  # x0, y0, x1, y1
 
     @property
-    def area(self) -> int:
-        return int(self.mask.sum())
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        h, w = self.mask.shape
-        return slice(self.y0, self.y0 + h), slice(self.x0, self.x0 + w)
+    def predicted_iou(self) -> float:
+        return self.score
 
     def box(self) -> tuple[int, int, int, int]:
         """``x0, y0, x1, y1`` with inclusive ends, as ``batched_mask_to_box`` (0s if empty)."""
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        if rows.size == 0:
+        bbox = self.bbox()
+        if bbox is None:
             return (0, 0, 0, 0)
-        cols = np.flatnonzero(self.mask.any(axis=0))
-        return (
-            self.x0 + int(cols[0]),
-            self.y0 + int(rows[0]),
-            self.x0 + int(cols[-1]),
-            self.y0 + int(rows[-1]),
-        )
-
-    def full(self, shape: tuple[int, int]) -> np.ndarray:
-        out = np.zeros(shape, dtype=bool)
-        out[self.slices] = self.mask
-        return out
+        y0, x0, y1, x1 = bbox
+        return (x0, y0, x1 - 1, y1 - 1)
 
     def record(self) -> dict[str, Any]:
         """The reference generator's record for this mask (without the segmentation)."""
@@ -279,6 +261,7 @@ def _decode_crop(
                             y0,
                             x0,
                             float(iou[row, j]),
+                            (crop_h, crop_w),
                             stability,
                             (float(pts[row, 0]), float(pts[row, 1])),
                             crop_box,
@@ -299,9 +282,7 @@ def _decode_crop(
     return [found[i] for i in keep]
 
 
-def _clean_small_regions(
-    masks: list[AutoMask], params: AutomaskParams, shape: tuple[int, int]
-) -> list[AutoMask]:
+def _clean_small_regions(masks: list[AutoMask], params: AutomaskParams) -> list[AutoMask]:
     """The reference's ``postprocess_small_regions`` on windows (padded where not at an edge)."""
     from segment_anything.utils.amg import remove_small_regions
 
@@ -310,7 +291,7 @@ def _clean_small_regions(
     unchanged: list[float] = []
     for m in masks:
         h, w = m.mask.shape
-        shape_h, shape_w = shape
+        shape_h, shape_w = m.shape
         # One False pixel around the window, except along the image's own border, so that
         # background reaching the window edge stays connected to the rest of the image.
         top, left = int(m.y0 > 0), int(m.x0 > 0)
@@ -319,9 +300,7 @@ def _clean_small_regions(
         padded, holes = remove_small_regions(padded, area, mode="holes")
         padded, islands = remove_small_regions(padded, area, mode="islands")
         inner = padded[top : top + h, left : left + w]
-        cleaned.append(
-            AutoMask(inner, m.y0, m.x0, m.predicted_iou, m.stability_score, m.point, m.crop_box)
-        )
+        cleaned.append(replace(m, mask=inner))
         unchanged.append(float(not (holes or islands)))
     keep = _nms(
         [m.box() for m in cleaned], unchanged, max(params.box_nms_thresh, params.crop_nms_thresh)
@@ -374,17 +353,8 @@ def generate_masks(
         )
         done += len(points)
         for m in found:
-            masks.append(
-                AutoMask(
-                    m.mask,
-                    m.y0 + y0,
-                    m.x0 + x0,
-                    m.predicted_iou,
-                    m.stability_score,
-                    (m.point[0] + x0, m.point[1] + y0),
-                    m.crop_box,
-                )
-            )
+            point = (m.point[0] + x0, m.point[1] + y0)
+            masks.append(replace(m, y0=m.y0 + y0, x0=m.x0 + x0, shape=shape, point=point))
     if whole is not None:
         prompter.use_embedding(whole)
     if len(crop_boxes) > 1 and masks:
@@ -396,5 +366,5 @@ def generate_masks(
         keep = _nms([m.box() for m in masks], scores, params.crop_nms_thresh)
         masks = [masks[i] for i in keep]
     if params.min_mask_region_area > 0 and masks:
-        masks = _clean_small_regions(masks, params, shape)
+        masks = _clean_small_regions(masks, params)
     return AutomaskResult(masks, shape, params)
