@@ -56,6 +56,15 @@ def vit_t_model(vit_t_checkpoint: Path):
     return model
 
 
+@pytest.fixture
+def encoder_calls(vit_t_model):
+    """A list that grows by one each time the image encoder runs."""
+    calls: list[int] = []
+    handle = vit_t_model.image_encoder.patch_embed.register_forward_hook(lambda *_: calls.append(1))
+    yield calls
+    handle.remove()
+
+
 # -- a local HTTP server ------------------------------------------------------------------
 
 MODES = ("full", "truncated", "chunked-truncated", "reset", "no-length-truncated")

@@ -115,15 +115,6 @@ def nuclei_case(cases) -> Case:
     return cases("nuclei")
 
 
-@pytest.fixture
-def encoder_calls(vit_t_model):
-    """A list that grows by one each time the image encoder runs."""
-    calls: list[int] = []
-    handle = vit_t_model.image_encoder.patch_embed.register_forward_hook(lambda *_: calls.append(1))
-    yield calls
-    handle.remove()
-
-
 # -- equivalence with the reference ---------------------------------------------------------
 
 

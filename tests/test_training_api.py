@@ -44,8 +44,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     losses: list[float] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(HOME_ENV, str(home))
-        model = train("unet", image, sparse(image, truth), name="blobs", steps=120,
-                      progress=lambda s, n, info: losses.append(info["loss"]), **TINY)
+        model = train(
+            "unet",
+            image,
+            sparse(image, truth),
+            name="blobs",
+            steps=120,
+            progress=lambda s, n, info: losses.append(info["loss"]),
+            **TINY,
+        )
     return model, image, truth, losses, home
 
 
@@ -214,8 +221,16 @@ def test_cancel_stops_at_the_next_step_and_saves() -> None:
         if step == 3:
             stop.set()
 
-    model = train("unet", image, sparse(image, truth), name="stopped", steps=50,
-                  progress=progress, cancel=stop, **TINY)
+    model = train(
+        "unet",
+        image,
+        sparse(image, truth),
+        name="stopped",
+        steps=50,
+        progress=progress,
+        cancel=stop,
+        **TINY,
+    )
     assert seen == [1, 2, 3]
     assert model.info["stopped_early"] is True
     assert load_model("stopped").info["steps"] == 3
@@ -273,11 +288,28 @@ def test_cli_train_then_predict_writes_labels_and_table(tmp_path: Path, capsys) 
     from napari_cellsparse.cli import main
 
     settings = [f"{k}={v}" for k, v in TINY.items()]
-    assert main(["train", "--image", "sample:nuclei", "--labels", "sample:nuclei",
-                 "--name", "cli", "--steps", "2", "--set", *settings]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--image",
+                "sample:nuclei",
+                "--labels",
+                "sample:nuclei",
+                "--name",
+                "cli",
+                "--steps",
+                "2",
+                "--set",
+                *settings,
+            ]
+        )
+        == 0
+    )
     assert "trained unet model 'cli'" in capsys.readouterr().out
-    assert main(["predict", "--model", "cli", "--image", "sample:nuclei",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(["predict", "--model", "cli", "--image", "sample:nuclei", "--out", str(tmp_path)]) == 0
+    )
     labels = tifffile.imread(tmp_path / "sample_nuclei_labels.tif")
     assert labels.shape == (512, 512) and labels.dtype == np.int32
     rows = (tmp_path / "sample_nuclei_objects.csv").read_text().splitlines()
@@ -285,6 +317,8 @@ def test_cli_train_then_predict_writes_labels_and_table(tmp_path: Path, capsys) 
     assert main(["models"]) == 0
     assert "cli\tunet\t2 steps" in capsys.readouterr().out
     assert main(["predict", "--model", "nothing", "--image", "sample:nuclei"]) == 2
-    assert main(["train", "--image", "sample:nuclei", "--labels", "sample:nuclei",
-                 "--set", "patch"]) == 2
+    assert (
+        main(["train", "--image", "sample:nuclei", "--labels", "sample:nuclei", "--set", "patch"])
+        == 2
+    )
     json.dumps(list_models())

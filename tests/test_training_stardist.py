@@ -116,8 +116,9 @@ def test_module_import_does_not_load_tensorflow() -> None:
 # -- masked loss --------------------------------------------------------------------------
 
 
-def _loss_and_gradients(net: StarDistNetwork, x: np.ndarray, prob: np.ndarray,
-                        dist: np.ndarray) -> tuple[float, list[np.ndarray]]:
+def _loss_and_gradients(
+    net: StarDistNetwork, x: np.ndarray, prob: np.ndarray, dist: np.ndarray
+) -> tuple[float, list[np.ndarray]]:
     """The compiled (upstream) loss of the network and its gradient w.r.t. every weight."""
     import tensorflow as tf
 
@@ -189,8 +190,15 @@ def trained() -> dict[str, Any]:
     steps = net.train_steps(data, TRAIN_STEPS, np.random.default_rng(0))
     losses = [info["loss"] for info in steps]
     updates = net.tune(data)
-    return {"net": net, "data": data, "image": image, "truth": truth, "internal": internal,
-            "losses": losses, "updates": updates}
+    return {
+        "net": net,
+        "data": data,
+        "image": image,
+        "truth": truth,
+        "internal": internal,
+        "losses": losses,
+        "updates": updates,
+    }
 
 
 def test_training_reduces_loss_and_segments(trained: dict[str, Any]) -> None:
@@ -285,9 +293,17 @@ def test_pretrained_weights_and_architecture_are_used(monkeypatch: pytest.Monkey
     from stardist.models import Config2D, StarDist2D
 
     source = StarDist2D(
-        Config2D(n_rays=8, grid=(2, 2), n_channel_in=1, unet_n_depth=1, unet_n_filter_base=4,
-                 net_conv_after_unet=8, train_tensorboard=False),
-        name="fake", basedir=None,
+        Config2D(
+            n_rays=8,
+            grid=(2, 2),
+            n_channel_in=1,
+            unet_n_depth=1,
+            unet_n_filter_base=4,
+            net_conv_after_unet=8,
+            train_tensorboard=False,
+        ),
+        name="fake",
+        basedir=None,
     )
     source.thresholds = {"prob": 0.61, "nms": 0.33}
     monkeypatch.setattr(StarDist2D, "from_pretrained", classmethod(lambda cls, name: source))

@@ -123,8 +123,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"step {step}/{total} loss {info['loss']:.4f}", file=sys.stderr, flush=True)
 
     model = train(
-        args.backend, images, labels, name=args.name, steps=args.steps, progress=report,
-        reset=args.reset, device=args.device, **_parse_settings(args.set or []),
+        args.backend,
+        images,
+        labels,
+        name=args.name,
+        steps=args.steps,
+        progress=report,
+        reset=args.reset,
+        device=args.device,
+        **_parse_settings(args.set or []),
     )
     session = model.info["sessions"][-1]
     print(
@@ -161,8 +168,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if "error" in meta:
             print(f"{meta['name']}\tdamaged: {meta['error']}")
         else:
-            print(f"{meta['name']}\t{meta.get('backend')}\t{meta.get('steps')} steps\t"
-                  f"{meta.get('images')} image(s)\tupdated {meta.get('updated')}")
+            print(
+                f"{meta['name']}\t{meta.get('backend')}\t{meta.get('steps')} steps\t"
+                f"{meta.get('images')} image(s)\tupdated {meta.get('updated')}"
+            )
     print(f"model folder: {models_dir()}")
     return 0
 
@@ -202,11 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model on sparse annotations")
     train.add_argument("--backend", default="unet", help="unet, stardist or cellpose")
-    train.add_argument("--image", action="append", required=True,
-                       help="image file or sample:NAME (repeat for several images)")
-    train.add_argument("--labels", action="append", required=True,
-                       help="annotation file (0 = not annotated, 1 = background, 2+ = cells), "
-                       "or sample:NAME for the sample's ready sparse annotation")
+    train.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        help="image file or sample:NAME (repeat for several images)",
+    )
+    train.add_argument(
+        "--labels",
+        action="append",
+        required=True,
+        help="annotation file (0 = not annotated, 1 = background, 2+ = cells), "
+        "or sample:NAME for the sample's ready sparse annotation",
+    )
     train.add_argument("--name", default="model", help="model name in the model store")
     train.add_argument("--steps", type=int, help="training steps (default: the backend's)")
     train.add_argument("--reset", action="store_true", help="start afresh instead of continuing")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import BadInputError
 
-__all__ = ["as_yxc", "normalize_percentile", "to_rgb_uint8"]
+__all__ = ["as_yxc", "intensity_ranges", "normalize_percentile", "to_rgb_uint8"]
 
 MAX_CHANNELS = 4
 
@@ -61,20 +62,52 @@ def as_yxc(image: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarr
     return data
 
 
-def to_rgb_uint8(image: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
+def _sam_channels(data: np.ndarray, channels: Sequence[int] | None) -> np.ndarray:
+    """Of four channels SAM uses the first three unless ``channels`` picked them."""
+    if data.shape[-1] == MAX_CHANNELS and channels is None:
+        return data[..., :3]
+    return data
+
+
+def intensity_ranges(
+    image: Any, channels: Sequence[int] | None = None, max_pixels: int = 4_000_000
+) -> np.ndarray | None:
+    """Per-channel 1st and 99.8th percentiles (2 x C) that :func:`to_rgb_uint8` stretches.
+
+    For an image read tile by tile, so that every tile is stretched the same way. Images
+    above ``max_pixels`` are sampled on a regular grid (every k-th row and column), which
+    reads a lazy array (dask, zarr) once without holding all of it as floats. None for an
+    RGB uint8 picture, which is used as it is.
+    """
+    h, w = image.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    data = _sam_channels(as_yxc(np.asarray(image[::step, ::step]), channels), channels)
+    if data.dtype == np.uint8 and data.shape[-1] == 3:
+        return None
+    values = data.reshape(-1, data.shape[-1]).astype(np.float32)
+    return np.percentile(values, [1.0, 99.8], axis=0).astype(np.float32)
+
+
+def to_rgb_uint8(
+    image: np.ndarray, channels: Sequence[int] | None = None, ranges: np.ndarray | None = None
+) -> np.ndarray:
     """Turn any supported 2D image into the HxWx3 uint8 RGB that SAM expects.
 
     One channel is repeated three times; two channels fill red and green; three are used as
     they are; of four, the first three are used unless ``channels`` says otherwise. An RGB
     uint8 picture is kept as it is (its colours mean something); anything else is stretched
-    per channel between its 1st and 99.8th percentiles.
+    per channel between its 1st and 99.8th percentiles, or between ``ranges`` (from
+    :func:`intensity_ranges` of the whole image) for a tile of a large one.
     """
-    data = as_yxc(image, channels)
-    if data.shape[-1] == MAX_CHANNELS and channels is None:
-        data = data[..., :3]
+    data = _sam_channels(as_yxc(image, channels), channels)
     if data.dtype == np.uint8 and data.shape[-1] == 3:
         return np.ascontiguousarray(data)
-    scaled = normalize_percentile(data, axis=(0, 1))
+    if ranges is None:
+        scaled = normalize_percentile(data, axis=(0, 1))
+    else:
+        lo, hi = np.asarray(ranges, dtype=np.float32)
+        scale = np.where(hi - lo > 1e-12, hi - lo, np.float32(1.0))
+        scaled = (data.astype(np.float32) - lo) / scale
     rgb = np.zeros((*data.shape[:2], 3), dtype=np.uint8)
     converted = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if converted.shape[-1] == 1:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from .errors import CancelledError
 
-__all__ = ["Progress", "ProgressCallback", "check_cancel", "run_sync"]
+__all__ = ["Progress", "ProgressCallback", "check_cancel", "nested", "run_sync"]
 
 T = TypeVar("T")
 
@@ -57,3 +57,18 @@ def run_sync(
                 raise CancelledError("Cancelled by the user.")
     except StopIteration as stop:
         return stop.value
+
+
+def nested(
+    work: Generator[Progress, None, T], start: int, stop: int, total: int, label: str = ""
+) -> Generator[Progress, None, T]:
+    """Run ``work`` as steps ``start..stop`` of a job of ``total`` steps (one tile of many,
+    say); its messages get ``label`` in front."""
+    while True:
+        try:
+            event = next(work)
+        except StopIteration as stop_iteration:
+            return stop_iteration.value
+        fraction = event.step / event.total if event.total else 0.0
+        step = start + round(fraction * (stop - start))
+        yield Progress(step, total, f"{label}{event.message}", event.info)

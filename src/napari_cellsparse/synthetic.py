@@ -9,7 +9,13 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import ellipse
 
-__all__ = ["LabelOracle", "OracleDecoder", "make_nuclei", "oracle_predict_torch"]
+__all__ = [
+    "LabelOracle",
+    "OracleDecoder",
+    "RegionOracleDecoder",
+    "make_nuclei",
+    "oracle_predict_torch",
+]
 
 
 def make_nuclei(
@@ -144,6 +150,26 @@ class OracleDecoder:
 
     def decode_masks(self, ctx: Any, queries: Any, keys: Any, multimask: bool) -> Any:
         return queries
+
+
+class RegionOracleDecoder(OracleDecoder):
+    """An :class:`OracleDecoder` for a :class:`~napari_cellsparse.sam.large_images.TiledImage`:
+    it answers from the labels of the tile (or window) being decoded, so an object cut by a
+    tile edge comes back cut, as SAM would see it."""
+
+    def __init__(self, decoder: Any, labels: np.ndarray, tiled: Any) -> None:
+        self.decoder = decoder
+        self.labels = np.asarray(labels)
+        self.tiled = tiled
+        self._oracles: dict[Any, LabelOracle] = {}
+
+    @property
+    def oracle(self) -> LabelOracle:  # type: ignore[override]
+        region = self.tiled.current
+        found = self._oracles.get(region)
+        if found is None:
+            found = self._oracles[region] = LabelOracle(self.labels[region.slices])
+        return found
 
 
 def oracle_predict_torch(predictor: Any, oracle: LabelOracle) -> Callable[..., Any]:

@@ -93,12 +93,28 @@ def compute_embedding(
 
 
 class EmbeddingCache:
-    """Bounded in-memory LRU of embeddings, with an optional folder on disk."""
+    """Bounded in-memory LRU of embeddings, with an optional bounded folder on disk.
 
-    def __init__(self, max_items: int = 8, disk_dir: str | os.PathLike | None = None) -> None:
+    One embedding is 4 MB (256 x 64 x 64 float32), so ``max_items`` bounds memory; on disk,
+    the least recently used files go once the folder holds more than ``max_disk_mb``.
+    """
+
+    def __init__(
+        self,
+        max_items: int = 8,
+        disk_dir: str | os.PathLike | None = None,
+        max_disk_mb: float = 2048.0,
+    ) -> None:
         self.max_items = max_items
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self.max_disk_mb = max_disk_mb
         self._items: OrderedDict[str, ImageEmbedding] = OrderedDict()
+
+    def __contains__(self, signature: object) -> bool:
+        """Whether :meth:`get` would find it (in memory or on disk), without loading it."""
+        if signature in self._items:
+            return True
+        return self.disk_dir is not None and self._path(str(signature)).is_file()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -115,6 +131,7 @@ class EmbeddingCache:
         found = self._load(signature, device)
         if found is not None:
             self._remember(found)
+            os.utime(self._path(signature))  # recently used: evicted last
         return found
 
     def put(self, embedding: ImageEmbedding) -> None:
@@ -154,6 +171,25 @@ class EmbeddingCache:
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
+        self._trim_disk()
+
+    def _trim_disk(self) -> None:
+        """Delete the least recently used files until the folder is within its limit."""
+        assert self.disk_dir is not None
+        files = []
+        for path in self.disk_dir.glob("*.pt"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        budget = self.max_disk_mb * 1024 * 1024
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= budget:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
     def _load(self, signature: str, device: str) -> ImageEmbedding | None:
         if self.disk_dir is None:

@@ -110,8 +110,7 @@ class SamPrompter:
         """Use ``image`` (YX or YXC) for the next prompts: cached embedding or the encoder."""
         # The signature is of the image as given (plus the channel choice), so a cache hit
         # skips the conversion to RGB as well as the encoder.
-        choice = None if channels is None else list(channels)
-        signature = image_signature(np.asarray(image), f"{self.model_key}|channels={choice}")
+        signature = self.signature(image, channels)
         embedding = self.cache.get(signature, str(self.device))
         if embedding is None:
             rgb = to_rgb_uint8(image, channels)
@@ -121,6 +120,11 @@ class SamPrompter:
             log.debug("embedding cache hit %s", signature[:12])
         self.use_embedding(embedding)
         return embedding
+
+    def signature(self, image: np.ndarray, channels: Sequence[int] | None = None) -> str:
+        """The cache key of ``image``'s embedding with this model and channel choice."""
+        choice = None if channels is None else list(channels)
+        return image_signature(np.asarray(image), f"{self.model_key}|channels={choice}")
 
     def set_image_sync(self, image: np.ndarray, channels: Sequence[int] | None = None) -> None:
         """Synchronous :meth:`set_image`."""

@@ -37,9 +37,7 @@ def annotated_counts(
     fn = len(true_ids) - tp
     on_annotation = np.bincount(pred[internal != IGNORE].ravel(), minlength=n_pred)
     mostly_annotated = on_annotation[1:][pred_ids] > 0.5 * pred_area[1:][pred_ids]
-    pred_matched = (
-        matched.any(axis=0) if matched is not None else np.zeros(len(pred_ids), bool)
-    )
+    pred_matched = matched.any(axis=0) if matched is not None else np.zeros(len(pred_ids), bool)
     fp = int((mostly_annotated & ~pred_matched).sum())
     return tp, fp, fn
 

@@ -71,10 +71,12 @@ class SparseDataset:
             size = max(8, round(patch / zoom))
             img, lab = _crop(self.images[k], self.labels[k], centre, size)
             if size != patch:
-                img = resize(img, (patch, patch), order=1, preserve_range=True,
-                             anti_aliasing=size > patch).astype(np.float32)
-                lab = resize(lab, (patch, patch), order=0, preserve_range=True,
-                             anti_aliasing=False).astype(np.int32)
+                img = resize(
+                    img, (patch, patch), order=1, preserve_range=True, anti_aliasing=size > patch
+                ).astype(np.float32)
+                lab = resize(
+                    lab, (patch, patch), order=0, preserve_range=True, anti_aliasing=False
+                ).astype(np.int32)
             if augment:
                 img, lab = _augment(rng, img, lab)
             images[i] = img

@@ -245,8 +245,7 @@ class StarDistNetwork(Network):
         known = self.pretrained_models()
         if name not in known:
             raise BadInputError(
-                f"Unknown pretrained StarDist model {name!r}; choose one of: "
-                f"{', '.join(known)}."
+                f"Unknown pretrained StarDist model {name!r}; choose one of: {', '.join(known)}."
             )
         try:
             with _quiet():
@@ -356,14 +355,22 @@ class StarDistNetwork(Network):
         tf = _import_tf()
         with tf.device(self._tf_device):
             prob, dist = model.predict(
-                image, axes="YXC", normalizer=None, n_tiles=self._n_tiles(image.shape),
-                show_tile_progress=False, verbose=0,
+                image,
+                axes="YXC",
+                normalizer=None,
+                n_tiles=self._n_tiles(image.shape),
+                show_tile_progress=False,
+                verbose=0,
             )
         return prob, dist
 
     def instances(
-        self, shape: tuple[int, int], prob: np.ndarray, dist: np.ndarray,
-        prob_thresh: float, nms_thresh: float,
+        self,
+        shape: tuple[int, int],
+        prob: np.ndarray,
+        dist: np.ndarray,
+        prob_thresh: float,
+        nms_thresh: float,
     ) -> np.ndarray:
         """Upstream NMS and polygon rendering of a dense prediction at given thresholds."""
         model = self._require_model()
@@ -428,10 +435,14 @@ class StarDistNetwork(Network):
         tf = _import_tf()
         with tf.device(self._tf_device):
             labels, _ = model.predict_instances(
-                image, axes="YXC", normalizer=None,
+                image,
+                axes="YXC",
+                normalizer=None,
                 prob_thresh=float(self.config["prob_thresh"]),
                 nms_thresh=float(self.config["nms_thresh"]),
-                n_tiles=self._n_tiles(image.shape), show_tile_progress=False, verbose=False,
+                n_tiles=self._n_tiles(image.shape),
+                show_tile_progress=False,
+                verbose=False,
                 predict_kwargs={"verbose": 0},
             )
         return np.asarray(labels, np.int32)

@@ -162,7 +162,9 @@ class UNetNetwork(TorchNetwork):
                 self.net.parameters(), lr=float(self.config["learning_rate"]), weight_decay=1e-4
             )
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=float(self.config["learning_rate"]), total_steps=max(steps, 1),
+            self.optimizer,
+            max_lr=float(self.config["learning_rate"]),
+            total_steps=max(steps, 1),
             pct_start=0.1,
         )
         patch, batch_size = int(self.config["patch_size"]), int(self.config["batch_size"])
@@ -185,8 +187,9 @@ class UNetNetwork(TorchNetwork):
         multiple = int(self.config["grid"]) * 2 ** int(self.config["depth"])
         h, w = image.shape[:2]
         ph, pw = (-h) % multiple, (-w) % multiple
-        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else
-                        "edge")
+        padded = np.pad(
+            image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge"
+        )
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(padded, -1, 0))[None]).float()
         self.net.eval()
         with torch.inference_mode():
@@ -211,17 +214,21 @@ class UNetNetwork(TorchNetwork):
         best = (-1.0, self.config["centre_threshold"], self.config["foreground_threshold"])
         for centre in (0.3, 0.4, 0.5, 0.6, 0.7):
             for foreground in (0.4, 0.5, 0.6):
-                f1 = annotated_f1([self.instances(p, centre, foreground) for p in probs],
-                                  data.labels)
+                f1 = annotated_f1(
+                    [self.instances(p, centre, foreground) for p in probs], data.labels
+                )
                 if f1 > best[0] + 1e-9:
                     best = (f1, centre, foreground)
-        return {"centre_threshold": best[1], "foreground_threshold": best[2],
-                "tuned_annotated_f1": best[0]}
+        return {
+            "centre_threshold": best[1],
+            "foreground_threshold": best[2],
+            "tuned_annotated_f1": best[0],
+        }
 
     def predict_scaled(self, image: np.ndarray) -> np.ndarray:
         prob = self.probabilities(image)
         return self.instances(
-            prob, float(self.config["centre_threshold"]),
+            prob,
+            float(self.config["centre_threshold"]),
             float(self.config["foreground_threshold"]),
         )
-
