@@ -12,8 +12,18 @@ Prints one JSON object with a sub-object per run:
   for real. ``matched_frac`` is the share of reference masks matched by one of ours at
   IoU >= 0.9; ``post_ref_s`` / ``post_ours_s`` the time after the encoder, oracle excluded.
 
+* ``large``: a 4096 x 4096 image tiled for SAM (1024 px tiles, at least 128 px overlap),
+  each step in a process of its own so that ``peak_rss_mb`` is that step's: a box in the
+  middle of the last tile on a fresh image (``large_box_ms``, ``tiles_embedded_for_box``),
+  a second box there (``large_box_warm_ms``), and embedding every tile up front as the peer
+  tools do (``embed_all_s``, its ``embed_all_peak_rss_mb`` with the default cache of 8
+  embeddings). ``rss_before_*`` is the resident memory (model and image loaded) just before
+  the step; a peak includes what the process needed before it (e.g. making the image).
+* ``slide_10k``: the box step on a 10000 x 10000 x 2 uint16 slide stored as zarr on disk:
+  memory follows the tiles in use, not the 400 MB image.
+
 Run on an otherwise idle machine: ``.venv/bin/python benchmarks/sam_automask.py``
-(``--device cuda`` on a GPU; ``--only same`` or ``--only speed`` for a part).
+(``--device cuda`` on a GPU; ``--only same``, ``speed`` or ``large`` for a part).
 """
 
 from __future__ import annotations
@@ -21,7 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -219,13 +232,127 @@ def same(params: dict[str, Any], device: str) -> dict[str, Any]:
     }
 
 
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _rss_mb() -> float:
+    """Resident memory now (Linux), for the baseline before a step."""
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def _large_image(size: int) -> np.ndarray:
+    """A size x size nuclei image made of flipped copies of a 1024 x 1024 one."""
+    base, _ = _image(1024, 300)
+    reps = -(-size // 1024)
+    rows = [
+        np.hstack([base[:: 1 - 2 * (i % 2), :: 1 - 2 * (j % 2)] for j in range(reps)])
+        for i in range(reps)
+    ]
+    return np.ascontiguousarray(np.vstack(rows)[:size, :size])
+
+
+def large_step(step: str, device: str, path: str | None = None) -> dict[str, Any]:
+    """One step of the large-image run (called in a child process of its own)."""
+    import torch
+
+    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.sam.large_images import TiledImage
+    from napari_cellsparse.sam.prompting import SamPrompter
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sam = _model(device)
+    if step == "slide":
+        import zarr
+
+        image = zarr.open_array(path, mode="r")
+    else:
+        image = _large_image(4096)
+    base_rss = _rss_mb()
+    start = time.perf_counter()
+    tiled = TiledImage(SamPrompter(sam, "bench", batch_size=1 if device == "cpu" else 16), image)
+    setup_s = time.perf_counter() - start
+    out: dict[str, Any] = {"shape": list(image.shape), "tiles": len(tiled.tiles)}
+    if step == "embed_all":
+        sync()
+        start = time.perf_counter()
+        run_sync(tiled.embed_all())
+        sync()
+        out["embed_all_s"] = round(time.perf_counter() - start, 2)
+        out["embed_all_per_tile_s"] = round(out["embed_all_s"] / len(tiled.tiles), 3)
+        out["embed_all_rss_before_mb"] = base_rss
+        out["embed_all_peak_rss_mb"] = _peak_rss_mb()
+    else:
+        last = tiled.tiles[-1]
+        cy, cx = (last.y0 + last.y1) / 2, (last.x0 + last.x1) / 2
+        box = [cx - 20, cy - 20, cx + 20, cy + 20]
+        sync()
+        start = time.perf_counter()
+        (mask,) = tiled.boxes([box])
+        sync()
+        out["large_box_ms"] = round(1000 * (time.perf_counter() - start), 1)
+        out["tiles_embedded_for_box"] = tiled.computed
+        out["mask_shape"] = list(mask.shape)
+        start = time.perf_counter()
+        tiled.boxes([[box[0] + 30, box[1] + 30, box[2] + 30, box[3] + 30]])
+        sync()
+        out["large_box_warm_ms"] = round(1000 * (time.perf_counter() - start), 1)
+        out["setup_s"] = round(setup_s, 2)  # intensity range of the whole image
+        out["rss_before_prompt_mb"] = base_rss
+        out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _child(step: str, device: str, path: str | None = None) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--device", device, "--large-step", step]
+    if path:
+        command += ["--path", path]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def large(device: str) -> dict[str, Any]:
+    """The large-image run: every step in a fresh process."""
+    out = _child("box", device)
+    embed = _child("embed_all", device)
+    out.update({k: v for k, v in embed.items() if k.startswith("embed_all")})
+    out["box_vs_embed_all"] = round(out["large_box_ms"] / 1000 / embed["embed_all_s"], 3)
+    return out
+
+
+def slide(device: str) -> dict[str, Any]:
+    """A box in the far corner of a 10000 x 10000 x 2 uint16 zarr slide on disk."""
+    import zarr
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "slide.zarr")
+        array = zarr.create_array(
+            path, shape=(10000, 10000, 2), chunks=(1024, 1024, 2), dtype="uint16"
+        )
+        tile = _large_image(2048)
+        for y in range(0, 10000, 2048):
+            for x in range(0, 10000, 2048):
+                part = tile[: min(2048, 10000 - y), : min(2048, 10000 - x)]
+                array[y : y + part.shape[0], x : x + part.shape[1]] = np.dstack([part, part[::-1]])
+        return _child("slide", device, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=["speed", "same"], default=None)
+    parser.add_argument("--only", choices=["speed", "same", "large"], default=None)
+    parser.add_argument(
+        "--large-step", choices=["box", "embed_all", "slide"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.large_step:
+        print(json.dumps(large_step(args.large_step, args.device, args.path)))
+        return 0
     out: dict[str, Any] = {"device": args.device, "loadavg_start": os.getloadavg()[0]}
     if args.only in (None, "same"):
         for key, params in (
@@ -240,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(s) for s in args.sizes.split(",")):
             out[f"speed_{size}"] = speed(size, args.device)
             log(json.dumps(out[f"speed_{size}"]))
+    if args.only in (None, "large"):
+        log("large")
+        out["large"] = large(args.device)
+        log(json.dumps(out["large"]))
+        log("slide_10k")
+        out["slide_10k"] = slide(args.device)
+        log(json.dumps(out["slide_10k"]))
     out["loadavg_end"] = os.getloadavg()[0]
     text = json.dumps(out)
     print(text)

@@ -285,3 +285,49 @@ def test_automask_layers_and_keeping_objects(annotator):
     assert len(added) >= n - 1 and min(added) == 8
     annotation.undo()
     np.testing.assert_array_equal(annotation.data, before)
+
+
+def test_large_image_is_prompted_tile_by_tile(make_napari_viewer, vit_t_checkpoint):
+    """A 640 x 640 dask image with 256 px tiles: a box embeds one tile, automask merges."""
+    import dask.array as da
+
+    from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+    from napari_cellsparse.synthetic import RegionOracleDecoder, make_nuclei
+
+    viewer = make_napari_viewer()
+    image, truth = make_nuclei(shape=(640, 640), n_objects=40, radius=(8.0, 12.0), seed=4)
+    viewer.add_image(da.from_array(image, chunks=128), name="slide")
+    widget = SamAnnotatorWidget(viewer)
+    widget.weights_edit.setText(str(vit_t_checkpoint))
+    widget.runner.synchronous = True
+    widget.tile_spin.setValue(256)
+    widget.overlap_spin.setValue(32)
+
+    widget.prompts_layer().add_rectangles(_rectangle(560, 570, 620, 630))
+    tiled = widget.state.tiled
+    assert tiled is not None and len(tiled.tiles) == 9, widget.status.text()
+    assert tiled.computed == 1  # only the tile that holds the box
+    annotation = viewer.layers["SAM annotation"].data
+    assert annotation.shape == (640, 640)
+    (mask,) = tiled.boxes([[560, 570, 620, 630]])
+    np.testing.assert_array_equal(annotation > 0, mask.full())
+
+    widget.point_mode.setChecked(True)
+    viewer.layers["SAM points"].add([[40, 40]])  # top-left tile: embedded on demand
+    assert tiled.computed == 2
+    assert viewer.layers["SAM preview"].data.shape == (640, 640)
+    assert widget.state.preview is not None and widget.state.preview.shape == (640, 640)
+
+    prompter = widget.state.prompter
+    prompter.decoder = RegionOracleDecoder(prompter.decoder, truth, tiled)
+    widget.automask_spins["points_per_side"].setValue(16)
+    widget.run_automask()
+    assert widget.state.tiled is tiled and tiled.computed == 9  # tiles kept, the rest embedded
+    found = viewer.layers["SAM automask"].data
+    assert found.shape == (640, 640)
+    whole = 0
+    for k in range(1, int(truth.max()) + 1):
+        ids, counts = np.unique(found[truth == k], return_counts=True)
+        if ids[0] != 0 and len(ids) == 1 and counts[0] == (truth == k).sum():
+            whole += 1  # one label covers the object: not cut at a tile border
+    assert whole >= 0.8 * truth.max(), widget.status.text()

@@ -71,6 +71,8 @@ class JobRunner:
     ) -> None:
         """Run ``job()``; call ``on_done(result)`` on the main thread when it finishes.
 
+        ``on_done`` runs once the runner is free again, so it may start the next job.
+
         With ``cancel``, Cancel sets that event instead of quitting the worker: the job
         decides how to stop and its result still reaches ``on_done``. ``on_progress`` also
         receives every progress event, on the main thread.
@@ -88,12 +90,18 @@ class JobRunner:
 
         worker = create_worker(job)
         self.worker = worker
+        returned: list[Any] = []
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(on_done)
+        worker.returned.connect(returned.append)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: self.status("Cancelled."))
-        worker.finished.connect(lambda: self._set_busy(False))
+        worker.finished.connect(lambda: self._finish(returned, on_done))
         worker.start()
+
+    def _finish(self, returned: list[Any], on_done: Callable[[Any], None]) -> None:
+        self._set_busy(False)
+        if returned:
+            on_done(returned[0])
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next step."""
@@ -112,16 +120,16 @@ class JobRunner:
         on_done: Callable[[Any], None],
     ) -> None:
         self.worker = "synchronous"
+        returned: list[Any] = []
         try:
             gen = job()
             while True:
                 self._on_progress(next(gen))
         except StopIteration as stop:
-            on_done(stop.value)
+            returned.append(stop.value)
         except Exception as err:
             self._on_error(err)
-        finally:
-            self._set_busy(False)
+        self._finish(returned, on_done)
 
     def _on_progress(self, event: Progress) -> None:
         if self._on_event is not None:

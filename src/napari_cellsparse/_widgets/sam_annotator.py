@@ -3,6 +3,9 @@
 Thin front end over :class:`~napari_cellsparse.sam.prompting.SamPrompter`: the image
 embedding is computed in a background worker (progress, cancel); decoding a prompt takes
 tens of milliseconds and runs on the main thread, writing through napari's undo history.
+An image much larger than a tile goes through
+:class:`~napari_cellsparse.sam.large_images.TiledImage`: a prompt first has the worker embed
+the tile it needs (once; cached), then it is decoded the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from superqt import QCollapsible
 from ..errors import BadInputError, CellsparseError
 from ..labels import next_free_id, writable
 from ..outlines import mask_outline
+from ..paths import data_home
+from ..progress import Progress
 from ..sam.automask import AutomaskParams
 from ..sam.embedding import EmbeddingCache
 from ..sam.upsample import PromptMask
@@ -44,6 +49,7 @@ from ._worker import JobRunner
 if TYPE_CHECKING:
     import napari
 
+    from ..sam.large_images import TiledImage
     from ..sam.prompting import SamPrompter
 
 __all__ = ["SamAnnotatorWidget"]
@@ -65,6 +71,9 @@ AUTOMASK_PRESETS: dict[str, dict[str, Any]] = {
     "cells": {"points_per_side": 24, "min_mask_region_area": 100},
 }
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# An image is tiled when a side is longer than this many tiles (shrinking it to SAM's
+# 1024 pixels would lose small objects; a little larger is still fine).
+TILE_ABOVE = 1.5
 
 
 @dataclass
@@ -74,10 +83,15 @@ class SamState:
     prompter: SamPrompter | None = None
     spec: tuple[str, str, str] | None = None  # model, weights, device of ``prompter``
     image_key: tuple[Any, ...] | None = None  # layer and slice the embedding belongs to
+    tiled: TiledImage | None = None  # the large image being prompted tile by tile
     boxes_done: int = 0
     pending_boxes: list[np.ndarray] = field(default_factory=list)
     preview: PromptMask | None = None
-    cache: EmbeddingCache = field(default_factory=EmbeddingCache)
+    # Memory LRU plus a bounded folder on disk: a large image's tiles, or an image opened
+    # again in a later session, are not embedded twice.
+    cache: EmbeddingCache = field(
+        default_factory=lambda: EmbeddingCache(disk_dir=data_home() / "embeddings")
+    )
 
 
 class SamAnnotatorWidget(QWidget):
@@ -167,9 +181,37 @@ class SamAnnotatorWidget(QWidget):
         layout.addLayout(mode_row)
         layout.addWidget(self.run_boxes_button)
         layout.addLayout(point_row)
+        layout.addWidget(self._build_tiling())
         layout.addWidget(self._build_automask())
         layout.addWidget(self.status)
         layout.addStretch()
+
+    def _build_tiling(self) -> QWidget:
+        """Tile size and overlap for large images, folded away."""
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(256, 4096)
+        self.tile_spin.setSingleStep(256)
+        self.tile_spin.setValue(1024)
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(0, 1024)
+        self.overlap_spin.setSingleStep(32)
+        self.overlap_spin.setValue(128)
+        self.overlap_spin.setToolTip("At least the diameter of the largest objects.")
+        form = QFormLayout()
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("Tile overlap", self.overlap_spin)
+        inner = QWidget()
+        inner.setLayout(form)
+        folded = QCollapsible(f"Large images (tiled above {TILE_ABOVE} tiles)")
+        folded.addWidget(inner)
+        return folded
+
+    def _tiling(self, data: Any) -> tuple[int, int] | None:
+        """Tile size and overlap when ``data`` (YX or YXC) is large enough to tile."""
+        tile = self.tile_spin.value()
+        if max(data.shape[:2]) <= TILE_ABOVE * tile:
+            return None
+        return tile, self.overlap_spin.value()
 
     def _build_automask(self) -> QWidget:
         """The "Automask" section: preset, main parameters, the rest folded away."""
@@ -254,8 +296,11 @@ class SamAnnotatorWidget(QWidget):
             self.weights_edit.setText(path)
 
     # -- the image and its embedding --------------------------------------------------
-    def _image(self) -> tuple[Image, np.ndarray, tuple[int, ...]]:
-        """The chosen image layer, its current 2D slice (YX or YXC) and the slice index."""
+    def _image(self) -> tuple[Image, Any, tuple[int, ...]]:
+        """The chosen image layer, its current 2D slice (YX or YXC) and the slice index.
+
+        The slice is what the layer holds (a dask or zarr array stays lazy; a multiscale
+        image gives its full-resolution level)."""
         name = self.image_combo.currentText()
         if not name or name not in self.viewer.layers:
             raise BadInputError("No image layer: open an image first (File > Open Sample).")
@@ -267,8 +312,10 @@ class SamAnnotatorWidget(QWidget):
                 "on 2D images and on stacks of up to 4 dimensions (e.g. TZYX), one slice at a time."
             )
         prefix = tuple(int(i) for i in self.viewer.dims.current_step[: spatial - 2])
-        data = np.asarray(layer.data[prefix] if prefix else layer.data)
-        return layer, data, prefix
+        data = layer.data[0] if layer.multiscale else layer.data
+        if prefix:
+            data = data[prefix]
+        return layer, data if hasattr(data, "shape") else np.asarray(data), prefix
 
     def _channels(self) -> list[int] | None:
         text = self.channels_edit.text().strip()
@@ -284,7 +331,8 @@ class SamAnnotatorWidget(QWidget):
     def _image_key(self, layer: Image, prefix: tuple[int, ...]) -> tuple[Any, ...]:
         # napari hands plugins a proxy viewer whose layers are new wrapper objects on every
         # access, so identify the layer by its stable unique id, not by ``id()``.
-        return (layer.unique_id, prefix, self.channels_edit.text())
+        tiling = (self.tile_spin.value(), self.overlap_spin.value())
+        return (layer.unique_id, prefix, self.channels_edit.text(), tiling)
 
     def _spec(self) -> tuple[str, str, str]:
         return (
@@ -306,13 +354,27 @@ class SamAnnotatorWidget(QWidget):
 
     def _prompter(self, spec: tuple[str, str, str], reuse: SamPrompter | None) -> Any:
         """Worker-side generator: ``reuse``, or SAM loaded per ``spec`` (model, weights, device)."""
-        from ..progress import Progress
         from ..sam.prompting import SamPrompter
 
         if reuse is not None:
             return reuse
         yield Progress(0, 1, f"loading SAM {spec[0]}")
         return SamPrompter.load(spec[0], spec[1] or None, spec[2], self.state.cache)
+
+    def _embed_first(self, regions: list[Any], then: Any) -> bool:
+        """Start embedding the tiles among ``regions`` not embedded yet, then call ``then``;
+        False when there is nothing to embed."""
+        tiled = self.state.tiled
+        missing = tiled.missing(regions) if tiled is not None else []
+        if not missing:
+            return False
+        if not self.runner.busy:
+            self.runner.start(
+                lambda: tiled.embed(missing),
+                lambda _count: then(),
+                f"Embedding {len(missing)} tile(s) for this prompt",
+            )
+        return True
 
     def compute_embedding(self) -> None:
         """Load the model if needed and embed the current image slice (in a worker)."""
@@ -327,14 +389,30 @@ class SamAnnotatorWidget(QWidget):
         reuse = state.prompter if state.spec == spec else None
         key = self._image_key(layer, prefix)
 
+        tiling = self._tiling(image)
+
         def job():
             prompter = yield from self._prompter(spec, reuse)
-            yield from prompter.set_image(image, channels)
-            return prompter
+            if tiling is None:
+                yield from prompter.set_image(np.asarray(image), channels)
+                return prompter, None
+            from ..sam.large_images import TiledImage
 
-        def done(prompter: SamPrompter) -> None:
+            yield Progress(0, 1, "reading the image's intensity range")
+            return prompter, TiledImage(prompter, image, channels, *tiling)
+
+        def done(outcome: Any) -> None:
+            prompter, tiled = outcome
             state.prompter, state.spec, state.image_key = prompter, spec, key
-            self.status.setText(f"SAM {spec[0]} on {prompter.device}: embedding ready.")
+            state.tiled = tiled
+            if tiled is None:
+                self.status.setText(f"SAM {spec[0]} on {prompter.device}: embedding ready.")
+            else:
+                h, w = tiled.shape
+                self.status.setText(
+                    f"SAM {spec[0]} on {prompter.device}: large image ({w} x {h}), "
+                    f"{len(tiled.tiles)} tiles; each is embedded when a prompt needs it."
+                )
             self._process_pending()
             self._update_preview()
 
@@ -352,18 +430,26 @@ class SamAnnotatorWidget(QWidget):
         spec = self._spec()
         state = self.state
         reuse = state.prompter if state.spec == spec else None
+        key = self._image_key(layer, prefix)
+        tiling = self._tiling(image)
+        tiled = state.tiled if state.image_key == key and reuse is not None else None
 
         def job():
             from ..sam.automask import generate_masks
+            from ..sam.large_images import TiledImage
 
             prompter = yield from self._prompter(spec, reuse)
-            result = yield from generate_masks(prompter, image, params, channels)
-            return prompter, result
+            if tiling is None:
+                result = yield from generate_masks(prompter, np.asarray(image), params, channels)
+                return prompter, None, result
+            large = tiled or TiledImage(prompter, image, channels, *tiling)
+            result = yield from large.automask(params)
+            return prompter, large, result
 
         def done(outcome: Any) -> None:
-            prompter, result = outcome
+            prompter, large, result = outcome
             state.prompter, state.spec = prompter, spec
-            state.image_key = self._image_key(layer, prefix)
+            state.image_key, state.tiled = key, large
             self._show_automask(layer, result)
 
         self.runner.start(job, done, "Automatic masks")
@@ -545,14 +631,21 @@ class SamAnnotatorWidget(QWidget):
             if not self.runner.busy:
                 self.compute_embedding()
             return
-        corners, self.state.pending_boxes = self.state.pending_boxes, []
+        corners = self.state.pending_boxes
         boxes = np.array(
             [[c[:, -1].min(), c[:, -2].min(), c[:, -1].max(), c[:, -2].max()] for c in corners]
         )
+        tiled = self.state.tiled
         try:
-            masks = self.state.prompter.boxes(boxes)
+            if tiled is not None and self._embed_first(
+                tiled.regions_for_boxes(boxes), self._process_pending
+            ):
+                return  # back here once the tiles these boxes need are embedded
+            self.state.pending_boxes = []
+            masks = (tiled or self.state.prompter).boxes(boxes)
             written = self._write(masks)
         except CellsparseError as err:
+            self.state.pending_boxes = []
             self._fail(err)
             return
         self.status.setText(f"Added {written} object(s) from {len(boxes)} box(es).")
@@ -575,23 +668,36 @@ class SamAnnotatorWidget(QWidget):
                 self.compute_embedding()
             return
         xy = points.data[:, [-1, -2]]
-        positive = np.asarray(points.features["positive"], dtype=bool)
+        positive = np.asarray(points.features["positive"], dtype=int)
+        tiled = self.state.tiled
         try:
-            self._set_preview(self.state.prompter.points(xy, positive.astype(int)))
+            if tiled is not None and self._embed_first(
+                [tiled.region_for_points(xy, positive)], self._update_preview
+            ):
+                return
+            self._set_preview((tiled or self.state.prompter).points(xy, positive))
         except CellsparseError as err:
             self.status.setText(str(err))  # live preview: no pop-up for every point
 
     def _set_preview(self, mask: PromptMask | None) -> None:
-        self.state.preview = mask
-        layer, _, _prefix = self._image()
-        shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
-        data = np.zeros(shape[-2:], dtype=np.uint8)
-        if mask is not None:
-            data[mask.slices] = mask.mask
-        if PREVIEW in self.viewer.layers:
-            self.viewer.layers[PREVIEW].data = data
+        """Show ``mask`` in the preview layer, repainting only the old and new windows (a
+        large image's preview is not reallocated for every point)."""
+        previous, self.state.preview = self.state.preview, mask
+        layer, image, _prefix = self._image()
+        shape = tuple(image.shape[:2])
+        if PREVIEW in self.viewer.layers and self.viewer.layers[PREVIEW].data.shape == shape:
+            preview = self.viewer.layers[PREVIEW]
+            if previous is not None:
+                preview.data[previous.slices] = 0
         else:
-            self.viewer.add_labels(data, name=PREVIEW, opacity=0.5, scale=layer.scale[-2:])
+            if PREVIEW in self.viewer.layers:
+                self.viewer.layers.remove(PREVIEW)
+            preview = self.viewer.add_labels(
+                np.zeros(shape, dtype=np.uint8), name=PREVIEW, opacity=0.5, scale=layer.scale[-2:]
+            )
+        if mask is not None:
+            preview.data[mask.slices][mask.mask] = 1
+        preview.refresh()
 
     def commit_points(self) -> None:
         """Write the point-prompt preview as a new object and clear the points."""
