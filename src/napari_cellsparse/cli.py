@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import CellsparseError
 from .progress import Progress
+from .sam.automask import PRESETS as AUTOMASK_PRESETS
+from .sam.large_images import TILE_ABOVE
 
 __all__ = ["main"]
 
@@ -51,31 +55,80 @@ def _read_image(spec: str) -> tuple[np.ndarray, str]:
 
 
 def _cmd_sam(args: argparse.Namespace) -> int:
-    import tifffile
-
-    from .labels import paint_masks, write_objects_csv
+    from .labels import paint_masks
     from .progress import run_sync
-    from .sam.embedding import EmbeddingCache
-    from .sam.prompting import SamPrompter
     from .samples import read_boxes
 
     image, stem = _read_image(args.image)
     boxes = read_boxes(args.boxes)
-    cache = EmbeddingCache(disk_dir=args.cache_dir) if args.cache_dir else None
-    prompter = SamPrompter.load(args.model, args.weights, args.device, cache)
+    prompter, tiled = _sam_for(args, image)
     print(f"SAM {args.model} on {prompter.device}; {len(boxes)} boxes", file=sys.stderr)
-    run_sync(prompter.set_image(image, args.channels), progress=_print_progress)
-    masks = prompter.boxes(boxes)
+    if tiled is None:
+        run_sync(prompter.set_image(image, args.channels), progress=_print_progress)
+    else:
+        run_sync(tiled.embed(tiled.regions_for_boxes(boxes)), progress=_print_progress)
+    masks = (tiled or prompter).boxes(boxes)
     labels = np.zeros(image.shape[:2], dtype=np.int32)
     ids = paint_masks(labels, masks)
     scores = {i: m.score for i, m in zip(ids, masks, strict=True) if i is not None}
-    out = Path(args.out)
+    _write_labels(Path(args.out), stem, labels, scores, background_id=1)
+    return 0
+
+
+def _sam_for(args: argparse.Namespace, image: np.ndarray) -> tuple[Any, Any]:
+    """SAM loaded per the arguments, and a tiled view of ``image`` when it is large."""
+    from .sam.embedding import EmbeddingCache
+    from .sam.large_images import TiledImage, needs_tiles
+    from .sam.prompting import SamPrompter
+
+    cache = EmbeddingCache(disk_dir=args.cache_dir) if args.cache_dir else None
+    prompter = SamPrompter.load(args.model, args.weights, args.device, cache)
+    if not needs_tiles(image.shape, args.tile):
+        return prompter, None
+    tiled = TiledImage(prompter, image, args.channels, args.tile, args.overlap)
+    print(f"large image: {len(tiled.tiles)} tiles of {args.tile} px", file=sys.stderr)
+    return prompter, tiled
+
+
+def _write_labels(
+    out: Path,
+    stem: str,
+    labels: np.ndarray,
+    scores: dict[int, float],
+    background_id: int | None = None,
+) -> None:
+    import tifffile
+
+    from .labels import write_objects_csv
+
     out.mkdir(parents=True, exist_ok=True)
     tif = out / f"{stem}_labels.tif"
     table = out / f"{stem}_objects.csv"
     tifffile.imwrite(tif, labels, compression="zlib")
-    rows = write_objects_csv(table, labels, scores, background_id=1)
+    rows = write_objects_csv(table, labels, scores, background_id=background_id)
     print(f"wrote {tif} and {table} ({rows} objects)")
+
+
+def _cmd_automask(args: argparse.Namespace) -> int:
+    from .progress import run_sync
+    from .sam.automask import PRESETS, AutomaskParams, generate_masks
+
+    image, stem = _read_image(args.image)
+    params = AutomaskParams.from_dict({**PRESETS[args.preset], **_parse_settings(args.set or [])})
+    prompter, tiled = _sam_for(args, image)
+    print(f"SAM {args.model} on {prompter.device}; automask", file=sys.stderr)
+    if tiled is None:
+        work = generate_masks(prompter, image, params, args.channels)
+    else:
+        work = tiled.automask(params)
+    result = run_sync(work, progress=_print_progress)
+    labels, scores = result.labels_with_scores()
+    _write_labels(Path(args.out), f"{stem}_automask", labels, scores)
+    # Every object the generator kept, before overlaps are resolved for the label image,
+    # as segment-anything's records (bbox x, y, w, h; point_coords x, y).
+    records = Path(args.out) / f"{stem}_automask_records.json"
+    records.write_text(json.dumps({"params": params.as_dict(), "masks": result.records()}))
+    print(f"wrote {records} ({len(result)} masks)")
     return 0
 
 
@@ -92,8 +145,6 @@ def _read_annotation(spec: str) -> np.ndarray:
 
 def _parse_settings(pairs: Sequence[str]) -> dict[str, object]:
     """``key=value`` strings → settings (numbers parsed, the rest kept as text)."""
-    import json
-
     from .errors import BadInputError
 
     settings: dict[str, object] = {}
@@ -190,6 +241,22 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sam_arguments(command: argparse.ArgumentParser) -> None:
+    """Model, device, channels, cache and tiling options of the SAM commands."""
+    command.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
+    command.add_argument("--weights", help="checkpoint file (default: the cached official one)")
+    command.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    command.add_argument("--channels", type=int, nargs="+", help="channel indices (YXC images)")
+    command.add_argument("--cache-dir", help="keep image embeddings on disk in this folder")
+    command.add_argument(
+        "--tile",
+        type=int,
+        default=1024,
+        help=f"tile size for large images (tiled above {TILE_ABOVE} tiles)",
+    )
+    command.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cellsparse`` argument parser."""
     parser = argparse.ArgumentParser(prog="cellsparse", description=__doc__)
@@ -201,13 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--image", required=True, help="image file, or sample:nuclei / sample:stardist"
     )
     sam.add_argument("--boxes", required=True, help="CSV with header x0,y0,x1,y1 (image pixels)")
-    sam.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
-    sam.add_argument("--weights", help="checkpoint file (default: the cached official one)")
-    sam.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    sam.add_argument("--channels", type=int, nargs="+", help="channel indices to use (YXC images)")
-    sam.add_argument("--cache-dir", help="keep image embeddings on disk in this folder")
     sam.add_argument("--out", default="out", help="output folder")
     sam.set_defaults(func=_cmd_sam)
+
+    automask = sub.add_parser("automask", help="every object SAM finds (automatic masks)")
+    automask.add_argument("--image", required=True, help="image file, or sample:NAME")
+    automask.add_argument("--preset", default="SAM defaults", choices=list(AUTOMASK_PRESETS))
+    automask.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="generator parameters, e.g. points_per_side=16",
+    )
+    automask.add_argument("--out", default="out", help="output folder")
+    automask.set_defaults(func=_cmd_automask)
+    for command in (sam, automask):
+        _sam_arguments(command)
 
     train = sub.add_parser("train", help="train a model on sparse annotations")
     train.add_argument("--backend", default="unet", help="unet, stardist or cellpose")

@@ -40,8 +40,10 @@ from ..labels import next_free_id, writable
 from ..outlines import mask_outline
 from ..paths import data_home
 from ..progress import Progress
+from ..sam.automask import PRESETS as AUTOMASK_PRESETS
 from ..sam.automask import AutomaskParams
 from ..sam.embedding import EmbeddingCache
+from ..sam.large_images import TILE_ABOVE, needs_tiles
 from ..sam.upsample import PromptMask
 from ..sam.weights import MODEL_TYPES, download_weights
 from ._worker import JobRunner
@@ -63,17 +65,7 @@ PROMPTS, POINTS, OUTLINES, PREVIEW, ANNOTATION, AUTOMASK, AUTOMASK_OUTLINES = (
     "SAM automask",
     "SAM automask outlines",
 )
-# Starting points, not tuned values: "SAM defaults" is segment-anything's own setting; the
-# nuclei and cells presets drop tiny fragments (and, for cells, use fewer points).
-AUTOMASK_PRESETS: dict[str, dict[str, Any]] = {
-    "SAM defaults": {},
-    "nuclei": {"min_mask_region_area": 20},
-    "cells": {"points_per_side": 24, "min_mask_region_area": 100},
-}
 DEVICES = ("auto", "cpu", "cuda", "mps")
-# An image is tiled when a side is longer than this many tiles (shrinking it to SAM's
-# 1024 pixels would lose small objects; a little larger is still fine).
-TILE_ABOVE = 1.5
 
 
 @dataclass
@@ -209,9 +201,7 @@ class SamAnnotatorWidget(QWidget):
     def _tiling(self, data: Any) -> tuple[int, int] | None:
         """Tile size and overlap when ``data`` (YX or YXC) is large enough to tile."""
         tile = self.tile_spin.value()
-        if max(data.shape[:2]) <= TILE_ABOVE * tile:
-            return None
-        return tile, self.overlap_spin.value()
+        return (tile, self.overlap_spin.value()) if needs_tiles(data.shape, tile) else None
 
     def _build_automask(self) -> QWidget:
         """The "Automask" section: preset, main parameters, the rest folded away."""

@@ -34,8 +34,11 @@ from .automask import AutoMask, AutomaskParams, AutomaskResult, _nms, generate_m
 from .prompting import SamPrompter, check_boxes
 from .upsample import PromptMask
 
-__all__ = ["Region", "TiledImage", "merge_tile_masks", "tile_grid"]
+__all__ = ["TILE_ABOVE", "Region", "TiledImage", "merge_tile_masks", "needs_tiles", "tile_grid"]
 
+# An image is tiled when a side is longer than this many tiles: shrinking it to SAM's 1024
+# pixels would lose small objects, while a little larger is still fine.
+TILE_ABOVE = 1.5
 # Two masks of neighbouring tiles are one object when they agree this well where the
 # tiles overlap (intersection over union, counted inside the overlap only).
 MERGE_IOU = 0.5
@@ -69,6 +72,11 @@ class Region:
         y0, x0 = max(self.y0, other.y0), max(self.x0, other.x0)
         y1, x1 = min(self.y1, other.y1), min(self.x1, other.x1)
         return Region(y0, x0, y1, x1) if y0 < y1 and x0 < x1 else None
+
+
+def needs_tiles(shape: Sequence[int], tile: int = 1024) -> bool:
+    """Whether an image of ``shape`` (YX or YXC) is prompted tile by tile."""
+    return max(int(shape[0]), int(shape[1])) > TILE_ABOVE * tile
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
