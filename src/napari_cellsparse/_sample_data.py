@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._geojson_io import SPARSE_KEY
 from .samples import Sample, load_sample
 
 __all__ = ["generated_nuclei", "stardist_nuclei"]
@@ -17,7 +18,11 @@ def sparse_annotation_layer(sample: Sample) -> tuple[Any, dict[str, Any], str]:
     the project's code from the sample's ground truth so a new user can press Train at once."""
     from .training.annotations import sparse_from_truth
 
-    return (sparse_from_truth(sample.image, sample.labels, k=4), {"name": SPARSE_LAYER}, "labels")
+    return (
+        sparse_from_truth(sample.image, sample.labels, k=4),
+        {"name": SPARSE_LAYER, "metadata": {SPARSE_KEY: True}},
+        "labels",
+    )
 
 
 def _layers(name: str) -> list[tuple[Any, dict[str, Any], str]]:

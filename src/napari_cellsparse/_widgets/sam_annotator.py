@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from scipy import ndimage as ndi
 from superqt import QCollapsible
 
+from .._geojson_io import SPARSE_KEY
 from ..errors import BadInputError, CellsparseError
 from ..labels import next_free_id, writable
 from ..outlines import mask_outline
@@ -524,7 +525,10 @@ class SamAnnotatorWidget(QWidget):
                 )
             return layer
         layer = self.viewer.add_labels(
-            np.zeros(shape, dtype=np.int32), name=ANNOTATION, scale=image.scale[: len(shape)]
+            np.zeros(shape, dtype=np.int32),
+            name=ANNOTATION,
+            scale=image.scale[: len(shape)],
+            metadata={SPARSE_KEY: True},
         )
         self.labels_combo.setCurrentText(layer.name)
         return layer
