@@ -241,6 +241,41 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .errors import BackendUnavailableError
+    from .paths import data_home
+
+    try:
+        import uvicorn
+
+        from .sam.embedding import EmbeddingCache
+        from .server.app import create_app
+        from .server.sam_service import SamService
+        from .server.training_service import TrainingService
+    except ImportError as err:
+        raise BackendUnavailableError("The server", "server", err) from err
+    token = args.token or os.environ.get("CELLSPARSE_TOKEN") or None
+    if args.host not in LOOPBACK:
+        print(
+            f"WARNING: listening on {args.host}: other machines can reach this server"
+            + ("" if token else " and no --token is set: anyone on the network can use it")
+            + ".",
+            file=sys.stderr,
+        )
+    cache = EmbeddingCache(disk_dir=data_home() / "embeddings")
+    app = create_app(
+        SamService(cache, args.device), TrainingService(args.device), token, args.max_body_mb
+    )
+    print(f"serving samapi and cellsparse-api routes on http://{args.host}:{args.port}/")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _sam_arguments(command: argparse.ArgumentParser) -> None:
     """Model, device, channels, cache and tiling options of the SAM commands."""
     command.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
@@ -316,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     predict.add_argument("--out", default="out", help="output folder")
     predict.set_defaults(func=_cmd_predict)
+
+    serve = sub.add_parser(
+        "serve", help="HTTP server speaking the samapi and cellsparse-api bodies (QuPath)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--token", help="require 'Authorization: Bearer TOKEN' (or CELLSPARSE_TOKEN)"
+    )
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    serve.add_argument("--max-body-mb", type=float, default=512.0, help="largest request body")
+    serve.set_defaults(func=_cmd_serve)
 
     models = sub.add_parser("models", help="list the stored models")
     models.set_defaults(func=_cmd_models)

@@ -229,6 +229,7 @@ def _decode_crop(
     cancel: threading.Event | None,
     done: int,
     total: int,
+    multimask: bool = True,
 ) -> Generator[Progress, None, list[AutoMask]]:
     """Decode one crop's points (crop pixels, ``x, y``) into masks in crop coordinates."""
     torch = import_torch()
@@ -248,7 +249,7 @@ def _decode_crop(
             coords = prompter._to_input_frame(pts)[:, None, :]
             labels = torch.ones((len(pts), 1), dtype=torch.int, device=coords.device)
             sparse = prompter.decoder.embed_prompts(coords, labels)
-            queries, keys, iou = prompter.decoder.decode_scores(ctx, sparse, True)
+            queries, keys, iou = prompter.decoder.decode_scores(ctx, sparse, multimask)
             iou = iou.float().cpu().numpy()
             passing = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0 else iou == iou
             rows = np.flatnonzero(passing.any(axis=1))
@@ -256,7 +257,7 @@ def _decode_crop(
                 continue
             index = torch.as_tensor(rows, device=queries.device)
             logits = prompter.decoder.decode_masks(
-                ctx, queries.index_select(0, index), keys.index_select(0, index), True
+                ctx, queries.index_select(0, index), keys.index_select(0, index), multimask
             )
             for k, row in enumerate(rows):
                 for j in np.flatnonzero(passing[row]):
@@ -330,8 +331,12 @@ def generate_masks(
     params: AutomaskParams | Mapping[str, Any] | None = None,
     channels: Sequence[int] | None = None,
     cancel: threading.Event | None = None,
+    multimask: bool = True,
 ) -> Generator[Progress, None, AutomaskResult]:
     """Every object SAM finds from a grid of points on ``image`` (YX or YXC).
+
+    ``multimask=False`` decodes SAM's single-mask output (one mask per point) instead of
+    the reference generator's three.
 
     A progress generator (drain it with :func:`~napari_cellsparse.progress.run_sync`):
     embeddings first (the whole image's is cached and reused), then one step per batch of
@@ -365,7 +370,7 @@ def generate_masks(
             yield from prompter.set_image(rgb[y0:y1, x0:x1])
         points = grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=np.float64)
         found = yield from _decode_crop(
-            prompter, points, params, (x0, y0, x1, y1), shape, cancel, done, total
+            prompter, points, params, (x0, y0, x1, y1), shape, cancel, done, total, multimask
         )
         done += len(points)
         for m in found:

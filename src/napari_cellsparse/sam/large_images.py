@@ -278,11 +278,37 @@ class TiledImage:
         mask = self.prompter.points(pts, labels, local_box, multimask)
         return _shift(mask, region, self.shape)
 
+    def prompt(
+        self,
+        points: Any | None = None,
+        labels: Any | None = None,
+        box: Any | None = None,
+        multimask: bool = False,
+    ) -> list[PromptMask]:
+        """Every mask SAM proposes for one prompt, in image pixels (see
+        :meth:`SamPrompter.prompt <napari_cellsparse.sam.prompting.SamPrompter.prompt>`)."""
+        offset = np.zeros(2)
+        if points is not None and len(np.asarray(points).reshape(-1)):
+            region = self.region_for_points(points, labels, box)
+            offset = np.array([region.x0, region.y0], dtype=np.float64)
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2) - offset
+        elif box is not None:
+            region = self.regions_for_boxes([box])[0]
+            offset = np.array([region.x0, region.y0], dtype=np.float64)
+        else:
+            raise BadInputError("Give a box, or at least one point, for the prompt.")
+        if box is not None:
+            box = check_boxes(box, self.shape)[0] - np.tile(offset, 2)
+        self.use(region)
+        masks = self.prompter.prompt(points, labels, box, multimask)
+        return [_shift(m, region, self.shape) for m in masks]
+
     # -- automatic masks -----------------------------------------------------------------
     def automask(
         self,
         params: AutomaskParams | Mapping[str, Any] | None = None,
         cancel: threading.Event | None = None,
+        multimask: bool = True,
     ) -> Generator[Progress, None, AutomaskResult]:
         """SAM's automatic masks on every tile, objects on tile borders merged."""
         if params is None:
@@ -296,7 +322,9 @@ class TiledImage:
             check_cancel(cancel)
             fresh = not self.is_embedded(region)
             self.current = region
-            work = generate_masks(self.prompter, self.rgb(region), params, cancel=cancel)
+            work = generate_masks(
+                self.prompter, self.rgb(region), params, cancel=cancel, multimask=multimask
+            )
             found = yield from nested(work, 100 * i, 100 * (i + 1), 100 * n, f"Tile {i + 1}/{n}: ")
             self.computed += int(fresh)
             per_tile.append([_shift(m, region, self.shape) for m in found.masks])

@@ -188,6 +188,35 @@ class SamPrompter:
 
         With ``multimask`` SAM proposes three masks and the best by predicted IoU is kept.
         """
+        masks, iou = self._decode_points(points, labels, box, multimask)
+        return self._to_mask(masks[0], iou[0])
+
+    def prompt(
+        self,
+        points: Any | None = None,
+        labels: Any | None = None,
+        box: Any | None = None,
+        multimask: bool = False,
+    ) -> list[PromptMask]:
+        """Every mask SAM proposes for one prompt (points, a box or both), in SAM's order:
+        one, or three with ``multimask``; ``score`` is each one's predicted IoU."""
+        if points is None or len(np.asarray(points).reshape(-1)) == 0:
+            if box is None:
+                raise BadInputError("Give a box, or at least one point, for the prompt.")
+            logits, iou = self.decode_boxes(np.asarray(box, dtype=np.float64), multimask)
+        else:
+            logits, iou = self._decode_points(points, labels, box, multimask)
+        emb, _ = self._require_image()
+        out = []
+        for j in range(logits.shape[1]):
+            window, y0, x0 = upsample_logits(logits[0, j], emb.input_size, emb.original_size)
+            out.append(PromptMask(window, y0, x0, float(iou[0, j]), emb.original_size))
+        return out
+
+    def _decode_points(
+        self, points: Any, labels: Any, box: Any | None, multimask: bool
+    ) -> tuple[Any, Any]:
+        """Checked point prompt (plus optional box) to logits and IoU predictions (1 x M)."""
         emb, ctx = self._require_image()
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         lab = np.asarray(labels).reshape(-1)
@@ -212,8 +241,7 @@ class SamPrompter:
             labels=torch.as_tensor(lab, dtype=torch.int64, device=self.device)[None],
             boxes=frame_box,
         )
-        masks, iou = self.decoder.decode(ctx, sparse, multimask)
-        return self._to_mask(masks[0], iou[0])
+        return self.decoder.decode(ctx, sparse, multimask)
 
     def _to_mask(self, logits: Any, iou: Any) -> PromptMask:
         emb, _ = self._require_image()

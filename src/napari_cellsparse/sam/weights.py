@@ -144,22 +144,26 @@ def download_weights(
     url: str | None = None,
     sha256: str | None = None,
     timeout: float = 30.0,
+    target: Path | None = None,
+    verify: bool = True,
 ) -> Generator[Progress, None, Path]:
     """Download a checkpoint into the cache, yielding progress in bytes; returns its path.
 
-    ``url``/``sha256`` override the official ones (a mirror, or a test server). Closing the
+    ``url``/``sha256`` override the official ones (a mirror, or a test server). ``target``
+    and ``verify=False`` register other weights (fine-tuned ones) under another file name,
+    without a checksum to compare (the caller checks them by loading). Closing the
     generator (cancel) removes the partial file.
     """
     ckpt = _checkpoint(model_type)
     url = url or ckpt.url
     expected = (sha256 or ckpt.sha256).lower()
-    target = weights_dir() / ckpt.filename
+    target = target or weights_dir() / ckpt.filename
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
         raise WeightsError(_missing_message(ckpt, target, f"Download failed ({err}).")) from err
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{ckpt.filename}.", suffix=".part", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     done = 0
@@ -186,7 +190,7 @@ def download_weights(
                     ckpt, target, f"The download was interrupted ({done} of {total} bytes)."
                 )
             )
-        if digest.hexdigest() != expected:
+        if verify and digest.hexdigest() != expected:
             raise WeightsError(
                 f"The downloaded file from {url} does not have the expected checksum "
                 f"(got {digest.hexdigest()}, expected {expected}); it was not kept."
