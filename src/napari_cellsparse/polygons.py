@@ -21,8 +21,6 @@ __all__ = ["Polygon", "mask_polygons", "rasterize", "ring_area", "simplify_ring"
 # One polygon: its exterior ring, then its holes; each ring N x 2 (x, y), not closed.
 Polygon = list[np.ndarray]
 
-# Edge directions (dx, dy) on the corner lattice, in the order right, down, left, up.
-_STEPS = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])
 
 
 def ring_area(ring: np.ndarray) -> float:
@@ -31,81 +29,43 @@ def ring_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
-def _boundary_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start corners (x, y) and directions (index into ``_STEPS``) of every boundary edge,
-    oriented so that the object is on the right when walking in image coordinates (y down)."""
-    padded = np.pad(mask, 1)
-    inner = padded[1:-1, 1:-1]
-    starts, dirs = [], []
-    # (neighbour offset, start corner offset (dx, dy), direction) per side of a pixel
-    sides = (
-        ((-1, 0), (0, 0), 0),  # top side, walked to the right
-        ((0, 1), (1, 0), 1),  # right side, walked down
-        ((1, 0), (1, 1), 2),  # bottom side, walked to the left
-        ((0, -1), (0, 1), 3),  # left side, walked up
-    )
-    h, w = mask.shape
-    for (dr, dc), (ox, oy), direction in sides:
-        neighbour = padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
-        rows, cols = np.nonzero(inner & ~neighbour)
-        starts.append(np.stack([cols + ox, rows + oy], axis=1))
-        dirs.append(np.full(rows.size, direction))
-    return np.concatenate(starts), np.concatenate(dirs)
-
-
-def _rings(mask: np.ndarray) -> list[np.ndarray]:
-    """Every boundary ring of ``mask`` (corner coordinates, collinear vertices dropped)."""
-    starts, dirs = _boundary_edges(mask)
-    if starts.size == 0:
-        return []
-    width = mask.shape[1] + 2
-    keys = starts[:, 1] * width + starts[:, 0]
-    outgoing: dict[int, list[int]] = {}
-    for index, key in enumerate(keys.tolist()):
-        outgoing.setdefault(key, []).append(index)
-    used = np.zeros(len(starts), dtype=bool)
-    rings = []
-    for first in range(len(starts)):
-        if used[first]:
-            continue
-        vertices = []
-        edge = first
-        while True:
-            used[edge] = True
-            direction = int(dirs[edge])
-            x, y = starts[edge] + _STEPS[direction]
-            options = outgoing[int(y * width + x)]
-            following = options[0]
-            if len(options) > 1:
-                # Two parts meet at this corner: turn right (towards this part), so parts
-                # touching only at a corner are separate rings.
-                right = (direction + 1) % 4
-                following = next(e for e in options if int(dirs[e]) == right)
-            if int(dirs[following]) != direction:
-                vertices.append((x, y))
-            if following == first:
-                break
-            edge = following
-        rings.append(np.asarray(vertices, dtype=np.float64))
-    return rings
-
-
 def mask_polygons(mask: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> list[Polygon]:
     """The polygons (exterior, then holes) of a boolean mask, in pixel-corner (x, y)
-    coordinates shifted by ``offset`` = (x, y): one per 4-connected part."""
+    coordinates shifted by ``offset`` = (x, y): one per 4-connected part.
+
+    Marching squares (scikit-image's ``find_contours`` at 0.5 on the padded mask, which
+    keeps objects 4-connected) puts every contour vertex at the middle of a pixel edge; a
+    pixel corner lies wherever a contour passes from a vertical edge to a horizontal one,
+    and those corners are the exact outline. Each ring belongs to the part of the pixel
+    beside its first vertex on a vertical edge; per part, the ring enclosing the most is
+    the exterior and the others are its holes.
+    """
+    from skimage.measure import find_contours
+
+    mask = np.asarray(mask, dtype=bool)
     parts, _ = ndi.label(mask)
-    polygons: list[Polygon] = []
+    padded = np.pad(parts, 1)
     shift = np.asarray(offset, dtype=np.float64)
-    for index, window in enumerate(ndi.find_objects(parts), start=1):
-        if window is None:
-            continue
-        part = parts[window] == index
-        origin = np.array([window[1].start, window[0].start], dtype=np.float64) + shift
-        rings = [ring + origin for ring in _rings(part)]
-        exterior = [r for r in rings if ring_area(r) > 0]
-        holes = [r for r in rings if ring_area(r) < 0]
-        # One 4-connected part has exactly one exterior ring.
-        polygons.append([exterior[0], *holes])
+    rings: dict[int, list[np.ndarray]] = {}
+    for contour in find_contours(np.pad(mask, 1).astype(np.uint8), 0.5):
+        x = contour[:-1, 1] - 0.5  # padded pixel-centre (row, col) -> corner frame (x, y)
+        y = contour[:-1, 0] - 0.5
+        vertical = np.abs(x - np.round(x)) < 1e-6  # vertex on an edge x = const
+        after = np.roll(np.arange(len(x)), -1)
+        turn = vertical != vertical[after]
+        corners = np.stack(
+            [np.where(vertical, x, x[after])[turn], np.where(vertical, y[after], y)[turn]], 1
+        )
+        first = int(np.argmax(vertical))
+        row, col = int(np.floor(y[first])) + 1, round(float(x[first])) + 1  # in ``padded``
+        owner = int(padded[row, col - 1] or padded[row, col])
+        rings.setdefault(owner, []).append(np.round(corners))
+    polygons: list[Polygon] = []
+    for owner in sorted(rings):
+        ordered = sorted(rings[owner], key=lambda r: -abs(ring_area(r)))
+        exterior = ordered[0] if ring_area(ordered[0]) > 0 else ordered[0][::-1]
+        holes = [r if ring_area(r) < 0 else r[::-1] for r in ordered[1:]]
+        polygons.append([exterior + shift, *(h + shift for h in holes)])
     return polygons
 
 
