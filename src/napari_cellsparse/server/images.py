@@ -69,7 +69,9 @@ def decode_image(
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(raw)) as picture:
+        # Only the formats served (TIFF went to tifffile): unknown bytes never make PIL load
+        # every plugin and its native codecs.
+        with Image.open(io.BytesIO(raw), formats=("PNG", "JPEG")) as picture:
             width, height = picture.size
             _check_size((height, width), field, max_pixels)
             if picture.mode == "P":

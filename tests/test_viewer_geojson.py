@@ -1,4 +1,9 @@
-"""File > Open / Save of ``.geojson`` through napari's plugin machinery (npe2)."""
+"""File > Open / Save of ``.geojson`` through napari's plugin machinery (npe2).
+
+Named to run after the training tests: a napari viewer (Qt, OpenGL) created before
+TensorFlow's first import made that import crash (SIGSEGV) in the full suite, as the
+other viewer tests (``test_widget_*``) have always run after it.
+"""
 
 from __future__ import annotations
 
