@@ -38,6 +38,9 @@ ENGINE = [
     "napari_cellsparse.samples",
     "napari_cellsparse.devices",
     "napari_cellsparse.progress",
+    "napari_cellsparse.tiling",
+    "napari_cellsparse.image_sources",
+    "napari_cellsparse.blockwise",
 ]
 
 

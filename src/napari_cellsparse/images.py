@@ -9,7 +9,15 @@ import numpy as np
 
 from .errors import BadInputError
 
-__all__ = ["as_yxc", "intensity_ranges", "normalize_percentile", "to_rgb_uint8"]
+__all__ = [
+    "as_yxc",
+    "intensity_ranges",
+    "normalize_percentile",
+    "percentile_ranges",
+    "sample_grid",
+    "stretch",
+    "to_rgb_uint8",
+]
 
 MAX_CHANNELS = 4
 
@@ -25,8 +33,26 @@ def normalize_percentile(
     data = np.asarray(image, dtype=np.float32)
     lo = np.percentile(data, low, axis=axis, keepdims=True).astype(np.float32)
     hi = np.percentile(data, high, axis=axis, keepdims=True).astype(np.float32)
+    return stretch(data, lo, hi)
+
+
+def stretch(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``(data - lo) / (hi - lo)`` as float32 (unclipped); a flat range divides by 1."""
+    lo = np.asarray(lo, dtype=np.float32)
+    hi = np.asarray(hi, dtype=np.float32)
     scale = np.where(hi - lo > 1e-12, hi - lo, np.float32(1.0))
-    return (data - lo) / scale
+    return (np.asarray(data, dtype=np.float32) - lo) / scale
+
+
+def sample_grid(image: Any, max_pixels: int = 4_000_000) -> np.ndarray:
+    """Every k-th row and column of a YX(C) image (k = 1 up to ``max_pixels`` pixels).
+
+    The intensity statistics of a large image read once from a lazy array (dask, zarr, a
+    memory-mapped TIFF) without holding all of it as floats.
+    """
+    h, w = image.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    return np.asarray(image[::step, ::step])
 
 
 def as_yxc(image: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
@@ -79,13 +105,17 @@ def intensity_ranges(
     reads a lazy array (dask, zarr) once without holding all of it as floats. None for an
     RGB uint8 picture, which is used as it is.
     """
-    h, w = image.shape[:2]
-    step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
-    data = _sam_channels(as_yxc(np.asarray(image[::step, ::step]), channels), channels)
+    data = _sam_channels(as_yxc(sample_grid(image, max_pixels), channels), channels)
     if data.dtype == np.uint8 and data.shape[-1] == 3:
         return None
-    values = data.reshape(-1, data.shape[-1]).astype(np.float32)
-    return np.percentile(values, [1.0, 99.8], axis=0).astype(np.float32)
+    return percentile_ranges(data)
+
+
+def percentile_ranges(data: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Per-channel ``low`` / ``high`` percentiles (2 x C, float32) of a YXC image: the
+    ranges :func:`stretch` maps to 0 / 1, as :func:`normalize_percentile` would."""
+    values = np.asarray(data).reshape(-1, data.shape[-1]).astype(np.float32)
+    return np.percentile(values, [low, high], axis=0).astype(np.float32)
 
 
 def to_rgb_uint8(
@@ -105,9 +135,7 @@ def to_rgb_uint8(
     if ranges is None:
         scaled = normalize_percentile(data, axis=(0, 1))
     else:
-        lo, hi = np.asarray(ranges, dtype=np.float32)
-        scale = np.where(hi - lo > 1e-12, hi - lo, np.float32(1.0))
-        scaled = (data.astype(np.float32) - lo) / scale
+        scaled = stretch(data, *np.asarray(ranges, dtype=np.float32))
     rgb = np.zeros((*data.shape[:2], 3), dtype=np.uint8)
     converted = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if converted.shape[-1] == 1:

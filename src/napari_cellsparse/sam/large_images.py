@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import BadInputError
 from ..images import MAX_CHANNELS, intensity_ranges, to_rgb_uint8
 from ..progress import Progress, check_cancel, nested, run_sync
+from ..tiling import Region, tile_grid
 from .automask import AutoMask, AutomaskParams, AutomaskResult, _nms, generate_masks
 from .prompting import SamPrompter, check_boxes
 from .upsample import PromptMask
@@ -46,62 +47,9 @@ MERGE_IOU = 0.5
 WINDOW_MARGIN = 1.25
 
 
-@dataclass(frozen=True)
-class Region:
-    """A rectangle of the image, ``y0:y1, x0:x1`` (end exclusive)."""
-
-    y0: int
-    x0: int
-    y1: int
-    x1: int
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    def holds(self, box: Sequence[float]) -> bool:
-        """Whether the box ``x0, y0, x1, y1`` lies inside."""
-        x0, y0, x1, y1 = box
-        return self.x0 <= x0 and self.y0 <= y0 and x1 <= self.x1 and y1 <= self.y1
-
-    def overlap(self, other: Region) -> Region | None:
-        y0, x0 = max(self.y0, other.y0), max(self.x0, other.x0)
-        y1, x1 = min(self.y1, other.y1), min(self.x1, other.x1)
-        return Region(y0, x0, y1, x1) if y0 < y1 and x0 < x1 else None
-
-
 def needs_tiles(shape: Sequence[int], tile: int = 1024) -> bool:
     """Whether an image of ``shape`` (YX or YXC) is prompted tile by tile."""
     return max(int(shape[0]), int(shape[1])) > TILE_ABOVE * tile
-
-
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
-def tile_grid(shape: tuple[int, int], tile: int = 1024, overlap: int = 128) -> list[Region]:
-    """Tiles of ``tile`` pixels (fewer where the image is smaller) covering ``shape``,
-    neighbours overlapping by at least ``overlap`` pixels, spread evenly, row by row."""
-    if tile < 64:
-        raise BadInputError(f"Tiles must be at least 64 pixels wide, got {tile}.")
-    if not 0 <= overlap < tile // 2:
-        raise BadInputError(
-            f"The tile overlap must be at least 0 and less than half the tile "
-            f"({tile // 2} pixels), got {overlap}."
-        )
-    h, w = shape
-    return [
-        Region(y, x, min(y + tile, h), min(x + tile, w))
-        for y in _starts(h, tile, overlap)
-        for x in _starts(w, tile, overlap)
-    ]
 
 
 def _shift(mask: PromptMask, region: Region, shape: tuple[int, int]) -> PromptMask:

@@ -102,13 +102,19 @@ class TrainedModel:
             return np.zeros(raw.shape[:2], np.int32), float(diameter or 0.0)
         normalized = normalize(raw)
         d = float(diameter) if diameter is not None else self.estimate_diameter(normalized)
+        return self.predict_normalized(normalized, d), d
+
+    def predict_normalized(self, normalized: np.ndarray, diameter: float) -> np.ndarray:
+        """Labels of one YXC slice already normalised (e.g. with the ranges of a whole
+        slide, for one block of it) whose cells are ``diameter`` pixels wide."""
+        d = float(diameter)
         factor = float(np.clip(self.config["target_diameter"] / d, MIN_FACTOR, MAX_FACTOR))
-        if raw.shape[0] * raw.shape[1] * factor**2 > MAX_SCALED_PIXELS:
+        if normalized.shape[0] * normalized.shape[1] * factor**2 > MAX_SCALED_PIXELS:
             raise BadInputError(
                 f"At diameter {d:.1f} px this image would be rescaled to "
                 f"{factor:.2f}x, too large to predict at once; give a larger diameter or "
-                "use the tiled (batch) prediction."
+                "use the block-wise (batch) prediction."
             )
         scaled = rescale_image(normalized, factor)
         labels = np.asarray(self.network.predict_scaled(scaled), np.int32)
-        return resize_labels(labels, raw.shape[:2]), d
+        return resize_labels(labels, normalized.shape[:2])

@@ -1,0 +1,251 @@
+"""Images read a region at a time: TIFF / OME-TIFF, zarr, and arrays already in memory.
+
+A whole-slide image does not fit in memory as floats, so the block-wise and batch code never
+asks for all of it: an :class:`ImageSource` hands out one rectangle at a time as YXC. An
+uncompressed TIFF is memory-mapped; a compressed or tiled one is read tile by tile through
+tifffile's zarr store; a ``.zarr`` folder (plain or OME-Zarr, level 0) through zarr; numpy,
+dask and zarr arrays (a napari layer's data) are sliced as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError
+from .images import MAX_CHANNELS, percentile_ranges, sample_grid
+from .tiling import Region
+
+__all__ = ["IMAGE_SUFFIXES", "ImageSource", "is_image_file", "open_image", "pixel_size_from_tiff"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".png", ".jpg", ".jpeg")
+_UM_PER_UNIT = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` has a name this module can open (``.ome.tif`` included)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+class ImageSource:
+    """A 2D image (YX, YXC or CYX, channels at most 4) that is read one region at a time."""
+
+    def __init__(
+        self,
+        array: Any,
+        axes: str | None = None,
+        name: str = "image",
+        pixel_size: float | None = None,
+        closer: Any = None,
+    ) -> None:
+        shape = tuple(int(n) for n in array.shape)
+        axes = (axes or _guess_axes(shape)).upper()
+        if sorted(axes) not in (["X", "Y"], ["C", "X", "Y"]) or len(axes) != len(shape):
+            raise BadInputError(
+                f"Block-wise processing needs a 2D image (YX, YXC or CYX); got shape {shape} "
+                f"with axes {axes!r}. For a stack, process one slice at a time."
+            )
+        dtype = np.dtype(array.dtype)
+        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise BadInputError(f"Images must be integer or floating point, not {dtype}.")
+        self.array = array
+        self.axes = axes
+        self.name = name
+        self.pixel_size = pixel_size
+        self.dtype = dtype
+        self.shape: tuple[int, int] = (shape[axes.index("Y")], shape[axes.index("X")])
+        self.n_channels = shape[axes.index("C")] if "C" in axes else 1
+        if self.n_channels > MAX_CHANNELS:
+            raise BadInputError(
+                f"{name}: {self.n_channels} channels; at most {MAX_CHANNELS} are supported."
+            )
+        if min(self.shape) < 2:
+            raise BadInputError(f"{name} is too small to segment: shape {shape}.")
+        self._closer = closer
+
+    def __repr__(self) -> str:
+        return f"ImageSource({self.name!r}, shape={self.shape}, channels={self.n_channels})"
+
+    def _yxc(self, data: Any) -> np.ndarray:
+        data = np.asarray(data)
+        if self.axes == "YX":
+            return data[..., None]
+        if self.axes == "CYX":
+            return np.moveaxis(data, 0, -1)
+        return data
+
+    def _index(self, ys: slice, xs: slice) -> tuple[slice, ...]:
+        return {"YX": (ys, xs), "YXC": (ys, xs, slice(None)), "CYX": (slice(None), ys, xs)}[
+            self.axes
+        ]
+
+    def read(self, region: Region) -> np.ndarray:
+        """The pixels of ``region`` as a YXC array of the image's own dtype."""
+        return self._yxc(self.array[self._index(*region.slices)])
+
+    def sample(self, max_pixels: int = 4_000_000) -> np.ndarray:
+        """Every k-th row and column (YXC), at most about ``max_pixels`` pixels."""
+        if self.axes == "CYX":
+            h, w = self.shape
+            step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+            return self._yxc(self.array[:, ::step, ::step])
+        return self._yxc(sample_grid(self.array, max_pixels))
+
+    def ranges(self, max_pixels: int = 4_000_000) -> np.ndarray:
+        """Per-channel 1st / 99.8th percentiles (2 x C) of the whole image (sampled)."""
+        return percentile_ranges(self.sample(max_pixels))
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer.close()
+            self._closer = None
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _guess_axes(shape: Sequence[int]) -> str:
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
+        return "YXC"
+    if len(shape) == 3 and shape[0] <= MAX_CHANNELS < min(shape[1:]):
+        return "CYX"
+    raise BadInputError(
+        f"Cannot tell the axes of an image of shape {tuple(shape)}: expected a 2D image (YX) "
+        f"or one with up to {MAX_CHANNELS} channels (YXC or CYX)."
+    )
+
+
+def open_image(
+    image: str | os.PathLike[str] | Any, axes: str | None = None, name: str | None = None
+) -> ImageSource:
+    """An :class:`ImageSource` for a file path or an array (numpy, dask, zarr).
+
+    Files are opened lazily: nothing but the metadata is read until a region is asked for.
+    """
+    if not isinstance(image, (str, os.PathLike)):
+        return ImageSource(image, axes, name or "image")
+    path = Path(image)
+    label = name or path.name
+    if not path.exists():
+        raise BadInputError(f"The image {path} does not exist.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            return _open_tiff(path, axes, label)
+        if suffix == ".zarr" or path.is_dir():
+            return ImageSource(_open_zarr(path), axes, label)
+        from skimage.io import imread
+
+        return ImageSource(np.asarray(imread(path)), axes, label)
+    except BadInputError:
+        raise
+    except Exception as err:
+        raise BadInputError(f"Could not read the image {path}: {err}") from err
+
+
+def _open_tiff(path: Path, axes: str | None, name: str) -> ImageSource:
+    import tifffile
+
+    tif = tifffile.TiffFile(path)
+    try:
+        series = tif.series[0]
+        series_axes = series.axes.replace("S", "C")
+        sizes = zip(series_axes, series.shape, strict=True)
+        keep = [i for i, (a, n) in enumerate(sizes) if n > 1 or a in "YX"]
+        found_axes = "".join(series_axes[i] for i in keep)
+        if axes is None and set(found_axes) <= set("YXC"):
+            axes = found_axes
+        pixel_size = pixel_size_from_tiff(tif)
+        try:
+            array: Any = tifffile.memmap(path, mode="r", series=0)
+            closer = None
+        except ValueError:
+            import zarr
+
+            store = tif.aszarr(series=0, level=0)
+            array = zarr.open(store, mode="r")
+            closer = store
+        if len(keep) != array.ndim:
+            array = _Squeezed(array, keep)
+        return ImageSource(array, axes, name, pixel_size, closer=_Closer(tif, closer))
+    except Exception:
+        tif.close()
+        raise
+
+
+class _Squeezed:
+    """An array view without its axes of length one (kept: ``keep``), sliced lazily."""
+
+    def __init__(self, array: Any, keep: Sequence[int]) -> None:
+        self.array, self.keep = array, list(keep)
+        self.shape = tuple(array.shape[i] for i in self.keep)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        full: list[Any] = [0] * self.array.ndim
+        for i, part in zip(self.keep, index, strict=True):
+            full[i] = part
+        return np.asarray(self.array[tuple(full)])
+
+
+class _Closer:
+    def __init__(self, *things: Any) -> None:
+        self.things = [t for t in things if t is not None]
+
+    def close(self) -> None:
+        for thing in self.things:
+            thing.close()
+
+
+def _open_zarr(path: Path) -> Any:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Group):
+        datasets = node.attrs.get("multiscales", [{}])[0].get("datasets", [])
+        key = datasets[0]["path"] if datasets else "0"
+        if key not in node:
+            raise BadInputError(f"{path} is a zarr group without an image array ({key!r}).")
+        node = node[key]
+    return node
+
+
+def pixel_size_from_tiff(tif_or_path: Any) -> float | None:
+    """Pixel width in µm from OME-XML ``PhysicalSizeX`` (any length unit) or, failing that,
+    from the TIFF resolution tags when their unit is a length; None when neither says."""
+    import tifffile
+
+    if isinstance(tif_or_path, (str, os.PathLike)):
+        with tifffile.TiffFile(tif_or_path) as tif:
+            return pixel_size_from_tiff(tif)
+    tif = tif_or_path
+    if tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            root = None
+        for pixels in root.iter() if root is not None else ():
+            if pixels.tag.endswith("Pixels") and pixels.get("PhysicalSizeX"):
+                unit = pixels.get("PhysicalSizeXUnit", "µm")
+                if unit in _UM_PER_UNIT:
+                    return float(pixels.get("PhysicalSizeX")) * _UM_PER_UNIT[unit]
+    page = tif.pages.first
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags["XResolution"].value
+        unit = int(tags["ResolutionUnit"].value)
+        per_unit_um = {2: 25_400.0, 3: 10_000.0}.get(unit)
+        if per_unit_um and num > 0 and den > 0 and not (num == 1 and den == 1):
+            return per_unit_um * den / num
+    return None
