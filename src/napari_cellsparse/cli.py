@@ -241,6 +241,58 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import BatchOptions, run_batch
+    from .errors import BadInputError
+    from .progress import run_sync
+    from .workspace import deepcell_items, folder_items
+
+    if args.layout == "deepcell":
+        items = deepcell_items(
+            args.input,
+            args.compartment,
+            args.pattern,
+            args.input_dir,
+            args.mask_dir,
+            args.report_dir,
+            geojson=args.geojson,
+        )
+        summary_path = Path(args.input) / args.report_dir / "batch_summary.json"
+    else:
+        if not args.out:
+            raise BadInputError("Give --out, the folder for the results.")
+        items = folder_items(
+            args.input, args.out, args.pattern, args.mask_format, args.table_format, args.geojson
+        )
+        summary_path = Path(args.out) / "batch_summary.json"
+    options = BatchOptions(
+        block=args.block,
+        halo=args.halo,
+        diameter=args.diameter,
+        pixel_size=args.pixel_size,
+        channel_names=tuple(args.channel_names.split(",")) if args.channel_names else None,
+    )
+    work = run_batch(
+        items,
+        args.model,
+        options,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        threads_per_worker=args.threads,
+        resume=not args.no_resume,
+    )
+    summary = run_sync(work, _print_progress)
+    summary.write(summary_path)
+    for result in summary.of("failed"):
+        print(f"FAILED {result.image}: {result.error}")
+    print(
+        f"{len(summary.of('done'))} done, {len(summary.of('skipped'))} skipped, "
+        f"{len(summary.of('failed'))} failed in {summary.seconds:.1f} s on {summary.scheduler}; "
+        f"summary in {summary_path}"
+    )
+    return 1 if summary.of("failed") else 0
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -351,6 +403,43 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     predict.add_argument("--out", default="out", help="output folder")
     predict.set_defaults(func=_cmd_predict)
+
+    batch = sub.add_parser(
+        "batch", help="segment a folder or a DeepCell workspace with a model, on Dask"
+    )
+    batch.add_argument("--model", required=True, help="model name or model folder")
+    batch.add_argument("--input", required=True, help="image folder, or the DeepCell workspace")
+    batch.add_argument("--out", help="output folder (folder layout)")
+    batch.add_argument("--layout", default="folder", choices=["folder", "deepcell"])
+    batch.add_argument("--pattern", default="*", help="file name filter, e.g. '*.ome.tif'")
+    batch.add_argument(
+        "--scheduler",
+        help="Dask scheduler address (tcp://host:8786); default: a local cluster; "
+        "'none': no Dask, this process",
+    )
+    batch.add_argument("--workers", type=int, default=2, help="local cluster worker processes")
+    batch.add_argument("--threads", type=int, default=1, help="threads per local worker")
+    batch.add_argument("--block", type=int, default=1024, help="block size in pixels")
+    batch.add_argument("--halo", type=int, help="context around blocks (default: 2 diameters)")
+    batch.add_argument("--diameter", type=float, help="cell diameter in pixels (default: auto)")
+    batch.add_argument("--pixel-size", type=float, help="µm per pixel (default: from metadata)")
+    batch.add_argument("--channel-names", help="comma-separated names for the table columns")
+    batch.add_argument("--mask-format", default="tif", choices=["tif", "zarr"])
+    batch.add_argument("--table-format", default="csv", choices=["csv", "tsv"])
+    batch.add_argument(
+        "--no-geojson", dest="geojson", action="store_false", help="skip the GeoJSON files"
+    )
+    batch.add_argument("--no-resume", action="store_true", help="redo images already done")
+    batch.add_argument(
+        "--compartment",
+        default="nucleus",
+        choices=["nucleus", "whole-cell"],
+        help="DeepCell layout: what the model segments",
+    )
+    batch.add_argument("--input-dir", default="OMETIFF", help="DeepCell: images sub-folder")
+    batch.add_argument("--mask-dir", default="SEGMASK", help="DeepCell: masks sub-folder")
+    batch.add_argument("--report-dir", default="REPORTS", help="DeepCell: tables sub-folder")
+    batch.set_defaults(func=_cmd_batch)
 
     serve = sub.add_parser(
         "serve", help="HTTP server speaking the samapi and cellsparse-api bodies (QuPath)"
