@@ -38,6 +38,7 @@ ENGINE = [
     "napari_cellsparse.samples",
     "napari_cellsparse.devices",
     "napari_cellsparse.progress",
+    "napari_cellsparse.measure",
 ]
 
 
