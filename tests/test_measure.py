@@ -108,6 +108,8 @@ def test_multichannel_and_names(rect) -> None:
     row = only_row(measure_objects(labels, stack, channel_names=["DAPI", "CD45"]))
     assert row["CD45: Median"] == pytest.approx(47.0)
     assert "Channel 1: Mean" not in row.index
+    cyx = only_row(measure_objects(labels, np.moveaxis(stack, -1, 0)))  # as OME-TIFFs hold it
+    assert cyx["Channel 2: Mean"] == pytest.approx(47.0)
 
 
 def test_compartments_by_hand(rect) -> None:
@@ -259,3 +261,58 @@ def test_geojson_with_measurements(rect, tmp_path: Path) -> None:
     assert read_features(path)[1]["properties"]["measurements"]["Cell: Area px^2"] == 12
     only7 = measured_features(labels, table[table["Object ID"] == 7])
     assert [f["properties"]["label_id"] for f in only7] == [7]
+
+
+def test_cli_measure_end_to_end(rect, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_cellsparse.cli import main
+
+    labels, image = rect
+    labels[5:7, 0:3] = 9
+    nuclei = np.where(labels == 7, 4, 0).astype(np.uint16)
+    nuclei[1, :] = 0
+    tifffile.imwrite(tmp_path / "masks.tif", labels)
+    tifffile.imwrite(tmp_path / "nuclei.tif", nuclei)
+    channels = np.stack([image, 2 * image])  # CYX, as OME-TIFFs hold channels
+    tifffile.imwrite(
+        tmp_path / "img.ome.tif", channels, ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 0.5}
+    )
+    argv = ["measure", "--labels", str(tmp_path / "masks.tif"), "--image",
+            str(tmp_path / "img.ome.tif"), "--nuclei", str(tmp_path / "nuclei.tif"),
+            "--channel-names", "DAPI, CD45", "--out", str(tmp_path / "table.tsv"),
+            "--geojson", str(tmp_path / "cells.geojson")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 objects" in out and "pixel size 0.5 µm from img.ome.tif" in out
+    table = pd.read_csv(tmp_path / "table.tsv", sep="\t")
+    assert table["Image"].tolist() == ["img.ome.tif"] * 2
+    assert table["Object ID"].tolist() == [7, 9]
+    assert table["Nucleus: Area µm^2"].tolist()[0] == pytest.approx(8 * 0.25)
+    assert table["Cytoplasm: Area px^2"].tolist() == [4, 6]
+    assert table["Cell: CD45: Mean"].tolist()[0] == pytest.approx(47.0)
+    assert table["Centroid X µm"].tolist()[0] == pytest.approx(2.0)
+    features = read_features(tmp_path / "cells.geojson")
+    assert [f["properties"]["objectType"] for f in features] == ["cell", "cell"]
+    assert features[0]["properties"]["measurements"]["Cell: DAPI: Max"] == 35
+
+    argv = ["measure", "--labels", str(tmp_path / "masks.tif"), "--pixel-size", "2",
+            "--out", str(tmp_path / "shapes.csv")]  # fmt: skip
+    assert main(argv) == 0
+    shapes = pd.read_csv(tmp_path / "shapes.csv")
+    assert shapes["Area µm^2"].tolist() == [48, 24]
+    assert "Image" in shapes and not any(": Mean" in c for c in shapes.columns)
+
+
+def test_cli_measure_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_cellsparse.cli import main
+
+    tifffile.imwrite(tmp_path / "masks.tif", np.ones((4, 4), np.uint8))
+    tifffile.imwrite(tmp_path / "img.tif", np.ones((5, 4), np.uint8))
+    base = ["measure", "--labels", str(tmp_path / "masks.tif"), "--out"]
+    assert main([*base, str(tmp_path / "t.tsv"), "--image", str(tmp_path / "img.tif")]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "t.xlsx")]) == 2
+    err = capsys.readouterr().err
+    assert ".csv or .tsv" in err and "Traceback" not in err
+    assert main([*base, str(tmp_path / "t.tsv"), "--image", str(tmp_path / "none.tif")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "t.tsv").exists()

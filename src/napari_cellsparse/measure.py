@@ -113,7 +113,11 @@ def _label_image(labels: Any, what: str) -> np.ndarray:
 
 
 def _intensity_image(intensity: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """``intensity`` as YXC (channels last), checked against the labels' YX shape."""
+    """``intensity`` as YXC, checked against the labels' YX shape.
+
+    Channels come last; a CYX image (as OME-TIFFs store them) is turned when its shape
+    says so unambiguously.
+    """
     data = np.asarray(intensity)
     if data.dtype == bool:
         data = data.astype(np.uint8)
@@ -121,6 +125,8 @@ def _intensity_image(intensity: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise BadInputError(f"The intensity image must be numeric, not {data.dtype}.")
     if data.ndim == 2:
         data = data[..., None]
+    elif data.ndim == 3 and data.shape[1:] == shape and data.shape[:2] != shape:
+        data = np.moveaxis(data, 0, -1)
     if data.ndim != 3 or data.shape[:2] != shape:
         raise BadInputError(
             f"The intensity image {data.shape} does not match the labels {shape}: it must be "
@@ -258,11 +264,12 @@ def measure_objects(
 ) -> pd.DataFrame:
     """One row of QuPath-like measurements per object of ``labels`` (see the module notes).
 
-    ``intensity`` is YX or YXC (channels last); ``nuclei`` a nucleus label image of the same
-    YX shape, which turns on the Nucleus / Cytoplasm / Cell compartments. ``pixel_size``
-    (µm per pixel) adds µm columns. ``offset`` (y, x) is where ``labels`` sits in a larger
-    image and is added to the centroids. ``ids`` restricts the table to these objects
-    (ids without pixels give no row). Rows are sorted by ``Object ID``.
+    ``intensity`` is YX or YXC (channels last; CYX is taken when unambiguous); ``nuclei``
+    a nucleus label image of the same YX shape, which turns on the Nucleus / Cytoplasm /
+    Cell compartments. ``pixel_size`` (µm per pixel) adds µm columns. ``offset`` (y, x) is
+    where ``labels`` sits in a larger image and is added to the centroids. ``ids``
+    restricts the table to these objects (ids without pixels give no row). Rows are sorted
+    by ``Object ID``.
     """
     import pandas as pd
     from skimage.measure import regionprops_table
@@ -352,9 +359,9 @@ def table_measurements(table: pd.DataFrame) -> dict[int, dict[str, float]]:
 
     The form :func:`napari_cellsparse.geojson.labels_to_features` takes as ``measurements``.
     """
-    numeric = [
-        c for c in table.columns if c != "Object ID" and np.issubdtype(table[c].dtype, np.number)
-    ]
+    from pandas.api.types import is_numeric_dtype
+
+    numeric = [c for c in table.columns if c != "Object ID" and is_numeric_dtype(table[c])]
     result: dict[int, dict[str, float]] = {}
     for object_id, values in zip(
         table["Object ID"].to_numpy(), table[numeric].to_numpy(dtype=np.float64), strict=True
