@@ -179,7 +179,7 @@ def test_empty_image_has_the_columns(rect) -> None:
         (lambda lab, img: measure_objects(lab.astype(float), img), "whole numbers"),
         (lambda lab, img: measure_objects(-lab, img), "negative"),
         (lambda lab, img: measure_objects(lab, img[:4]), "does not match"),
-        (lambda lab, img: measure_objects(lab, img.astype(complex)), "numeric"),
+        (lambda lab, img: measure_objects(lab, img.astype(complex)), "integer or floating"),
         (lambda lab, img: measure_objects(lab, img, nuclei=lab[:4]), "same shape"),
         (lambda lab, img: measure_objects(lab, img, channel_names=["a", "b"]), "channel name"),
         (lambda lab, img: measure_objects(lab, img, pixel_size=0), "positive"),

@@ -47,6 +47,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from .errors import BadInputError
+from .images import numeric_image
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,11 +119,7 @@ def _intensity_image(intensity: Any, shape: tuple[int, ...]) -> np.ndarray:
     Channels come last; a CYX image (as OME-TIFFs store them) is turned when its shape
     says so unambiguously.
     """
-    data = np.asarray(intensity)
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise BadInputError(f"The intensity image must be numeric, not {data.dtype}.")
+    data = numeric_image(intensity)
     if data.ndim == 2:
         data = data[..., None]
     elif data.ndim == 3 and data.shape[1:] == shape and data.shape[:2] != shape:

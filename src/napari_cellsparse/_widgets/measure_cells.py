@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from ..errors import BadInputError, CellsparseError
 from ..measure import measure_objects, write_table
 from ..progress import Progress
+from ._layers import layer_data, refill_combo
 from ._worker import JobRunner, friendly_message
 
 if TYPE_CHECKING:
@@ -55,17 +56,12 @@ class MeasureState:
     labels_name: str = ""
 
 
-def _layer_data(layer: Any) -> Any:
-    """The full-resolution array of a layer (level 0 of a multiscale image)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
 def _channels(layers: list[Image]) -> tuple[list[Any], list[str]]:
     """Each layer's data as YX planes (RGB layers give one plane per colour), with names."""
     planes: list[Any] = []
     names: list[str] = []
     for layer in layers:
-        data = _layer_data(layer)
+        data = layer_data(layer)
         if getattr(layer, "rgb", False):
             count = int(data.shape[-1])
             planes += [data[..., c] for c in range(count)]
@@ -138,14 +134,8 @@ class MeasureCellsWidget(QWidget):
     def _refresh_layers(self, _event: Any = None) -> None:
         labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels)]
         images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-        for combo, names in ((self.labels_combo, labels), (self.nuclei_combo, [NONE, *labels])):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+        refill_combo(self.labels_combo, labels)
+        refill_combo(self.nuclei_combo, [NONE, *labels])
         chosen = {item.text() for item in self.images_list.selectedItems()}
         first = not self.images_list.count()
         self.images_list.clear()
