@@ -41,6 +41,7 @@ ENGINE = [
     "napari_cellsparse.tiling",
     "napari_cellsparse.image_sources",
     "napari_cellsparse.blockwise",
+    "napari_cellsparse.measure",
 ]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import BadInputError
 from .geojson import features_to_labels, labels_to_features, read_features, write_features
+from .measure import table_measurements
 
 __all__ = ["SPARSE_KEY", "get_reader", "write_labels", "write_shapes"]
 
@@ -68,7 +69,11 @@ def _target(path: str) -> Path:
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Save a 2D Labels layer's objects (QuPath detections)."""
+    """Save a 2D Labels layer's objects (QuPath detections).
+
+    A layer measured by the Measure cells widget (``features`` with an ``Object ID``
+    column) gives each object its row of measurements.
+    """
     labels = np.asarray(data)
     if labels.ndim != 2:
         raise BadInputError(
@@ -76,10 +81,15 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             "Save one slice (e.g. copy it to a new layer) instead."
         )
     sparse = bool((meta.get("metadata") or {}).get(SPARSE_KEY))
+    table = meta.get("features")
+    measurements = None
+    if table is not None and "Object ID" in getattr(table, "columns", ()):
+        measurements = table_measurements(table.drop(columns="index", errors="ignore"))
     features = labels_to_features(
         labels,
         object_type="annotation" if sparse else "detection",
         background_id=1 if sparse else None,
+        measurements=measurements,
     )
     return [str(write_features(_target(path), features))]
 

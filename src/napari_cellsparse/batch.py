@@ -111,7 +111,6 @@ def worker_model(folder: str | os.PathLike[str]) -> Any:
 
 
 def _atomic_text(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.partial")
     write(temp)
     os.replace(temp, path)
@@ -137,6 +136,8 @@ def process_item(
     """
     started = time.perf_counter()
     try:
+        for output in item.outputs:
+            output.parent.mkdir(parents=True, exist_ok=True)
         model = worker_model(model_folder)
         with open_image(item.image) as source:
             segmenter = ModelSegmenter(model, source, options.diameter)

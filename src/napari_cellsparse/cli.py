@@ -212,6 +212,38 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    """Measure every object of a label image (QuPath-style table, optional GeoJSON)."""
+    from .geojson import write_features
+    from .image_sources import pixel_size_from_tiff
+    from .measure import measure_objects, measured_features, write_table
+
+    labels, _ = _read_image(args.labels)
+    image = _read_image(args.image)[0] if args.image else None
+    nuclei = _read_image(args.nuclei)[0] if args.nuclei else None
+    pixel_size, source = args.pixel_size, "--pixel-size"
+    for spec in (args.image, args.labels):
+        if pixel_size is None and spec:
+            pixel_size, source = pixel_size_from_tiff(spec), Path(spec).name
+    names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    table = measure_objects(
+        labels,
+        image,
+        nuclei=nuclei,
+        pixel_size=pixel_size,
+        channel_names=names,
+        image_name=Path(args.image or args.labels).name,
+    )
+    out = write_table(table, args.out)
+    size = f"pixel size {pixel_size:g} µm from {source}" if pixel_size else "no pixel size"
+    print(f"wrote {out} ({len(table)} objects, {len(table.columns)} columns; {size})")
+    if args.geojson:
+        kind = "cell" if nuclei is not None else "detection"
+        geojson = write_features(args.geojson, measured_features(labels, table, object_type=kind))
+        print(f"wrote {geojson}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .training import list_models, models_dir
 
@@ -440,6 +472,20 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--mask-dir", default="SEGMASK", help="DeepCell: masks sub-folder")
     batch.add_argument("--report-dir", default="REPORTS", help="DeepCell: tables sub-folder")
     batch.set_defaults(func=_cmd_batch)
+
+    measure = sub.add_parser(
+        "measure", help="per-cell measurements of a label image (QuPath-style table)"
+    )
+    measure.add_argument("--labels", required=True, help="label image (cells, or the only mask)")
+    measure.add_argument("--image", help="intensity image (YX, YXC or CYX) to measure")
+    measure.add_argument("--nuclei", help="nucleus label image: Nucleus/Cytoplasm/Cell columns")
+    measure.add_argument(
+        "--pixel-size", type=float, help="µm per pixel (default: from the TIFF metadata)"
+    )
+    measure.add_argument("--channel-names", help="comma-separated, e.g. DAPI,CD45")
+    measure.add_argument("--out", required=True, help="table file, .tsv or .csv")
+    measure.add_argument("--geojson", help="also write the objects with their measurements")
+    measure.set_defaults(func=_cmd_measure)
 
     serve = sub.add_parser(
         "serve", help="HTTP server speaking the samapi and cellsparse-api bodies (QuPath)"

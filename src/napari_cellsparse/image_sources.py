@@ -9,11 +9,13 @@ dask and zarr arrays (a napari layer's data) are sliced as they are.
 
 from __future__ import annotations
 
+import logging
 import os
-import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -23,8 +25,9 @@ from .tiling import Region
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSource", "is_image_file", "open_image", "pixel_size_from_tiff"]
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".png", ".jpg", ".jpeg")
-_UM_PER_UNIT = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
 def is_image_file(path: Path) -> bool:
@@ -165,7 +168,7 @@ def _open_tiff(path: Path, axes: str | None, name: str) -> ImageSource:
         found_axes = "".join(series_axes[i] for i in keep)
         if axes is None and set(found_axes) <= set("YXC"):
             axes = found_axes
-        pixel_size = pixel_size_from_tiff(tif)
+        pixel_size = _tiff_pixel_size(tif)
         try:
             array: Any = tifffile.memmap(path, mode="r", series=0)
             closer = None
@@ -221,31 +224,95 @@ def _open_zarr(path: Path) -> Any:
     return node
 
 
-def pixel_size_from_tiff(tif_or_path: Any) -> float | None:
-    """Pixel width in µm from OME-XML ``PhysicalSizeX`` (any length unit) or, failing that,
-    from the TIFF resolution tags when their unit is a length; None when neither says."""
+# -- pixel size ---------------------------------------------------------------------------------
+
+# µm per unit (OME units, TIFF/ImageJ spellings)
+UNITS_UM = {
+    "pm": 1e-6,
+    "Å": 1e-4,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "μm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "in": 25_400.0,
+    "inch": 25_400.0,
+}
+# Resolutions image editors write by default: they say nothing about the specimen.
+DOCUMENT_DPI = (72.0, 96.0)
+
+
+def _ome_pixel_size(xml: str) -> float | None:
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        log.warning("unreadable OME-XML; no pixel size taken from it")
+        return None
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] != "Pixels" or "PhysicalSizeX" not in element.attrib:
+            continue
+        unit = element.attrib.get("PhysicalSizeXUnit", "µm")
+        scale = UNITS_UM.get(unit)
+        try:
+            size = float(element.attrib["PhysicalSizeX"])
+        except ValueError:
+            return None
+        if scale is None or not size > 0:
+            log.warning("OME pixel size %s %s not understood", size, unit)
+            return None
+        return size * scale
+    return None
+
+
+def _resolution_pixel_size(page: Any, imagej: Mapping[str, Any] | None) -> float | None:
+    tag = page.tags.get("XResolution")
+    if tag is None:
+        return None
+    numerator, denominator = tag.value
+    if not numerator or not denominator:
+        return None
+    per_unit = numerator / denominator  # pixels per unit
+    unit_tag = page.tags.get("ResolutionUnit")
+    code = int(unit_tag.value) if unit_tag is not None else 2
+    if code == 2:
+        if per_unit in DOCUMENT_DPI:
+            return None
+        unit = "inch"
+    elif code == 3:
+        unit = "cm"
+    else:  # no unit in TIFF terms; ImageJ keeps the real one in its description
+        unit = re.sub(r"\\u00[bB]5", "µ", str((imagej or {}).get("unit", "")))
+    scale = UNITS_UM.get(unit)
+    return None if scale is None else scale / per_unit
+
+
+def pixel_size_from_tiff(path: str | os.PathLike) -> float | None:
+    """µm per pixel of a TIFF: OME-XML ``PhysicalSizeX``, else its resolution tags, else None.
+
+    Resolution tags count when their unit converts to µm (cm, inch, or ImageJ's unit such as
+    ``micron``); 72 and 96 dpi are image-editor defaults, not a calibration, and give None.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
     import tifffile
 
-    if isinstance(tif_or_path, (str, os.PathLike)):
-        with tifffile.TiffFile(tif_or_path) as tif:
-            return pixel_size_from_tiff(tif)
-    tif = tif_or_path
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _tiff_pixel_size(tif)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise BadInputError(f"Could not read the TIFF {path}: {err}") from err
+
+
+def _tiff_pixel_size(tif: Any) -> float | None:
+    """:func:`pixel_size_from_tiff` of an open ``tifffile.TiffFile``."""
     if tif.ome_metadata:
-        try:
-            root = ET.fromstring(tif.ome_metadata)
-        except ET.ParseError:
-            root = None
-        for pixels in root.iter() if root is not None else ():
-            if pixels.tag.endswith("Pixels") and pixels.get("PhysicalSizeX"):
-                unit = pixels.get("PhysicalSizeXUnit", "µm")
-                if unit in _UM_PER_UNIT:
-                    return float(pixels.get("PhysicalSizeX")) * _UM_PER_UNIT[unit]
-    page = tif.pages.first
-    tags = page.tags
-    if "XResolution" in tags and "ResolutionUnit" in tags:
-        num, den = tags["XResolution"].value
-        unit = int(tags["ResolutionUnit"].value)
-        per_unit_um = {2: 25_400.0, 3: 10_000.0}.get(unit)
-        if per_unit_um and num > 0 and den > 0 and not (num == 1 and den == 1):
-            return per_unit_um * den / num
-    return None
+        size = _ome_pixel_size(tif.ome_metadata)
+        if size is not None:
+            return size
+    return _resolution_pixel_size(tif.pages.first, tif.imagej_metadata)

@@ -13,6 +13,7 @@ __all__ = [
     "as_yxc",
     "intensity_ranges",
     "normalize_percentile",
+    "numeric_image",
     "percentile_ranges",
     "sample_grid",
     "stretch",
@@ -55,17 +56,23 @@ def sample_grid(image: Any, max_pixels: int = 4_000_000) -> np.ndarray:
     return np.asarray(image[::step, ::step])
 
 
+def numeric_image(image: Any) -> np.ndarray:
+    """``image`` as an integer or floating-point array (a mask becomes uint8)."""
+    data = np.asarray(image)
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise BadInputError(f"Images must be integer or floating point, not {data.dtype}.")
+    return data
+
+
 def as_yxc(image: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
     """Return a 2D image as YXC (C in 1..4), checking shape, dtype and values.
 
     ``image`` is YX or YXC (channels last, at most 4). ``channels`` picks some of them.
     Stacks must be sliced by the caller (the viewer's current slice, or per slice).
     """
-    data = np.asarray(image)
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise BadInputError(f"Images must be integer or floating point, not {data.dtype}.")
+    data = numeric_image(image)
     if data.ndim == 2:
         data = data[..., None]
     elif data.ndim != 3 or data.shape[-1] > MAX_CHANNELS:

@@ -22,7 +22,6 @@ __all__ = ["Polygon", "mask_polygons", "rasterize", "ring_area", "simplify_ring"
 Polygon = list[np.ndarray]
 
 
-
 def ring_area(ring: np.ndarray) -> float:
     """Signed shoelace area: positive for an exterior ring, negative for a hole."""
     x, y = ring[:, 0], ring[:, 1]

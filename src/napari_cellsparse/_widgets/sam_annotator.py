@@ -47,6 +47,7 @@ from ..sam.embedding import EmbeddingCache
 from ..sam.large_images import TILE_ABOVE, needs_tiles
 from ..sam.upsample import PromptMask
 from ..sam.weights import MODEL_TYPES, download_weights
+from ._layers import refill_combo
 from ._worker import JobRunner
 
 if TYPE_CHECKING:
@@ -268,16 +269,10 @@ class SamAnnotatorWidget(QWidget):
 
     def _refresh_layers(self, _event: Any = None) -> None:
         for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
-            current = combo.currentText()
             names = [ly.name for ly in self.viewer.layers if isinstance(ly, kind)]
             if kind is Labels:
                 names = [n for n in names if n != PREVIEW]
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+            refill_combo(combo, names)
 
     def _browse_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -40,6 +40,8 @@ from ..outlines import mask_outline
 from ..progress import Progress, check_cancel
 from ..training import BACKENDS, TrainedModel, backend_class, list_models, load_model, train_iter
 from ..training.store import model_folder
+from ._layers import layer_data as _layer_data
+from ._layers import refill_combo
 from ._worker import JobRunner, friendly_message
 from .loss_plot import LossPlot
 
@@ -102,11 +104,6 @@ def parse_settings(text: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             settings[key] = value
     return settings
-
-
-def _layer_data(layer: Any) -> Any:
-    """The full-resolution array of a layer (level 0 of a multiscale image)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 class SparseTrainingWidget(QWidget):
@@ -294,15 +291,7 @@ class SparseTrainingWidget(QWidget):
             (self.labels_combo, labels, preferred[:1] or labels[:1]),
             (self.predict_image_combo, images, images[:1]),
         ):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            elif best:
-                combo.setCurrentText(best[0])
-            combo.blockSignals(False)
+            refill_combo(combo, names, best[0] if best else None)
         uids = {ly.unique_id for ly in self.viewer.layers}
         self.state.pairs = [p for p in self.state.pairs if p[0] in uids and p[1] in uids]
         self._show_pairs()

@@ -1,0 +1,244 @@
+"""The "Measure cells" dock widget: QuPath-style measurements of a Labels layer.
+
+Thin front end over :func:`~napari_cellsparse.measure.measure_objects`: the measuring runs
+in a background worker; the table becomes the Labels layer's ``features`` (one row per
+object, its label in the ``index`` column, so napari shows a cell's values under the
+cursor) and can be saved as CSV or TSV. Each chosen image layer is one channel, named
+after its layer ("DAPI: Mean"); an optional nucleus Labels layer adds the Nucleus /
+Cytoplasm / Cell compartments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import BadInputError, CellsparseError
+from ..measure import measure_objects, write_table
+from ..progress import Progress
+from ._layers import layer_data, refill_combo
+from ._worker import JobRunner, friendly_message
+
+if TYPE_CHECKING:
+    import napari
+    import pandas as pd
+
+__all__ = ["MeasureCellsWidget"]
+
+NONE = "(none)"
+RGB_NAMES = ("Red", "Green", "Blue", "Alpha")
+
+
+@dataclass
+class MeasureState:
+    """The last table and the Labels layer it describes (owned by one widget)."""
+
+    table: pd.DataFrame | None = None
+    labels_name: str = ""
+
+
+def _channels(layers: list[Image]) -> tuple[list[Any], list[str]]:
+    """Each layer's data as YX planes (RGB layers give one plane per colour), with names."""
+    planes: list[Any] = []
+    names: list[str] = []
+    for layer in layers:
+        data = layer_data(layer)
+        if getattr(layer, "rgb", False):
+            count = int(data.shape[-1])
+            planes += [data[..., c] for c in range(count)]
+            names += [f"{layer.name} {RGB_NAMES[c]}" for c in range(count)]
+        else:
+            planes.append(data)
+            names.append(layer.name)
+    return planes, names
+
+
+class MeasureCellsWidget(QWidget):
+    """Dock widget: choose a Labels layer (and images, nuclei); Measure; Save table."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = MeasureState()
+        self._build()
+        self.runner = JobRunner([self.measure_button], None, self.status.setText)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def _build(self) -> None:
+        self.labels_combo = QComboBox()
+        self.labels_combo.currentTextChanged.connect(self._default_pixel_size)
+        self.nuclei_combo = QComboBox()
+        self.nuclei_combo.setToolTip("Nucleus labels: adds Nucleus / Cytoplasm / Cell columns.")
+        self.images_list = QListWidget()
+        self.images_list.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        self.images_list.setMaximumHeight(80)
+        self.images_list.setToolTip(
+            "Image layers to measure intensities in; each is one channel, named after its layer."
+        )
+        self.pixel_spin = QDoubleSpinBox()
+        self.pixel_spin.setRange(0.0, 10_000.0)
+        self.pixel_spin.setDecimals(4)
+        self.pixel_spin.setSingleStep(0.05)
+        self.pixel_spin.setSpecialValueText("none")
+        self.pixel_spin.setSuffix(" µm")
+        self.pixel_spin.setToolTip("µm per pixel; adds µm columns (none: pixels only).")
+        form = QFormLayout()
+        form.addRow("Cells (labels)", self.labels_combo)
+        form.addRow("Nuclei", self.nuclei_combo)
+        form.addRow("Intensity images", self.images_list)
+        form.addRow("Pixel size", self.pixel_spin)
+
+        self.measure_button = QPushButton("Measure")
+        self.measure_button.clicked.connect(self.measure)
+        self.save_button = QPushButton("Save table…")
+        self.save_button.clicked.connect(lambda: self.save_table())
+        self.save_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.measure_button)
+        buttons.addWidget(self.save_button)
+        self.status = QLabel("Choose a Labels layer of cells, then Measure.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    def _fail(self, err: BaseException) -> None:
+        message = friendly_message(err)
+        self.status.setText(message)
+        show_error(message)
+
+    # -- layers ------------------------------------------------------------------------
+    def _refresh_layers(self, _event: Any = None) -> None:
+        labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels)]
+        images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
+        refill_combo(self.labels_combo, labels)
+        refill_combo(self.nuclei_combo, [NONE, *labels])
+        chosen = {item.text() for item in self.images_list.selectedItems()}
+        first = not self.images_list.count()
+        self.images_list.clear()
+        self.images_list.addItems(images)
+        for row, name in enumerate(images):
+            if name in chosen or (first and row == 0):
+                self.images_list.item(row).setSelected(True)
+        self._default_pixel_size(self.labels_combo.currentText())
+
+    def _default_pixel_size(self, name: str) -> None:
+        """The Labels layer's scale when it is not 1 (then it is likely µm), else none."""
+        if name not in self.viewer.layers:
+            return
+        scale = float(self.viewer.layers[name].scale[-1])
+        self.pixel_spin.setValue(scale if scale != 1.0 else 0.0)
+
+    def _labels_layer(self, name: str, what: str) -> Labels:
+        if not name or name not in self.viewer.layers:
+            raise BadInputError(f"No {what} layer: add a Labels layer with one id per object.")
+        layer = self.viewer.layers[name]
+        if not isinstance(layer, Labels):
+            raise BadInputError(f"'{name}' is not a Labels layer.")
+        return layer
+
+    def chosen_images(self) -> list[Image]:
+        """The image layers selected for intensities, in layer order."""
+        names = {item.text() for item in self.images_list.selectedItems()}
+        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.name in names]
+
+    # -- measuring ---------------------------------------------------------------------
+    def measure(self) -> None:
+        """Measure the chosen Labels layer in a worker; the table becomes its features."""
+        if self.runner.busy:
+            self.status.setText("Still measuring; wait for it.")
+            return
+        try:
+            layer = self._labels_layer(self.labels_combo.currentText(), "cell")
+            nuclei_name = self.nuclei_combo.currentText()
+            nuclei = None
+            if nuclei_name and nuclei_name != NONE:
+                nuclei = np.array(self._labels_layer(nuclei_name, "nucleus").data, copy=True)
+            planes, names = _channels(self.chosen_images())
+            for plane, channel in zip(planes, names, strict=True):
+                if tuple(plane.shape) != tuple(layer.data.shape):
+                    raise BadInputError(
+                        f"The image '{channel}' {tuple(plane.shape)} does not cover the same "
+                        f"pixels as '{layer.name}' {tuple(layer.data.shape)}."
+                    )
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        labels = np.array(layer.data, copy=True)  # the user may keep painting
+        pixel_size = self.pixel_spin.value() or None
+        name = layer.name
+
+        def job() -> Generator[Progress, None, pd.DataFrame]:
+            yield Progress(0, 1, f"Measuring '{name}'")
+            image = np.stack([np.asarray(p) for p in planes], axis=-1) if planes else None
+            table = measure_objects(
+                labels,
+                image,
+                nuclei=nuclei,
+                pixel_size=pixel_size,
+                channel_names=names or None,
+            )
+            yield Progress(1, 1, f"Measured '{name}'")
+            return table
+
+        def done(table: pd.DataFrame) -> None:
+            try:
+                self._measured(name, table)
+            except Exception as err:  # never a traceback dialog from a finished job
+                self._fail(err)
+
+        self.runner.start(job, done, f"Measuring '{name}'")
+
+    def _measured(self, name: str, table: pd.DataFrame) -> None:
+        self.state.table, self.state.labels_name = table, name
+        if name in self.viewer.layers:
+            # napari finds a label's row through the "index" column (the label value).
+            self.viewer.layers[name].features = table.assign(index=table["Object ID"])
+        self.save_button.setEnabled(True)
+        self.status.setText(
+            f"Measured {len(table)} object(s) in '{name}' ({len(table.columns)} columns); "
+            "hover a cell to see its values, or Save table…"
+        )
+
+    def save_table(self, path: str | Path | None = None) -> Path | None:
+        """Write the last table as .csv or .tsv (asks where when ``path`` is not given)."""
+        if self.state.table is None:
+            self._fail(BadInputError("Nothing measured yet: press Measure first."))
+            return None
+        if path is None:
+            suggested = f"{self.state.labels_name}_measurements.csv"
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save measurements", suggested, "Tables (*.csv *.tsv)"
+            )
+            if not path:
+                return None
+        try:
+            written = write_table(self.state.table, path)
+        except CellsparseError as err:
+            self._fail(err)
+            return None
+        self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
+        return written
