@@ -63,7 +63,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 UM = "µm"
-INTENSITY_STATS = ("Mean", "Median", "Min", "Max", "Std.Dev.")
 COMPARTMENTS = ("Nucleus", "Cytoplasm", "Cell")
 
 # regionprops name -> (QuPath-like name, power of the length unit: 0 none, 1 length, 2 area)
