@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 UM = "µm"
-INTENSITY_STATS = ("Mean", "Median", "Min", "Max", "Std.Dev.")
 COMPARTMENTS = ("Nucleus", "Cytoplasm", "Cell")
 
 # regionprops name -> (QuPath-like name, power of the length unit: 0 none, 1 length, 2 area)
