@@ -1,0 +1,375 @@
+"""The "Batch" dock widget: a trained model over a large layer or a whole folder.
+
+Thin front end over :mod:`napari_cellsparse.blockwise` and :mod:`napari_cellsparse.batch`:
+
+* **Layer**: the chosen image layer is segmented block by block in a background worker
+  (numpy, dask or zarr data alike); the result is a new Labels layer whose ``features`` are
+  the per-cell measurements, which **Save table…** writes as CSV or TSV.
+* **Folder**: every image of a folder (or of a DeepCell workspace) is segmented on Dask: a
+  local cluster, or the scheduler whose address is given; finished images are skipped, failed
+  ones listed. **Open results** adds the masks to the viewer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import BadInputError, CellsparseError
+from ..progress import Progress
+from ..training import BACKENDS, list_models
+from ._layers import layer_data, refill_combo
+from ._worker import JobRunner, friendly_message
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..batch import BatchSummary
+    from ..blockwise import BlockwiseResult
+
+__all__ = ["BatchWidget"]
+
+LOCAL = "local cluster"
+
+
+@dataclass
+class BatchState:
+    """What the widget last made (owned by one widget)."""
+
+    table: Any = None
+    table_layer: str = ""
+    summary: BatchSummary | None = None
+    opened: list[str] = field(default_factory=list)
+
+
+def _folder_row(edit: QLineEdit, parent: QWidget, title: str) -> QHBoxLayout:
+    """A path field with a Browse… button that picks a folder."""
+    browse = QPushButton("Browse…")
+
+    def pick() -> None:
+        chosen = QFileDialog.getExistingDirectory(parent, title, edit.text())
+        if chosen:
+            edit.setText(chosen)
+
+    browse.clicked.connect(pick)
+    row = QHBoxLayout()
+    row.addWidget(edit)
+    row.addWidget(browse)
+    return row
+
+
+class BatchWidget(QWidget):
+    """Dock widget: choose a model, then a layer or a folder; Run; results."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = BatchState()
+        self._build()
+        self.runner = JobRunner(
+            [self.run_layer_button, self.run_folder_button], self.cancel_button, self.status.setText
+        )
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+        self.refresh_models()
+
+    # -- building ----------------------------------------------------------------------
+    def _build(self) -> None:
+        self.model_combo = QComboBox()
+        refresh = QPushButton("↻")
+        refresh.setToolTip("Look for newly trained models")
+        refresh.clicked.connect(lambda: self.refresh_models())
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(refresh)
+        self.block_spin = QSpinBox()
+        self.block_spin.setRange(128, 8192)
+        self.block_spin.setSingleStep(256)
+        self.block_spin.setValue(1024)
+        self.block_spin.setSuffix(" px")
+        self.block_spin.setToolTip("Pixels per block: memory grows with it, not with the image.")
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 1000.0)
+        self.diameter_spin.setSpecialValueText("auto")
+        self.diameter_spin.setSuffix(" px")
+        self.diameter_spin.setToolTip("Cell diameter in pixels (auto: estimated per image).")
+        common = QFormLayout()
+        common.addRow("Model", model_row)
+        common.addRow("Block size", self.block_spin)
+        common.addRow("Cell diameter", self.diameter_spin)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._layer_tab(), "Layer")
+        self.tabs.addTab(self._folder_tab(), "Folder")
+
+        self.cancel_button = QPushButton("Cancel")
+        self.status = QLabel("Choose a trained model, then a layer or a folder.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(common)
+        layout.addWidget(self.tabs)
+        layout.addWidget(self.cancel_button)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    def _layer_tab(self) -> QWidget:
+        tab = QWidget()
+        self.image_combo = QComboBox()
+        self.run_layer_button = QPushButton("Segment layer")
+        self.run_layer_button.clicked.connect(self.run_layer)
+        self.save_button = QPushButton("Save table…")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(lambda: self.save_table())
+        form = QFormLayout(tab)
+        form.addRow("Image", self.image_combo)
+        form.addRow(self.run_layer_button)
+        form.addRow(self.save_button)
+        return tab
+
+    def _folder_tab(self) -> QWidget:
+        tab = QWidget()
+        self.input_edit = QLineEdit()
+        self.input_edit.setPlaceholderText("folder of images, or the DeepCell workspace")
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("results folder (folder layout)")
+        self.layout_combo = QComboBox()
+        self.layout_combo.addItems(["folder", "deepcell"])
+        self.layout_combo.setToolTip(
+            "deepcell: OMETIFF/ in; SEGMASK/<name>_NucleusMask.tiff or _WholeCellMask.tiff "
+            "and REPORTS/<name>_QUANT.tsv out."
+        )
+        self.compartment_combo = QComboBox()
+        self.compartment_combo.addItems(["nucleus", "whole-cell"])
+        self.pattern_edit = QLineEdit("*")
+        self.scheduler_edit = QLineEdit()
+        self.scheduler_edit.setPlaceholderText(f"{LOCAL} (or tcp://host:8786, or none)")
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(1, 64)
+        self.workers_spin.setValue(2)
+        self.workers_spin.setToolTip("Worker processes of the local cluster (one thread each).")
+        self.run_folder_button = QPushButton("Run batch")
+        self.run_folder_button.clicked.connect(self.run_folder)
+        self.open_button = QPushButton("Open results")
+        self.open_button.setEnabled(False)
+        self.open_button.clicked.connect(lambda: self.open_results())
+        form = QFormLayout(tab)
+        form.addRow("Input", _folder_row(self.input_edit, tab, "Images"))
+        form.addRow("Output", _folder_row(self.output_edit, tab, "Results"))
+        form.addRow("Layout", self.layout_combo)
+        form.addRow("Model segments", self.compartment_combo)
+        form.addRow("Name filter", self.pattern_edit)
+        form.addRow("Dask scheduler", self.scheduler_edit)
+        form.addRow("Local workers", self.workers_spin)
+        form.addRow(self.run_folder_button)
+        form.addRow(self.open_button)
+        return tab
+
+    # -- models and layers -------------------------------------------------------------
+    def refresh_models(self, select: str | None = None) -> None:
+        """Fill the model list with the store's segmentation models."""
+        names = [m["name"] for m in list_models() if m.get("backend") in BACKENDS]
+        refill_combo(self.model_combo, names, select)
+
+    def _refresh_layers(self, _event: Any = None) -> None:
+        refill_combo(
+            self.image_combo, [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
+        )
+
+    def _model_folder(self) -> str:
+        name = self.model_combo.currentText()
+        if not name:
+            raise BadInputError("No trained model yet: train one in the Sparse training widget.")
+        meta = next((m for m in list_models() if m["name"] == name), None)
+        if meta is None:
+            raise BadInputError(f"The model {name!r} is no longer in the model store.")
+        return str(meta["path"])
+
+    def _diameter(self) -> float | None:
+        return self.diameter_spin.value() or None
+
+    def _fail(self, err: BaseException) -> None:
+        message = friendly_message(err)
+        self.status.setText(message)
+        show_error(message)
+
+    # -- a layer -----------------------------------------------------------------------
+    def run_layer(self) -> None:
+        """Segment the chosen image layer block-wise into a new Labels layer with features."""
+        from ..blockwise import ModelSegmenter, segment_blockwise
+        from ..image_sources import open_image
+
+        try:
+            folder = self._model_folder()
+            name = self.image_combo.currentText()
+            if name not in self.viewer.layers:
+                raise BadInputError("Choose an image layer to segment.")
+            layer = self.viewer.layers[name]
+            axes = "YXC" if getattr(layer, "rgb", False) else None
+            source = open_image(layer_data(layer), axes=axes, name=name)
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        block, diameter = self.block_spin.value(), self._diameter()
+        scale = tuple(layer.scale[-2:])
+        pixel_size = float(scale[-1]) if scale[-1] != 1.0 else None
+        cancel = threading.Event()
+
+        def job() -> Generator[Progress, None, BlockwiseResult]:
+            from ..batch import worker_model
+
+            yield Progress(0, 1, "Loading the model")
+            model = worker_model(folder)
+            segmenter = ModelSegmenter(model, source, diameter)
+            return (
+                yield from segment_blockwise(
+                    source,
+                    segmenter,
+                    block=block,
+                    halo=segmenter.halo,
+                    measure=True,
+                    pixel_size=pixel_size,
+                    cancel=cancel,
+                )
+            )
+
+        def done(result: BlockwiseResult) -> None:
+            try:
+                self._show_layer_result(name, scale, result)
+            except Exception as err:  # never a traceback dialog from a finished job
+                self._fail(err)
+
+        self.runner.start(job, done, f"Segmenting '{name}' block by block", cancel=cancel)
+
+    def _show_layer_result(self, name: str, scale: tuple, result: BlockwiseResult) -> None:
+        table = result.table
+        labels_name = f"{name} labels"
+        if labels_name in self.viewer.layers:
+            self.viewer.layers.remove(labels_name)
+        layer = self.viewer.add_labels(result.labels, name=labels_name, scale=scale)
+        if table is not None and len(table):
+            layer.features = table.assign(index=table["Object ID"])
+        self.state.table, self.state.table_layer = table, labels_name
+        self.save_button.setEnabled(table is not None)
+        cut = (
+            f"; {result.cut_objects} object(s) reached a block's halo" if result.cut_objects else ""
+        )
+        self.status.setText(
+            f"{result.n_objects} objects in {result.blocks} block(s), {result.seconds:.1f} s"
+            f"{cut}. Hover a cell for its measurements, or Save table…"
+        )
+
+    def save_table(self, path: str | Path | None = None) -> Path | None:
+        """Write the last layer's measurements as .csv or .tsv (asks where without a path)."""
+        from ..measure import write_table
+
+        if self.state.table is None:
+            self._fail(BadInputError("Nothing segmented yet: press Segment layer first."))
+            return None
+        if path is None:
+            suggested = f"{self.state.table_layer}_measurements.csv"
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save measurements", suggested, "Tables (*.csv *.tsv)"
+            )
+            if not path:
+                return None
+        try:
+            written = write_table(self.state.table, path)
+        except CellsparseError as err:
+            self._fail(err)
+            return None
+        self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
+        return written
+
+    # -- a folder ----------------------------------------------------------------------
+    def _items(self) -> list[Any]:
+        from ..workspace import deepcell_items, folder_items
+
+        source = self.input_edit.text().strip()
+        if not source:
+            raise BadInputError("Choose the folder of images (or the DeepCell workspace).")
+        pattern = self.pattern_edit.text().strip() or "*"
+        if self.layout_combo.currentText() == "deepcell":
+            return deepcell_items(source, self.compartment_combo.currentText(), pattern)
+        output = self.output_edit.text().strip()
+        if not output:
+            raise BadInputError("Choose a results folder.")
+        return folder_items(source, output, pattern)
+
+    def run_folder(self) -> None:
+        """Segment every image of the folder on Dask; finished images are skipped."""
+        from ..batch import BatchOptions, run_batch
+
+        try:
+            folder = self._model_folder()
+            items = self._items()
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        text = self.scheduler_edit.text().strip()
+        scheduler = None if text in ("", LOCAL) else text
+        options = BatchOptions(block=self.block_spin.value(), diameter=self._diameter())
+        workers = self.workers_spin.value()
+        cancel = threading.Event()
+
+        def job() -> Generator[Progress, None, BatchSummary]:
+            return (
+                yield from run_batch(
+                    items, folder, options, scheduler=scheduler, workers=workers, cancel=cancel
+                )
+            )
+
+        self.runner.start(job, self._show_summary, f"Batch of {len(items)} image(s)", cancel)
+
+    def _show_summary(self, summary: BatchSummary) -> None:
+        self.state.summary = summary
+        done, skipped, failed = (summary.of(s) for s in ("done", "skipped", "failed"))
+        lines = [
+            f"{len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed "
+            f"in {summary.seconds:.1f} s on {summary.scheduler}."
+        ]
+        lines += [f"{Path(r.image).name}: {r.error}" for r in failed[:10]]
+        self.status.setText("\n".join(lines))
+        self.open_button.setEnabled(bool(done or skipped))
+        if failed:
+            show_info(f"{len(failed)} image(s) failed; the others are done. See the widget.")
+
+    def open_results(self, limit: int = 8) -> list[str]:
+        """Add the masks of the last batch to the viewer (read lazily), at most ``limit``."""
+        from ..image_sources import open_image
+
+        if self.state.summary is None:
+            return []
+        opened = []
+        for result in self.state.summary.results:
+            if result.status == "failed" or not result.outputs or len(opened) >= limit:
+                continue
+            mask = Path(result.outputs[0])
+            source = open_image(mask)
+            name = mask.stem
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_labels(source.array, name=name)
+            opened.append(name)
+        self.state.opened = opened
+        return opened

@@ -1,0 +1,119 @@
+"""The Batch widget in a real napari viewer (Xvfb): a layer block by block, a folder, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_cellsparse.paths import HOME_ENV
+from napari_cellsparse.synthetic import make_nuclei
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+
+@pytest.fixture(scope="module")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from napari_cellsparse.training import train
+    from napari_cellsparse.training.annotations import sparse_from_truth
+
+    home = tmp_path_factory.mktemp("home")
+    image, truth = make_nuclei((192, 192), n_objects=30, radius=(7.0, 9.0), seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(home))
+        train(
+            "unet",
+            image,
+            sparse_from_truth(image, truth, k=8, band=10),
+            name="nuclei",
+            steps=150,
+            base_filters=8,
+            patch_size=64,
+            batch_size=4,
+        )
+    return home
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    from napari_cellsparse._widgets import _worker, batch
+
+    shown: list[str] = []
+    monkeypatch.setattr(batch, "show_error", shown.append)
+    monkeypatch.setattr(_worker, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model_home: Path, monkeypatch):
+    from napari_cellsparse._widgets.batch import BatchWidget
+
+    monkeypatch.setenv(HOME_ENV, str(model_home))
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    w.runner.synchronous = True
+    return viewer, w
+
+
+def test_a_layer_is_segmented_block_by_block_with_measurements(widget, tmp_path: Path) -> None:
+    from stardist.matching import matching
+
+    viewer, w = widget
+    image, truth = make_nuclei((300, 260), n_objects=40, radius=(7.0, 9.0), seed=4)
+    viewer.add_image(image, name="nuclei", scale=(0.5, 0.5))
+    assert w.model_combo.currentText() == "nuclei"
+    w.block_spin.setValue(128)
+    w.run_layer()
+    layer = viewer.layers["nuclei labels"]
+    assert tuple(layer.scale) == (0.5, 0.5)
+    assert matching(truth, np.asarray(layer.data), thresh=0.5).f1 >= 0.85
+    features = layer.features
+    assert len(features) == layer.data.max() and "Area µm^2" in features.columns
+    assert f"{layer.data.max()} objects in 9 block(s)" in w.status.text()
+    saved = w.save_table(tmp_path / "cells.tsv")
+    assert len(pd.read_csv(saved, sep="\t")) == len(features)
+
+
+def test_a_folder_runs_skips_finished_images_and_opens_results(
+    widget, tmp_path: Path, errors
+) -> None:
+    viewer, w = widget
+    (tmp_path / "in").mkdir()
+    for k in range(2):
+        image, _ = make_nuclei((160, 160), n_objects=12, radius=(7.0, 9.0), seed=20 + k)
+        tifffile.imwrite(tmp_path / "in" / f"f{k}.tif", image)
+    (tmp_path / "in" / "broken.tif").write_bytes(b"II*\x00 broken")
+    w.input_edit.setText(str(tmp_path / "in"))
+    w.output_edit.setText(str(tmp_path / "out"))
+    w.scheduler_edit.setText("none")
+    w.run_folder()
+    assert "2 done, 0 skipped (already done), 1 failed" in w.status.text()
+    assert "broken.tif" in w.status.text()
+    assert (tmp_path / "out" / "f1_labels.tif").exists()
+    assert sorted(w.open_results()) == ["f0_labels", "f1_labels"]
+    assert viewer.layers["f0_labels"].data.shape == (160, 160)
+    w.run_folder()
+    assert "0 done, 2 skipped" in w.status.text()
+    assert errors == []
+
+
+def test_bad_choices_give_messages_not_crashes(widget, errors, monkeypatch, tmp_path) -> None:
+    viewer, w = widget
+    w.run_layer()
+    assert errors and "image layer" in errors[-1]
+    w.run_folder()
+    assert "folder of images" in errors[-1]
+    viewer.add_image(np.zeros((64, 64, 5), np.uint8), name="five", rgb=False)
+    w.image_combo.setCurrentText("five")
+    w.run_layer()
+    assert "5 channels" in errors[-1] or "Cannot tell" in errors[-1]
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "empty-home"))
+    w.refresh_models()
+    w.run_layer()
+    assert "No trained model" in errors[-1]
+    assert w.save_table(tmp_path / "x.csv") is None and "Nothing segmented" in errors[-1]
