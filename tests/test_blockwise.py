@@ -205,3 +205,31 @@ def test_trained_model_block_wise_finds_the_whole_image_objects(unet) -> None:
     assert matching(truth, result.labels, thresh=0.5).f1 >= 0.9
     with pytest.raises(BadInputError, match="1-channel"):
         ModelSegmenter(unet, open_image(np.stack([image, image], -1)))
+
+
+def test_block_measurements_and_geojson_equal_those_of_the_whole_image() -> None:
+    from napari_cellsparse.geojson import labels_to_features
+    from napari_cellsparse.measure import measure_objects
+
+    image, n = border_image()
+    result = run_sync(
+        segment_blockwise(
+            open_image(image),
+            threshold_segmenter,
+            block=100,
+            halo=24,
+            measure=True,
+            geojson=True,
+            pixel_size=0.5,
+        )
+    )
+    whole = measure_objects(result.labels, image, pixel_size=0.5, image_name="image")
+    table = result.table.sort_values("Object ID").reset_index(drop=True)
+    assert len(table) == n and list(table.columns) == list(whole.columns)
+    numeric = [c for c in whole.columns if c != "Image"]
+    np.testing.assert_allclose(table[numeric].to_numpy(float), whole[numeric].to_numpy(float))
+    expected = {
+        f["properties"]["label_id"]: f["geometry"] for f in labels_to_features(result.labels)
+    }
+    found = {f["properties"]["label_id"]: f["geometry"] for f in result.features}
+    assert found == expected
