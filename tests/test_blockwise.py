@@ -233,3 +233,6 @@ def test_block_measurements_and_geojson_equal_those_of_the_whole_image() -> None
     }
     found = {f["properties"]["label_id"]: f["geometry"] for f in result.features}
     assert found == expected
+    by_id = {f["properties"]["label_id"]: f["properties"]["measurements"] for f in result.features}
+    row = whole.iloc[3]
+    assert by_id[int(row["Object ID"])]["Area µm^2"] == pytest.approx(row["Area µm^2"])

@@ -200,22 +200,22 @@ def segment_blockwise(
             region[free] = mine[free]
             out[blk.outer.slices] = region
             written = np.where(np.isin(region, new_ids), region, 0)
+            block_table = None
             if measure:
                 from .measure import measure_objects
 
-                tables.append(
-                    measure_objects(
-                        written,
-                        pixels,
-                        pixel_size=pixel_size,
-                        channel_names=channel_names,
-                        offset=(blk.outer.y0, blk.outer.x0),
-                        image_name=source.name,
-                        ids=new_ids.tolist(),
-                    )
+                block_table = measure_objects(
+                    written,
+                    pixels,
+                    pixel_size=pixel_size,
+                    channel_names=channel_names,
+                    offset=(blk.outer.y0, blk.outer.x0),
+                    image_name=source.name,
+                    ids=new_ids.tolist(),
                 )
+                tables.append(block_table)
             if geojson:
-                features.extend(_block_features(written, new_ids, blk.outer))
+                features.extend(_block_features(written, new_ids, blk.outer, block_table))
         yield Progress(k, len(blocks), f"{source.name}: block {k}/{len(blocks)}")
     table = None
     if measure:
@@ -236,18 +236,26 @@ def segment_blockwise(
     )
 
 
-def _block_features(written: np.ndarray, ids: np.ndarray, outer: Region) -> list[dict]:
-    """GeoJSON features of one block's own objects, in image coordinates, global ids."""
+def _block_features(
+    written: np.ndarray, ids: np.ndarray, outer: Region, table: Any = None
+) -> list[dict]:
+    """GeoJSON features of one block's own objects (sorted ``ids``), in image coordinates,
+    with their global ids and, given the block's ``table``, their measurements. The objects
+    are numbered 1..K for the tracing, whatever their global ids."""
     from .geojson import labels_to_features
 
     local = np.zeros(written.shape, LABEL_DTYPE)
-    lut = {int(g): i for i, g in enumerate(ids, start=1)}
     present = written > 0
     local[present] = np.searchsorted(ids, written[present]) + 1
-    found = labels_to_features(local, offset=(outer.x0, outer.y0))
-    inverse = {i: g for g, i in lut.items()}
+    measurements = None
+    if table is not None:
+        from .measure import table_measurements
+
+        by_id = table_measurements(table)
+        measurements = {k: by_id[int(g)] for k, g in enumerate(ids, start=1) if int(g) in by_id}
+    found = labels_to_features(local, measurements=measurements, offset=(outer.x0, outer.y0))
     for feature in found:
-        feature["properties"]["label_id"] = inverse[feature["properties"]["label_id"]]
+        feature["properties"]["label_id"] = int(ids[feature["properties"]["label_id"] - 1])
     return found
 
 
