@@ -264,3 +264,23 @@ def test_cli_batch_reports_failures_with_exit_code(tmp_path: Path, store, capsys
     out = capsys.readouterr()
     assert code == 1
     assert "1 done, 0 skipped, 1 failed" in out.out and "broken.tif" in out.out
+
+
+def test_the_model_is_loaded_once_per_process_and_again_when_retrained(
+    tmp_path: Path, store, monkeypatch
+) -> None:
+    import napari_cellsparse.training as training
+    from napari_cellsparse import batch
+
+    monkeypatch.setattr(batch, "_MODELS", {})
+    loads = []
+    real = training.load_model
+    monkeypatch.setattr(training, "load_model", lambda f: loads.append(f) or real(f))
+    write_images(tmp_path / "in", 3, shape=(96, 96))
+    items = folder_items(tmp_path / "in", tmp_path / "out", geojson=False)
+    summary = run_sync(run_batch(items, "nuclei", scheduler=NO_DASK))
+    assert len(summary.of("done")) == 3 and len(loads) == 1
+    meta = store / "metadata.json"
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
+    run_sync(run_batch(items, "nuclei", scheduler=NO_DASK, resume=False))
+    assert len(loads) == 2

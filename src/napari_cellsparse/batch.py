@@ -118,13 +118,7 @@ def _atomic_text(path: Path, write: Any) -> None:
 
 def _read_labels(path: Path) -> np.ndarray:
     with open_image(path) as source:
-        return np.asarray(source.read(_whole(source))[..., 0])
-
-
-def _whole(source: Any) -> Any:
-    from .tiling import Region
-
-    return Region(0, 0, *source.shape)
+        return source.read_all()[..., 0]
 
 
 def process_item(
@@ -196,7 +190,7 @@ def _paired_table(item: BatchItem, source: Any, options: BatchOptions) -> Any:
         )
     return measure_objects(
         cells,
-        source.read(_whole(source)),
+        source.read_all(),
         nuclei=nuclei,
         pixel_size=options.pixel_size if options.pixel_size is not None else source.pixel_size,
         channel_names=options.channel_names,

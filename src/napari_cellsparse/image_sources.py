@@ -91,6 +91,10 @@ class ImageSource:
         """The pixels of ``region`` as a YXC array of the image's own dtype."""
         return self._yxc(self.array[self._index(*region.slices)])
 
+    def read_all(self) -> np.ndarray:
+        """All pixels as YXC (for images known to fit in memory, e.g. label masks)."""
+        return self.read(Region(0, 0, *self.shape))
+
     def sample(self, max_pixels: int = 4_000_000) -> np.ndarray:
         """Every k-th row and column (YXC), at most about ``max_pixels`` pixels."""
         if self.axes == "CYX":
