@@ -166,6 +166,7 @@ def one(
     """Predict one image in this (fresh) process; peak memory is this process's own."""
     import numpy as np
     import tifffile
+    import zarr  # noqa: F401  (imported lazily by the block-wise writer: not timed)
 
     from napari_cellsparse.blockwise import ModelSegmenter, segment_to_file, write_tiff_tiled
     from napari_cellsparse.image_sources import open_image
@@ -268,10 +269,16 @@ def batch_one(mode: str, in_dir: Path, out_dir: Path, model_folder: str) -> dict
     return result
 
 
-def _child(args: list[str], timeout: float) -> dict[str, Any]:
+def _child(args: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     command = [sys.executable, __file__, *args]
-    _log("child: " + " ".join(args[:3]))
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    _log("child: " + " ".join(args[:3]) + (f" {env}" if env else ""))
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
+    )
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-5:]
         return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
@@ -279,6 +286,21 @@ def _child(args: list[str], timeout: float) -> dict[str, Any]:
 
 
 # --- comparisons in the parent ------------------------------------------------------------
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median time (of an odd number; the lower middle otherwise), with
+    every run's seconds and peak RSS beside it."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[0]
+    ordered = sorted(good, key=lambda r: r["seconds"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs_s"] = [r["seconds"] for r in good]
+    chosen["runs_peak_rss_mb"] = [r["peak_rss_mb"] for r in good]
+    chosen["runs_load_before"] = [r["load_before"][0] for r in good]
+    chosen["errors"] = [r["error"] for r in runs if "error" in r]
+    return chosen
 
 
 def _match(reference: Any, other: Any, thresh: float) -> Any:
@@ -311,6 +333,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a second block size for the largest image (0: skip)",
     )
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per (size, mode); median")
+    parser.add_argument("--batch-repeat", type=int, default=2, help="rounds of the 3 batch runs")
+    parser.add_argument(
+        "--no-malloc-variant",
+        dest="malloc_variant",
+        action="store_false",
+        help="skip the block-wise runs with MALLOC_MMAP_THRESHOLD_=1048576",
+    )
     parser.add_argument("--batch-n", type=int, default=20)
     parser.add_argument("--batch-px", type=int, default=512)
     parser.add_argument("--no-batch", action="store_true")
@@ -387,21 +417,43 @@ def main(argv: list[str] | None = None) -> int:
         del image, truth
         _log(f"{size} Mpx: {entry['n_true_objects']} objects")
         common = ["--image", str(path), "--model", folder, "--diameter", repr(diameter)]
+        runs: dict[str, list[dict[str, Any]]] = {"blockwise": [], "whole": []}
+        for _ in range(args.repeat):  # interleaved, so a change of load hits both modes
+            for mode in ("blockwise", "whole"):
+                run = _child(
+                    [
+                        "--one",
+                        str(size),
+                        mode,
+                        *common,
+                        "--labels",
+                        str(work / f"{mode}_{size}.tif"),
+                        "--block",
+                        str(args.block),
+                    ],
+                    timeout=1800,
+                )
+                runs[mode].append(run)
+                _log(f"{size} Mpx {mode}: {run}")
         for mode in ("blockwise", "whole"):
-            entry[mode] = _child(
+            entry[mode] = _median_run(runs[mode])
+        if size in (min(sizes), max(sizes)) and args.malloc_variant:
+            # the same block-wise run with glibc's dynamic mmap threshold pinned at 1 MiB:
+            # shows which part of the growth is freed memory the allocator keeps
+            entry["blockwise_mmap_threshold_1mib"] = _child(
                 [
                     "--one",
                     str(size),
-                    mode,
+                    "blockwise",
                     *common,
                     "--labels",
-                    str(work / f"{mode}_{size}.tif"),
+                    str(work / f"variant_{size}.tif"),
                     "--block",
                     str(args.block),
                 ],
                 timeout=1800,
+                env={"MALLOC_MMAP_THRESHOLD_": "1048576"},
             )
-            _log(f"{size} Mpx {mode}: {entry[mode]}")
         if "error" not in entry["blockwise"] and "error" not in entry["whole"]:
             whole = _read(work / f"whole_{size}.tif")
             blockwise = _read(work / f"blockwise_{size}.tif")
@@ -496,32 +548,45 @@ def run_batch_bench(args: argparse.Namespace, work: Path, folder: str) -> dict[s
         "image_shape": [args.batch_px] * 2,
         "outputs": "labels .tif + objects .csv per image",
     }
-    runs = {}
-    for mode in ("dask", "dask_warm", "loop"):
-        out_dir = work / f"batch_{mode}"
-        shutil.rmtree(out_dir, ignore_errors=True)
-        runs[mode] = _child(
-            [
-                "--batch-one",
-                mode,
-                "--image",
-                str(in_dir),
-                "--labels",
-                str(out_dir),
-                "--model",
-                folder,
-            ],
-            timeout=1800,
-        )
-        _log(f"batch {mode}: {runs[mode]}")
+    modes = ["dask", "dask_warm", "loop"]
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for round_ in range(args.batch_repeat):
+        for mode in modes[round_ % 3 :] + modes[: round_ % 3]:  # rotate the order per round
+            out_dir = work / f"batch_{mode}"
+            shutil.rmtree(out_dir, ignore_errors=True)  # else resume skips every image
+            run = _child(
+                [
+                    "--batch-one",
+                    mode,
+                    "--image",
+                    str(in_dir),
+                    "--labels",
+                    str(out_dir),
+                    "--model",
+                    folder,
+                ],
+                timeout=1800,
+            )
+            run["round"] = round_
+            runs[mode].append(run)
+            _log(f"batch {mode}: {run}")
     result["runs"] = runs
-    if all("error" not in r for r in runs.values()):
-        result["dask_s"] = runs["dask"]["seconds"]
-        result["dask_warm_s"] = runs["dask_warm"]["seconds"]
-        result["cluster_start_s"] = runs["dask_warm"]["cluster_start_s"]
-        result["loop_s"] = runs["loop"]["seconds"]
+    if all("error" not in r for rs in runs.values() for r in rs):
+        from statistics import median
+
+        def med(mode: str, key: str = "seconds") -> float:
+            return round(median(r[key] for r in runs[mode]), 2)
+
+        result["dask_s"] = med("dask")
+        result["dask_warm_s"] = med("dask_warm")
+        result["cluster_start_s"] = med("dask_warm", "cluster_start_s")
+        result["loop_s"] = med("loop")
         result["ratio"] = round(result["dask_s"] / result["loop_s"], 3)
         result["ratio_warm"] = round(result["dask_warm_s"] / result["loop_s"], 3)
+        result["ratio_per_round"] = [
+            round(d["seconds"] / lp["seconds"], 3)
+            for d, lp in zip(runs["dask"], runs["loop"], strict=True)
+        ]
         same = True
         for image in sorted(in_dir.iterdir()):
             name = f"{image.stem}_labels.tif"

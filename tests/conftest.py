@@ -204,3 +204,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])
+
+
+# -- a small trained segmentation model ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def nuclei_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding one small U-Net, ``nuclei``, trained on 8 annotated cells of a
+    synthetic image (about 16 px nuclei); shared by the block-wise and batch tests."""
+    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.training import train
+    from napari_cellsparse.training.annotations import sparse_from_truth
+
+    home = tmp_path_factory.mktemp("nuclei-home")
+    image, truth = make_nuclei((192, 192), n_objects=30, radius=(7.0, 9.0), seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(home))
+        train(
+            "unet",
+            image,
+            sparse_from_truth(image, truth, k=8, band=10),
+            name="nuclei",
+            steps=150,
+            base_filters=8,
+            patch_size=64,
+            batch_size=4,
+        )
+    return home

@@ -24,33 +24,10 @@ from napari_cellsparse.synthetic import make_nuclei
 from napari_cellsparse.workspace import deepcell_items, folder_items
 
 
-@pytest.fixture(scope="module")
-def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store holding one small U-Net ("nuclei") trained on synthetic nuclei."""
-    from napari_cellsparse.training import train
-    from napari_cellsparse.training.annotations import sparse_from_truth
-
-    home = tmp_path_factory.mktemp("home")
-    image, truth = make_nuclei((192, 192), n_objects=30, radius=(7.0, 9.0), seed=1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(HOME_ENV, str(home))
-        train(
-            "unet",
-            image,
-            sparse_from_truth(image, truth, k=8, band=10),
-            name="nuclei",
-            steps=150,
-            base_filters=8,
-            patch_size=64,
-            batch_size=4,
-        )
-    return home
-
-
 @pytest.fixture
-def store(model_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(HOME_ENV, str(model_home))
-    return model_home / "models" / "nuclei"
+def store(nuclei_model_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(HOME_ENV, str(nuclei_model_home))
+    return nuclei_model_home / "models" / "nuclei"
 
 
 def write_images(folder: Path, n: int, shape=(200, 180)) -> list[np.ndarray]:
@@ -284,3 +261,37 @@ def test_the_model_is_loaded_once_per_process_and_again_when_retrained(
     os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
     run_sync(run_batch(items, "nuclei", scheduler=NO_DASK, resume=False))
     assert len(loads) == 2
+
+
+def test_cli_batch_on_a_deepcell_workspace(tmp_path: Path, store, capsys) -> None:
+    ws = tmp_path / "ws"
+    write_images(ws / "IMAGES", 2, shape=(128, 120))
+    (ws / "IMAGES" / "img1.tif").rename(ws / "IMAGES" / "skip_me.tif")
+    code = main(
+        [
+            "batch",
+            "--model",
+            "nuclei",
+            "--layout",
+            "deepcell",
+            "--input",
+            str(ws),
+            "--input-dir",
+            "IMAGES",
+            "--mask-dir",
+            "MASKS",
+            "--report-dir",
+            "TABLES",
+            "--pattern",
+            "img*",
+            "--compartment",
+            "whole-cell",
+            "--scheduler",
+            "none",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (ws / "MASKS").iterdir()) == ["img0_WholeCellMask.tiff"]
+    table = pd.read_csv(ws / "TABLES" / "img0_QUANT.tsv", sep="\t")
+    assert len(table) == tifffile.imread(ws / "MASKS" / "img0_WholeCellMask.tiff").max()
+    assert json.loads((ws / "TABLES" / "batch_summary.json").read_text())["done"] == 1

@@ -166,26 +166,11 @@ def test_zarr_and_dask_sources_are_read_block_by_block(tmp_path: Path) -> None:
 # -- a trained model, block-wise vs whole ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def unet(tmp_path_factory: pytest.TempPathFactory):
-    from napari_cellsparse.paths import HOME_ENV
-    from napari_cellsparse.synthetic import make_nuclei
-    from napari_cellsparse.training import train
-    from napari_cellsparse.training.annotations import sparse_from_truth
+@pytest.fixture
+def unet(nuclei_model_home: Path):
+    from napari_cellsparse.training import load_model
 
-    image, truth = make_nuclei((192, 192), n_objects=30, radius=(7.0, 9.0), seed=1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(HOME_ENV, str(tmp_path_factory.mktemp("home")))
-        return train(
-            "unet",
-            image,
-            sparse_from_truth(image, truth, k=8, band=10),
-            name="blocks",
-            steps=150,
-            base_filters=8,
-            patch_size=64,
-            batch_size=4,
-        )
+    return load_model(nuclei_model_home / "models" / "nuclei")
 
 
 def test_trained_model_block_wise_finds_the_whole_image_objects(unet) -> None:

@@ -17,28 +17,6 @@ pytestmark = pytest.mark.gui
 napari = pytest.importorskip("napari")
 
 
-@pytest.fixture(scope="module")
-def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_cellsparse.training import train
-    from napari_cellsparse.training.annotations import sparse_from_truth
-
-    home = tmp_path_factory.mktemp("home")
-    image, truth = make_nuclei((192, 192), n_objects=30, radius=(7.0, 9.0), seed=1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(HOME_ENV, str(home))
-        train(
-            "unet",
-            image,
-            sparse_from_truth(image, truth, k=8, band=10),
-            name="nuclei",
-            steps=150,
-            base_filters=8,
-            patch_size=64,
-            batch_size=4,
-        )
-    return home
-
-
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
     from napari_cellsparse._widgets import _worker, batch
@@ -50,10 +28,10 @@ def errors(monkeypatch) -> list[str]:
 
 
 @pytest.fixture
-def widget(make_napari_viewer, model_home: Path, monkeypatch):
+def widget(make_napari_viewer, nuclei_model_home: Path, monkeypatch):
     from napari_cellsparse._widgets.batch import BatchWidget
 
-    monkeypatch.setenv(HOME_ENV, str(model_home))
+    monkeypatch.setenv(HOME_ENV, str(nuclei_model_home))
     viewer = make_napari_viewer()
     w = BatchWidget(viewer)
     w.runner.synchronous = True

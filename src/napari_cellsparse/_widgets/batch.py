@@ -39,6 +39,7 @@ from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import BACKENDS, list_models
 from ._layers import layer_data, refill_combo
+from ._tables import save_table_as, show_table
 from ._worker import JobRunner, friendly_message
 
 if TYPE_CHECKING:
@@ -268,7 +269,7 @@ class BatchWidget(QWidget):
             self.viewer.layers.remove(labels_name)
         layer = self.viewer.add_labels(result.labels, name=labels_name, scale=scale)
         if table is not None and len(table):
-            layer.features = table.assign(index=table["Object ID"])
+            show_table(layer, table)
         self.state.table, self.state.table_layer = table, labels_name
         self.save_button.setEnabled(table is not None)
         cut = (
@@ -281,24 +282,18 @@ class BatchWidget(QWidget):
 
     def save_table(self, path: str | Path | None = None) -> Path | None:
         """Write the last layer's measurements as .csv or .tsv (asks where without a path)."""
-        from ..measure import write_table
-
         if self.state.table is None:
             self._fail(BadInputError("Nothing segmented yet: press Segment layer first."))
             return None
-        if path is None:
-            suggested = f"{self.state.table_layer}_measurements.csv"
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Save measurements", suggested, "Tables (*.csv *.tsv)"
-            )
-            if not path:
-                return None
         try:
-            written = write_table(self.state.table, path)
+            written = save_table_as(
+                self, self.state.table, f"{self.state.table_layer}_measurements.csv", path
+            )
         except CellsparseError as err:
             self._fail(err)
             return None
-        self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
+        if written is not None:
+            self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
         return written
 
     # -- a folder ----------------------------------------------------------------------

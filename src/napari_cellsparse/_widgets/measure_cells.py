@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -33,9 +32,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import BadInputError, CellsparseError
-from ..measure import measure_objects, write_table
+from ..measure import measure_objects
 from ..progress import Progress
 from ._layers import layer_data, refill_combo
+from ._tables import save_table_as, show_table
 from ._worker import JobRunner, friendly_message
 
 if TYPE_CHECKING:
@@ -215,8 +215,7 @@ class MeasureCellsWidget(QWidget):
     def _measured(self, name: str, table: pd.DataFrame) -> None:
         self.state.table, self.state.labels_name = table, name
         if name in self.viewer.layers:
-            # napari finds a label's row through the "index" column (the label value).
-            self.viewer.layers[name].features = table.assign(index=table["Object ID"])
+            show_table(self.viewer.layers[name], table)
         self.save_button.setEnabled(True)
         self.status.setText(
             f"Measured {len(table)} object(s) in '{name}' ({len(table.columns)} columns); "
@@ -228,17 +227,13 @@ class MeasureCellsWidget(QWidget):
         if self.state.table is None:
             self._fail(BadInputError("Nothing measured yet: press Measure first."))
             return None
-        if path is None:
-            suggested = f"{self.state.labels_name}_measurements.csv"
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Save measurements", suggested, "Tables (*.csv *.tsv)"
-            )
-            if not path:
-                return None
         try:
-            written = write_table(self.state.table, path)
+            written = save_table_as(
+                self, self.state.table, f"{self.state.labels_name}_measurements.csv", path
+            )
         except CellsparseError as err:
             self._fail(err)
             return None
-        self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
+        if written is not None:
+            self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
         return written
