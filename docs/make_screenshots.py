@@ -61,7 +61,7 @@ def main() -> None:
     from napari_cellsparse.demo import open_demo
     from napari_cellsparse.samples import load_sample
 
-    viewer, (widget,) = open_demo()
+    viewer, (widget, *_) = open_demo()
     viewer.window._qt_window.resize(1400, 850)
     widget.weights_edit.setText(weights)
     widget.runner.synchronous = True

@@ -14,19 +14,25 @@ from pathlib import Path
 __all__ = ["main", "open_demo"]
 
 PLUGIN = "napari-cellsparse"
-WIDGETS = ("SAM annotator", "Sparse training")
+WIDGETS = ("SAM annotator", "Sparse training", "Measure cells", "Batch")
 
 
 def open_demo(viewer=None, sample: str = "nuclei"):
-    """Load the sample into ``viewer`` (a new one when None) and dock every widget."""
+    """Load the sample into ``viewer`` (a new one when None) and dock every widget (the
+    first two side by side, the others as tabs behind the second)."""
     import napari
 
     viewer = viewer or napari.Viewer(title="napari-cellsparse demo")
     viewer.open_sample(PLUGIN, sample)
     docked = []
-    for name in WIDGETS:
-        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    for k, name in enumerate(WIDGETS):
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=k > 1)
         docked.append(widget)
+        if k == 1:
+            second = dock
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, second.raise_)  # after napari has tabified the docks
     return viewer, docked
 
 
