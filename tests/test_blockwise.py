@@ -221,3 +221,12 @@ def test_block_measurements_and_geojson_equal_those_of_the_whole_image() -> None
     by_id = {f["properties"]["label_id"]: f["properties"]["measurements"] for f in result.features}
     row = whole.iloc[3]
     assert by_id[int(row["Object ID"])]["Area µm^2"] == pytest.approx(row["Area µm^2"])
+
+
+def test_an_image_without_objects_gives_an_empty_table_with_its_columns() -> None:
+    blank = np.full((150, 120), 20, np.uint16)
+    result = run_sync(
+        segment_blockwise(open_image(blank), threshold_segmenter, block=64, halo=8, measure=True)
+    )
+    assert result.n_objects == 0 and not result.labels.any()
+    assert len(result.table) == 0 and "Channel 1: Mean" in result.table.columns

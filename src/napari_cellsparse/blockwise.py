@@ -218,19 +218,20 @@ def segment_blockwise(
                 features.extend(_block_features(written, new_ids, blk.outer, block_table))
         yield Progress(k, len(blocks), f"{source.name}: block {k}/{len(blocks)}")
     table = None
-    if measure:
+    if measure and tables:
         import pandas as pd
 
+        table = pd.concat(tables, ignore_index=True)
+    elif measure:  # no objects: an empty table with the columns a table would have
         from .measure import measure_objects
 
-        empty = measure_objects(
+        table = measure_objects(
             np.zeros((2, 2), LABEL_DTYPE),
             np.zeros((2, 2, source.n_channels), source.dtype),
             pixel_size=pixel_size,
             channel_names=channel_names,
             image_name=source.name,
         )
-        table = pd.concat([empty, *tables], ignore_index=True) if tables else empty
     return BlockwiseResult(
         out, next_id - 1, len(blocks), cut_objects, table, features, time.perf_counter() - started
     )
