@@ -13,7 +13,6 @@ the summary and the rest goes on.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -82,12 +81,11 @@ class BatchSummary:
         }
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.partial")
-        temp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(temp, path)
-        return path
+        """Save :meth:`to_dict` as JSON (atomically)."""
+        from .training.store import write_json
+
+        write_json(Path(path), self.to_dict())
+        return Path(path)
 
 
 # One model per worker process, loaded by the first task that needs it. Keyed by the model
@@ -108,12 +106,6 @@ def worker_model(folder: str | os.PathLike[str]) -> Any:
             _MODELS.clear()
             _MODELS[key] = load_model(folder)
         return _MODELS[key]
-
-
-def _atomic_text(path: Path, write: Any) -> None:
-    temp = path.with_name(f".{path.name}.partial")
-    write(temp)
-    os.replace(temp, path)
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -161,7 +153,7 @@ def process_item(
         if item.geojson is not None:
             from .geojson import write_features
 
-            _atomic_text(item.geojson, lambda temp: write_features(temp, result.features))
+            write_features(item.geojson, result.features)
         return ItemResult(
             str(item.image),
             "done",
