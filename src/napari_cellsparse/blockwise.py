@@ -33,6 +33,7 @@ from skimage.measure import regionprops_table
 from .errors import BadInputError
 from .image_sources import ImageSource
 from .images import stretch
+from .paths import atomic_target
 from .progress import Progress, check_cancel
 from .tiling import Block, Region, block_grid
 
@@ -260,17 +261,6 @@ def _block_features(
     return found
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def write_tiff_tiled(labels: Any, path: Path, tile: int = TIFF_TILE) -> Path:
     """Write a 2D label array (numpy or zarr) to a tiled, compressed TIFF, one tile row at a
     time (never the whole image in memory); atomically (temporary name, then rename)."""
@@ -288,18 +278,17 @@ def write_tiff_tiled(labels: Any, path: Path, tile: int = TIFF_TILE) -> Path:
                 piece[: part.shape[0], : part.shape[1]] = part
                 yield piece
 
-    temp = _partial(path)
-    tifffile.imwrite(
-        temp,
-        tiles(),
-        shape=(h, w),
-        dtype=dtype,
-        tile=(tile, tile),
-        compression="zlib",
-        bigtiff=h * w * dtype.itemsize > 2**31,
-        photometric="minisblack",
-    )
-    os.replace(temp, path)
+    with atomic_target(path) as temp:
+        tifffile.imwrite(
+            temp,
+            tiles(),
+            shape=(h, w),
+            dtype=dtype,
+            tile=(tile, tile),
+            compression="zlib",
+            bigtiff=h * w * dtype.itemsize > 2**31,
+            photometric="minisblack",
+        )
     return path
 
 
@@ -322,23 +311,25 @@ def segment_to_file(
     suffix = path.suffix.lower()
     if suffix not in (".zarr", ".tif", ".tiff"):
         raise BadInputError(f"Labels are written as .zarr or .tif, not {path.name}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = _partial(path.with_suffix(".zarr"))
-    _remove(store)
+    chunk = min(block, 4096)
+    if suffix == ".zarr":
+        with atomic_target(path) as store:
+            out = create_labels_array(source.shape, store, chunk)
+            result = yield from segment_blockwise(
+                source, segment, out, block, halo, cancel=cancel, **options
+            )
+        import zarr
+
+        result.labels = zarr.open_array(str(path), mode="r")
+        return result
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.blocks.zarr")
     try:
-        out = create_labels_array(source.shape, store, chunk=min(block, 4096))
+        out = create_labels_array(source.shape, scratch, chunk)
         result = yield from segment_blockwise(
             source, segment, out, block, halo, cancel=cancel, **options
         )
-        if suffix == ".zarr":
-            _remove(path)
-            os.replace(store, path)
-            import zarr
-
-            result.labels = zarr.open_array(str(path), mode="r")
-        else:
-            write_tiff_tiled(out, path)
-            result.labels = path
+        write_tiff_tiled(out, path)
     finally:
-        _remove(store)
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.labels = path
     return result

@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 
 from .errors import BadInputError
 from .labels import FIRST_CELL_ID
+from .paths import atomic_target
 from .polygons import Polygon, mask_polygons, rasterize, simplify_ring
 
 __all__ = [
@@ -140,11 +141,9 @@ def labels_to_features(
 
 def write_features(path: str | os.PathLike, features: Sequence[Mapping[str, Any]]) -> Path:
     """Write a ``FeatureCollection`` (atomically: a half-written file never replaces one)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": list(features)}))
-    os.replace(tmp, path)
-    return path
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": list(features)}))
+    return Path(path)
 
 
 def read_features(source: str | os.PathLike | Any) -> list[dict[str, Any]]:

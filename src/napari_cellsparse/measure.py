@@ -45,6 +45,7 @@ import numpy as np
 
 from .errors import BadInputError
 from .images import numeric_image
+from .paths import atomic_target
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -334,12 +335,10 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         raise BadInputError(
             f"Save the table as .csv or .tsv (tab-separated), not '{path.suffix or path.name}'."
         )
-    tmp = path.with_name(path.name + ".part")
     try:
-        table.to_csv(tmp, sep=separator, index=False, na_rep="NaN", encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            table.to_csv(tmp, sep=separator, index=False, na_rep="NaN", encoding="utf-8")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise BadInputError(f"Could not write the table {path}: {err}") from err
     return path
 
