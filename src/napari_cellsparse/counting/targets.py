@@ -1,0 +1,145 @@
+"""What a counter learns from: density targets, the trusted-pixel mask and the cell scale.
+
+A cell centre becomes a Gaussian that integrates to 1 over the image, so a density map sums to
+the number of cells. With sparse points most cells have no point, so the loss may only look
+where the annotation is trustworthy: painted background, a tight disc (about one cell radius)
+around each given point, and regions the user marked as fully annotated. Everything else is
+left out of the loss, never treated as "no cell".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import BadInputError
+from ..training.scale import foreground_diameter
+
+__all__ = [
+    "check_points",
+    "default_diameter",
+    "density_targets",
+    "heatmap_targets",
+    "sigma_for",
+    "trusted_mask",
+]
+
+MIN_SIGMA, MAX_SIGMA = 1.0, 8.0
+
+
+def check_points(points: np.ndarray | Sequence, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Points as an (N, 2) float array of (y, x) inside an image of ``shape`` (clear errors)."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.size == 0:
+        return np.zeros((0, 2), np.float64)
+    if pts.ndim != 2 or pts.shape[1] < 2:
+        raise BadInputError(
+            f"The points of {what} must be an N x 2 array of (y, x), got {pts.shape}."
+        )
+    pts = pts[:, -2:]
+    if not np.isfinite(pts).all():
+        raise BadInputError(f"The points of {what} contain NaN or infinite coordinates.")
+    h, w = shape[:2]
+    outside = (
+        (pts[:, 0] < -0.5) | (pts[:, 0] > h - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > w - 0.5)
+    )
+    if outside.any():
+        first = pts[np.flatnonzero(outside)[0]]
+        raise BadInputError(
+            f"{int(outside.sum())} point(s) of {what} lie outside the {h} x {w} image "
+            f"(e.g. y={first[0]:.1f}, x={first[1]:.1f}); points are (y, x) in pixels."
+        )
+    return pts
+
+
+def heatmap_targets(points: np.ndarray, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Sum of unit-peak Gaussians (float32, ``shape``) at ``points``: value 1 at each centre.
+
+    Each Gaussian integrates to ``2 pi sigma^2`` over the plane; :func:`density_targets` divides
+    by its sum inside the image so that cells cut by the border still count as one.
+    """
+    out = np.zeros(shape, np.float32)
+    radius = int(np.ceil(4 * sigma))
+    for y, x in np.asarray(points, np.float64).reshape(-1, 2):
+        y0, y1 = max(int(y) - radius, 0), min(int(y) + radius + 2, shape[0])
+        x0, x1 = max(int(x) - radius, 0), min(int(x) + radius + 2, shape[1])
+        if y0 >= y1 or x0 >= x1:
+            continue
+        gy = np.exp(-((np.arange(y0, y1) - y) ** 2) / (2 * sigma**2))
+        gx = np.exp(-((np.arange(x0, x1) - x) ** 2) / (2 * sigma**2))
+        out[y0:y1, x0:x1] += np.outer(gy, gx).astype(np.float32)
+    return out
+
+
+def density_targets(points: np.ndarray, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Density map (float32, ``shape``) whose Gaussians each integrate to exactly 1 in the image."""
+    out = np.zeros(shape, np.float32)
+    for point in np.asarray(points, np.float64).reshape(-1, 2):
+        blob = heatmap_targets(point[None], shape, sigma)
+        total = float(blob.sum())
+        if total > 0:
+            out += blob / np.float32(total)
+    return out
+
+
+def trusted_mask(
+    points: np.ndarray,
+    shape: tuple[int, int],
+    radius: float,
+    background: np.ndarray | None = None,
+    regions: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pixels whose target is known: painted ``background``, discs of ``radius`` around the
+    points and fully annotated ``regions`` (bool, ``shape``)."""
+    mask = np.zeros(shape, bool)
+    for extra in (background, regions):
+        if extra is not None:
+            mask |= np.asarray(extra, bool)
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(pts):
+        seeds = np.ones(shape, bool)
+        idx = np.clip(np.round(pts).astype(int), 0, np.array(shape) - 1)
+        seeds[idx[:, 0], idx[:, 1]] = False
+        mask |= ndi.distance_transform_edt(seeds) <= radius
+    return mask
+
+
+def default_diameter(normalized: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> float:
+    """Typical cell diameter (pixels) of normalised YXC images with some cell centres.
+
+    The blob scale of the images (the inscribed-disc diameter of their Otsu foreground, with
+    the polarity read at the points) when it can be measured; otherwise half the median
+    distance between neighbouring points; 12 px when there is nothing to go on.
+    """
+    inside, overall = [], []
+    for img, pts in zip(normalized, points, strict=True):
+        gray = img.mean(-1)
+        idx = np.round(pts).astype(int)
+        if len(idx):
+            inside.append(gray[idx[:, 0], idx[:, 1]])
+            overall.append(np.median(gray))
+    polarity = 1.0
+    if inside:
+        polarity = 1.0 if np.median(np.concatenate(inside)) >= np.median(overall) else -1.0
+    found = [d for img in normalized if (d := foreground_diameter(img, polarity)) is not None]
+    if found:
+        return float(np.median(found))
+    spacing = [_nearest_spacing(p) for p in points if len(p) > 1]
+    if spacing:
+        return float(np.median(spacing)) / 2.0
+    return 12.0
+
+
+def _nearest_spacing(points: np.ndarray) -> float:
+    """Median distance from each point to its nearest neighbour."""
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(points).query(points, k=2)
+    return float(np.median(dist[:, 1]))
+
+
+def sigma_for(diameter: float) -> float:
+    """Gaussian sigma for cells of ``diameter`` px: a third of the radius, kept in a sane range."""
+    return float(np.clip(diameter / 6.0, MIN_SIGMA, MAX_SIGMA))
