@@ -116,6 +116,4 @@ def import_segmentation_models() -> ModuleType:
             warnings.simplefilter("ignore", (UserWarning, FutureWarning))
             return importlib.import_module("segmentation_models_pytorch")
     except ImportError as err:
-        raise BackendUnavailableError(
-            "segmentation-models-pytorch", "counting", err
-        ) from err
+        raise BackendUnavailableError("segmentation-models-pytorch", "counting", err) from err

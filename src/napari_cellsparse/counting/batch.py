@@ -61,12 +61,16 @@ def read_image(path: Path) -> np.ndarray:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
-        from skimage.io import imread
+            image = np.asarray(tifffile.imread(path))
+        else:
+            from skimage.io import imread
 
-        return np.asarray(imread(path))
+            image = np.asarray(imread(path))
     except Exception as err:
         raise BadInputError(f"Could not read the image {path.name} ({err}).") from err
+    if image.size == 0:
+        raise BadInputError(f"Could not read the image {path.name}: it holds no pixels.")
+    return image
 
 
 def read_points_csv(path: str | Path) -> np.ndarray:

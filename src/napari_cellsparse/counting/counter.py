@@ -1,5 +1,12 @@
 """A trained cell counter: count and locate cells in any image of the kind it was trained on.
 
+Scale: the counter works at one canonical scale, where cells are ``target_diameter`` pixels
+across. Each image is rescaled to it from its own cell diameter (given, or estimated from the
+image's blob scale with the estimator of sparse training, calibrated at training when the user
+gave a diameter), so one counter handles cells from a few to tens of pixels wide, and the
+Gaussians, the trusted discs and the minimum distance between centres are fixed in that space.
+The density and the centres are mapped back to the image's pixels (the density keeps its sum).
+
 The network gives a heat map (1 at a cell centre). The density is the heat map above a small
 ``density_cut`` (which removes the faint haze a network leaves over the background, and that
 would otherwise add up over a large image), divided by the mass that a unit Gaussian keeps
@@ -16,16 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from skimage.transform import resize
 
 from ..errors import BadInputError, WeightsError
 from ..images import as_yxc
 from ..training.model import normalize
+from ..training.scale import foreground_diameter, rescale_image
 from ..training.store import CONFIG_FILE, METADATA_FILE, read_json, resolve_model_folder
 
 __all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "find_centres", "load_counter"]
 
 BACKEND = "counter"
 WEIGHTS_FILE = "counter.pt"
+MIN_FACTOR, MAX_FACTOR = 1.0 / 8.0, 4.0
 
 
 @dataclass(frozen=True)
@@ -41,12 +51,16 @@ class CounterConfig:
     mse_weight: float = 1.0
     steps: int = 600  # about 2 minutes on a 2-core laptop CPU
     seed: int = 0
-    diameter: float = 0.0  # cell diameter in pixels; 0 = estimate from the training images
-    sigma: float = 0.0  # set from the diameter at training
-    neighbourhood: float = 1.0  # trusted disc around a point, in cell radii
+    diameter: float = 0.0  # the training images' cell diameter in pixels; 0 = estimate
+    target_diameter: float = 16.0  # cell diameter at the canonical scale
+    sigma: float = 0.0  # of the Gaussians at the canonical scale; 0 = a third of the radius
+    neighbourhood: float = 1.5  # trusted disc around a point, in cell radii
     density_cut: float = 0.05
     peak_threshold: float = 0.3
-    min_distance: float = 0.0  # between centres, pixels; 0 = from the diameter
+    min_distance: float = 0.0  # between centres at the canonical scale; 0 = a cell radius
+    polarity: float = 1.0  # set at training: +1 bright cells, -1 dark cells
+    diameter_calibration: float = 1.0  # set at training: given diameter / estimated
+    train_diameter: float = 0.0  # set at training: median diameter of the training images
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,16 +86,19 @@ class CounterConfig:
 
     @property
     def radius(self) -> float:
-        return self.diameter / 2.0
+        """Cell radius at the canonical scale."""
+        return self.target_diameter / 2.0
 
 
 @dataclass
 class CountResult:
-    """``count`` (the density's sum), ``centres`` (N x 2, y x) and ``density`` (float32)."""
+    """``count`` (the density's sum), ``centres`` (N x 2, y x) and ``density`` (float32,
+    image-sized); ``diameter``: the cell diameter (pixels) the image was read at."""
 
     count: float
     centres: np.ndarray
     density: np.ndarray
+    diameter: float = 0.0
 
 
 def find_centres(heat: np.ndarray, threshold: float, min_distance: float) -> np.ndarray:
@@ -154,16 +171,43 @@ class Counter:
         return (np.where(heat > cut, heat, 0.0) / mass).astype(np.float32)
 
     def centres(self, heat: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Detected cell centres (N x 2, y x) of a heat map."""
-        distance = self.config.min_distance or max(2.0, 0.5 * self.config.diameter)
+        """Detected cell centres (N x 2, y x) of a heat map at the canonical scale."""
+        distance = self.config.min_distance or max(2.0, self.config.radius)
         level = self.config.peak_threshold if threshold is None else threshold
         return find_centres(heat, float(level), float(distance))
 
-    def count(self, image: np.ndarray) -> CountResult:
-        """Count the cells of a 2D image (YX, or YXC with the training's channels)."""
-        heat = self.heatmap(self.prepare(image))
-        density = self.density(heat)
-        return CountResult(float(density.sum(dtype=np.float64)), self.centres(heat), density)
+    def estimate_diameter(self, normalized: np.ndarray) -> float:
+        """Cell diameter (pixels) of a normalised YXC image, calibrated at training."""
+        found = foreground_diameter(normalized, float(self.config.polarity))
+        if found is None:
+            return float(self.config.train_diameter or self.config.target_diameter)
+        return found * float(self.config.diameter_calibration)
+
+    def scale_factor(self, diameter: float) -> float:
+        """Resize factor that brings cells of ``diameter`` px to the canonical scale."""
+        return float(np.clip(self.config.target_diameter / diameter, MIN_FACTOR, MAX_FACTOR))
+
+    def count(self, image: np.ndarray, diameter: float | None = None) -> CountResult:
+        """Count the cells of a 2D image (YX, or YXC with the training's channels).
+
+        ``diameter``: the cells' diameter in pixels (default: estimated from the image).
+        """
+        if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
+            raise BadInputError(f"The diameter must be a positive number, got {diameter!r}.")
+        normalized = self.prepare(image)
+        d = float(diameter) if diameter is not None else self.estimate_diameter(normalized)
+        factor = self.scale_factor(d)
+        heat = self.heatmap(rescale_image(normalized, factor))
+        scaled = self.density(heat)
+        count = float(scaled.sum(dtype=np.float64))
+        shape = normalized.shape[:2]
+        centres = (self.centres(heat) + 0.5) * (np.array(shape) / heat.shape) - 0.5
+        density = scaled
+        if scaled.shape != shape:
+            density = resize(scaled, shape, order=1, preserve_range=True, anti_aliasing=False)
+            total = float(density.sum(dtype=np.float64))
+            density = (density * (count / total if total > 0 else 0.0)).astype(np.float32)
+        return CountResult(count, centres, density, d)
 
     def save(self, folder: Path) -> None:
         """Write the weights into ``folder`` (config and metadata are written by training)."""

@@ -15,14 +15,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import BadInputError
-from ..training.scale import foreground_diameter
 
 __all__ = [
     "check_points",
-    "default_diameter",
     "density_targets",
     "heatmap_targets",
+    "points_polarity",
     "sigma_for",
+    "spacing_diameter",
     "trusted_mask",
 ]
 
@@ -106,13 +106,9 @@ def trusted_mask(
     return mask
 
 
-def default_diameter(normalized: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> float:
-    """Typical cell diameter (pixels) of normalised YXC images with some cell centres.
-
-    The blob scale of the images (the inscribed-disc diameter of their Otsu foreground, with
-    the polarity read at the points) when it can be measured; otherwise half the median
-    distance between neighbouring points; 12 px when there is nothing to go on.
-    """
+def points_polarity(normalized: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> float:
+    """+1 when the cells (read at the given points) are brighter than the image's median,
+    else -1 (dark nuclei in brightfield)."""
     inside, overall = [], []
     for img, pts in zip(normalized, points, strict=True):
         gray = img.mean(-1)
@@ -120,24 +116,20 @@ def default_diameter(normalized: Sequence[np.ndarray], points: Sequence[np.ndarr
         if len(idx):
             inside.append(gray[idx[:, 0], idx[:, 1]])
             overall.append(np.median(gray))
-    polarity = 1.0
-    if inside:
-        polarity = 1.0 if np.median(np.concatenate(inside)) >= np.median(overall) else -1.0
-    found = [d for img in normalized if (d := foreground_diameter(img, polarity)) is not None]
-    if found:
-        return float(np.median(found))
-    spacing = [_nearest_spacing(p) for p in points if len(p) > 1]
-    if spacing:
-        return float(np.median(spacing)) / 2.0
-    return 12.0
+    if not inside:
+        return 1.0
+    return 1.0 if np.median(np.concatenate(inside)) >= np.median(overall) else -1.0
 
 
-def _nearest_spacing(points: np.ndarray) -> float:
-    """Median distance from each point to its nearest neighbour."""
+def spacing_diameter(points: np.ndarray) -> float | None:
+    """Half the median distance between neighbouring points: a rough diameter when the
+    image itself gives none (sparse points are further apart than touching cells)."""
     from scipy.spatial import cKDTree
 
+    if len(points) < 2:
+        return None
     dist, _ = cKDTree(points).query(points, k=2)
-    return float(np.median(dist[:, 1]))
+    return float(np.median(dist[:, 1])) / 2.0
 
 
 def sigma_for(diameter: float) -> float:

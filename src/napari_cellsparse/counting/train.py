@@ -24,11 +24,19 @@ from ..progress import Progress
 from ..training.api import _now, _versions
 from ..training.inputs import as_list
 from ..training.model import normalize
+from ..training.scale import foreground_diameter, rescale_image, resize_labels
 from ..training.store import CONFIG_FILE, METADATA_FILE, model_folder, read_json, write_json
-from .counter import BACKEND, Counter, CounterConfig
+from .counter import BACKEND, MAX_FACTOR, MIN_FACTOR, Counter, CounterConfig
 from .evaluate import match_centres
 from .patches import CountingData
-from .targets import check_points, default_diameter, density_targets, sigma_for, trusted_mask
+from .targets import (
+    check_points,
+    density_targets,
+    points_polarity,
+    sigma_for,
+    spacing_diameter,
+    trusted_mask,
+)
 
 __all__ = ["train_counter", "train_counter_iter"]
 
@@ -77,10 +85,8 @@ def train_counter_iter(
 
     yield Progress(0, total, "Preparing the training data")
     normalized = [normalize(img) for img in imgs]
-    if not config.diameter:
-        config = config.with_settings(diameter=round(default_diameter(normalized, pts), 2))
-    config = config.with_settings(sigma=round(sigma_for(config.diameter), 3))
-    data = _dataset(normalized, pts, bgs, regs, config)
+    config, diameters = _calibrate(config, normalized, pts)
+    data, scaled_bg, scaled_regs = _dataset(normalized, pts, bgs, regs, diameters, config)
 
     from .._lazy import import_torch
     from ..training.torch_network import load_state
@@ -130,7 +136,7 @@ def train_counter_iter(
 
     loop_s = time.perf_counter() - started
     yield Progress(done, total, "Tuning the peak threshold on the given points")
-    threshold, tuned_f1 = _tune(counter, data, bgs, regs)
+    threshold, tuned_f1 = _tune(counter, data, scaled_bg, scaled_regs)
     counter.config = config = config.with_settings(peak_threshold=threshold)
     train_s = time.perf_counter() - started
     session = {
@@ -240,22 +246,71 @@ def _previous(folder: Any, n_channels: int) -> tuple[CounterConfig, dict[str, An
     return CounterConfig.from_dict(raw), meta
 
 
+def _calibrate(
+    config: CounterConfig, normalized: list[np.ndarray], points: list[np.ndarray]
+) -> tuple[CounterConfig, list[float]]:
+    """The config's scale settings and each training image's cell diameter (pixels).
+
+    Diameters come from the image's blob scale (the estimator used again when counting, so
+    training and counting agree); when the user gave ``diameter``, the estimates are
+    calibrated to it. An image without a usable estimate takes the median of the others, or
+    the spacing of the points.
+    """
+    polarity = points_polarity(normalized, points)
+    found = [foreground_diameter(img, polarity) for img in normalized]
+    known = [d for d in found if d]
+    calibration = 1.0
+    if config.diameter and known:
+        calibration = float(config.diameter) / float(np.median(known))
+    fallback = float(config.diameter) or (float(np.median(known)) if known else 0.0)
+    if not fallback:
+        spacing = [d for p in points if (d := spacing_diameter(p))]
+        fallback = float(np.median(spacing)) if spacing else float(config.target_diameter)
+    diameters = [d * calibration if d else fallback for d in found]
+    updated = config.with_settings(
+        polarity=polarity,
+        diameter_calibration=round(calibration, 4),
+        train_diameter=round(float(np.median(diameters)), 2),
+        sigma=config.sigma or round(sigma_for(config.target_diameter), 3),
+    )
+    return updated, diameters
+
+
 def _dataset(
     normalized: list[np.ndarray],
     points: list[np.ndarray],
     background: list[np.ndarray | None],
     regions: list[np.ndarray | None],
+    diameters: list[float],
     config: CounterConfig,
-) -> CountingData:
-    """Heat-map targets (densities x 2 pi sigma^2) and trusted masks of every image."""
+) -> tuple[CountingData, list[np.ndarray | None], list[np.ndarray | None]]:
+    """Every image at the canonical scale with its heat-map targets (densities x 2 pi sigma^2)
+    and trusted mask; also the background and region masks at that scale."""
     scale = np.float32(2.0 * np.pi * config.sigma**2)
     radius = max(2.0, config.neighbourhood * config.radius)
-    targets, masks = [], []
-    for img, pts, bg, reg in zip(normalized, points, background, regions, strict=True):
-        shape = img.shape[:2]
-        targets.append(density_targets(pts, shape, config.sigma) * scale)
-        masks.append(trusted_mask(pts, shape, radius, bg, reg))
-    return CountingData(normalized, targets, masks, points)
+    images, targets, masks, scaled_points, scaled_bg, scaled_regs = [], [], [], [], [], []
+    for img, pts, bg, reg, d in zip(
+        normalized, points, background, regions, diameters, strict=True
+    ):
+        factor = float(np.clip(config.target_diameter / d, MIN_FACTOR, MAX_FACTOR))
+        scaled = rescale_image(img, factor)
+        shape = scaled.shape[:2]
+        ratio = np.array(shape) / np.array(img.shape[:2])
+        pts_s = np.clip((pts + 0.5) * ratio - 0.5, 0, np.array(shape) - 1)
+        bg_s, reg_s = (_resize_mask(m, shape) for m in (bg, reg))
+        images.append(scaled)
+        scaled_points.append(pts_s)
+        scaled_bg.append(bg_s)
+        scaled_regs.append(reg_s)
+        targets.append(density_targets(pts_s, shape, config.sigma) * scale)
+        masks.append(trusted_mask(pts_s, shape, radius, bg_s, reg_s))
+    return CountingData(images, targets, masks, scaled_points), scaled_bg, scaled_regs
+
+
+def _resize_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if mask is None or mask.shape == shape:
+        return mask
+    return resize_labels(mask.astype(np.uint8), shape) > 0
 
 
 def _tune(
@@ -267,7 +322,7 @@ def _tune(
     """The peak threshold with the best F1 on what is known: given points found (within a
     radius) vs. centres detected on painted background or, unmatched, in complete regions."""
     heats = [counter.heatmap(img) for img in data.images]
-    reach = max(2.0, counter.config.radius)
+    reach = counter.config.radius
     best = (-1.0, counter.config.peak_threshold)
     for level in PEAK_THRESHOLDS:
         tp = fp = fn = 0
