@@ -41,18 +41,20 @@ def pad_multiple(config: dict[str, Any]) -> int:
 def counting_loss(logits: Any, targets: Any, mask: Any, mse_weight: float = 1.0) -> Any:
     """Masked BCE + ``mse_weight`` x squared error between ``sigmoid(logits)`` and ``targets``.
 
-    ``logits``, ``targets`` and ``mask`` are (N, 1, Y, X); pixels outside ``mask`` contribute
-    nothing to the loss or its gradient, whatever their target.
+    ``logits``, ``targets`` and ``mask`` are (N, 1, Y, X); ``mask`` is boolean or a per-pixel
+    weight. Pixels where it is 0 contribute nothing to the loss or its gradient, whatever
+    their target.
     """
     torch = import_torch()
     functional = torch.nn.functional
     weight = mask.float()
-    safe = torch.where(mask, targets, torch.zeros_like(targets))
+    trusted = weight > 0
+    safe = torch.where(trusted, targets, torch.zeros_like(targets))
     bce = functional.binary_cross_entropy_with_logits(
         logits, safe.clamp(0.0, 1.0), reduction="none"
     )
     mse = (torch.sigmoid(logits) - safe) ** 2
-    per_pixel = torch.where(mask, bce + mse_weight * mse, torch.zeros_like(bce))
+    per_pixel = torch.where(trusted, (bce + mse_weight * mse) * weight, torch.zeros_like(bce))
     return per_pixel.sum() / weight.sum().clamp(min=1.0)
 
 

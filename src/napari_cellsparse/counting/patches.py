@@ -19,7 +19,8 @@ __all__ = ["CountingData"]
 
 @dataclass
 class CountingData:
-    """Normalised YXC images with their heat-map targets and trusted masks (same Y x X)."""
+    """Normalised YXC images with heat-map targets and loss weights (same Y x X): 1 where the
+    target is known, a smaller weight where it is only probable, 0 where it is unknown."""
 
     images: list[np.ndarray]
     targets: list[np.ndarray]
@@ -28,18 +29,18 @@ class CountingData:
     _trusted: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        self._trusted = [np.flatnonzero(m) for m in self.masks]
+        self._trusted = [np.flatnonzero(m > 0) for m in self.masks]
         if not any(len(t) for t in self._trusted):
             raise ValueError("No trusted pixel to learn from.")
 
     def sample(
         self, rng: np.random.Generator, batch_size: int, patch: int, augment: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``batch_size`` crops: images (N, C, P, P), targets and masks (N, 1, P, P)."""
+        """``batch_size`` crops: images (N, C, P, P), targets and weights (N, 1, P, P)."""
         channels = self.images[0].shape[-1]
         images = np.zeros((batch_size, channels, patch, patch), np.float32)
         targets = np.zeros((batch_size, 1, patch, patch), np.float32)
-        masks = np.zeros((batch_size, 1, patch, patch), bool)
+        masks = np.zeros((batch_size, 1, patch, patch), np.float32)
         weights = np.array([len(t) for t in self._trusted], np.float64)
         weights /= weights.sum()
         for i in range(batch_size):
@@ -58,7 +59,7 @@ class CountingData:
                 img, extra = augment_pair(rng, img, extra)
             images[i] = np.moveaxis(img, -1, 0)
             targets[i, 0] = extra[..., 0]
-            masks[i, 0] = extra[..., 1] > 0.5
+            masks[i, 0] = extra[..., 1]
         return images, targets, masks
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "density_targets",
     "heatmap_targets",
     "points_polarity",
+    "probable_background",
     "sigma_for",
     "spacing_diameter",
     "trusted_mask",
@@ -104,6 +105,27 @@ def trusted_mask(
         seeds[idx[:, 0], idx[:, 1]] = False
         mask |= ndi.distance_transform_edt(seeds) <= radius
     return mask
+
+
+def probable_background(
+    image: np.ndarray, polarity: float, points: np.ndarray, radius: float, margin: float
+) -> np.ndarray:
+    """Pixels that are very likely background (bool): outside the image's Otsu foreground
+    grown by ``margin`` pixels, and outside the discs of ``radius`` around the given points.
+
+    A prior read from the image alone: no cell centre lies in the dark (for bright cells)
+    space between cells. It gives the loss the near-cell background that painted background
+    rarely reaches, where a network otherwise invents halos around every cell.
+    """
+    from skimage.filters import gaussian, threshold_otsu
+
+    gray = np.asarray(image, np.float32).mean(-1) * np.float32(polarity)
+    if float(gray.max() - gray.min()) <= 1e-6:
+        return np.zeros(gray.shape, bool)
+    smooth = gaussian(gray, 1.0)
+    foreground = smooth > threshold_otsu(smooth)
+    near = ndi.distance_transform_edt(~foreground) <= margin
+    return ~near & ~trusted_mask(points, gray.shape, radius)
 
 
 def points_polarity(normalized: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> float:

@@ -33,6 +33,7 @@ from .targets import (
     check_points,
     density_targets,
     points_polarity,
+    probable_background,
     sigma_for,
     spacing_diameter,
     trusted_mask,
@@ -41,7 +42,7 @@ from .targets import (
 __all__ = ["train_counter", "train_counter_iter"]
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
-PEAK_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)
+PEAK_THRESHOLDS = (0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
 def train_counter_iter(
@@ -136,8 +137,10 @@ def train_counter_iter(
 
     loop_s = time.perf_counter() - started
     yield Progress(done, total, "Tuning the peak threshold on the given points")
-    threshold, tuned_f1 = _tune(counter, data, scaled_bg, scaled_regs)
-    counter.config = config = config.with_settings(peak_threshold=threshold)
+    threshold, tuned_f1, count_scale = _tune(counter, data, scaled_bg, scaled_regs)
+    counter.config = config = config.with_settings(
+        peak_threshold=threshold, count_scale=count_scale
+    )
     train_s = time.perf_counter() - started
     session = {
         "date": _now(),
@@ -300,10 +303,15 @@ def _dataset(
         bg_s, reg_s = (_resize_mask(m, shape) for m in (bg, reg))
         images.append(scaled)
         scaled_points.append(pts_s)
-        scaled_bg.append(bg_s)
         scaled_regs.append(reg_s)
         targets.append(density_targets(pts_s, shape, config.sigma) * scale)
-        masks.append(trusted_mask(pts_s, shape, radius, bg_s, reg_s))
+        weight = trusted_mask(pts_s, shape, radius, bg_s, reg_s).astype(np.float32)
+        if config.probable_background > 0:
+            probable = probable_background(scaled, config.polarity, pts_s, radius, margin=2.0)
+            weight[probable & (weight == 0)] = config.probable_background
+            bg_s = probable if bg_s is None else bg_s | probable
+        masks.append(weight)
+        scaled_bg.append(bg_s)
     return CountingData(images, targets, masks, scaled_points), scaled_bg, scaled_regs
 
 
@@ -318,9 +326,13 @@ def _tune(
     data: CountingData,
     background: list[np.ndarray | None],
     regions: list[np.ndarray | None],
-) -> tuple[float, float]:
-    """The peak threshold with the best F1 on what is known: given points found (within a
-    radius) vs. centres detected on painted background or, unmatched, in complete regions."""
+) -> tuple[float, float, float]:
+    """Peak threshold, its F1 and the count scale, from what is known.
+
+    The threshold has the best F1 of given points found (within a radius) vs. centres detected
+    on (painted or probable) background or, unmatched, in complete regions. The count scale is
+    1 / the mean density mass within a radius of each given point (between 0.5 and 2).
+    """
     heats = [counter.heatmap(img) for img in data.images]
     reach = counter.config.radius
     best = (-1.0, counter.config.peak_threshold)
@@ -340,4 +352,12 @@ def _tune(
         f1 = 2.0 * tp / max(2 * tp + fp + fn, 1)
         if f1 > best[0] + 1e-9:
             best = (f1, level)
-    return best[1], best[0]
+    unscaled = counter.config.with_settings(count_scale=1.0)
+    mass = n_points = 0.0
+    for heat, pts in zip(heats, data.points, strict=True):
+        if len(pts):
+            discs = trusted_mask(pts, heat.shape, reach)
+            mass += float(Counter(None, unscaled, 1, "cpu").density(heat)[discs].sum())
+            n_points += len(pts)
+    scale = float(np.clip(n_points / mass, 0.5, 2.0)) if mass > 0 else 1.0
+    return best[1], best[0], round(scale, 4)
