@@ -24,6 +24,7 @@ Prints one JSON object; ``--out`` also writes it. Run from the repository root::
 
     .venv/bin/python benchmarks/counting.py --out benchmarks/results/counting.json
     .venv/bin/python benchmarks/counting.py --only fluo_25 --steps 50
+    .venv/bin/python benchmarks/counting.py --merge a.json b.json --out all.json
 """
 
 from __future__ import annotations
@@ -187,6 +188,28 @@ def run_baseline(train: list, test: list, fraction: float, seed: int) -> dict[st
     return figures
 
 
+def merge(files: list[Path], out: Path | None, note: str) -> int:
+    """One JSON from runs made in separate processes (e.g. in parallel): every run's
+    sub-object, and each file's machine and settings under ``processes``."""
+    result: dict[str, Any] = {}
+    processes = []
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        processes.append(
+            {"file": path.name, "machine": data.get("machine"), "settings": data.get("settings")}
+        )
+        result.update({k: v for k, v in data.items() if k in RUNS})
+    result["processes"] = processes
+    if note:
+        result["note"] = note
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -197,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--batch-out", type=Path, default=REPO / "out" / "counting_fluo_test")
     parser.add_argument("--note", default="", help="a note stored in the JSON")
+    parser.add_argument(
+        "--merge", nargs="*", type=Path, help="combine the runs of these JSON files (no run)"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, args.note)
     if not (args.data / "fluo" / "train" / "images").is_dir():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2

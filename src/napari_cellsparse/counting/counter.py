@@ -11,8 +11,8 @@ The network gives a heat map (1 at a cell centre). The density is the heat map a
 ``density_cut`` (which removes the faint haze a network leaves over the background, and that
 would otherwise add up over a large image), divided by the mass that a unit Gaussian keeps
 above that level, ``(1 - cut) 2 pi sigma^2``; so an ideal peak counts exactly 1 (and
-``count_scale``, measured at training as 1 / the mass found around the given points, corrects
-peaks that the network draws lower or wider than the targets). The count is
+``count_scale``, measured on the training images, corrects peaks that the network draws lower
+and wider than the targets). The count is
 the density's sum and the centres are the heat map's local maxima above ``peak_threshold``, at
 least ``min_distance`` apart.
 """
@@ -59,12 +59,13 @@ class CounterConfig:
     neighbourhood: float = 1.5  # trusted disc around a point, in cell radii
     probable_background: float = 0.5  # loss weight of the image's dark space (0 = off)
     density_cut: float = 0.05
-    count_scale: float = 1.0  # set at training: 1 / the density mass found per given point
+    count_scale: float = 1.0  # set at training: centres / density mass on the training images
     peak_threshold: float = 0.3
     min_distance: float = 0.0  # between centres at the canonical scale; 0 = a cell radius
     polarity: float = 1.0  # set at training: +1 bright cells, -1 dark cells
     diameter_calibration: float = 1.0  # set at training: given diameter / estimated
     train_diameter: float = 0.0  # set at training: median diameter of the training images
+    diameter_range: tuple[float, float] = (0.0, 0.0)  # set at training: of the training images
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,9 +73,12 @@ class CounterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CounterConfig:
         """A config from JSON, ignoring keys it does not know (clear error for bad values)."""
-        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "diameter_range" in values:
+            values["diameter_range"] = tuple(float(v) for v in values["diameter_range"])
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**values)
         except TypeError as err:
             raise BadInputError(f"Bad counter settings ({err}).") from err
 
@@ -182,11 +186,16 @@ class Counter:
         return find_centres(heat, float(level), float(distance))
 
     def estimate_diameter(self, normalized: np.ndarray) -> float:
-        """Cell diameter (pixels) of a normalised YXC image, calibrated at training."""
+        """Cell diameter (pixels) of a normalised YXC image, calibrated at training and kept
+        within 1.5x of the training images' range."""
         found = foreground_diameter(normalized, float(self.config.polarity))
         if found is None:
             return float(self.config.train_diameter or self.config.target_diameter)
-        return found * float(self.config.diameter_calibration)
+        low, high = self.config.diameter_range
+        estimate = found * float(self.config.diameter_calibration)
+        if high > 0:  # an estimate far outside what training saw is more likely wrong
+            estimate = float(np.clip(estimate, low / 1.5, high * 1.5))
+        return estimate
 
     def scale_factor(self, diameter: float) -> float:
         """Resize factor that brings cells of ``diameter`` px to the canonical scale."""

@@ -274,6 +274,7 @@ def _calibrate(
         polarity=polarity,
         diameter_calibration=round(calibration, 4),
         train_diameter=round(float(np.median(diameters)), 2),
+        diameter_range=(round(min(diameters), 2), round(max(diameters), 2)),
         sigma=config.sigma or round(sigma_for(config.target_diameter), 3),
     )
     return updated, diameters
@@ -330,8 +331,10 @@ def _tune(
     """Peak threshold, its F1 and the count scale, from what is known.
 
     The threshold has the best F1 of given points found (within a radius) vs. centres detected
-    on (painted or probable) background or, unmatched, in complete regions. The count scale is
-    1 / the mean density mass within a radius of each given point (between 0.5 and 2).
+    on (painted or probable) background or, unmatched, in complete regions. The count scale
+    makes the density of the training images sum to the number of centres detected there at
+    that threshold (kept within 0.8-1.25): the network draws the peaks of rough points lower
+    and wider than the targets, so a little of their mass falls under the density cut.
     """
     heats = [counter.heatmap(img) for img in data.images]
     reach = counter.config.radius
@@ -352,12 +355,8 @@ def _tune(
         f1 = 2.0 * tp / max(2 * tp + fp + fn, 1)
         if f1 > best[0] + 1e-9:
             best = (f1, level)
-    unscaled = counter.config.with_settings(count_scale=1.0)
-    mass = n_points = 0.0
-    for heat, pts in zip(heats, data.points, strict=True):
-        if len(pts):
-            discs = trusted_mask(pts, heat.shape, reach)
-            mass += float(Counter(None, unscaled, 1, "cpu").density(heat)[discs].sum())
-            n_points += len(pts)
-    scale = float(np.clip(n_points / mass, 0.5, 2.0)) if mass > 0 else 1.0
+    unscaled = Counter(None, counter.config.with_settings(count_scale=1.0), 1, "cpu")
+    found = sum(len(counter.centres(heat, best[1])) for heat in heats)
+    mass = sum(float(unscaled.density(heat).sum()) for heat in heats)
+    scale = float(np.clip(found / mass, 0.8, 1.25)) if mass > 0 and found else 1.0
     return best[1], best[0], round(scale, 4)
