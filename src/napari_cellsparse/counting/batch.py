@@ -10,6 +10,7 @@ the next file; what was counted so far is still written.
 from __future__ import annotations
 
 import csv
+import json
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ import numpy as np
 from ..errors import BadInputError, CellsparseError
 from ..images import to_rgb_uint8
 from ..progress import Progress, ProgressCallback, run_sync
-from ..training.store import write_json
 from .counter import Counter, CountResult
 
 __all__ = [
@@ -192,7 +192,7 @@ def count_folder_iter(
 
 def _write_tables(result: BatchResult, out: Path) -> list[Path]:
     json_path, csv_path = out / OUTPUT_NAMES[0], out / OUTPUT_NAMES[1]
-    write_json(json_path, result.counts)
+    json_path.write_text(json.dumps(result.counts, indent=2) + "\n", encoding="utf-8")
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image", "count", "n_centres"])
