@@ -231,7 +231,7 @@ class CellCountingWidget(QWidget):
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
         layers = list(self.viewer.layers)
-        ours = {ly.name for ly in layers if ly.name.endswith((" density", " centres"))}
+        ours = {ly.name for ly in layers if "count" in ly.metadata}  # results of Count
         images = [ly.name for ly in layers if isinstance(ly, Image) and ly.name not in ours]
         points = [ly.name for ly in layers if isinstance(ly, Points) and ly.name not in ours]
         masks = [NONE] + [ly.name for ly in layers if isinstance(ly, (Labels, Shapes))]
