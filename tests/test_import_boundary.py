@@ -42,6 +42,8 @@ ENGINE = [
     "napari_cellsparse.image_sources",
     "napari_cellsparse.blockwise",
     "napari_cellsparse.measure",
+    "napari_cellsparse.counting",
+    "napari_cellsparse.counting.network",
 ]
 
 
@@ -85,6 +87,23 @@ def test_running_the_engine_imports_no_front_end() -> None:
     )
     loaded = loaded_after(code)
     assert {"torch", "mobile_sam", "segment_anything"} <= loaded
+    assert not loaded & set(FRONT_END)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("segmentation_models_pytorch") is None,
+    reason="counting extra not installed",
+)
+def test_counting_engine_imports_no_front_end() -> None:
+    """Building the counter's network loads torch, timm and torchvision: still no Qt."""
+    code = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "from napari_cellsparse.counting import CounterConfig\n"
+        "from napari_cellsparse.counting.network import build_network\n"
+        "build_network(CounterConfig(encoder_depth=3).to_dict(), 1)\n"
+    )
+    loaded = loaded_after(code)
+    assert {"torch", "segmentation_models_pytorch", "timm"} <= loaded
     assert not loaded & set(FRONT_END)
 
 

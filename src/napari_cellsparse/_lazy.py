@@ -23,7 +23,13 @@ from types import ModuleType
 
 from .errors import BackendUnavailableError
 
-__all__ = ["guard_triton", "import_mobile_sam", "import_segment_anything", "import_torch"]
+__all__ = [
+    "guard_triton",
+    "import_mobile_sam",
+    "import_segment_anything",
+    "import_segmentation_models",
+    "import_torch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +105,15 @@ def import_mobile_sam() -> ModuleType:
             return importlib.import_module("mobile_sam")
     except ImportError as err:
         raise BackendUnavailableError("MobileSAM (mobilesam-mirror)", "sam", err) from err
+
+
+def import_segmentation_models() -> ModuleType:
+    """Import ``segmentation_models_pytorch`` (the counter's network; it imports timm and
+    torchvision, hence the guard)."""
+    import_torch()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+            return importlib.import_module("segmentation_models_pytorch")
+    except ImportError as err:
+        raise BackendUnavailableError("segmentation-models-pytorch", "counting", err) from err

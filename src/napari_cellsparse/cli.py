@@ -241,6 +241,62 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         kind = "cell" if nuclei is not None else "detection"
         geojson = write_features(args.geojson, measured_features(labels, table, object_type=kind))
         print(f"wrote {geojson}")
+
+
+def _cmd_count(args: argparse.Namespace) -> int:
+    """Train a counter from images + points CSVs, and/or count an image or a folder."""
+    from .counting import count_folder, load_counter, train_counter
+    from .counting.batch import read_image, read_points_csv
+    from .errors import BadInputError
+
+    training = bool(args.image or args.points)
+    if training and len(args.image or []) != len(args.points or []):
+        raise BadInputError("Give one --points CSV for every --image, in the same order.")
+    if args.background and len(args.background) != len(args.image or []):
+        raise BadInputError("Give one --background mask for every --image, or none.")
+    if not training and not args.input:
+        raise BadInputError("Nothing to do: give --image/--points to train, --input to count.")
+    if training:
+        images = [_read_image(spec)[0] for spec in args.image]
+        points = [read_points_csv(path) for path in args.points]
+        background = [read_image(Path(p)) > 0 for p in args.background or []] or None
+        settings = _parse_settings(args.set or [])
+        if args.diameter:
+            settings["diameter"] = args.diameter
+
+        def report(step: int, total: int, info: dict) -> None:
+            if step == total or step % max(1, total // 20) == 0:
+                print(f"step {step}/{total} loss {info['loss']:.4f}", file=sys.stderr, flush=True)
+
+        counter = train_counter(
+            images,
+            points,
+            name=args.name,
+            background=background,
+            steps=args.steps,
+            progress=report,
+            reset=args.reset,
+            device=args.device,
+            **settings,
+        )
+        session = counter.info["sessions"][-1]
+        print(
+            f"trained counter {counter.name!r}: {session['steps']} steps in "
+            f"{session['train_s']:.1f} s on {counter.device}, saved in {counter.folder}"
+        )
+    else:
+        counter = load_counter(args.model or args.name, device=args.device)
+    if not args.input:
+        return 0
+    source = Path(args.input)
+    if source.is_dir():
+        result = count_folder(counter, source, args.out, progress=_print_progress)
+        for path, message in result.errors.items():
+            print(f"skipped {path}: {message}", file=sys.stderr)
+        print(f"counted {len(result.counts)} image(s); wrote {', '.join(map(str, result.outputs))}")
+        return 0
+    counted = counter.count(read_image(source))
+    print(f"{source}\t{counted.count:.2f}\t{len(counted.centres)} centres")
     return 0
 
 
@@ -498,6 +554,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     serve.add_argument("--max-body-mb", type=float, default=512.0, help="largest request body")
     serve.set_defaults(func=_cmd_serve)
+
+    count = sub.add_parser("count", help="count cells: train from points and/or count images")
+    count.add_argument("--image", action="append", help="training image (repeat)")
+    count.add_argument("--points", action="append", help="centres CSV (y,x) per --image")
+    count.add_argument("--background", action="append", help="background mask per --image")
+    count.add_argument("--name", default="counter", help="counter name in the model store")
+    count.add_argument("--model", help="counter to count with (default: --name)")
+    count.add_argument("--steps", type=int, help="training steps (default: the counter's)")
+    count.add_argument("--diameter", type=float, help="cell diameter in pixels (default: auto)")
+    count.add_argument("--reset", action="store_true", help="start afresh instead of continuing")
+    count.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="other counter settings")
+    count.add_argument("--input", help="an image, or a folder to count (counts.json/.csv, PNGs)")
+    count.add_argument("--out", default="out/counts", help="output folder for a folder")
+    count.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    count.set_defaults(func=_cmd_count)
 
     models = sub.add_parser("models", help="list the stored models")
     models.set_defaults(func=_cmd_models)

@@ -176,6 +176,11 @@ def load_model(name_or_path: str | Path, device: str | None = None) -> TrainedMo
     backend = meta.get("backend")
     if not isinstance(backend, str):
         raise WeightsError(f"{folder / METADATA_FILE} does not say which backend made it.")
+    if backend == "counter":
+        raise BadInputError(
+            f"The model {folder.name!r} is a cell counter, not a segmentation model; load it "
+            "with napari_cellsparse.counting.load_counter (or the Cell counting widget)."
+        )
     cls = backend_class(backend)
     try:
         n_channels = int(config.pop("n_channels"))

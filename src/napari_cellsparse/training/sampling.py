@@ -16,7 +16,7 @@ from skimage.transform import resize
 
 from .annotations import IGNORE
 
-__all__ = ["Batch", "SparseDataset"]
+__all__ = ["Batch", "SparseDataset", "augment_pair"]
 
 
 @dataclass
@@ -78,7 +78,7 @@ class SparseDataset:
                     lab, (patch, patch), order=0, preserve_range=True, anti_aliasing=False
                 ).astype(np.int32)
             if augment:
-                img, lab = _augment(rng, img, lab)
+                img, lab = augment_pair(rng, img, lab)
             images[i] = img
             labels[i] = lab
         return Batch(images, labels)
@@ -100,10 +100,14 @@ def _crop(
     return img, lab
 
 
-def _augment(
+def augment_pair(
     rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and 90° turns (same for both), then contrast, brightness and noise."""
+    """Random flips and 90° turns (same for both), then contrast, brightness and noise.
+
+    ``labels`` is anything laid out like the image's first two axes (class ids, or a stack of
+    target maps); only the image's intensities change.
+    """
     k = int(rng.integers(4))
     image, labels = np.rot90(image, k), np.rot90(labels, k)
     if rng.random() < 0.5:

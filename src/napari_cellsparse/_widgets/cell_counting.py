@@ -1,0 +1,478 @@
+"""The "Cell counting" dock widget: click rough centres of some cells, train, count.
+
+Thin front end over :mod:`napari_cellsparse.counting`: training, counting and folder batches
+run in a background worker (progress bar, Stop/Cancel). A count adds the density as an Image
+layer and the detected centres as a Points layer; the count is shown here and stored in both
+layers' ``metadata["count"]``. Layers the user drew are only ever read (copied).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..counting import (
+    BACKEND,
+    BatchResult,
+    Counter,
+    CounterConfig,
+    CountResult,
+    count_folder_iter,
+    load_counter,
+    train_counter_iter,
+)
+from ..errors import BadInputError, CellsparseError
+from ..progress import Progress
+from ..training import list_models
+from ..training.store import model_folder
+from ._worker import JobRunner, friendly_message
+from .sparse_training import parse_settings
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["CellCountingWidget"]
+
+NONE = "(none)"
+DENSITY = "{} density"
+CENTRES = "{} centres"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class CountingState:
+    """What the widget knows between events (owned by one widget, never global)."""
+
+    counter: Counter | None = None
+    counter_key: tuple[Any, ...] | None = None  # (name, updated, device) of ``counter``
+    reset_next: bool = False
+    cancel: threading.Event | None = None
+    last_count: float | None = None
+
+
+def _mask_of(layer: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean mask from a Labels layer (1 = background in a sparse annotation, else any
+    label) or a Shapes layer (inside any shape)."""
+    if isinstance(layer, Shapes):
+        if not len(layer.data):
+            return np.zeros(shape, bool)
+        return np.asarray(layer.to_masks(mask_shape=shape)).any(0)
+    data = np.asarray(layer.data)
+    if data.shape[-2:] != shape:
+        raise BadInputError(
+            f"The layer '{layer.name}' {data.shape} does not cover the image {shape}."
+        )
+    data = data.reshape(-1, *shape)[0] if data.ndim > 2 else data
+    return data == 1 if data.max() > 1 else data > 0
+
+
+def _points_yx(points: Points, image: Image) -> np.ndarray:
+    """The points' (y, x) in the image's pixel coordinates (scale and translate applied)."""
+    data = np.asarray(points.data, np.float64).reshape(-1, points.ndim)[:, -2:]
+    world = data * np.asarray(points.scale[-2:]) + np.asarray(points.translate[-2:])
+    return (world - np.asarray(image.translate[-2:])) / np.asarray(image.scale[-2:])
+
+
+def _image_2d(layer: Image) -> np.ndarray:
+    """A 2D image (YX, or YXC for RGB) from an Image layer, with a clear error for stacks."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if data.ndim != (3 if layer.rgb else 2):
+        raise BadInputError(
+            f"'{layer.name}' is not a 2D image (shape {data.shape}); count one slice at a time."
+        )
+    return np.asarray(data)
+
+
+class CellCountingWidget(QWidget):
+    """Dock widget: points (+ background, complete regions) → train → count an image or a folder."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = CountingState()
+        self._build()
+        self.runner = JobRunner(
+            [self.train_button, self.reset_button, self.count_button, self.batch_button],
+            self.stop_button,
+            self.status.setText,
+        )
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._refresh_models()
+
+    def _fail(self, err: BaseException) -> None:
+        message = friendly_message(err)
+        self.status.setText(message)
+        show_error(message)
+
+    # -- layout ------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.image_combo = QComboBox()
+        self.points_combo = QComboBox()
+        self.background_combo = QComboBox()
+        self.background_combo.setToolTip(
+            "Painted background (Labels: 1 in a sparse annotation, else any label; or Shapes)."
+        )
+        self.regions_combo = QComboBox()
+        self.regions_combo.setToolTip("Regions where every cell has a point (Shapes or Labels).")
+        self.name_edit = QLineEdit("counter")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(CounterConfig().steps)
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 1000.0)
+        self.diameter_spin.setDecimals(1)
+        self.diameter_spin.setSpecialValueText("auto")
+        self.diameter_spin.setToolTip("Typical cell diameter in pixels; auto estimates it.")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.settings_edit = QLineEdit()
+        self.settings_edit.setPlaceholderText("e.g. patch_size=96, encoder_depth=3")
+        self.settings_edit.setToolTip("Other counter settings (CounterConfig fields).")
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Centres (points)", self.points_combo)
+        form.addRow("Background", self.background_combo)
+        form.addRow("Complete regions", self.regions_combo)
+        form.addRow("Counter name", self.name_edit)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Cell diameter", self.diameter_spin)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Settings", self.settings_edit)
+
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip(
+            "Stop after the current step (training: the counter so far is saved)."
+        )
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("The next training starts from scratch.")
+        self.reset_button.clicked.connect(self.reset)
+        run_row = QHBoxLayout()
+        for button in (self.train_button, self.stop_button, self.reset_button):
+            run_row.addWidget(button)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("A trained counter from the model store")
+        refresh = QPushButton("↻")
+        refresh.setMaximumWidth(30)
+        refresh.clicked.connect(self._refresh_models)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(refresh)
+        self.count_image_combo = QComboBox()
+        self.count_button = QPushButton("Count")
+        self.count_button.clicked.connect(self.count)
+        self.count_label = QLabel("Count: –")
+        self.count_label.setStyleSheet("font-size: 15px; font-weight: bold")
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("folder of images")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit, 1)
+        folder_row.addWidget(browse)
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("output folder (default: <folder>/counts)")
+        self.batch_button = QPushButton("Count folder")
+        self.batch_button.setToolTip("counts.json, counts.csv and one overlay PNG per image")
+        self.batch_button.clicked.connect(self.count_folder)
+        count_form = QFormLayout()
+        count_form.addRow("Counter", model_row)
+        count_form.addRow("Count on", self.count_image_combo)
+        count_form.addRow(self.count_button)
+        count_form.addRow(self.count_label)
+        count_form.addRow("Folder", folder_row)
+        count_form.addRow("Output", self.out_edit)
+        count_form.addRow(self.batch_button)
+
+        self.status = QLabel("Click the centres of some cells in a Points layer, then Train.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(run_row)
+        layout.addWidget(self.progress_bar)
+        layout.addLayout(count_form)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of images to count")
+        if folder:
+            self.folder_edit.setText(folder)
+
+    # -- layers ------------------------------------------------------------------------
+    def _refresh_layers(self, _event: Any = None) -> None:
+        layers = list(self.viewer.layers)
+        ours = {ly.name for ly in layers if "count" in ly.metadata}  # results of Count
+        images = [ly.name for ly in layers if isinstance(ly, Image) and ly.name not in ours]
+        points = [ly.name for ly in layers if isinstance(ly, Points) and ly.name not in ours]
+        masks = [NONE] + [ly.name for ly in layers if isinstance(ly, (Labels, Shapes))]
+        for combo, names in (
+            (self.image_combo, images),
+            (self.points_combo, points),
+            (self.background_combo, masks),
+            (self.regions_combo, masks),
+            (self.count_image_combo, images),
+        ):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+    def _refresh_models(self, _checked: Any = None, select: str | None = None) -> None:
+        current = select or self.model_combo.currentText()
+        names = [m["name"] for m in list_models() if m.get("backend") == BACKEND]
+        self.model_combo.clear()
+        self.model_combo.addItems(names)
+        if current in names:
+            self.model_combo.setCurrentText(current)
+
+    def _layer(self, combo: QComboBox, what: str) -> Any:
+        name = combo.currentText()
+        if not name or name == NONE or name not in self.viewer.layers:
+            raise BadInputError(f"Choose {what} first.")
+        return self.viewer.layers[name]
+
+    def training_inputs(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Copies of the chosen image, points (y, x), background and complete-region masks."""
+        image_layer = self._layer(self.image_combo, "an image layer")
+        image = _image_2d(image_layer)
+        points = _points_yx(
+            self._layer(self.points_combo, "a Points layer of cell centres"), image_layer
+        )
+        if not len(points):
+            raise BadInputError("The Points layer is empty: click the centres of some cells.")
+        masks = []
+        for combo in (self.background_combo, self.regions_combo):
+            chosen = combo.currentText()
+            masks.append(
+                None
+                if chosen in ("", NONE)
+                else _mask_of(self.viewer.layers[chosen], image.shape[:2])
+            )
+        return image, points, masks[0], masks[1]
+
+    # -- training ----------------------------------------------------------------------
+    def train(self) -> None:
+        """Train (or continue training) the named counter, in a worker."""
+        if self.runner.busy:
+            self.status.setText("Still working; press Stop or wait.")
+            return
+        try:
+            name = self.name_edit.text().strip()
+            model_folder(name)
+            image, points, background, regions = self.training_inputs()
+            settings = parse_settings(self.settings_edit.text())
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        steps, device, reset = (
+            self.steps_spin.value(),
+            self.device_combo.currentText(),
+            self.state.reset_next,
+        )
+        if self.diameter_spin.value():
+            settings["diameter"] = self.diameter_spin.value()
+        cancel = threading.Event()
+        self.state.cancel = cancel
+        self.progress_bar.setRange(0, steps)
+        self.progress_bar.setValue(0)
+
+        def job() -> Generator[Progress, None, Counter]:
+            counter = yield from train_counter_iter(
+                image,
+                points,
+                name=name,
+                background=background,
+                regions=regions,
+                steps=steps,
+                reset=reset,
+                device=device,
+                cancel=cancel,
+                **settings,
+            )
+            return counter
+
+        self.runner.start(
+            job,
+            self._trained,
+            f"Training counter '{name}'",
+            cancel=cancel,
+            on_progress=self._on_progress,
+        )
+
+    def _on_progress(self, event: Progress) -> None:
+        if event.total:
+            self.progress_bar.setMaximum(event.total)
+            self.progress_bar.setValue(min(event.step, event.total))
+        loss = event.info.get("loss")
+        text = event.message + (f", loss {loss:.4f}" if loss is not None else "")
+        if self.state.cancel is not None and self.state.cancel.is_set():
+            text += " (stopping)"
+        self.status.setText(text)
+
+    def _trained(self, counter: Counter) -> None:
+        self.state.reset_next = False
+        self.state.counter = counter
+        self.state.counter_key = self._key(counter.name)
+        self.state.cancel = None
+        self._refresh_models(select=counter.name)
+        session = counter.info["sessions"][-1]
+        head = "Stopped after" if counter.info.get("stopped_early") else "Trained for"
+        self.status.setText(
+            f"{head} {session['steps']} step(s): counter '{counter.name}' on {counter.device} "
+            f"(training cells about {counter.config.train_diameter:.1f} px wide). Press Count."
+        )
+
+    def reset(self) -> None:
+        """Make the next training start afresh."""
+        self.state.reset_next = True
+        self.status.setText(
+            f"Reset: the next Train starts '{self.name_edit.text().strip()}' from scratch."
+        )
+
+    # -- counting ----------------------------------------------------------------------
+    def _key(self, name: str) -> tuple[Any, ...]:
+        meta = next((m for m in list_models() if m["name"] == name), {})
+        return (name, meta.get("updated"), self.device_combo.currentText())
+
+    def _counter_job(self) -> tuple[str, Counter | None, tuple[Any, ...]]:
+        name = self.model_combo.currentText()
+        if not name:
+            raise BadInputError("No trained counter yet: press Train first.")
+        key = self._key(name)
+        return name, (self.state.counter if self.state.counter_key == key else None), key
+
+    def _load(self, name: str, reuse: Counter | None) -> Generator[Progress, None, Counter]:
+        if reuse is not None:
+            return reuse
+        yield Progress(0, 0, f"Loading counter '{name}'")
+        return load_counter(name, self.device_combo.currentText())
+
+    def count(self) -> None:
+        """Count the chosen image: density and centres layers, the count in the widget."""
+        if self.runner.busy:
+            self.status.setText("Still working; press Stop or wait.")
+            return
+        try:
+            name, reuse, key = self._counter_job()
+            layer = self._layer(self.count_image_combo, "an image to count")
+            image = _image_2d(layer)
+        except CellsparseError as err:
+            self._fail(err)
+            return
+
+        def job() -> Generator[Progress, None, tuple[Counter, CountResult]]:
+            counter = yield from self._load(name, reuse)
+            yield Progress(0, 1, f"Counting {layer.name}")
+            return counter, counter.count(image)
+
+        def done(found: tuple[Counter, CountResult]) -> None:
+            self.state.counter, self.state.counter_key = found[0], key
+            self._show(layer, *found)
+
+        self.runner.start(job, done, f"Counting {layer.name}")
+
+    def _show(self, layer: Image, counter: Counter, result: CountResult) -> None:
+        meta = {"count": result.count, "n_centres": len(result.centres), "counter": counter.name}
+        nd_scale, nd_translate = layer.scale[-2:], layer.translate[-2:]
+        density_name, centres_name = DENSITY.format(layer.name), CENTRES.format(layer.name)
+        for old in (density_name, centres_name):
+            if old in self.viewer.layers:
+                self.viewer.layers.remove(old)
+        self.viewer.add_image(
+            result.density,
+            name=density_name,
+            colormap="inferno",
+            blending="additive",
+            opacity=0.7,
+            scale=nd_scale,
+            translate=nd_translate,
+            metadata=dict(meta),
+        )
+        self.viewer.add_points(
+            result.centres,
+            name=centres_name,
+            size=max(3.0, result.diameter / 2),
+            face_color="red",
+            border_color="white",
+            scale=nd_scale,
+            translate=nd_translate,
+            metadata=dict(meta),
+        )
+        self.state.last_count = result.count
+        self.count_label.setText(f"Count: {result.count:.1f}  ({len(result.centres)} centres)")
+        self.status.setText(f"Counted '{layer.name}' with '{counter.name}'.")
+
+    def count_folder(self) -> None:
+        """Count every image of the chosen folder; write counts.json, counts.csv and PNGs."""
+        if self.runner.busy:
+            self.status.setText("Still working; press Stop or wait.")
+            return
+        try:
+            name, reuse, key = self._counter_job()
+            folder = Path(self.folder_edit.text().strip()).expanduser()
+            if not self.folder_edit.text().strip() or not folder.is_dir():
+                raise BadInputError("Choose a folder of images to count.")
+            out = Path(self.out_edit.text().strip() or folder / "counts").expanduser()
+        except CellsparseError as err:
+            self._fail(err)
+            return
+        cancel = threading.Event()
+
+        def job() -> Generator[Progress, None, tuple[Counter, BatchResult]]:
+            counter = yield from self._load(name, reuse)
+            result = yield from count_folder_iter(counter, folder, out, cancel=cancel)
+            return counter, result
+
+        def done(found: tuple[Counter, BatchResult]) -> None:
+            self.state.counter, self.state.counter_key = found[0], key
+            self._batch_done(found[1], out)
+
+        self.runner.start(
+            job, done, f"Counting {folder.name}", cancel=cancel, on_progress=self._on_progress
+        )
+
+    def _batch_done(self, result: BatchResult, out: Path) -> None:
+        total = sum(result.counts.values())
+        text = f"Counted {len(result.counts)} image(s) ({total:.1f} cells); wrote {out}."
+        if result.cancelled:
+            text = "Cancelled: " + text
+        if result.errors:
+            skipped = "; ".join(f"{Path(p).name}: {m}" for p, m in result.errors.items())
+            show_warning(f"{len(result.errors)} file(s) skipped: {skipped}")
+            text += f" Skipped {len(result.errors)} file(s)."
+        self.status.setText(text)

@@ -1,0 +1,257 @@
+"""A trained cell counter: count and locate cells in any image of the kind it was trained on.
+
+Scale: the counter works at one canonical scale, where cells are ``target_diameter`` pixels
+across. Each image is rescaled to it from its own cell diameter (given, or estimated from the
+image's blob scale with the estimator of sparse training, calibrated at training when the user
+gave a diameter), so one counter handles cells from a few to tens of pixels wide, and the
+Gaussians, the trusted discs and the minimum distance between centres are fixed in that space.
+The density and the centres are mapped back to the image's pixels (the density keeps its sum).
+
+The network gives a heat map (1 at a cell centre). The density is the heat map above a small
+``density_cut`` (which removes the faint haze a network leaves over the background, and that
+would otherwise add up over a large image), divided by the mass that a unit Gaussian keeps
+above that level, ``(1 - cut) 2 pi sigma^2``; so an ideal peak counts exactly 1 (and
+``count_scale``, measured on the training images, corrects peaks that the network draws lower
+and wider than the targets). The count is
+the density's sum and the centres are the heat map's local maxima above ``peak_threshold``, at
+least ``min_distance`` apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from skimage.transform import resize
+
+from ..errors import BadInputError, WeightsError
+from ..images import as_yxc
+from ..training.model import normalize
+from ..training.scale import foreground_diameter, rescale_image
+from ..training.store import CONFIG_FILE, METADATA_FILE, read_json, resolve_model_folder
+
+__all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "find_centres", "load_counter"]
+
+BACKEND = "counter"
+WEIGHTS_FILE = "counter.pt"
+MIN_FACTOR, MAX_FACTOR = 1.0 / 8.0, 4.0
+
+
+@dataclass(frozen=True)
+class CounterConfig:
+    """Everything needed to rebuild a counter's network and read its output (JSON round-trip)."""
+
+    encoder: str = "resnet18"
+    encoder_depth: int = 4
+    decoder_width: int = 16
+    patch_size: int = 128
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    mse_weight: float = 1.0
+    steps: int = 400  # about 3 minutes on a 2-core laptop CPU
+    seed: int = 0
+    diameter: float = 0.0  # the training images' cell diameter in pixels; 0 = estimate
+    target_diameter: float = 16.0  # cell diameter at the canonical scale
+    sigma: float = 0.0  # of the Gaussians at the canonical scale; 0 = a third of the radius
+    neighbourhood: float = 1.5  # trusted disc around a point, in cell radii
+    probable_background: float = 0.5  # loss weight of the image's dark space (0 = off)
+    density_cut: float = 0.05
+    count_scale: float = 1.0  # set at training: centres / density mass on the training images
+    peak_threshold: float = 0.3
+    min_distance: float = 0.0  # between centres at the canonical scale; 0 = a cell radius
+    polarity: float = 1.0  # set at training: +1 bright cells, -1 dark cells
+    diameter_calibration: float = 1.0  # set at training: given diameter / estimated
+    train_diameter: float = 0.0  # set at training: median diameter of the training images
+    diameter_range: tuple[float, float] = (0.0, 0.0)  # set at training: of the training images
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CounterConfig:
+        """A config from JSON, ignoring keys it does not know (clear error for bad values)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "diameter_range" in values:
+            values["diameter_range"] = tuple(float(v) for v in values["diameter_range"])
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise BadInputError(f"Bad counter settings ({err}).") from err
+
+    def with_settings(self, **settings: Any) -> CounterConfig:
+        """A copy with ``settings`` applied; unknown names are a clear error."""
+        unknown = set(settings) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(self))
+            raise BadInputError(
+                f"Unknown counter setting(s): {', '.join(sorted(unknown))}; known: {known}."
+            )
+        return dataclasses.replace(self, **settings)
+
+    @property
+    def radius(self) -> float:
+        """Cell radius at the canonical scale."""
+        return self.target_diameter / 2.0
+
+
+@dataclass
+class CountResult:
+    """``count`` (the density's sum), ``centres`` (N x 2, y x) and ``density`` (float32,
+    image-sized); ``diameter``: the cell diameter (pixels) the image was read at."""
+
+    count: float
+    centres: np.ndarray
+    density: np.ndarray
+    diameter: float = 0.0
+
+
+def find_centres(heat: np.ndarray, threshold: float, min_distance: float) -> np.ndarray:
+    """Local maxima (N x 2 float, y x) of ``heat`` above ``threshold``, ``min_distance`` apart."""
+    from skimage.feature import peak_local_max
+
+    peaks = peak_local_max(
+        heat,
+        min_distance=max(1, round(min_distance)),
+        threshold_abs=threshold,
+        exclude_border=False,
+    )
+    return peaks.astype(np.float64).reshape(-1, 2)
+
+
+class Counter:
+    """A counter in memory: its network, config and store metadata."""
+
+    def __init__(
+        self,
+        net: Any,
+        config: CounterConfig,
+        n_channels: int,
+        device: str,
+        folder: Path | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.net = net
+        self.config = config
+        self.n_channels = n_channels
+        self.device = device
+        self.folder = folder
+        self.info: dict[str, Any] = dict(info or {})
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name", ""))
+
+    def __repr__(self) -> str:
+        return f"Counter(name={self.name!r}, folder={self.folder})"
+
+    def prepare(self, image: np.ndarray, what: str = "the image") -> np.ndarray:
+        """A 2D image (YX or YXC) checked against the model and normalised.
+
+        An RGB(A) image given to a one-channel counter is counted on its mean intensity, and
+        the alpha channel of an RGBA image is dropped for a three-channel one.
+        """
+        data = as_yxc(image)
+        if self.n_channels == 1 and data.shape[-1] in (3, 4):
+            data = data[..., :3].astype(np.float32).mean(-1, keepdims=True)
+        elif self.n_channels == 3 and data.shape[-1] == 4:
+            data = data[..., :3]
+        if data.shape[-1] != self.n_channels:
+            raise BadInputError(
+                f"{what.capitalize()} has {data.shape[-1]} channel(s) but the counter "
+                f"{self.name!r} was trained on {self.n_channels}."
+            )
+        return normalize(data)
+
+    def heatmap(self, normalized: np.ndarray) -> np.ndarray:
+        """The network's heat map (float32, Y x X) of a normalised YXC image."""
+        from .network import heatmap, pad_multiple
+
+        return heatmap(self.net, normalized, pad_multiple(self.config.to_dict()), self.device)
+
+    def density(self, heat: np.ndarray) -> np.ndarray:
+        """Density (float32) from a heat map: each ideal peak sums to 1 (see the module)."""
+        cut = float(self.config.density_cut)
+        mass = (1.0 - cut) * 2.0 * np.pi * float(self.config.sigma) ** 2
+        scale = float(self.config.count_scale) / mass
+        return (np.where(heat > cut, heat, 0.0) * scale).astype(np.float32)
+
+    def centres(self, heat: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Detected cell centres (N x 2, y x) of a heat map at the canonical scale."""
+        distance = self.config.min_distance or max(2.0, self.config.radius)
+        level = self.config.peak_threshold if threshold is None else threshold
+        return find_centres(heat, float(level), float(distance))
+
+    def estimate_diameter(self, normalized: np.ndarray) -> float:
+        """Cell diameter (pixels) of a normalised YXC image, calibrated at training and kept
+        within 1.5x of the training images' range."""
+        found = foreground_diameter(normalized, float(self.config.polarity))
+        if found is None:
+            return float(self.config.train_diameter or self.config.target_diameter)
+        low, high = self.config.diameter_range
+        estimate = found * float(self.config.diameter_calibration)
+        if high > 0:  # an estimate far outside what training saw is more likely wrong
+            estimate = float(np.clip(estimate, low / 1.5, high * 1.5))
+        return estimate
+
+    def scale_factor(self, diameter: float) -> float:
+        """Resize factor that brings cells of ``diameter`` px to the canonical scale."""
+        return float(np.clip(self.config.target_diameter / diameter, MIN_FACTOR, MAX_FACTOR))
+
+    def count(self, image: np.ndarray, diameter: float | None = None) -> CountResult:
+        """Count the cells of a 2D image (YX, or YXC with the training's channels).
+
+        ``diameter``: the cells' diameter in pixels (default: estimated from the image).
+        """
+        if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
+            raise BadInputError(f"The diameter must be a positive number, got {diameter!r}.")
+        normalized = self.prepare(image)
+        d = float(diameter) if diameter is not None else self.estimate_diameter(normalized)
+        factor = self.scale_factor(d)
+        heat = self.heatmap(rescale_image(normalized, factor))
+        scaled = self.density(heat)
+        count = float(scaled.sum(dtype=np.float64))
+        shape = normalized.shape[:2]
+        centres = (self.centres(heat) + 0.5) * (np.array(shape) / heat.shape) - 0.5
+        density = scaled
+        if scaled.shape != shape:
+            density = resize(scaled, shape, order=1, preserve_range=True, anti_aliasing=False)
+            total = float(density.sum(dtype=np.float64))
+            density = (density * (count / total if total > 0 else 0.0)).astype(np.float32)
+        return CountResult(count, centres, density, d)
+
+    def save(self, folder: Path) -> None:
+        """Write the weights into ``folder`` (config and metadata are written by training)."""
+        from ..training.torch_network import save_state
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_state(self.net, folder, WEIGHTS_FILE)
+
+
+def load_counter(name_or_path: str | Path, device: str | None = None) -> Counter:
+    """A counter from the store by name, or from a model folder path."""
+    from ..devices import resolve_device
+    from ..training.torch_network import load_state
+    from .network import build_network
+
+    folder = resolve_model_folder(name_or_path)
+    meta = read_json(folder / METADATA_FILE)
+    if meta.get("backend") != BACKEND:
+        raise BadInputError(
+            f"The model {folder.name!r} is a {meta.get('backend')} segmentation model, not a "
+            "cell counter; load it with napari_cellsparse.training.load_model."
+        )
+    raw = read_json(folder / CONFIG_FILE)
+    try:
+        n_channels = int(raw.pop("n_channels"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise WeightsError(f"{folder / CONFIG_FILE} is damaged ({err}).") from err
+    config = CounterConfig.from_dict(raw)
+    where = resolve_device(device)
+    net = load_state(
+        folder, WEIGHTS_FILE, lambda: build_network(config.to_dict(), n_channels), where
+    )
+    return Counter(net, config, n_channels, where, folder, meta)

@@ -1,0 +1,275 @@
+"""Cell counting engine: targets, the sparse loss, training on generated nuclei, the store, batch.
+
+One tiny counter (depth-3 encoder, 64 px patches) is trained once per module on a generated
+image with a third of its centres given and is shared by the tests that only read it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_cellsparse.counting.evaluate import localisation_f1, match_centres
+from napari_cellsparse.counting.targets import (
+    check_points,
+    density_targets,
+    heatmap_targets,
+    trusted_mask,
+)
+from napari_cellsparse.errors import BadInputError
+from napari_cellsparse.paths import HOME_ENV
+from napari_cellsparse.synthetic import make_nuclei
+
+pytest.importorskip("torch")
+pytest.importorskip("segmentation_models_pytorch")
+
+TINY = {"encoder_depth": 3, "decoder_width": 8, "patch_size": 64, "batch_size": 4}
+
+
+def nuclei(seed: int, shape=(160, 160), n: int = 24):
+    """A generated image, its exact centres and painted background (> 6 px from nuclei)."""
+    image, labels = make_nuclei(shape, n_objects=n, radius=(5.0, 7.0), seed=seed)
+    ids = np.arange(1, labels.max() + 1)
+    centres = np.array(ndi.center_of_mass(labels > 0, labels, ids))
+    background = ndi.distance_transform_edt(labels == 0) > 6
+    return image, centres, background
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny counter trained on one image with a third of its points (own store folder)."""
+    from napari_cellsparse.counting import train_counter
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOME_ENV, str(tmp_path_factory.mktemp("counter-home")))
+        image, centres, background = nuclei(seed=1)
+        given = centres[np.random.default_rng(0).permutation(len(centres))[: len(centres) // 3]]
+        trained = train_counter(
+            [image], [given], name="tiny", background=[background], steps=150, **TINY
+        )
+    return trained
+
+
+def test_density_targets_integrate_to_the_number_of_points() -> None:
+    points = np.array([[10.0, 10.0], [30.5, 40.2], [0.0, 0.0], [63.0, 20.0], [31.0, 41.0]])
+    for sigma in (1.0, 2.5, 6.0):
+        density = density_targets(points, (64, 64), sigma)
+        assert density.dtype == np.float32 and density.shape == (64, 64)
+        assert density.sum() == pytest.approx(len(points), abs=1e-3)
+    assert density_targets(np.zeros((0, 2)), (8, 8), 2.0).sum() == 0.0
+    heat = heatmap_targets(points[:1], (64, 64), 2.0)
+    assert heat.max() == pytest.approx(1.0) and heat[10, 10] == pytest.approx(1.0)
+
+
+def test_points_are_checked() -> None:
+    assert check_points([[1, 2], [3, 4]], (10, 10), "x").shape == (2, 2)
+    assert check_points(np.zeros((0, 2)), (10, 10), "x").shape == (0, 2)
+    assert check_points([[0, 5, 5]], (10, 10), "x").tolist() == [[5.0, 5.0]]  # napari z y x
+    with pytest.raises(BadInputError, match="outside"):
+        check_points([[1, 2], [12, 3]], (10, 10), "image 1")
+    with pytest.raises(BadInputError, match="N x 2"):
+        check_points([1, 2, 3], (10, 10), "image 1")
+
+
+def test_trusted_mask_is_background_discs_and_regions() -> None:
+    background = np.zeros((40, 40), bool)
+    background[:, :5] = True
+    regions = np.zeros((40, 40), bool)
+    regions[30:, 30:] = True
+    mask = trusted_mask(np.array([[20.0, 20.0]]), (40, 40), 3.0, background, regions)
+    assert mask[:, :5].all() and mask[30:, 30:].all()
+    assert mask[20, 23] and not mask[20, 24]
+    assert mask.sum() == 40 * 5 + 100 + ((np.indices((7, 7)) - 3) ** 2).sum(0).__le__(9).sum()
+
+
+def test_probable_background_is_the_dark_space_between_cells() -> None:
+    from napari_cellsparse.counting.targets import probable_background
+
+    image = np.zeros((60, 60, 1), np.float32)
+    image[10:20, 10:20] = 1.0  # a bright cell
+    image[40:50, 40:50] = 1.0  # another, with a given point
+    probable = probable_background(image, 1.0, np.array([[45.0, 45.0]]), 12.0, margin=2.0)
+    assert not probable[10:20, 10:20].any() and not probable[8, 15]  # cell and its margin
+    assert probable[5, 50] and probable[30, 5]  # dark space
+    assert not probable[45, 35]  # within the given point's disc
+    assert not probable_background(-image, -1.0, np.zeros((0, 2)), 5.0, 2.0)[15, 15]
+
+
+def test_loss_ignores_unannotated_foreground() -> None:
+    """Changing the targets outside the trusted mask changes neither loss nor gradient."""
+    import torch
+
+    from napari_cellsparse.counting.network import counting_loss
+
+    rng = np.random.default_rng(0)
+    logits = torch.tensor(rng.normal(size=(2, 1, 16, 16)), dtype=torch.float32)
+    target = torch.tensor(rng.uniform(0, 1, size=(2, 1, 16, 16)), dtype=torch.float32)
+    mask = torch.tensor(rng.random((2, 1, 16, 16)) < 0.4)
+    changed = torch.where(mask, target, torch.full_like(target, 7.0))  # a "cell" everywhere
+    results = []
+    for t in (target, changed):
+        x = logits.clone().requires_grad_(True)
+        loss = counting_loss(x, t, mask, mse_weight=2.0)
+        loss.backward()
+        results.append((float(loss.detach()), x.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert float(results[0][1][~mask].abs().max()) == 0.0
+    assert float(results[0][1][mask].abs().max()) > 0.0
+
+
+def test_matching_is_one_to_one_within_reach() -> None:
+    truth = np.array([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0]])
+    found = np.array([[0.0, 1.0], [0.0, 2.0], [10.0, 14.0], [50.0, 50.0]])
+    f, t = match_centres(found, truth, 5.0)
+    assert sorted(zip(f.tolist(), t.tolist(), strict=True)) == [(0, 0), (2, 1)]
+    assert localisation_f1(found, truth, 5.0) == pytest.approx(2 * 2 / 7)
+    assert localisation_f1(np.zeros((0, 2)), np.zeros((0, 2)), 5.0) == 1.0
+
+
+def test_training_recovers_the_count_of_generated_nuclei(counter) -> None:
+    image, centres, _ = nuclei(seed=2)
+    result = counter.count(image)
+    assert result.density.dtype == np.float32 and result.density.shape == image.shape
+    assert result.count == pytest.approx(float(result.density.sum()), rel=1e-5)
+    assert abs(result.count - len(centres)) <= 0.1 * len(centres), (result.count, len(centres))
+    assert localisation_f1(result.centres, centres, 4.0) >= 0.8
+    assert result.centres.shape[1] == 2
+
+
+def test_save_load_round_trip_and_the_store(counter, monkeypatch) -> None:
+    from napari_cellsparse.counting import load_counter
+    from napari_cellsparse.training import list_models, load_model
+
+    monkeypatch.setenv(HOME_ENV, str(counter.folder.parent.parent))
+    assert {"name": "tiny", "backend": "counter"}.items() <= list_models()[0].items()
+    loaded = load_counter("tiny")
+    assert loaded.config == counter.config and loaded.n_channels == 1
+    image, _, _ = nuclei(seed=3)
+    a, b = counter.count(image), loaded.count(image)
+    assert a.count == pytest.approx(b.count, rel=1e-5)
+    np.testing.assert_array_equal(a.centres, b.centres)
+    with pytest.raises(BadInputError, match="cell counter"):
+        load_model("tiny")
+    with pytest.raises(BadInputError, match="channel"):
+        loaded.count(np.zeros((32, 32, 2), np.float32))
+
+
+def test_bad_training_input_is_refused() -> None:
+    from napari_cellsparse.counting import train_counter
+
+    image, centres, background = nuclei(seed=4, shape=(64, 64), n=4)
+    with pytest.raises(BadInputError, match="No points"):
+        train_counter([image], [np.zeros((0, 2))], name="x", steps=1)
+    with pytest.raises(BadInputError, match="outside"):
+        train_counter([image], [centres + 100], name="x", steps=1)
+    with pytest.raises(BadInputError, match="background mask"):
+        train_counter([image], [centres], name="x", background=[background[:10]], steps=1)
+    with pytest.raises(BadInputError, match="Unknown counter setting"):
+        train_counter([image], [centres], name="x", steps=1, colour="red")
+
+
+def test_cancel_saves_and_training_continues() -> None:
+    from napari_cellsparse.counting import load_counter, train_counter
+    from napari_cellsparse.training import list_models
+
+    image, centres, background = nuclei(seed=5, shape=(64, 64), n=4)
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(step: int, total: int, info: dict) -> None:
+        seen.append(step)
+        if step == 2:
+            cancel.set()
+
+    stopped = train_counter(
+        image,
+        centres,
+        name="c",
+        background=background,
+        steps=5,
+        progress=progress,
+        cancel=cancel,
+        **TINY,
+    )
+    assert seen == [1, 2] and stopped.info["stopped_early"] is True
+    assert list_models()[0]["steps"] == 2
+    train_counter(image, centres, name="c", background=background, steps=1, **TINY)
+    meta = list_models()[0]
+    assert meta["steps"] == 3 and len(meta["sessions"]) == 2
+    assert load_counter("c").config.train_diameter == stopped.config.train_diameter
+    train_counter(image, centres, name="c", steps=1, reset=True, **TINY)
+    assert list_models()[0]["steps"] == 1
+
+
+def test_batch_writes_counts_overlays_and_reports_bad_files(counter, tmp_path: Path) -> None:
+    import tifffile
+    from PIL import Image
+
+    from napari_cellsparse.counting import count_folder
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seed in (6, 7):
+        tifffile.imwrite(folder / f"cells_{seed}.tif", nuclei(seed=seed)[0])
+    rgb = np.repeat((nuclei(seed=8)[0] // 256).astype(np.uint8)[..., None], 3, axis=-1)
+    Image.fromarray(rgb).save(folder / "cells_8.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.tif").write_bytes(b"II*\x00 this is not a TIFF")
+    out = tmp_path / "out"
+    events = []
+    result = count_folder(counter, folder, out, progress=events.append)
+
+    assert sorted(Path(k).name for k in result.counts) == [
+        "cells_6.tif",
+        "cells_7.tif",
+        "cells_8.png",
+    ]
+    assert sorted(Path(k).name for k in result.errors) == ["broken.tif", "notes.txt"]
+    assert "not an image" in result.errors[str(folder / "notes.txt")]
+    assert "broken.tif" in result.errors[str(folder / "broken.tif")]
+    counts = json.loads((out / "counts.json").read_text())
+    assert counts == pytest.approx(result.counts)
+    rows = (out / "counts.csv").read_text().splitlines()
+    assert rows[0] == "image,count,n_centres" and len(rows) == 4
+    overlays = sorted(p.name for p in out.glob("*_count.png"))
+    assert overlays == ["cells_6_count.png", "cells_7_count.png", "cells_8_count.png"]
+    with Image.open(out / "cells_6_count.png") as png:
+        assert png.mode == "RGB" and png.width >= 160
+    assert events[-1].message.startswith("Writing") and len(events) == 6
+
+
+def test_cli_trains_from_a_points_csv_and_counts_a_folder(tmp_path: Path, capsys) -> None:
+    import tifffile
+
+    from napari_cellsparse.cli import main
+    from napari_cellsparse.training import list_models
+
+    image, centres, background = nuclei(seed=9, shape=(80, 80), n=6)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "bg.tif", background.astype(np.uint8))
+    rows = ["index,axis-0,axis-1"] + [f"{i},{y},{x}" for i, (y, x) in enumerate(centres[:3])]
+    (tmp_path / "points.csv").write_text("\n".join(rows) + "\n")
+    tiny = [f"{k}={v}" for k, v in TINY.items()]
+    args = ["count", "--image", str(tmp_path / "img.tif"), "--points", str(tmp_path / "points.csv")]
+    args += ["--background", str(tmp_path / "bg.tif"), "--name", "cli", "--steps", "2"]
+    assert main([*args, "--set", *tiny]) == 0
+    assert "trained counter 'cli': 2 steps" in capsys.readouterr().out
+    assert list_models()[0]["backend"] == "counter"
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", image)
+    (folder / "b.txt").write_text("x")
+    out = tmp_path / "out"
+    assert main(["count", "--model", "cli", "--input", str(folder), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "counted 1 image(s)" in captured.out and "b.txt" in captured.err
+    assert {p.name for p in out.iterdir()} == {"counts.json", "counts.csv", "a_count.png"}
+    assert main(["count", "--model", "cli", "--input", str(folder / "a.tif")]) == 0
+    assert "centres" in capsys.readouterr().out
+    assert main(["count", "--image", str(tmp_path / "img.tif")]) == 2  # no --points

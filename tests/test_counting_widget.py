@@ -1,0 +1,149 @@
+"""The Cell counting widget in a real napari viewer (Xvfb): train, stop, count, batch, errors.
+
+A tiny counter (depth-3 encoder, 64 px patches, a few steps) keeps every training to seconds;
+results are checked by layers, metadata and files, not by accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("torch")
+pytest.importorskip("segmentation_models_pytorch")
+
+TINY = "encoder_depth=3, decoder_width=8, patch_size=64, batch_size=2"
+
+
+@pytest.fixture
+def counting(make_napari_viewer):
+    from napari_cellsparse._widgets.cell_counting import CellCountingWidget
+    from napari_cellsparse.synthetic import make_nuclei
+
+    viewer = make_napari_viewer()
+    image, labels = make_nuclei((96, 96), n_objects=8, radius=(5.0, 7.0), seed=1)
+    centres = np.array(ndi.center_of_mass(labels > 0, labels, range(1, labels.max() + 1)))
+    viewer.add_image(image, name="nuclei")
+    viewer.add_points(centres[:3], name="centres I clicked")
+    background = (ndi.distance_transform_edt(labels == 0) > 6).astype(np.uint8)
+    viewer.add_labels(background, name="background")
+    widget = CellCountingWidget(viewer)
+    widget.runner.synchronous = True
+    widget.steps_spin.setValue(4)
+    widget.device_combo.setCurrentText("cpu")
+    widget.background_combo.setCurrentText("background")
+    widget.settings_edit.setText(TINY)
+    return viewer, widget
+
+
+def _errors(monkeypatch) -> list[str]:
+    from napari_cellsparse._widgets import _worker, cell_counting
+
+    shown: list[str] = []
+    monkeypatch.setattr(cell_counting, "show_error", shown.append)
+    monkeypatch.setattr(_worker, "show_error", shown.append)
+    return shown
+
+
+def test_train_in_a_worker_then_count(counting, qtbot):
+    from napari_cellsparse.training import list_models
+
+    viewer, widget = counting
+    assert widget.image_combo.currentText() == "nuclei"
+    assert widget.points_combo.currentText() == "centres I clicked"
+    clicked = viewer.layers["centres I clicked"].data.copy()
+    widget.runner.synchronous = False
+    widget.train()
+    assert widget.runner.busy and not widget.train_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert "Trained for 4 step(s)" in widget.status.text(), widget.status.text()
+    assert widget.progress_bar.value() == 4
+    assert {"name": "counter", "backend": "counter", "steps": 4}.items() <= list_models()[0].items()
+    assert widget.model_combo.currentText() == "counter"
+    np.testing.assert_array_equal(viewer.layers["centres I clicked"].data, clicked)
+
+    widget.runner.synchronous = True
+    widget.count()
+    density = viewer.layers["nuclei density"]
+    centres = viewer.layers["nuclei centres"]
+    assert density.data.shape == (96, 96) and density.data.dtype == np.float32
+    count = density.metadata["count"]
+    assert count == pytest.approx(float(density.data.sum()), rel=1e-5)
+    assert centres.metadata["count"] == count
+    assert centres.metadata["n_centres"] == len(centres.data)
+    assert f"Count: {count:.1f}" in widget.count_label.text()
+    assert widget.image_combo.currentText() == "nuclei"  # result layers are not offered
+    widget.count()  # again: the layers are replaced, not duplicated
+    assert [ly.name for ly in viewer.layers].count("nuclei density") == 1
+
+
+def test_stop_saves_the_counter_so_far(counting):
+    from napari_cellsparse.training import list_models
+
+    _viewer, widget = counting
+    handler = widget._on_progress
+
+    def stop_at_two(event):
+        handler(event)
+        if event.info.get("loss") is not None and event.step == 2:
+            widget.runner.cancel()
+
+    widget._on_progress = stop_at_two
+    widget.train()
+    assert widget.state.counter.info["stopped_early"] is True
+    assert list_models()[0]["steps"] == 2
+    assert "Stopped after 2 step(s)" in widget.status.text()
+
+
+def test_batch_writes_all_outputs_and_reports_bad_files(counting, tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_cellsparse.synthetic import make_nuclei
+
+    warned: list[str] = []
+    from napari_cellsparse._widgets import cell_counting
+
+    monkeypatch.setattr(cell_counting, "show_warning", warned.append)
+    _viewer, widget = counting
+    widget.train()
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for seed in (2, 3):
+        tifffile.imwrite(folder / f"well_{seed}.tif", make_nuclei((80, 80), 5, (5.0, 7.0), seed)[0])
+    (folder / "readme.txt").write_text("hello")
+    widget.folder_edit.setText(str(folder))
+    widget.count_folder()
+    out = folder / "counts"
+    counts = json.loads((out / "counts.json").read_text())
+    assert sorted(counts) == [str(folder / "well_2.tif"), str(folder / "well_3.tif")]
+    assert (out / "counts.csv").read_text().splitlines()[0] == "image,count,n_centres"
+    assert sorted(p.name for p in out.glob("*.png")) == ["well_2_count.png", "well_3_count.png"]
+    assert "Counted 2 image(s)" in widget.status.text() and "Skipped 1" in widget.status.text()
+    assert warned and "readme.txt" in warned[0]
+
+
+def test_bad_inputs_are_messages_not_crashes(counting, monkeypatch):
+    shown = _errors(monkeypatch)
+    viewer, widget = counting
+    viewer.layers["centres I clicked"].data = np.zeros((0, 2))
+    widget.train()
+    assert "Points layer is empty" in shown[-1]
+    viewer.layers["centres I clicked"].data = np.array([[10.0, 500.0]])
+    widget.train()
+    assert "outside" in shown[-1]
+    widget.count()
+    assert "No trained counter" in shown[-1]
+    widget.folder_edit.setText("/no/such/folder")
+    widget.model_combo.addItem("ghost")
+    widget.count_folder()
+    assert "Choose a folder" in shown[-1]
+    viewer.layers.remove("centres I clicked")
+    widget.train()
+    assert "Points layer" in shown[-1]
+    assert not widget.runner.busy
