@@ -21,6 +21,13 @@ import pytest
 from napari_cellsparse.paths import HOME_ENV
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Viewer tests (marked ``gui``) run after all the others, in their own order: in the
+    full suite, TensorFlow's first import crashed (SIGSEGV) when a napari viewer (Qt,
+    OpenGL) had been created before it in the same process."""
+    items.sort(key=lambda item: item.get_closest_marker("gui") is not None)
+
+
 @pytest.fixture(autouse=True)
 def cellsparse_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty user data folder (never the real one)."""

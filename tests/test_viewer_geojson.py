@@ -1,8 +1,8 @@
 """File > Open / Save of ``.geojson`` through napari's plugin machinery (npe2).
 
-Named to run after the training tests: a napari viewer (Qt, OpenGL) created before
-TensorFlow's first import made that import crash (SIGSEGV) in the full suite, as the
-other viewer tests (``test_widget_*``) have always run after it.
+Marked ``gui``, so it runs after the training tests (tests/conftest.py orders them): a
+napari viewer (Qt, OpenGL) created before TensorFlow's first import made that import crash
+(SIGSEGV) in the full suite.
 """
 
 from __future__ import annotations
