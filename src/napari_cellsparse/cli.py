@@ -241,6 +241,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         kind = "cell" if nuclei is not None else "detection"
         geojson = write_features(args.geojson, measured_features(labels, table, object_type=kind))
         print(f"wrote {geojson}")
+    return 0
 
 
 def _cmd_count(args: argparse.Namespace) -> int:
