@@ -43,10 +43,9 @@ def counting(make_napari_viewer):
 
 
 def _errors(monkeypatch) -> list[str]:
-    from napari_cellsparse._widgets import _worker, cell_counting
+    from napari_cellsparse._widgets import _worker
 
     shown: list[str] = []
-    monkeypatch.setattr(cell_counting, "show_error", shown.append)
     monkeypatch.setattr(_worker, "show_error", shown.append)
     return shown
 

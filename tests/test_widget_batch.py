@@ -19,10 +19,9 @@ napari = pytest.importorskip("napari")
 
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
-    from napari_cellsparse._widgets import _worker, batch
+    from napari_cellsparse._widgets import _worker
 
     shown: list[str] = []
-    monkeypatch.setattr(batch, "show_error", shown.append)
     monkeypatch.setattr(_worker, "show_error", shown.append)
     return shown
 

@@ -32,10 +32,9 @@ def measurer(make_napari_viewer):
 
 
 def _errors(monkeypatch) -> list[str]:
-    from napari_cellsparse._widgets import _worker, measure_cells
+    from napari_cellsparse._widgets import _worker
 
     shown: list[str] = []
-    monkeypatch.setattr(measure_cells, "show_error", shown.append)
     monkeypatch.setattr(_worker, "show_error", shown.append)
     return shown
 

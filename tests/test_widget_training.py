@@ -47,10 +47,9 @@ def trainer(make_napari_viewer):
 
 def _errors(monkeypatch) -> list[str]:
     """Collect napari error notifications sent by the widget and its job runner."""
-    from napari_cellsparse._widgets import _worker, sparse_training
+    from napari_cellsparse._widgets import _worker
 
     shown: list[str] = []
-    monkeypatch.setattr(sparse_training, "show_error", shown.append)
     monkeypatch.setattr(_worker, "show_error", shown.append)
     return shown
 

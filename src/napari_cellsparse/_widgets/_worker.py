@@ -149,15 +149,19 @@ class JobRunner:
         if self._bar is bar:
             bar.refresh()
 
+    def report(self, err: BaseException) -> None:
+        """Tell the user what went wrong: the widget's status line and a napari notification."""
+        message = friendly_message(err)
+        self.status(message)
+        show_error(message)
+
     def _on_error(self, err: BaseException) -> None:
         if isinstance(err, CancelledError):
             self.status("Cancelled.")
             return
-        message = friendly_message(err)
         if not isinstance(err, CellsparseError):
             log.error("unexpected error in a background job", exc_info=err)
-        self.status(message)
-        show_error(message)
+        self.report(err)
 
     def _set_busy(self, busy: bool, description: str = "") -> None:
         for widget in self.busy_widgets:

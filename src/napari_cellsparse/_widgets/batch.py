@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -40,7 +40,7 @@ from ..progress import Progress
 from ..training import BACKENDS, list_models
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
-from ._worker import JobRunner, friendly_message
+from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -209,11 +209,6 @@ class BatchWidget(QWidget):
     def _diameter(self) -> float | None:
         return self.diameter_spin.value() or None
 
-    def _fail(self, err: BaseException) -> None:
-        message = friendly_message(err)
-        self.status.setText(message)
-        show_error(message)
-
     # -- a layer -----------------------------------------------------------------------
     def run_layer(self) -> None:
         """Segment the chosen image layer block-wise into a new Labels layer with features."""
@@ -229,7 +224,7 @@ class BatchWidget(QWidget):
             axes = "YXC" if getattr(layer, "rgb", False) else None
             source = open_image(layer_data(layer), axes=axes, name=name)
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         block, diameter = self.block_spin.value(), self._diameter()
         scale = tuple(layer.scale[-2:])
@@ -258,7 +253,7 @@ class BatchWidget(QWidget):
             try:
                 self._show_layer_result(name, scale, result)
             except Exception as err:  # never a traceback dialog from a finished job
-                self._fail(err)
+                self.runner.report(err)
 
         self.runner.start(job, done, f"Segmenting '{name}' block by block", cancel=cancel)
 
@@ -283,14 +278,14 @@ class BatchWidget(QWidget):
     def save_table(self, path: str | Path | None = None) -> Path | None:
         """Write the last layer's measurements as .csv or .tsv (asks where without a path)."""
         if self.state.table is None:
-            self._fail(BadInputError("Nothing segmented yet: press Segment layer first."))
+            self.runner.report(BadInputError("Nothing segmented yet: press Segment layer first."))
             return None
         try:
             written = save_table_as(
                 self, self.state.table, f"{self.state.table_layer}_measurements.csv", path
             )
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return None
         if written is not None:
             self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
@@ -319,7 +314,7 @@ class BatchWidget(QWidget):
             folder = self._model_folder()
             items = self._items()
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         text = self.scheduler_edit.text().strip()
         scheduler = None if text in ("", LOCAL) else text

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -46,7 +46,7 @@ from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import list_models
 from ..training.store import model_folder
-from ._worker import JobRunner, friendly_message
+from ._worker import JobRunner
 from .sparse_training import parse_settings
 
 if TYPE_CHECKING:
@@ -121,11 +121,6 @@ class CellCountingWidget(QWidget):
             event.connect(self._refresh_layers)
         self._refresh_layers()
         self._refresh_models()
-
-    def _fail(self, err: BaseException) -> None:
-        message = friendly_message(err)
-        self.status.setText(message)
-        show_error(message)
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -297,7 +292,7 @@ class CellCountingWidget(QWidget):
             image, points, background, regions = self.training_inputs()
             settings = parse_settings(self.settings_edit.text())
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         steps, device, reset = (
             self.steps_spin.value(),
@@ -392,7 +387,7 @@ class CellCountingWidget(QWidget):
             layer = self._layer(self.count_image_combo, "an image to count")
             image = _image_2d(layer)
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
 
         def job() -> Generator[Progress, None, tuple[Counter, CountResult]]:
@@ -449,7 +444,7 @@ class CellCountingWidget(QWidget):
                 raise BadInputError("Choose a folder of images to count.")
             out = Path(self.out_edit.text().strip() or folder / "counts").expanduser()
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         cancel = threading.Event()
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -36,7 +35,7 @@ from ..measure import measure_objects
 from ..progress import Progress
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
-from ._worker import JobRunner, friendly_message
+from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -125,11 +124,6 @@ class MeasureCellsWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch()
 
-    def _fail(self, err: BaseException) -> None:
-        message = friendly_message(err)
-        self.status.setText(message)
-        show_error(message)
-
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
         labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels)]
@@ -185,7 +179,7 @@ class MeasureCellsWidget(QWidget):
                         f"pixels as '{layer.name}' {tuple(layer.data.shape)}."
                     )
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         labels = np.array(layer.data, copy=True)  # the user may keep painting
         pixel_size = self.pixel_spin.value() or None
@@ -208,7 +202,7 @@ class MeasureCellsWidget(QWidget):
             try:
                 self._measured(name, table)
             except Exception as err:  # never a traceback dialog from a finished job
-                self._fail(err)
+                self.runner.report(err)
 
         self.runner.start(job, done, f"Measuring '{name}'")
 
@@ -225,14 +219,14 @@ class MeasureCellsWidget(QWidget):
     def save_table(self, path: str | Path | None = None) -> Path | None:
         """Write the last table as .csv or .tsv (asks where when ``path`` is not given)."""
         if self.state.table is None:
-            self._fail(BadInputError("Nothing measured yet: press Measure first."))
+            self.runner.report(BadInputError("Nothing measured yet: press Measure first."))
             return None
         try:
             written = save_table_as(
                 self, self.state.table, f"{self.state.labels_name}_measurements.csv", path
             )
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return None
         if written is not None:
             self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")

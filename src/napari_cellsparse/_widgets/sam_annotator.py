@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -104,11 +104,6 @@ class SamAnnotatorWidget(QWidget):
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
-
-    def _fail(self, err: BaseException) -> None:
-        """Tell the user what went wrong (status line and a napari notification)."""
-        self.status.setText(str(err))
-        show_error(str(err))
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -368,7 +363,7 @@ class SamAnnotatorWidget(QWidget):
             layer, image, prefix = self._image()
             channels = self._channels()
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         spec = self._spec()
         state = self.state
@@ -411,7 +406,7 @@ class SamAnnotatorWidget(QWidget):
             channels = self._channels()
             params = self.automask_params()
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         spec = self._spec()
         state = self.state
@@ -477,17 +472,17 @@ class SamAnnotatorWidget(QWidget):
         Annotated pixels are never overwritten: an object only fills unannotated ones.
         """
         if AUTOMASK not in self.viewer.layers:
-            self._fail(BadInputError("Run Automask first."))
+            self.runner.report(BadInputError("Run Automask first."))
             return
         try:
             image, _, prefix = self._image()
             labels = self._annotation(image)
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         automask = np.asarray(self.viewer.layers[AUTOMASK].data)
         if automask.shape != labels.data.shape[len(prefix) :]:
-            self._fail(BadInputError("The automask layer does not match the annotation."))
+            self.runner.report(BadInputError("The automask layer does not match the annotation."))
             return
         masks = []
         for index, region in enumerate(ndi.find_objects(automask)):
@@ -567,7 +562,7 @@ class SamAnnotatorWidget(QWidget):
         try:
             layer = self.prompts_layer() if self.box_mode.isChecked() else self.points_layer()
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         self.viewer.layers.selection.active = layer
         layer.mode = "add_rectangle" if isinstance(layer, Shapes) else "add"
@@ -605,7 +600,7 @@ class SamAnnotatorWidget(QWidget):
         try:
             shapes = self.prompts_layer()
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         self.state.pending_boxes = [
             s for s, t in zip(shapes.data, shapes.shape_type, strict=True) if t == "rectangle"
@@ -635,7 +630,7 @@ class SamAnnotatorWidget(QWidget):
             written = self._write(masks)
         except CellsparseError as err:
             self.state.pending_boxes = []
-            self._fail(err)
+            self.runner.report(err)
             return
         self.status.setText(f"Added {written} object(s) from {len(boxes)} box(es).")
 
@@ -696,7 +691,7 @@ class SamAnnotatorWidget(QWidget):
         try:
             self._write([self.state.preview])
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         self.viewer.layers[POINTS].data = np.zeros((0, self.viewer.layers[POINTS].ndim))
         self._set_preview(None)

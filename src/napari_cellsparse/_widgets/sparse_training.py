@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -42,7 +41,7 @@ from ..training import BACKENDS, TrainedModel, backend_class, list_models, load_
 from ..training.store import model_folder
 from ._layers import layer_data as _layer_data
 from ._layers import refill_combo
-from ._worker import JobRunner, friendly_message
+from ._worker import JobRunner
 from .loss_plot import LossPlot
 
 if TYPE_CHECKING:
@@ -124,12 +123,6 @@ class SparseTrainingWidget(QWidget):
             event.connect(self._refresh_layers)
         self._refresh_layers()
         self._refresh_models()
-
-    def _fail(self, err: BaseException) -> None:
-        """Tell the user what went wrong (status line and a napari notification)."""
-        message = friendly_message(err)
-        self.status.setText(message)
-        show_error(message)
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -338,7 +331,7 @@ class SparseTrainingWidget(QWidget):
         try:
             image, labels = self._chosen_pair()
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         pair = (image.unique_id, labels.unique_id)
         if pair not in self.state.pairs:
@@ -428,7 +421,7 @@ class SparseTrainingWidget(QWidget):
                 )
             preview, z = self._current_slice(*layers[0])
         except CellsparseError as err:
-            self._fail(err)
+            self.runner.report(err)
             return
         steps, every = self.steps_spin.value(), self.preview_spin.value()
         device, reset = self.device_combo.currentText(), self.state.reset_next
@@ -471,7 +464,7 @@ class SparseTrainingWidget(QWidget):
             try:
                 self._trained(model, reset)
             except Exception as err:  # never a traceback dialog from a finished job
-                self._fail(err)
+                self.runner.report(err)
 
         self.runner.start(
             job,
@@ -585,10 +578,10 @@ class SparseTrainingWidget(QWidget):
         name = self.model_combo.currentText()
         image_name = self.predict_image_combo.currentText()
         if not image_name or image_name not in self.viewer.layers:
-            self._fail(BadInputError("No image layer to predict on: open an image first."))
+            self.runner.report(BadInputError("No image layer to predict on: open an image first."))
             return
         if not name:
-            self._fail(BadInputError("No trained model yet: press Train first."))
+            self.runner.report(BadInputError("No trained model yet: press Train first."))
             return
         image = self.viewer.layers[image_name]
         data, rgb = _layer_data(image), bool(image.rgb)
@@ -627,7 +620,7 @@ class SparseTrainingWidget(QWidget):
             try:
                 self._predicted(image_name, image, key, *result)
             except Exception as err:  # never a traceback dialog from a finished job
-                self._fail(err)
+                self.runner.report(err)
 
         self.runner.start(job, done, f"Predicting {image_name}", cancel=cancel)
 
