@@ -31,27 +31,14 @@ def _print_progress(event: Progress) -> None:
 
 
 def _read_image(spec: str) -> tuple[np.ndarray, str]:
-    from .errors import BadInputError
-
     if spec.startswith("sample:"):
         from .samples import load_sample
 
         name = spec.split(":", 1)[1]
         return load_sample(name).image, f"sample_{name}"
-    path = Path(spec)
-    if not path.is_file():
-        raise BadInputError(f"The image file {path} does not exist.")
-    import tifffile
+    from .image_sources import read_image_file
 
-    try:
-        image = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else None
-        if image is None:
-            from skimage.io import imread
-
-            image = imread(path)
-    except Exception as err:
-        raise BadInputError(f"Could not read the image {path}: {err}") from err
-    return np.asarray(image), path.stem
+    return read_image_file(spec), Path(spec).stem
 
 
 def _cmd_sam(args: argparse.Namespace) -> int:

@@ -23,7 +23,14 @@ from .errors import BadInputError
 from .images import MAX_CHANNELS, percentile_ranges, sample_grid
 from .tiling import Region
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSource", "is_image_file", "open_image", "pixel_size_from_tiff"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageSource",
+    "is_image_file",
+    "open_image",
+    "pixel_size_from_tiff",
+    "read_image_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +165,28 @@ def open_image(
         raise
     except Exception as err:
         raise BadInputError(f"Could not read the image {path}: {err}") from err
+
+
+def read_image_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """A whole image file in memory, in its own axes (TIFF with tifffile, the rest with
+    scikit-image), with a clear message when it is missing, unreadable or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"The image file {path} does not exist.")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            image = np.asarray(tifffile.imread(path))
+        else:
+            from skimage.io import imread
+
+            image = np.asarray(imread(path))
+    except Exception as err:
+        raise BadInputError(f"Could not read the image {path}: {err}") from err
+    if image.size == 0:
+        raise BadInputError(f"Could not read the image {path}: it holds no pixels.")
+    return image
 
 
 def _open_tiff(path: Path, axes: str | None, name: str) -> ImageSource:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, CellsparseError
+from ..image_sources import read_image_file
 from ..images import to_rgb_uint8
 from ..progress import Progress, ProgressCallback, run_sync
 from .counter import Counter, CountResult
@@ -57,20 +58,7 @@ def read_image(path: Path) -> np.ndarray:
         raise BadInputError(
             f"{path.name} is not an image file (expected {', '.join(IMAGE_SUFFIXES)})."
         )
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            image = np.asarray(tifffile.imread(path))
-        else:
-            from skimage.io import imread
-
-            image = np.asarray(imread(path))
-    except Exception as err:
-        raise BadInputError(f"Could not read the image {path.name} ({err}).") from err
-    if image.size == 0:
-        raise BadInputError(f"Could not read the image {path.name}: it holds no pixels.")
-    return image
+    return read_image_file(path)
 
 
 def read_points_csv(path: str | Path) -> np.ndarray:
