@@ -132,6 +132,88 @@ def test_matching_is_one_to_one_within_reach() -> None:
     assert localisation_f1(np.zeros((0, 2)), np.zeros((0, 2)), 5.0) == 1.0
 
 
+def test_centres_are_refined_below_the_pixel() -> None:
+    from napari_cellsparse.counting.counter import find_centres
+    from napari_cellsparse.counting.targets import heatmap_targets
+
+    truth = np.array([[10.3, 20.7], [40.6, 12.2]])
+    heat = heatmap_targets(truth, (64, 64), sigma=2.5)
+    coarse = find_centres(heat, 0.5, 4)
+    fine = find_centres(heat, 0.5, 4, refine=1.5 * 2.5)
+    order = np.argsort(coarse[:, 0])
+    assert np.allclose(coarse[order], np.round(truth))
+    assert np.abs(fine[order] - truth).max() < 0.05
+
+
+def test_diameter_is_read_at_the_given_points() -> None:
+    from napari_cellsparse.counting.targets import points_diameter
+    from napari_cellsparse.training.model import normalize
+
+    for radius in (5.0, 15.0):
+        image, labels = make_nuclei((384, 384), n_objects=25, radius=(radius, radius), seed=3)
+        ids = np.arange(1, labels.max() + 1)
+        centres = np.array(ndi.center_of_mass(labels > 0, labels, ids))
+        areas = np.bincount(labels.ravel())[1:]
+        true = 2.0 * np.sqrt(np.median(areas[areas > 0]) / np.pi)
+        found = points_diameter(normalize(image[..., None]), centres[:8], polarity=1.0)
+        assert found == pytest.approx(true, rel=0.25), (found, true)
+    assert points_diameter(normalize(image[..., None]), centres[:2], 1.0) is None
+
+
+def test_test_time_augmentation_is_equivariant_to_flips_and_turns() -> None:
+    from napari_cellsparse.counting.counter import CounterConfig
+    from napari_cellsparse.counting.network import build_network, heatmap
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = build_network({**CounterConfig().to_dict(), **TINY}, 1)
+    image = np.random.default_rng(0).random((64, 96, 1), dtype=np.float32)
+    plain = heatmap(net, image, 8, "cpu")
+    assert not np.allclose(heatmap(net, image[::-1].copy(), 8, "cpu")[::-1], plain, atol=1e-4)
+    averaged = heatmap(net, image, 8, "cpu", augment=True)
+    for view, back in (
+        (lambda a: a[::-1], lambda a: a[::-1]),
+        (lambda a: np.rot90(a), lambda a: np.rot90(a, -1)),
+    ):
+        turned = heatmap(net, np.ascontiguousarray(view(image)), 8, "cpu", augment=True)
+        assert np.allclose(back(turned), averaged, atol=1e-5)
+
+
+def test_every_given_point_is_an_equally_likely_crop_centre() -> None:
+    from napari_cellsparse.counting.patches import CountingData
+
+    # a crop from the small image is recognisable by its pixels (all 1)
+    big, small = np.zeros((400, 400, 1), np.float32), np.ones((64, 64, 1), np.float32)
+    data = CountingData(
+        [big, small],
+        [np.zeros(big.shape[:2], np.float32), np.zeros(small.shape[:2], np.float32)],
+        [np.ones(big.shape[:2], np.float32), np.zeros(small.shape[:2], np.float32)],
+        [np.array([[200.0, 200.0]]), np.full((9, 2), 32.0)],
+    )
+    rng = np.random.default_rng(0)
+    from_small = sum(
+        int(data.sample(rng, 1, 32, augment=False)[0].max() > 0) for _ in range(2000)
+    )
+    # half the crops are point-centred (9 of 10 points in the small image); the others
+    # follow the trusted pixels, all in the big image
+    assert from_small / 2000 == pytest.approx(0.5 * 0.9, abs=0.04)
+
+
+def test_network_reads_the_scale_when_the_estimate_is_far_off(counter) -> None:
+    from napari_cellsparse.training.model import normalize
+
+    image, labels = make_nuclei((256, 256), n_objects=30, radius=(5.0, 7.0), seed=4)
+    normalized = normalize(image[..., None])
+    areas = np.bincount(labels.ravel())[1:]
+    true = 2.0 * np.sqrt(np.median(areas[areas > 0]) / np.pi)
+    near = counter.network_diameter(normalized, true * 1.2)
+    assert near == pytest.approx(true * 1.2)  # small corrections are left alone
+    # read 4x too large, cells shrink to dots that the network hardly answers; at their
+    # own size its peaks are clearly higher
+    read = counter.network_diameter(normalized, true * 4.0)
+    assert true / 2.0 <= read <= true * 2.0, (read, true)
+
+
 def test_training_recovers_the_count_of_generated_nuclei(counter) -> None:
     image, centres, _ = nuclei(seed=2)
     result = counter.count(image)

@@ -1,7 +1,9 @@
 """Training crops for a counter: image, heat-map target and trusted mask, cut and turned together.
 
-Half the crops are centred on a given point and half on a random trusted pixel (mostly painted
-background), so steps are spent where the loss can learn something. D4 flips/rotations and
+Half the crops are centred on a given point (every point of every image equally likely, so
+images whose cells were shrunk to the canonical scale are not under-sampled) and half on a
+random trusted pixel (mostly painted background), so steps are spent where the loss can learn
+something. D4 flips/rotations and
 brightness/contrast/noise come from the sparse-training sampler, applied to the target and
 mask as one stack so they stay aligned with the pixels.
 """
@@ -43,14 +45,19 @@ class CountingData:
         masks = np.zeros((batch_size, 1, patch, patch), np.float32)
         weights = np.array([len(t) for t in self._trusted], np.float64)
         weights /= weights.sum()
+        owners = np.repeat(np.arange(len(self.points)), [len(p) for p in self.points])
         for i in range(batch_size):
-            k = int(rng.choice(len(self.images), p=weights))
-            shape = self.masks[k].shape
-            if len(self.points[k]) and rng.random() < 0.5:
-                centre = np.round(self.points[k][rng.integers(len(self.points[k]))]).astype(int)
+            if len(owners) and rng.random() < 0.5:
+                j = int(rng.integers(len(owners)))
+                k = int(owners[j])
+                index = j - int(np.searchsorted(owners, k))
+                centre = np.round(self.points[k][index]).astype(int)
             else:
+                k = int(rng.choice(len(self.images), p=weights))
                 pool = self._trusted[k]
-                centre = np.array(np.unravel_index(int(pool[rng.integers(len(pool))]), shape))
+                centre = np.array(
+                    np.unravel_index(int(pool[rng.integers(len(pool))]), self.masks[k].shape)
+                )
             jitter = rng.integers(-patch // 4, patch // 4 + 1, size=2)
             img, extra = _crop(
                 self.images[k], self.targets[k], self.masks[k], centre + jitter, patch

@@ -32,6 +32,7 @@ from .patches import CountingData
 from .targets import (
     check_points,
     density_targets,
+    points_diameter,
     points_polarity,
     probable_background,
     sigma_for,
@@ -42,6 +43,8 @@ from .targets import (
 __all__ = ["train_counter", "train_counter_iter"]
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
+TUNE_PIXELS = 1_000_000  # canonical-scale pixels on which the peak threshold is tuned
+MIN_TUNE_SIDE = 128
 PEAK_THRESHOLDS = (0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
@@ -254,22 +257,34 @@ def _calibrate(
 ) -> tuple[CounterConfig, list[float]]:
     """The config's scale settings and each training image's cell diameter (pixels).
 
-    Diameters come from the image's blob scale (the estimator used again when counting, so
-    training and counting agree); when the user gave ``diameter``, the estimates are
-    calibrated to it. An image without a usable estimate takes the median of the others, or
-    the spacing of the points.
+    A training image's diameter is read at its given points (:func:`points_diameter`); when
+    the user gave ``diameter``, these readings are scaled to agree with it. Counting has no
+    points, so it estimates from the image's blob scale (:func:`foreground_diameter`);
+    ``diameter_calibration`` (median of point-read / image-read diameters of the training
+    images) makes the two agree. An image with too few points takes its calibrated image
+    reading, or the median of the others, or the spacing of the points.
     """
     polarity = points_polarity(normalized, points)
     found = [foreground_diameter(img, polarity) for img in normalized]
-    known = [d for d in found if d]
-    calibration = 1.0
+    at_points = [
+        points_diameter(img, p, polarity) for img, p in zip(normalized, points, strict=True)
+    ]
+    pairs = [(a, f) for a, f in zip(at_points, found, strict=True) if a and f]
+    calibration = float(np.median([a / f for a, f in pairs])) if pairs else 1.0
+    read = [
+        a if a else (f * calibration if f else None) for a, f in zip(at_points, found, strict=True)
+    ]
+    known = [d for d in read if d]
     if config.diameter and known:
-        calibration = float(config.diameter) / float(np.median(known))
+        ratio = float(config.diameter) / float(np.median(known))
+        read = [d * ratio if d else None for d in read]
+        known = [d * ratio for d in known]
+        calibration *= ratio
     fallback = float(config.diameter) or (float(np.median(known)) if known else 0.0)
     if not fallback:
         spacing = [d for p in points if (d := spacing_diameter(p))]
         fallback = float(np.median(spacing)) if spacing else float(config.target_diameter)
-    diameters = [d * calibration if d else fallback for d in found]
+    diameters = [d if d else fallback for d in read]
     updated = config.with_settings(
         polarity=polarity,
         diameter_calibration=round(calibration, 4),
@@ -335,21 +350,19 @@ def _tune(
     makes the density of the training images sum to the number of centres detected there at
     that threshold (kept within 0.8-1.25): the network draws the peaks of rough points lower
     and wider than the targets, so a little of their mass falls under the density cut.
+    Both are measured on a window of each training image (see :func:`_tuning_windows`).
     """
-    heats = [counter.heatmap(img) for img in data.images]
+    windows = _tuning_windows(data, background, regions)
+    heats = [counter.heatmap(image) for image, *_ in windows]
     reach = counter.config.radius
     best = (-1.0, counter.config.peak_threshold)
     for level in PEAK_THRESHOLDS:
         tp = fp = fn = 0
-        for heat, pts, bg, reg in zip(heats, data.points, background, regions, strict=True):
+        for heat, (_, pts, known) in zip(heats, windows, strict=True):
             found = counter.centres(heat, level)
             matched, _ = match_centres(found, pts, reach)
             tp += len(matched)
             fn += len(pts) - len(matched)
-            known = np.zeros(heat.shape, bool)
-            for extra in (bg, reg):
-                if extra is not None:
-                    known |= extra
             rest = np.delete(found, matched, axis=0).astype(int)
             fp += int(known[rest[:, 0], rest[:, 1]].sum()) if len(rest) else 0
         f1 = 2.0 * tp / max(2 * tp + fp + fn, 1)
@@ -360,3 +373,26 @@ def _tune(
     mass = sum(float(unscaled.density(heat).sum()) for heat in heats)
     scale = float(np.clip(found / mass, 0.8, 1.25)) if mass > 0 and found else 1.0
     return best[1], best[0], round(scale, 4)
+
+
+def _tuning_windows(
+    data: CountingData,
+    background: list[np.ndarray | None],
+    regions: list[np.ndarray | None],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(image, given points, known-empty mask) in a central window of each training image,
+    the windows together at most ``TUNE_PIXELS``: the test-time augmented heat maps of many
+    large images would otherwise take longer than the training itself."""
+    side = max(MIN_TUNE_SIDE, int(np.sqrt(TUNE_PIXELS / max(len(data.images), 1))))
+    out = []
+    for image, pts, bg, reg in zip(data.images, data.points, background, regions, strict=True):
+        h, w = image.shape[:2]
+        y0, x0 = max(0, h - side) // 2, max(0, w - side) // 2
+        y1, x1 = min(h, y0 + side), min(w, x0 + side)
+        known = np.zeros((h, w), bool)
+        for extra in (bg, reg):
+            if extra is not None:
+                known |= extra
+        inside = (pts[:, 0] >= y0) & (pts[:, 0] < y1) & (pts[:, 1] >= x0) & (pts[:, 1] < x1)
+        out.append((image[y0:y1, x0:x1], pts[inside] - (y0, x0), known[y0:y1, x0:x1]))
+    return out
