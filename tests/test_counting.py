@@ -191,9 +191,7 @@ def test_every_given_point_is_an_equally_likely_crop_centre() -> None:
         [np.array([[200.0, 200.0]]), np.full((9, 2), 32.0)],
     )
     rng = np.random.default_rng(0)
-    from_small = sum(
-        int(data.sample(rng, 1, 32, augment=False)[0].max() > 0) for _ in range(2000)
-    )
+    from_small = sum(int(data.sample(rng, 1, 32, augment=False)[0].max() > 0) for _ in range(2000))
     # half the crops are point-centred (9 of 10 points in the small image); the others
     # follow the trusted pixels, all in the big image
     assert from_small / 2000 == pytest.approx(0.5 * 0.9, abs=0.04)
