@@ -322,6 +322,7 @@ def test_batch_writes_counts_overlays_and_reports_bad_files(counter, tmp_path: P
     with Image.open(out / "cells_6_count.png") as png:
         assert png.mode == "RGB" and png.width >= 160
     assert events[-1].message.startswith("Writing") and len(events) == 6
+    assert not list(out.glob(".*"))  # every file was written through a temporary name
 
 
 def test_cli_trains_from_a_points_csv_and_counts_a_folder(tmp_path: Path, capsys) -> None:

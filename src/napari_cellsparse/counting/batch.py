@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import BadInputError, CellsparseError
 from ..image_sources import read_image_file
 from ..images import to_rgb_uint8
+from ..paths import atomic_target
 from ..progress import Progress, ProgressCallback, run_sync
 from .counter import Counter, CountResult
 
@@ -114,8 +115,8 @@ def overlay_png(image: np.ndarray, result: CountResult, path: Path, title: str) 
     for y, x in np.asarray(result.centres).reshape(-1, 2):
         cy, cx = (y + 0.5) * zoom + bar, (x + 0.5) * zoom
         draw.ellipse((cx - ring, cy - ring, cx + ring, cy + ring), outline=(255, 40, 40), width=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    with atomic_target(path) as temp:
+        canvas.save(temp, format="PNG")
     return path
 
 
@@ -179,9 +180,12 @@ def count_folder_iter(
 
 
 def _write_tables(result: BatchResult, out: Path) -> list[Path]:
+    """counts.json and counts.csv, each written whole or not at all (a crash mid-write never
+    leaves a truncated table in place of the previous one)."""
     json_path, csv_path = out / OUTPUT_NAMES[0], out / OUTPUT_NAMES[1]
-    json_path.write_text(json.dumps(result.counts, indent=2) + "\n", encoding="utf-8")
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_target(json_path) as temp:
+        temp.write_text(json.dumps(result.counts, indent=2) + "\n", encoding="utf-8")
+    with atomic_target(csv_path) as temp, temp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image", "count", "n_centres"])
         for key, count in result.counts.items():
