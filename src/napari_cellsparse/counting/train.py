@@ -21,11 +21,10 @@ from ..devices import resolve_device
 from ..errors import BadInputError
 from ..images import as_yxc
 from ..progress import Progress
-from ..training.api import _now, _versions
 from ..training.inputs import as_list
 from ..training.model import normalize
 from ..training.scale import foreground_diameter, rescale_image, resize_labels
-from ..training.store import CONFIG_FILE, METADATA_FILE, model_folder, read_json, write_json
+from ..training.store import CONFIG_FILE, METADATA_FILE, model_folder, now, read_json, save_training
 from .counter import BACKEND, MAX_FACTOR, MIN_FACTOR, Counter, CounterConfig
 from .evaluate import match_centres
 from .patches import CountingData
@@ -107,7 +106,7 @@ def train_counter_iter(
         net = load_state(
             folder, WEIGHTS_FILE, lambda: build_network(config.to_dict(), n_channels), where
         )
-    meta = previous[1] if previous else {"name": name, "backend": BACKEND, "created": _now()}
+    meta = previous[1] if previous else {"name": name, "backend": BACKEND, "created": now()}
     counter = Counter(net, config, n_channels, where, folder, meta)
 
     rng = np.random.default_rng(config.seed + int(meta.get("steps", 0)))
@@ -146,7 +145,7 @@ def train_counter_iter(
     )
     train_s = time.perf_counter() - started
     session = {
-        "date": _now(),
+        "date": now(),
         "steps": done,
         "images": [list(img.shape) for img in imgs],
         "points": int(sum(len(p) for p in pts)),
@@ -156,22 +155,18 @@ def train_counter_iter(
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
         "tuned_point_f1": round(tuned_f1, 4),
     }
-    meta.update(
+    save_training(
+        folder,
+        meta,
+        session,
+        {**config.to_dict(), "n_channels": n_channels},
+        counter.save,
         name=name,
         backend=BACKEND,
-        updated=session["date"],
-        steps=int(meta.get("steps", 0)) + done,
         images=len(imgs),
         n_channels=n_channels,
         device=str(where),
-        versions=_versions(),
     )
-    meta["sessions"] = [*meta.get("sessions", []), session]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / METADATA_FILE).unlink(missing_ok=True)
-    counter.save(folder)
-    write_json(folder / CONFIG_FILE, {**config.to_dict(), "n_channels": n_channels})
-    write_json(folder / METADATA_FILE, meta)
     counter.info = {**meta, "stopped_early": stopped, "train_s": train_s, "losses": losses}
     yield Progress(done, total, f"Saved counter {name!r}")
     return counter

@@ -9,11 +9,9 @@ before the next step and the model trained so far is tuned, saved and returned w
 
 from __future__ import annotations
 
-import datetime as _dt
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,10 @@ from .store import (
     CONFIG_FILE,
     METADATA_FILE,
     model_folder,
+    now,
     read_json,
     resolve_model_folder,
-    write_json,
+    save_training,
 )
 
 __all__ = ["load_model", "train", "train_iter"]
@@ -84,7 +83,7 @@ def train_iter(
         network.build()
     else:
         network.load(folder)
-    meta = previous[1] if previous else {"name": name, "backend": backend, "created": _now()}
+    meta = previous[1] if previous else {"name": name, "backend": backend, "created": now()}
 
     rng = np.random.default_rng(int(config["seed"]) + int(meta.get("steps", 0)))
     model = TrainedModel(network, folder, meta)
@@ -111,7 +110,7 @@ def train_iter(
     config.update(network.tune(dataset))
     train_s = time.perf_counter() - started
     session = {
-        "date": _now(),
+        "date": now(),
         "steps": done,
         "images": [list(p[0].shape) for p in pairs],
         "annotated_cells": int(sum(len(np.unique(p[1][p[1] > 0])) for p in pairs)),
@@ -120,22 +119,18 @@ def train_iter(
         "tune_s": round(train_s - loop_s, 2),
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
     }
-    meta.update(
+    save_training(
+        folder,
+        meta,
+        session,
+        {**config, "n_channels": n_channels},
+        network.save,
         name=name,
         backend=backend,
-        updated=session["date"],
-        steps=int(meta.get("steps", 0)) + done,
         images=len(pairs),
         n_channels=n_channels,
         device=str(network.device),
-        versions=_versions(),
     )
-    meta["sessions"] = [*meta.get("sessions", []), session]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / METADATA_FILE).unlink(missing_ok=True)
-    network.save(folder)
-    write_json(folder / CONFIG_FILE, {**config, "n_channels": n_channels})
-    write_json(folder / METADATA_FILE, meta)
     model.info = {**meta, "stopped_early": stopped, "train_s": train_s, "losses": losses}
     yield Progress(done, total, f"Saved model {name!r}")
     return model
@@ -242,17 +237,3 @@ def _prepare(
         "diameter_calibration": float(np.median(ratios)) if ratios else 1.0,
     }
     return SparseDataset(images, labels), calibration
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for package in ("napari-cellsparse", "numpy", "torch", "tensorflow", "stardist", "cellpose"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found

@@ -8,15 +8,17 @@ without it is an unfinished save. Every file is written to a temporary name and 
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
-import tempfile
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, WeightsError
-from ..paths import data_home
+from ..paths import atomic_target, data_home
 
 __all__ = [
     "CONFIG_FILE",
@@ -24,8 +26,10 @@ __all__ = [
     "list_models",
     "model_folder",
     "models_dir",
+    "now",
     "read_json",
     "resolve_model_folder",
+    "save_training",
     "write_json",
 ]
 
@@ -65,15 +69,53 @@ def resolve_model_folder(name_or_path: str | os.PathLike[str]) -> Path:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=_jsonable)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=2, sort_keys=True, default=_jsonable)
+    with atomic_target(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def now() -> str:
+    """The current UTC time as an ISO string (seconds), as stored in model metadata."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def save_training(
+    folder: Path,
+    meta: dict[str, Any],
+    session: dict[str, Any],
+    config: dict[str, Any],
+    save_weights: Callable[[Path], None],
+    **fields: Any,
+) -> dict[str, Any]:
+    """Record a training session in ``meta`` and write the model folder.
+
+    ``meta`` gets ``fields``, the running step total, the package versions and ``session``
+    appended to its sessions. The metadata file is removed first and written last, so a
+    folder whose metadata exists holds matching weights and config.
+    """
+    meta.update(
+        fields,
+        updated=session["date"],
+        steps=int(meta.get("steps", 0)) + int(session["steps"]),
+        versions=_versions(),
+    )
+    meta["sessions"] = [*meta.get("sessions", []), session]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METADATA_FILE).unlink(missing_ok=True)
+    save_weights(folder)
+    write_json(folder / CONFIG_FILE, config)
+    write_json(folder / METADATA_FILE, meta)
+    return meta
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("napari-cellsparse", "numpy", "torch", "tensorflow", "stardist", "cellpose"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def read_json(path: Path) -> dict[str, Any]:
