@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtWidgets import QFileDialog, QWidget
+from qtpy.QtWidgets import QFileDialog, QLabel, QWidget
 
+from ..errors import BadInputError, CellsparseError
 from ..measure import write_table
 
 __all__ = ["save_table_as", "show_table"]
@@ -19,13 +21,30 @@ def show_table(layer: Any, table: Any) -> None:
 
 
 def save_table_as(
-    parent: QWidget, table: Any, suggested: str, path: str | Path | None = None
+    parent: QWidget,
+    table: Any,
+    suggested: str,
+    path: str | Path | None,
+    report: Callable[[Exception], None],
+    status: QLabel,
+    nothing_yet: str,
 ) -> Path | None:
-    """Write ``table`` as .csv or .tsv to ``path``, or where the user says (None: cancelled)."""
+    """Write ``table`` as .csv or .tsv to ``path``, or where the user says; the outcome goes
+    to the widget's ``status`` line, errors (and ``nothing_yet`` when there is no table) to
+    ``report``. None when nothing was written."""
+    if table is None:
+        report(BadInputError(nothing_yet))
+        return None
     if path is None:
         path, _ = QFileDialog.getSaveFileName(
             parent, "Save measurements", suggested, "Tables (*.csv *.tsv)"
         )
         if not path:
             return None
-    return write_table(table, path)
+    try:
+        written = write_table(table, path)
+    except CellsparseError as err:
+        report(err)
+        return None
+    status.setText(f"Saved {len(table)} row(s) to {written}.")
+    return written

@@ -23,7 +23,6 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -38,6 +37,7 @@ from qtpy.QtWidgets import (
 from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import BACKENDS, list_models
+from ._fields import folder_row
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
 from ._worker import JobRunner
@@ -61,22 +61,6 @@ class BatchState:
     table_layer: str = ""
     summary: BatchSummary | None = None
     opened: list[str] = field(default_factory=list)
-
-
-def _folder_row(edit: QLineEdit, parent: QWidget, title: str) -> QHBoxLayout:
-    """A path field with a Browse… button that picks a folder."""
-    browse = QPushButton("Browse…")
-
-    def pick() -> None:
-        chosen = QFileDialog.getExistingDirectory(parent, title, edit.text())
-        if chosen:
-            edit.setText(chosen)
-
-    browse.clicked.connect(pick)
-    row = QHBoxLayout()
-    row.addWidget(edit)
-    row.addWidget(browse)
-    return row
 
 
 class BatchWidget(QWidget):
@@ -175,8 +159,8 @@ class BatchWidget(QWidget):
         self.open_button.setEnabled(False)
         self.open_button.clicked.connect(lambda: self.open_results())
         form = QFormLayout(tab)
-        form.addRow("Input", _folder_row(self.input_edit, tab, "Images"))
-        form.addRow("Output", _folder_row(self.output_edit, tab, "Results"))
+        form.addRow("Input", folder_row(self.input_edit, tab, "Images"))
+        form.addRow("Output", folder_row(self.output_edit, tab, "Results"))
         form.addRow("Layout", self.layout_combo)
         form.addRow("Model segments", self.compartment_combo)
         form.addRow("Name filter", self.pattern_edit)
@@ -277,19 +261,15 @@ class BatchWidget(QWidget):
 
     def save_table(self, path: str | Path | None = None) -> Path | None:
         """Write the last layer's measurements as .csv or .tsv (asks where without a path)."""
-        if self.state.table is None:
-            self.runner.report(BadInputError("Nothing segmented yet: press Segment layer first."))
-            return None
-        try:
-            written = save_table_as(
-                self, self.state.table, f"{self.state.table_layer}_measurements.csv", path
-            )
-        except CellsparseError as err:
-            self.runner.report(err)
-            return None
-        if written is not None:
-            self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
-        return written
+        return save_table_as(
+            self,
+            self.state.table,
+            f"{self.state.table_layer}_measurements.csv",
+            path,
+            self.runner.report,
+            self.status,
+            "Nothing segmented yet: press Segment layer first.",
+        )
 
     # -- a folder ----------------------------------------------------------------------
     def _items(self) -> list[Any]:

@@ -20,7 +20,6 @@ from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -46,6 +45,7 @@ from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import list_models
 from ..training.store import model_folder
+from ._fields import folder_row
 from ._worker import JobRunner
 from .sparse_training import parse_settings
 
@@ -188,12 +188,6 @@ class CellCountingWidget(QWidget):
         self.count_label.setStyleSheet("font-size: 15px; font-weight: bold")
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("folder of images")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse)
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder_edit, 1)
-        folder_row.addWidget(browse)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("output folder (default: <folder>/counts)")
         self.batch_button = QPushButton("Count folder")
@@ -204,7 +198,7 @@ class CellCountingWidget(QWidget):
         count_form.addRow("Count on", self.count_image_combo)
         count_form.addRow(self.count_button)
         count_form.addRow(self.count_label)
-        count_form.addRow("Folder", folder_row)
+        count_form.addRow("Folder", folder_row(self.folder_edit, self, "Folder of images to count"))
         count_form.addRow("Output", self.out_edit)
         count_form.addRow(self.batch_button)
 
@@ -217,11 +211,6 @@ class CellCountingWidget(QWidget):
         layout.addLayout(count_form)
         layout.addWidget(self.status)
         layout.addStretch()
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of images to count")
-        if folder:
-            self.folder_edit.setText(folder)
 
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:

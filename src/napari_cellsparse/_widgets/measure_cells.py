@@ -218,16 +218,12 @@ class MeasureCellsWidget(QWidget):
 
     def save_table(self, path: str | Path | None = None) -> Path | None:
         """Write the last table as .csv or .tsv (asks where when ``path`` is not given)."""
-        if self.state.table is None:
-            self.runner.report(BadInputError("Nothing measured yet: press Measure first."))
-            return None
-        try:
-            written = save_table_as(
-                self, self.state.table, f"{self.state.labels_name}_measurements.csv", path
-            )
-        except CellsparseError as err:
-            self.runner.report(err)
-            return None
-        if written is not None:
-            self.status.setText(f"Saved {len(self.state.table)} row(s) to {written}.")
-        return written
+        return save_table_as(
+            self,
+            self.state.table,
+            f"{self.state.labels_name}_measurements.csv",
+            path,
+            self.runner.report,
+            self.status,
+            "Nothing measured yet: press Measure first.",
+        )
