@@ -130,6 +130,12 @@ def _read_annotation(spec: str) -> np.ndarray:
     return _read_image(spec)[0]
 
 
+def _print_step(step: int, total: int, info: dict) -> None:
+    """Training progress on stderr, about every 5 % of the steps and at the end."""
+    if step == total or step % max(1, total // 20) == 0:
+        print(f"step {step}/{total} loss {info['loss']:.4f}", file=sys.stderr, flush=True)
+
+
 def _parse_settings(pairs: Sequence[str]) -> dict[str, object]:
     """``key=value`` strings → settings (numbers parsed, the rest kept as text)."""
     from .errors import BadInputError
@@ -156,17 +162,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     images = [_read_image(spec)[0] for spec in args.image]
     labels = [_read_annotation(spec) for spec in args.labels]
 
-    def report(step: int, total: int, info: dict) -> None:
-        if step == total or step % max(1, total // 20) == 0:
-            print(f"step {step}/{total} loss {info['loss']:.4f}", file=sys.stderr, flush=True)
-
     model = train(
         args.backend,
         images,
         labels,
         name=args.name,
         steps=args.steps,
-        progress=report,
+        progress=_print_step,
         reset=args.reset,
         device=args.device,
         **_parse_settings(args.set or []),
@@ -252,17 +254,13 @@ def _cmd_count(args: argparse.Namespace) -> int:
         if args.diameter:
             settings["diameter"] = args.diameter
 
-        def report(step: int, total: int, info: dict) -> None:
-            if step == total or step % max(1, total // 20) == 0:
-                print(f"step {step}/{total} loss {info['loss']:.4f}", file=sys.stderr, flush=True)
-
         counter = train_counter(
             images,
             points,
             name=args.name,
             background=background,
             steps=args.steps,
-            progress=report,
+            progress=_print_step,
             reset=args.reset,
             device=args.device,
             **settings,
