@@ -104,6 +104,11 @@ class CounterConfig:
         """Cell radius at the canonical scale."""
         return self.target_diameter / 2.0
 
+    @property
+    def separation(self) -> float:
+        """Least distance between two centres at the canonical scale (default: a radius)."""
+        return self.min_distance or max(2.0, self.radius)
+
 
 @dataclass
 class CountResult:
@@ -215,7 +220,7 @@ class Counter:
 
     def centres(self, heat: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Detected cell centres (N x 2, y x) of a heat map at the canonical scale."""
-        distance = self.config.min_distance or max(2.0, self.config.radius)
+        distance = self.config.separation
         level = self.config.peak_threshold if threshold is None else threshold
         return find_centres(
             heat, float(level), float(distance), refine=1.5 * float(self.config.sigma)
@@ -243,12 +248,12 @@ class Counter:
         from .network import heatmap, pad_multiple
 
         multiple = pad_multiple(self.config.to_dict())
-        distance = self.config.min_distance or max(2.0, self.config.radius)
+        distance = self.config.separation
+        h, w = normalized.shape[:2]
         scores = []
         for step in SCALE_STEPS:
             factor = self.scale_factor(estimate * step)
             side = max(16, int(SCALE_WINDOW / factor))
-            h, w = normalized.shape[:2]
             y0, x0 = max(0, h - side) // 2, max(0, w - side) // 2
             window = normalized[y0 : y0 + side, x0 : x0 + side]
             heat = heatmap(self.net, rescale_image(window, factor), multiple, self.device)

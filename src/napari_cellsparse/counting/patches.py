@@ -29,9 +29,11 @@ class CountingData:
     masks: list[np.ndarray]
     points: list[np.ndarray]
     _trusted: list[np.ndarray] = field(default_factory=list, repr=False)
+    _owners: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
 
     def __post_init__(self) -> None:
         self._trusted = [np.flatnonzero(m > 0) for m in self.masks]
+        self._owners = np.repeat(np.arange(len(self.points)), [len(p) for p in self.points])
         if not any(len(t) for t in self._trusted):
             raise ValueError("No trusted pixel to learn from.")
 
@@ -45,7 +47,7 @@ class CountingData:
         masks = np.zeros((batch_size, 1, patch, patch), np.float32)
         weights = np.array([len(t) for t in self._trusted], np.float64)
         weights /= weights.sum()
-        owners = np.repeat(np.arange(len(self.points)), [len(p) for p in self.points])
+        owners = self._owners
         for i in range(batch_size):
             if len(owners) and rng.random() < 0.5:
                 j = int(rng.integers(len(owners)))

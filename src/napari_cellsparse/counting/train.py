@@ -350,11 +350,12 @@ def _tune(
     windows = _tuning_windows(data, background, regions)
     heats = [counter.heatmap(image) for image, *_ in windows]
     reach = counter.config.radius
-    best = (-1.0, counter.config.peak_threshold)
+    best = (-1.0, counter.config.peak_threshold, 0)
     for level in PEAK_THRESHOLDS:
-        tp = fp = fn = 0
+        tp = fp = fn = n_found = 0
         for heat, (_, pts, known) in zip(heats, windows, strict=True):
             found = counter.centres(heat, level)
+            n_found += len(found)
             matched, _ = match_centres(found, pts, reach)
             tp += len(matched)
             fn += len(pts) - len(matched)
@@ -362,9 +363,9 @@ def _tune(
             fp += int(known[rest[:, 0], rest[:, 1]].sum()) if len(rest) else 0
         f1 = 2.0 * tp / max(2 * tp + fp + fn, 1)
         if f1 > best[0] + 1e-9:
-            best = (f1, level)
+            best = (f1, level, n_found)
     unscaled = Counter(None, counter.config.with_settings(count_scale=1.0), 1, "cpu")
-    found = sum(len(counter.centres(heat, best[1])) for heat in heats)
+    found = best[2]
     mass = sum(float(unscaled.density(heat).sum()) for heat in heats)
     scale = float(np.clip(found / mass, 0.8, 1.25)) if mass > 0 and found else 1.0
     return best[1], best[0], round(scale, 4)
@@ -384,10 +385,10 @@ def _tuning_windows(
         h, w = image.shape[:2]
         y0, x0 = max(0, h - side) // 2, max(0, w - side) // 2
         y1, x1 = min(h, y0 + side), min(w, x0 + side)
-        known = np.zeros((h, w), bool)
+        known = np.zeros((y1 - y0, x1 - x0), bool)
         for extra in (bg, reg):
             if extra is not None:
-                known |= extra
+                known |= extra[y0:y1, x0:x1]
         inside = (pts[:, 0] >= y0) & (pts[:, 0] < y1) & (pts[:, 1] >= x0) & (pts[:, 1] < x1)
-        out.append((image[y0:y1, x0:x1], pts[inside] - (y0, x0), known[y0:y1, x0:x1]))
+        out.append((image[y0:y1, x0:x1], pts[inside] - (y0, x0), known))
     return out
