@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from .errors import CancelledError
 
-__all__ = ["Progress", "ProgressCallback", "check_cancel", "nested", "run_sync"]
+__all__ = ["Progress", "ProgressCallback", "check_cancel", "nested", "on_steps", "run_sync"]
 
 T = TypeVar("T")
 
@@ -57,6 +57,21 @@ def run_sync(
                 raise CancelledError("Cancelled by the user.")
     except StopIteration as stop:
         return stop.value
+
+
+def on_steps(
+    progress: Callable[[int, int, dict[str, Any]], None] | None,
+) -> ProgressCallback | None:
+    """A :func:`run_sync` callback that calls ``progress(step, total, info)`` for the events
+    of training steps only (those whose ``info`` has a ``loss``)."""
+    if progress is None:
+        return None
+
+    def call(event: Progress) -> None:
+        if event.info.get("loss") is not None:
+            progress(event.step, event.total, event.info)
+
+    return call
 
 
 def nested(

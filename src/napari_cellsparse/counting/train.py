@@ -20,7 +20,7 @@ import numpy as np
 from ..devices import resolve_device
 from ..errors import BadInputError
 from ..images import as_yxc
-from ..progress import Progress
+from ..progress import Progress, on_steps, run_sync
 from ..training.inputs import as_list
 from ..training.model import normalize
 from ..training.scale import foreground_diameter, rescale_image, resize_labels
@@ -195,13 +195,7 @@ def train_counter(
     work = train_counter_iter(
         images, points, name, background, regions, steps=steps, cancel=cancel, **kwargs
     )
-    while True:
-        try:
-            event = next(work)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None and event.info.get("loss") is not None:
-            progress(event.step, event.total, event.info)
+    return run_sync(work, on_steps(progress))
 
 
 def _masks(

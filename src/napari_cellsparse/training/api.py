@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError, WeightsError
-from ..progress import Progress
+from ..progress import Progress, on_steps, run_sync
 from .annotations import annotated_diameters
 from .backend import backend_class
 from .inputs import training_pairs
@@ -154,13 +154,7 @@ def train(
     info)`` is called after every step (``info["loss"]``).
     """
     work = train_iter(backend, images, labels, name=name, steps=steps, cancel=cancel, **kwargs)
-    while True:
-        try:
-            event = next(work)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None and event.info.get("loss") is not None:
-            progress(event.step, event.total, event.info)
+    return run_sync(work, on_steps(progress))
 
 
 def load_model(name_or_path: str | Path, device: str | None = None) -> TrainedModel:
