@@ -133,7 +133,7 @@ def test_matching_is_one_to_one_within_reach() -> None:
 
 
 def test_centres_are_refined_below_the_pixel() -> None:
-    from napari_cellsparse.counting.counter import find_centres
+    from napari_cellsparse.counting.centres import find_centres
     from napari_cellsparse.counting.targets import heatmap_targets
 
     truth = np.array([[10.3, 20.7], [40.6, 12.2]])
@@ -143,6 +143,56 @@ def test_centres_are_refined_below_the_pixel() -> None:
     order = np.argsort(coarse[:, 0])
     assert np.allclose(coarse[order], np.round(truth))
     assert np.abs(fine[order] - truth).max() < 0.05
+
+
+def test_centres_snap_to_the_centroid_of_their_cells_pixels() -> None:
+    from skimage.draw import ellipse
+
+    from napari_cellsparse.counting.centres import snap_to_foreground
+
+    labels = np.zeros((120, 160), np.int32)
+    labels[ellipse(40, 40, 9, 17, shape=labels.shape)] = 1  # elongated
+    labels[ellipse(40, 95, 14, 14, shape=labels.shape)] = 2  # touches neither
+    labels[ellipse(90, 60, 10, 16, rotation=0.6, shape=labels.shape)] = 3
+    labels[ellipse(90, 86, 10, 12, shape=labels.shape)] = 4  # touches 3
+    ids = np.arange(1, 5)
+    truth = np.array(ndi.center_of_mass(labels > 0, labels, ids))
+    rough = truth + np.array([[3.0, -5.0], [-4.0, 3.0], [2.5, 4.0], [-3.0, -2.0]])
+    snapped = snap_to_foreground(rough, labels > 0, diameter=28.0)
+    assert np.abs(rough - truth).max(axis=1).min() >= 2.0
+    assert np.linalg.norm(snapped - truth, axis=1).max() < 1.5, snapped - truth
+    # A centre whose share is mostly a cell it is not on (more than 0.3 diameters away) stays.
+    lonely = np.array([[40.0, 40.0]])
+    far = snap_to_foreground(lonely, labels == 2, diameter=28.0, reach=3.0)
+    assert np.array_equal(far, lonely)
+    assert np.array_equal(snap_to_foreground(rough, np.zeros_like(labels, bool), 28.0), rough)
+
+
+def test_peaks_and_density_count_only_near_the_cell_foreground() -> None:
+    from napari_cellsparse.counting.centres import cell_support
+    from napari_cellsparse.counting.counter import Counter, CounterConfig
+    from napari_cellsparse.counting.targets import heatmap_targets
+
+    config = CounterConfig(sigma=8.0 / 3.0, peak_threshold=0.3)
+    counter = Counter(None, config, 1, "cpu")
+    cells = np.array([[20.0, 20.0], [20.0, 60.0], [60.0, 20.0], [60.0, 60.0], [100.0, 40.0]])
+    stray = np.array([[100.0, 100.0]])  # a peak on background, as on a faint speck
+    heat = heatmap_targets(np.concatenate([cells, stray]), (128, 128), sigma=config.sigma)
+    yy, xx = np.mgrid[:128, :128]
+    foreground = np.zeros((128, 128), bool)
+    for y, x in cells:
+        foreground |= (yy - y) ** 2 + (xx - x) ** 2 <= 8.0**2
+    near = cell_support(foreground, 16.0)
+    assert near[foreground].all() and near[20, 32] and not near[20, 33]
+    support = counter.support(heat, foreground, 16.0)
+    found = counter.centres(heat, support=support)
+    assert len(counter.centres(heat)) == 6
+    assert np.allclose(np.sort(found, axis=0), np.sort(cells, axis=0), atol=0.5)
+    assert counter.density(heat).sum() == pytest.approx(6.0, rel=0.03)
+    assert counter.density(heat, support).sum() == pytest.approx(5.0, rel=0.03)
+    # A foreground that would remove over a third of the density missed cells: not used.
+    assert counter.support(heat, foreground & (yy < 40), 16.0) is None
+    assert counter.support(heat, None, 16.0) is None
 
 
 def test_diameter_is_read_at_the_given_points() -> None:

@@ -339,16 +339,22 @@ def _tune(
     makes the density of the training images sum to the number of centres detected there at
     that threshold (kept within 0.8-1.25): the network draws the peaks of rough points lower
     and wider than the targets, so a little of their mass falls under the density cut.
-    Both are measured on a window of each training image (see :func:`_tuning_windows`).
+    Both are measured on a window of each training image (see :func:`_tuning_windows`), with
+    peaks and density counted only near its cell foreground, as at count time.
     """
     windows = _tuning_windows(data, background, regions)
     heats = [counter.heatmap(image) for image, *_ in windows]
+    diameter = counter.config.target_diameter
+    supports = [
+        counter.support(heat, counter.foreground(image, diameter), diameter)
+        for heat, (image, *_) in zip(heats, windows, strict=True)
+    ]
     reach = counter.config.radius
     best = (-1.0, counter.config.peak_threshold, 0)
     for level in PEAK_THRESHOLDS:
         tp = fp = fn = n_found = 0
-        for heat, (_, pts, known) in zip(heats, windows, strict=True):
-            found = counter.centres(heat, level)
+        for heat, support, (_, pts, known) in zip(heats, supports, windows, strict=True):
+            found = counter.centres(heat, level, support)
             n_found += len(found)
             matched, _ = match_centres(found, pts, reach)
             tp += len(matched)
@@ -360,7 +366,10 @@ def _tune(
             best = (f1, level, n_found)
     unscaled = Counter(None, counter.config.with_settings(count_scale=1.0), 1, "cpu")
     found = best[2]
-    mass = sum(float(unscaled.density(heat).sum()) for heat in heats)
+    mass = sum(
+        float(unscaled.density(heat, support).sum())
+        for heat, support in zip(heats, supports, strict=True)
+    )
     scale = float(np.clip(found / mass, 0.8, 1.25)) if mass > 0 and found else 1.0
     return best[1], best[0], round(scale, 4)
 

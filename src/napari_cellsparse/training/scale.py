@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from skimage.filters import gaussian, threshold_otsu
 from skimage.transform import resize
 
-__all__ = ["foreground_diameter", "rescale_image", "resize_labels"]
+__all__ = ["foreground_diameter", "foreground_mask", "rescale_image", "resize_labels"]
 
 MIN_REGION_AREA = 9
 
@@ -46,18 +46,29 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     )
 
 
+def foreground_mask(
+    image: np.ndarray, polarity: float = 1.0, smoothing: float = 1.0
+) -> np.ndarray | None:
+    """Cell foreground (bool, Y x X) of a YXC image: the channel mean times ``polarity``
+    (+1: cells brighter than the background, -1: darker), Gaussian-smoothed by ``smoothing``
+    pixels, above its Otsu threshold, opened and with holes filled. None without contrast."""
+    gray = np.asarray(image, np.float32).mean(axis=-1) * np.float32(polarity)
+    if float(gray.max() - gray.min()) <= 1e-6:
+        return None
+    smooth = gaussian(gray, smoothing)
+    foreground = smooth > threshold_otsu(smooth)
+    return ndi.binary_fill_holes(ndi.binary_opening(foreground))
+
+
 def foreground_diameter(image: np.ndarray, polarity: float = 1.0) -> float | None:
     """Median inscribed-disc diameter (pixels) of the Otsu foreground regions of a YXC image.
 
     ``polarity`` is +1 when cells are brighter than the background, -1 when darker. None when
     the image has no contrast or no region of at least a few pixels.
     """
-    gray = np.asarray(image, np.float32).mean(axis=-1) * np.float32(polarity)
-    if float(gray.max() - gray.min()) <= 1e-6:
+    foreground = foreground_mask(image, polarity)
+    if foreground is None:
         return None
-    smooth = gaussian(gray, 1.0)
-    foreground = smooth > threshold_otsu(smooth)
-    foreground = ndi.binary_fill_holes(ndi.binary_opening(foreground))
     regions, n = ndi.label(foreground)
     if n == 0:
         return None
