@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._lazy import import_torch
+from ..paths import atomic_target
 from ..progress import Progress
 
 __all__ = ["EmbeddingCache", "ImageEmbedding", "compute_embedding", "image_signature"]
@@ -157,20 +157,14 @@ class EmbeddingCache:
     def _save(self, embedding: ImageEmbedding) -> None:
         torch = import_torch()
         path = self._path(embedding.signature)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".part", dir=path.parent)
-        os.close(fd)
         payload = {
             "features": embedding.features.detach().cpu(),
             "original_size": embedding.original_size,
             "input_size": embedding.input_size,
             "signature": embedding.signature,
         }
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_target(path) as temp:
+            torch.save(payload, temp)
         self._trim_disk()
 
     def _trim_disk(self) -> None:

@@ -6,8 +6,6 @@ a missing, damaged or mismatched file becomes a :class:`WeightsError` naming it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 from .._lazy import import_torch
 from ..devices import resolve_device
 from ..errors import WeightsError
+from ..paths import atomic_target
 from .backend import Network
 
 __all__ = ["TorchNetwork", "load_state", "save_state"]
@@ -24,13 +23,8 @@ __all__ = ["TorchNetwork", "load_state", "save_state"]
 def save_state(net: Any, folder: Path, filename: str) -> None:
     """Write ``net``'s state_dict to ``folder/filename`` atomically."""
     torch = import_torch()
-    fd, tmp = tempfile.mkstemp(prefix=filename, suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(net.state_dict(), tmp)
-        os.replace(tmp, Path(folder) / filename)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_target(Path(folder) / filename) as temp:
+        torch.save(net.state_dict(), temp)
 
 
 def load_state(folder: Path, filename: str, architecture: Callable[[], Any], device: str) -> Any:
