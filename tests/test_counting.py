@@ -195,6 +195,45 @@ def test_peaks_and_density_count_only_near_the_cell_foreground() -> None:
     assert counter.support(heat, None, 16.0) is None
 
 
+def _ideal_heatmap(image: np.ndarray) -> np.ndarray:
+    """A stand-in for a trained network: a unit peak on each bright blob 6-40 px wide (the
+    canonical cell is 16 px), none on smaller or larger ones."""
+    from napari_cellsparse.counting.targets import heatmap_targets
+
+    labels, n = ndi.label(image.mean(-1) > 0.5)
+    ids = np.arange(1, n + 1)
+    width = 2.0 * np.sqrt(np.asarray(ndi.sum(np.ones(labels.shape), labels, ids)) / np.pi)
+    centres = np.array(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
+    keep = (width >= 6) & (width <= 40)
+    return heatmap_targets(centres[keep], labels.shape, 8.0 / 3.0)
+
+
+def test_images_of_large_cells_are_read_again_for_small_ones() -> None:
+    from napari_cellsparse.counting.counter import Counter, CounterConfig
+
+    yy, xx = np.mgrid[:240, :240]
+    image = np.zeros((240, 240), np.float32)
+    large = np.array([[60.0, 60], [60, 170], [170, 60], [170, 170]])
+    small = np.array([[115.0, 115], [20, 115], [215, 115]])
+    for (y, x), r in [(c, 24) for c in large] + [(c, 6) for c in small]:
+        image[(yy - y) ** 2 + (xx - x) ** 2 <= r**2] = 1.0
+    config = CounterConfig(sigma=8.0 / 3.0, peak_threshold=0.3, test_time_augmentation=False)
+    results = {}
+    for flag in (False, True):
+        counter = Counter(None, config.with_settings(small_cells=flag), 1, "cpu")
+        counter.heatmap = _ideal_heatmap  # read at 1/3, 12 px cells are 4 px: unseen
+        results[flag] = counter.count(image, diameter=48.0)
+    plain, both = results[False], results[True]
+    assert len(plain.centres) == 4 and plain.count == pytest.approx(4.0, rel=0.02)
+    # The second reading (at 2/3) sees the small cells; its peaks on the large ones, whose
+    # regions already hold a centre, are not added.
+    assert len(both.centres) == 7 and both.count == pytest.approx(7.0, rel=0.02)
+    assert both.density.sum() == pytest.approx(both.count, rel=1e-5)
+    for group in (large, small):
+        gap = np.linalg.norm(both.centres[:, None] - group[None], axis=-1).min(axis=0)
+        assert gap.max() < 1.0, gap
+
+
 def test_diameter_is_read_at_the_given_points() -> None:
     from napari_cellsparse.counting.targets import points_diameter
     from napari_cellsparse.training.model import normalize

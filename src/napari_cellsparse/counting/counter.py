@@ -59,6 +59,7 @@ SCALE_STEPS = 2.0 ** np.arange(-2.0, 2.01, 0.5)  # multiples of the estimated di
 SCALE_WINDOW = 384  # side (canonical pixels) of the window the network reads the scale on
 SCALE_PEAK_FLOOR = 0.1
 SCALE_MARGIN = 1.25
+SMALL_CELLS_BELOW = 0.5  # scale factor at or below which small cells are looked for
 MAX_GATED = 1.0 / 3.0  # a foreground that would drop more of the density missed cells
 
 
@@ -86,6 +87,7 @@ class CounterConfig:
     test_time_augmentation: bool = True  # heat map = mean over the 8 flips/turns
     foreground_gate: bool = True  # peaks and density count only near the image's foreground
     snap_to_foreground: bool = True  # centres move to the centroid of their cell's pixels
+    small_cells: bool = True  # images read at half scale or less are read again at twice it
     min_distance: float = 0.0  # between centres at the canonical scale; 0 = a cell radius
     polarity: float = 1.0  # set at training: +1 bright cells, -1 dark cells
     diameter_calibration: float = 1.0  # set at training: given diameter / estimated
@@ -293,23 +295,60 @@ class Counter:
             raise BadInputError(f"The diameter must be a positive number, got {diameter!r}.")
         normalized = self.prepare(image)
         d = float(diameter) if diameter is not None else self.estimate_diameter(normalized)
-        factor = self.scale_factor(d)
-        heat = self.heatmap(rescale_image(normalized, factor))
-        foreground = self.foreground(normalized, d)
-        support = self.support(heat, foreground, d)
-        scaled = self.density(heat, support)
-        count = float(scaled.sum(dtype=np.float64))
         shape = normalized.shape[:2]
-        centres = (self.centres(heat, support=support) + 0.5) * (np.array(shape) / heat.shape)
-        centres -= 0.5
+        scaled, peaks, foreground = self._reading(normalized, d)
+        centres = _to_image_pixels(peaks, scaled.shape, shape)
         if foreground is not None and self.config.snap_to_foreground:
             centres = snap_to_foreground(centres, foreground, d)
-        density = scaled
-        if scaled.shape != shape:
-            density = resize(scaled, shape, order=1, preserve_range=True, anti_aliasing=False)
-            total = float(density.sum(dtype=np.float64))
-            density = (density * (count / total if total > 0 else 0.0)).astype(np.float32)
-        return CountResult(count, centres, density, d)
+        density = _to_image_density(scaled, shape)
+        small = (
+            foreground is not None
+            and self.config.small_cells
+            and self.scale_factor(d) <= SMALL_CELLS_BELOW
+        )
+        if small:
+            extra_density, extra = self._small_cells(normalized, d, foreground, centres)
+            density = density + extra_density
+            centres = np.concatenate([centres, extra])
+        return CountResult(float(density.sum(dtype=np.float64)), centres, density, d)
+
+    def _reading(
+        self, normalized: np.ndarray, diameter: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The image read as cells of ``diameter``: density and peaks at the canonical scale,
+        and the image's cell foreground (None when unused or without contrast)."""
+        heat = self.heatmap(rescale_image(normalized, self.scale_factor(diameter)))
+        foreground = self.foreground(normalized, diameter)
+        support = self.support(heat, foreground, diameter)
+        return self.density(heat, support), self.centres(heat, support=support), foreground
+
+    def _small_cells(
+        self, normalized: np.ndarray, diameter: float, foreground: np.ndarray, centres: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Density (image-sized) and centres of cells under half ``diameter`` that the first
+        reading missed.
+
+        An image of large cells is shrunk so far that much smaller cells (or cells cut by the
+        border) fall below the network's resolution. It is read again as cells of half the
+        size; a peak of that reading is kept only on a foreground region that holds no centre
+        yet (inside a large cell, the second reading's peaks are its parts, not cells), with
+        the density within a cell radius of it.
+        """
+        from scipy import ndimage as ndi
+
+        shape = normalized.shape[:2]
+        scaled, peaks, _ = self._reading(normalized, diameter / 2.0)
+        regions, _ = ndi.label(foreground)
+        found = _to_image_pixels(peaks, scaled.shape, shape)
+        taken = regions[tuple(_pixel_indices(centres, shape).T)]
+        region = regions[tuple(_pixel_indices(found, shape).T)]
+        keep = (region > 0) & ~np.isin(region, taken)
+        near = np.zeros(scaled.shape, bool)
+        radius = self.config.separation
+        yy, xx = np.ogrid[: scaled.shape[0], : scaled.shape[1]]
+        for y, x in peaks[keep]:
+            near |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+        return _to_image_density(np.where(near, scaled, 0.0), shape), found[keep]
 
     def save(self, folder: Path) -> None:
         """Write the weights into ``folder`` (config and metadata are written by training)."""
@@ -317,6 +356,29 @@ class Counter:
 
         folder.mkdir(parents=True, exist_ok=True)
         save_state(self.net, folder, WEIGHTS_FILE)
+
+
+def _to_image_pixels(
+    peaks: np.ndarray, scaled: tuple[int, ...], shape: tuple[int, ...]
+) -> np.ndarray:
+    """Centres (N x 2, y x) at a reading's scale mapped to the image's pixels."""
+    ratio = np.array(shape[:2], np.float64) / np.array(scaled[:2], np.float64)
+    return (np.asarray(peaks, np.float64).reshape(-1, 2) + 0.5) * ratio - 0.5
+
+
+def _pixel_indices(centres: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest pixel (N x 2 int, inside the image) of each centre."""
+    return np.clip(np.round(centres).astype(int), 0, np.array(shape[:2]) - 1).reshape(-1, 2)
+
+
+def _to_image_density(scaled: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A reading's density resized to the image (float32), keeping its sum."""
+    if scaled.shape == tuple(shape[:2]):
+        return scaled.astype(np.float32, copy=False)
+    density = resize(scaled, shape[:2], order=1, preserve_range=True, anti_aliasing=False)
+    total = float(density.sum(dtype=np.float64))
+    want = float(scaled.sum(dtype=np.float64))
+    return (density * (want / total if total > 0 else 0.0)).astype(np.float32)
 
 
 def load_counter(name_or_path: str | Path, device: str | None = None) -> Counter:
