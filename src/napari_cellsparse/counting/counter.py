@@ -26,6 +26,11 @@ cells and is not used), and each centre moves to the centroid of its share of th
 in the full-resolution image. On DSB 2018 fluorescence (fluo_25 counter) the two took the
 localisation F1 from 0.878 to 0.898 and the mean per-image count error from 11.2 % to 9.4 %
 (F1 0.904 with the threshold and count scale tuned the same way at training).
+
+An image of large cells is shrunk so far that cells under half their size fall below the
+network's resolution; when an image is read at half scale or less it is read a second time
+as cells of half the size, and that reading's peaks count on foreground regions that hold no
+centre yet (:meth:`Counter._small_cells`).
 """
 
 from __future__ import annotations
