@@ -232,6 +232,11 @@ def test_images_of_large_cells_are_read_again_for_small_ones() -> None:
     for group in (large, small):
         gap = np.linalg.norm(both.centres[:, None] - group[None], axis=-1).min(axis=0)
         assert gap.max() < 1.0, gap
+    alone = Counter(
+        None, config.with_settings(foreground_gate=False, snap_to_foreground=False), 1, "cpu"
+    )
+    alone.heatmap = _ideal_heatmap
+    assert len(alone.count(image, diameter=48.0).centres) == 7
 
 
 def test_diameter_is_read_at_the_given_points() -> None:

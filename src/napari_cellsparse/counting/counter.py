@@ -229,7 +229,8 @@ class Counter:
         """The image's cell foreground (:func:`foreground_mask`, smoothed at a sixteenth of
         the cell diameter so that texture inside a nucleus does not split it), or None when
         the counter uses none or the image has no contrast."""
-        if not (self.config.foreground_gate or self.config.snap_to_foreground):
+        config = self.config
+        if not (config.foreground_gate or config.snap_to_foreground or config.small_cells):
             return None
         return foreground_mask(normalized, float(self.config.polarity), max(0.5, diameter / 16))
 
@@ -237,7 +238,8 @@ class Counter:
         self, heat: np.ndarray, foreground: np.ndarray | None, diameter: float
     ) -> np.ndarray | None:
         """Where the heat map's peaks and density count (:func:`~.centres.cell_support`
-        resized to the heat map), or None: everywhere."""
+        resized to the heat map), or None: everywhere (also when it would drop over a third of
+        the density: then the foreground missed cells)."""
         if foreground is None or not self.config.foreground_gate:
             return None
         near = resize_labels(cell_support(foreground, diameter).astype(np.uint8), heat.shape)
