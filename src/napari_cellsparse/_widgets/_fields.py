@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
+from collections.abc import Callable
 
-__all__ = ["folder_row"]
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
+
+__all__ = ["folder_row", "model_row"]
 
 
 def folder_row(edit: QLineEdit, parent: QWidget, title: str) -> QHBoxLayout:
@@ -20,4 +22,16 @@ def folder_row(edit: QLineEdit, parent: QWidget, title: str) -> QHBoxLayout:
     row = QHBoxLayout()
     row.addWidget(edit)
     row.addWidget(browse)
+    return row
+
+
+def model_row(combo: QComboBox, refresh: Callable[[], object]) -> QHBoxLayout:
+    """A model list with a ↻ button that looks for newly trained models."""
+    button = QPushButton("↻")
+    button.setMaximumWidth(30)
+    button.setToolTip("Look for newly trained models")
+    button.clicked.connect(lambda: refresh())
+    row = QHBoxLayout()
+    row.addWidget(combo, 1)
+    row.addWidget(button)
     return row

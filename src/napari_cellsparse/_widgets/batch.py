@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -37,7 +36,7 @@ from qtpy.QtWidgets import (
 from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import BACKENDS, list_models
-from ._fields import folder_row
+from ._fields import folder_row, model_row
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
 from ._worker import JobRunner
@@ -82,12 +81,7 @@ class BatchWidget(QWidget):
     # -- building ----------------------------------------------------------------------
     def _build(self) -> None:
         self.model_combo = QComboBox()
-        refresh = QPushButton("↻")
-        refresh.setToolTip("Look for newly trained models")
-        refresh.clicked.connect(lambda: self.refresh_models())
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(refresh)
+        models = model_row(self.model_combo, self.refresh_models)
         self.block_spin = QSpinBox()
         self.block_spin.setRange(128, 8192)
         self.block_spin.setSingleStep(256)
@@ -100,7 +94,7 @@ class BatchWidget(QWidget):
         self.diameter_spin.setSuffix(" px")
         self.diameter_spin.setToolTip("Cell diameter in pixels (auto: estimated per image).")
         common = QFormLayout()
-        common.addRow("Model", model_row)
+        common.addRow("Model", models)
         common.addRow("Block size", self.block_spin)
         common.addRow("Cell diameter", self.diameter_spin)
 

@@ -45,7 +45,7 @@ from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import list_models
 from ..training.store import model_folder
-from ._fields import folder_row
+from ._fields import folder_row, model_row
 from ._worker import JobRunner
 from .sparse_training import parse_settings
 
@@ -175,12 +175,7 @@ class CellCountingWidget(QWidget):
 
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("A trained counter from the model store")
-        refresh = QPushButton("↻")
-        refresh.setMaximumWidth(30)
-        refresh.clicked.connect(self._refresh_models)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(refresh)
+        models = model_row(self.model_combo, self._refresh_models)
         self.count_image_combo = QComboBox()
         self.count_button = QPushButton("Count")
         self.count_button.clicked.connect(self.count)
@@ -194,7 +189,7 @@ class CellCountingWidget(QWidget):
         self.batch_button.setToolTip("counts.json, counts.csv and one overlay PNG per image")
         self.batch_button.clicked.connect(self.count_folder)
         count_form = QFormLayout()
-        count_form.addRow("Counter", model_row)
+        count_form.addRow("Counter", models)
         count_form.addRow("Count on", self.count_image_combo)
         count_form.addRow(self.count_button)
         count_form.addRow(self.count_label)
@@ -234,7 +229,7 @@ class CellCountingWidget(QWidget):
                 combo.setCurrentText(current)
             combo.blockSignals(False)
 
-    def _refresh_models(self, _checked: Any = None, select: str | None = None) -> None:
+    def _refresh_models(self, select: str | None = None) -> None:
         current = select or self.model_combo.currentText()
         names = [m["name"] for m in list_models() if m.get("backend") == BACKEND]
         self.model_combo.clear()

@@ -39,6 +39,7 @@ from ..outlines import mask_outline
 from ..progress import Progress, check_cancel
 from ..training import BACKENDS, TrainedModel, backend_class, list_models, load_model, train_iter
 from ..training.store import model_folder
+from ._fields import model_row
 from ._layers import layer_data as _layer_data
 from ._layers import refill_combo
 from ._worker import JobRunner
@@ -199,13 +200,7 @@ class SparseTrainingWidget(QWidget):
 
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("A trained model from the model store")
-        refresh = QPushButton("↻")
-        refresh.setMaximumWidth(30)
-        refresh.setToolTip("Refresh the list of stored models")
-        refresh.clicked.connect(self._refresh_models)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(refresh)
+        models = model_row(self.model_combo, self._refresh_models)
         self.predict_image_combo = QComboBox()
         self.predict_diameter_spin = QDoubleSpinBox()
         self.predict_diameter_spin.setRange(0.0, 10_000.0)
@@ -222,7 +217,7 @@ class SparseTrainingWidget(QWidget):
         self.simplify_spin.setValue(0.5)
         self.simplify_spin.setToolTip("Outline simplification tolerance in pixels (0: exact).")
         predict_form = QFormLayout()
-        predict_form.addRow("Model", model_row)
+        predict_form.addRow("Model", models)
         predict_form.addRow("Predict on", self.predict_image_combo)
         predict_form.addRow("Diameter", self.predict_diameter_spin)
         predict_form.addRow("Min area", self.min_area_spin)
@@ -558,7 +553,7 @@ class SparseTrainingWidget(QWidget):
         )
 
     # -- prediction ----------------------------------------------------------------------
-    def _refresh_models(self, _checked: Any = None, select: str | None = None) -> None:
+    def _refresh_models(self, select: str | None = None) -> None:
         current = select or self.model_combo.currentText()
         names = [m["name"] for m in list_models() if "error" not in m]
         self.model_combo.clear()
