@@ -222,8 +222,7 @@ class Counter:
         )
         if support is None or not len(found):
             return found
-        at = np.clip(np.round(found).astype(int), 0, np.array(support.shape) - 1)
-        return found[support[at[:, 0], at[:, 1]]]
+        return found[support[tuple(_pixel_indices(found, support.shape).T)]]
 
     def foreground(self, normalized: np.ndarray, diameter: float) -> np.ndarray | None:
         """The image's cell foreground (:func:`foreground_mask`, smoothed at a sixteenth of
@@ -232,7 +231,7 @@ class Counter:
         config = self.config
         if not (config.foreground_gate or config.snap_to_foreground or config.small_cells):
             return None
-        return foreground_mask(normalized, float(self.config.polarity), max(0.5, diameter / 16))
+        return foreground_mask(normalized, float(config.polarity), max(0.5, diameter / 16))
 
     def support(
         self, heat: np.ndarray, foreground: np.ndarray | None, diameter: float

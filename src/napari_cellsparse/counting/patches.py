@@ -3,9 +3,8 @@
 Half the crops are centred on a given point (every point of every image equally likely, so
 images whose cells were shrunk to the canonical scale are not under-sampled) and half on a
 random trusted pixel (mostly painted background), so steps are spent where the loss can learn
-something. D4 flips/rotations and
-brightness/contrast/noise come from the sparse-training sampler, applied to the target and
-mask as one stack so they stay aligned with the pixels.
+something. D4 flips/rotations and brightness/contrast/noise come from the sparse-training
+sampler, applied to the target and mask as one stack so they stay aligned with the pixels.
 """
 
 from __future__ import annotations
