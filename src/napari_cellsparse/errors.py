@@ -11,7 +11,9 @@ __all__ = [
     "BadInputError",
     "CancelledError",
     "CellsparseError",
+    "JobFailedError",
     "WeightsError",
+    "WorkerCrashedError",
 ]
 
 
@@ -41,3 +43,11 @@ class WeightsError(CellsparseError):
 
 class CancelledError(CellsparseError):
     """The user cancelled a long operation."""
+
+
+class WorkerCrashedError(CellsparseError):
+    """The model worker process ended in the middle of a job (crash, out of memory, killed)."""
+
+
+class JobFailedError(CellsparseError):
+    """A job in the model worker failed with an error the engine did not expect."""

@@ -1,5 +1,10 @@
 """The one helper that runs engine progress generators from a dock widget.
 
+Model jobs (training, prediction, counting, block-wise segmentation) run in the plugin's
+model worker process (:mod:`napari_cellsparse.worker`), shared by every widget of the napari
+session and started on first need; :meth:`JobRunner.run_in_worker` relays such a job through a
+thread here. Short in-process jobs (SAM, measurements) use :meth:`JobRunner.start`.
+
 It starts the generator in a napari ``thread_worker`` (or synchronously, for tests), maps
 its :class:`~napari_cellsparse.progress.Progress` events to a napari progress bar (and to an
 optional handler of the widget), routes errors to a notification a biologist can read, wires
@@ -17,12 +22,13 @@ from typing import Any
 
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QApplication, QWidget
 
 from ..errors import CancelledError, CellsparseError
 from ..progress import Progress
+from ..worker import WorkerHost
 
-__all__ = ["JobRunner", "friendly_message"]
+__all__ = ["JobRunner", "friendly_message", "release_host", "shared_host"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,33 @@ def friendly_message(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "Not enough memory for this image; try a smaller image or the vit_t model."
     return f"Unexpected error ({type(err).__name__}: {err}). Details are in the log."
+
+
+_HOST: list[WorkerHost] = []  # the napari session's one model worker (a process resource)
+_CLIENTS: set[int] = set()  # ids of the job runners using it
+
+
+def shared_host() -> WorkerHost:
+    """The model worker host of this napari session (made on first use; its process starts
+    with the first job). It is stopped when the application quits or its last user leaves."""
+    if not _HOST:
+        _HOST.append(WorkerHost())
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(_stop_host)
+    return _HOST[0]
+
+
+def release_host(client: int) -> None:
+    """``client`` no longer needs the worker; the last one to leave stops it."""
+    _CLIENTS.discard(client)
+    if not _CLIENTS and _HOST:
+        _stop_host()
+
+
+def _stop_host() -> None:
+    if _HOST:
+        _HOST[0].stop()
 
 
 class JobRunner:
@@ -50,6 +83,7 @@ class JobRunner:
         self.status = status or (lambda _msg: None)
         self.synchronous = False
         self.worker: Any = None
+        self._remote = False
         self._bar: Any = None
         self._cancel_event: threading.Event | None = None
         self._on_event: Callable[[Progress], None] | None = None
@@ -88,15 +122,57 @@ class JobRunner:
             return
         from napari.qt.threading import create_worker
 
-        worker = create_worker(job)
-        self.worker = worker
         returned: list[Any] = []
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(returned.append)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self.status("Cancelled."))
-        worker.finished.connect(lambda: self._finish(returned, on_done))
-        worker.start()
+        # Connected at creation: a worker made without an "errored" handler re-raises the
+        # error on the main thread (a second report, a traceback, or an abort).
+        self.worker = create_worker(
+            job,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": returned.append,
+                "errored": self._on_error,
+                "aborted": lambda: self.status("Cancelled."),
+                "finished": lambda: self._finish(returned, on_done),
+            },
+        )
+
+    def run_in_worker(
+        self,
+        job: str,
+        kwargs: dict[str, Any],
+        on_done: Callable[[Any], None],
+        description: str,
+        on_progress: Callable[[Progress], None] | None = None,
+        updates: Callable[[], Any] | None = None,
+        then: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """Run the model worker's ``job`` (see :mod:`napari_cellsparse.worker.jobs`) with
+        ``kwargs``; like :meth:`start`. Stop forwards the job's cancel event; a second Stop
+        ends the worker process. ``updates()`` answers the job's pulls of new annotation (in the
+        relay thread); ``then(result)`` prepares the result there too (say, layer objects)
+        before ``on_done`` gets it on the main thread."""
+        if self.busy:
+            show_info("Still working on the previous step; wait for it or press Cancel.")
+            return
+        host = shared_host()
+        _CLIENTS.add(id(self))
+        cancel = threading.Event()
+
+        def relay() -> Generator[Progress, None, Any]:
+            result = yield from host.run(job, kwargs, description, cancel, updates)
+            return then(result) if then is not None else result
+
+        self._remote = True
+        self.start(relay, on_done, description, cancel=cancel, on_progress=on_progress)
+
+    def close(self) -> None:
+        """The widget goes away: stop its job (ending the worker if the job is running
+        there) and leave the shared worker."""
+        if self._remote and self._cancel_event is not None:
+            shared_host().kill()
+        elif self._cancel_event is not None:
+            self._cancel_event.set()
+        release_host(id(self))
 
     def _finish(self, returned: list[Any], on_done: Callable[[Any], None]) -> None:
         self._set_busy(False)
@@ -108,6 +184,10 @@ class JobRunner:
         if self.worker is None:
             return
         if self._cancel_event is not None:
+            if self._remote and self._cancel_event.is_set():
+                self.status("Ending the model worker...")
+                shared_host().kill()
+                return
             self.status("Stopping at the next step...")
             self._cancel_event.set()
             return
@@ -176,5 +256,6 @@ class JobRunner:
                 self._bar.close()
             self._bar = None
             self.worker = None
+            self._remote = False
             self._cancel_event = None
             self._on_event = None

@@ -10,8 +10,6 @@ Labels layer and an outlines Shapes layer; annotation layers are only ever read 
 from __future__ import annotations
 
 import ast
-import threading
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +29,11 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from scipy import ndimage as ndi
 from superqt import QCollapsible
 
 from ..errors import BackendUnavailableError, BadInputError, CellsparseError
-from ..outlines import mask_outline
-from ..progress import Progress, check_cancel
-from ..training import BACKENDS, TrainedModel, backend_class, list_models, load_model, train_iter
+from ..progress import Progress
+from ..training import BACKENDS, backend_class, list_models
 from ..training.store import model_folder
 from ._fields import model_row
 from ._layers import layer_data as _layer_data
@@ -48,7 +44,7 @@ from .loss_plot import LossPlot
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["SparseTrainingWidget", "outline_polygons"]
+__all__ = ["SparseTrainingWidget"]
 
 PREVIEW = "Training preview"
 PREDICTION = "{} prediction"
@@ -62,30 +58,15 @@ class TrainingState:
     """What the widget knows between events (owned by one widget, never global)."""
 
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (image, annotation) unique ids
-    model: TrainedModel | None = None  # last trained or loaded model
-    model_key: tuple[Any, ...] | None = None  # (name, updated, device) of ``model``
+    last: dict[str, Any] | None = None  # summary of the last training
     reset_next: bool = False
-    cancel: threading.Event | None = None
+    stopping: bool = False  # Stop was pressed during the running job
     device: str = ""
     step: int = 0  # last training step seen (this session)
+    cells: int = 0  # annotated cells the running training learns from
     preview_z: int | None = None  # stack slice the training preview shows
-
-
-def outline_polygons(labels: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
-    """One outline polygon per object of a YX or ZYX label image (ZYX: z is the first column)."""
-    stack = labels if labels.ndim == 3 else labels[None]
-    polygons = []
-    for z, plane in enumerate(stack):
-        for i, where in enumerate(ndi.find_objects(plane), start=1):
-            if where is None:
-                continue
-            outline = mask_outline(plane[where] == i, (where[0].start, where[1].start), tolerance)
-            if outline is None:
-                continue
-            if labels.ndim == 3:
-                outline = np.column_stack([np.full(len(outline), z, float), outline])
-            polygons.append(outline)
-    return polygons
+    watched: list[Labels] = field(default_factory=list)  # the training's annotation layers
+    changed: bool = False  # they changed since the worker last pulled them
 
 
 def parse_settings(text: str) -> dict[str, Any]:
@@ -420,54 +401,65 @@ class SparseTrainingWidget(QWidget):
             return
         steps, every = self.steps_spin.value(), self.preview_spin.value()
         device, reset = self.device_combo.currentText(), self.state.reset_next
-        cancel = threading.Event()
-        self.state.cancel, self.state.step = cancel, 0
-        self.state.preview_z = z
+        self.state.step, self.state.preview_z, self.state.cells = 0, z, 0
+        self.state.stopping = False
         self.loss_plot.clear()
         self.progress_bar.setRange(0, steps)
         self.progress_bar.setValue(0)
         preview_layer = layers[0][0]
         if every:  # made now, in answer to the click, rather than mid-training
             self._show_preview(np.zeros(preview.shape[:2], np.uint8), preview_layer)
+        kwargs = {
+            "backend": backend,
+            "images": [np.asarray(img) for img in images],
+            "labels": annotations,
+            "name": name,
+            "steps": steps,
+            "reset": reset,
+            "device": device,
+            "preview": preview,
+            "preview_every": every,
+            "settings": settings,
+            "live": False,  # TODO-merge
+        }
 
-        def job() -> Generator[Progress, None, TrainedModel]:
-            cls = backend_class(backend)
-            where = device
-            if "torch" in cls.requires:
-                from ..devices import resolve_device
-
-                where = resolve_device(device)
-            elif device == "auto":
-                where = "auto (TensorFlow: CPU unless its GPU build is installed)"
-            yield Progress(0, steps, f"Preparing {backend} on {where}", {"device": where})
-            model = yield from train_iter(
-                backend,
-                [np.asarray(img) for img in images],
-                annotations,
-                name=name,
-                steps=steps,
-                reset=reset,
-                device=device,
-                cancel=cancel,
-                preview=preview,
-                preview_every=every,
-                **settings,
-            )
-            return model
-
-        def done(model: TrainedModel) -> None:
+        def done(summary: dict[str, Any]) -> None:
             try:
-                self._trained(model, reset)
+                self._trained(summary, reset)
             except Exception as err:  # never a traceback dialog from a finished job
                 self.runner.report(err)
 
-        self.runner.start(
-            job,
+        self._watch([lab for _, lab in layers])
+        self.runner.run_in_worker(
+            "train",
+            kwargs,
             done,
             f"Training {backend} '{name}'",
-            cancel=cancel,
             on_progress=lambda event: self._on_progress(event, preview_layer),
+            updates=self._changed_annotation,
         )
+
+    def _watch(self, annotations: list[Labels]) -> None:
+        """Follow the training's annotation layers: what is painted while it trains is sent
+        to the worker at its next pull (see :meth:`_changed_annotation`)."""
+        for layer in self.state.watched:
+            for event in (layer.events.paint, layer.events.data):
+                event.disconnect(self._annotation_changed)
+        self.state.watched, self.state.changed = list(annotations), False
+        for layer in annotations:
+            for event in (layer.events.paint, layer.events.data):
+                event.connect(self._annotation_changed)
+
+    def _annotation_changed(self, _event: Any = None) -> None:
+        self.state.changed = True
+
+    def _changed_annotation(self) -> list[np.ndarray] | None:
+        """The training's annotations when they changed since the last pull (relay thread;
+        a copy, so painting goes on undisturbed)."""
+        if not self.state.changed:
+            return None
+        self.state.changed = False
+        return [np.array(layer.data, copy=True) for layer in self.state.watched]
 
     def _on_progress(self, event: Progress, image: Image) -> None:
         """Training progress on the main thread: device, loss curve, bar and preview."""
@@ -483,8 +475,15 @@ class SparseTrainingWidget(QWidget):
         self.loss_plot.add(event.step, float(loss))
         self.progress_bar.setMaximum(max(event.total, 1))
         self.progress_bar.setValue(event.step)
+        annotation = info.get("annotation")
+        if annotation:
+            self.state.cells = int(annotation.get("cells", 0))
         text = f"{event.message} on {self.state.device}, loss {float(loss):.4f}"
-        if self.state.cancel is not None and self.state.cancel.is_set():
+        if self.state.cells:
+            text += f", {self.state.cells} annotated cell(s)"
+        if info.get("annotation_error"):
+            text += f" (new annotation not used: {info['annotation_error']})"
+        if self.state.stopping:
             text += " (stopping: the model so far will be saved)"
         self.status.setText(text)
         if info.get("preview") is not None:
@@ -513,15 +512,21 @@ class SparseTrainingWidget(QWidget):
         )
 
     def stop(self) -> None:
-        """Stop training after the current step; the model trained so far is still saved."""
+        """Stop training after the current step (the model so far is saved); a second Stop
+        ends the worker at once (the last saved version stays)."""
         self.runner.cancel()
         self._say_stopping()
 
     def _say_stopping(self) -> None:
-        if self.state.cancel is not None and self.runner.busy:
-            self.status.setText(
-                f"Stopping after step {self.state.step}; the model so far will be saved..."
-            )
+        if not self.runner.busy:
+            return
+        if self.state.stopping:
+            self.status.setText("Ending the model worker; the last saved model is kept...")
+            return
+        self.state.stopping = True
+        self.status.setText(
+            f"Stopping after step {self.state.step}; the model so far will be saved..."
+        )
 
     def reset(self) -> None:
         """Make the next training start afresh (the model's saved weights get replaced)."""
@@ -533,23 +538,22 @@ class SparseTrainingWidget(QWidget):
             "(random weights); its saved weights will be replaced."
         )
 
-    def _trained(self, model: TrainedModel, reset: bool) -> None:
+    def _trained(self, summary: dict[str, Any], reset: bool) -> None:
         if reset:
             self.state.reset_next = False
-        self.state.model = model
-        self.state.model_key = self._model_key(model.name)
-        self.state.cancel = None
-        self._refresh_models(select=model.name)
-        sessions = model.info.get("sessions") or [{}]
+        self.state.last = summary
+        name, info = summary["name"], summary["info"]
+        self._refresh_models(select=name)
+        sessions = info.get("sessions") or [{}]
         done = int(sessions[-1].get("steps", self.state.step))
-        device = model.info.get("device", self.state.device)
-        total = model.info.get("steps", done)
-        if model.info.get("stopped_early"):
-            head = f"Stopped after {done} step(s); saved '{model.name}'"
+        device = info.get("device", summary["device"])
+        total = info.get("steps", done)
+        if info.get("stopped_early"):
+            head = f"Stopped after {done} step(s); saved '{name}'"
         else:
-            head = f"Trained '{model.name}' for {done} step(s)"
+            head = f"Trained '{name}' for {done} step(s)"
         self.status.setText(
-            f"{head} ({model.backend} on {device}; {total} step(s) in all). Press Predict."
+            f"{head} ({summary['backend']} on {device}; {total} step(s) in all). Press Predict."
         )
 
     # -- prediction ----------------------------------------------------------------------
@@ -560,10 +564,6 @@ class SparseTrainingWidget(QWidget):
         self.model_combo.addItems(names)
         if current in names:
             self.model_combo.setCurrentText(current)
-
-    def _model_key(self, name: str) -> tuple[Any, ...]:
-        meta = next((m for m in list_models() if m["name"] == name), {})
-        return (name, meta.get("updated"), self.device_combo.currentText())
 
     def predict(self) -> None:
         """Predict the chosen image with the chosen model (labels + outlines layers)."""
@@ -579,27 +579,24 @@ class SparseTrainingWidget(QWidget):
             self.runner.report(BadInputError("No trained model yet: press Train first."))
             return
         image = self.viewer.layers[image_name]
-        data, rgb = _layer_data(image), bool(image.rgb)
-        diameter = self.predict_diameter_spin.value() or None
-        min_area, tolerance = self.min_area_spin.value(), self.simplify_spin.value()
-        device = self.device_combo.currentText()
-        key = self._model_key(name)
         scale, translate = tuple(image.scale), tuple(image.translate)
-        reuse = self.state.model if self.state.model_key == key else None
-        cancel = threading.Event()
+        self.state.stopping = False
+        kwargs = {
+            "name": name,
+            "device": self.device_combo.currentText(),
+            "image": np.asarray(_layer_data(image)),
+            "rgb": bool(image.rgb),
+            "diameter": self.predict_diameter_spin.value() or None,
+            "min_area": self.min_area_spin.value(),
+            "tolerance": self.simplify_spin.value(),
+        }
 
-        def job() -> Generator[Progress, None, tuple[Any, ...]]:
-            model = reuse
-            if model is None:
-                yield Progress(0, 0, f"Loading model '{name}'")
-                model = load_model(name, device)
-            labels = yield from _predict_iter(model, data, rgb, diameter, min_area, cancel)
-            yield Progress(1, 1, "Outlining objects")
-            polygons = outline_polygons(labels, tolerance)
-            nd = labels.ndim
-            # Built here, not on the main thread: triangulating many polygons takes a while.
-            outlines = Shapes(
-                polygons or None,
+        def outlines(result: dict[str, Any]) -> dict[str, Any]:
+            # Built in the relay thread, not on the main thread: triangulating many polygons
+            # takes a while.
+            nd = result["labels"].ndim
+            result["outlines"] = Shapes(
+                result.pop("polygons") or None,
                 shape_type="polygon",
                 ndim=nd,
                 name=OUTLINES.format(image_name),
@@ -609,26 +606,20 @@ class SparseTrainingWidget(QWidget):
                 scale=scale[-nd:],
                 translate=translate[-nd:],
             )
-            return model, labels, outlines
+            return result
 
-        def done(result: tuple[Any, ...]) -> None:
+        def done(result: dict[str, Any]) -> None:
             try:
-                self._predicted(image_name, image, key, *result)
+                self._predicted(image_name, image, name, result)
             except Exception as err:  # never a traceback dialog from a finished job
                 self.runner.report(err)
 
-        self.runner.start(job, done, f"Predicting {image_name}", cancel=cancel)
+        self.runner.run_in_worker(
+            "predict", kwargs, done, f"Predicting {image_name}", then=outlines
+        )
 
-    def _predicted(
-        self,
-        image_name: str,
-        image: Image,
-        key: tuple[Any, ...],
-        model: TrainedModel,
-        labels: np.ndarray,
-        outlines: Shapes,
-    ) -> None:
-        self.state.model, self.state.model_key = model, key
+    def _predicted(self, image_name: str, image: Image, model: str, result: dict[str, Any]) -> None:
+        labels, outlines = result["labels"], result["outlines"]
         nd = labels.ndim
         name = PREDICTION.format(image_name)
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
@@ -646,39 +637,9 @@ class SparseTrainingWidget(QWidget):
         if outlines.name in self.viewer.layers:
             self.viewer.layers.remove(outlines.name)
         self.viewer.add_layer(outlines)
-        diameters = model.info.get("last_diameters") or []
+        diameters = result["diameters"]
         shown = f", diameter {np.median(diameters):.1f} px" if diameters else ""
         self.status.setText(
-            f"Predicted {len(outlines.data)} object(s) in '{image_name}' with '{model.name}' "
-            f"({model.backend} on {model.network.device}{shown})."
+            f"Predicted {len(outlines.data)} object(s) in '{image_name}' with '{model}' "
+            f"({result['backend']} on {result['device']}{shown})."
         )
-
-
-def _predict_iter(
-    model: TrainedModel,
-    data: Any,
-    rgb: bool,
-    diameter: float | None,
-    min_area: int,
-    cancel: threading.Event,
-) -> Generator[Progress, None, np.ndarray]:
-    """Labels of a 2D image or, slice by slice (progress, cancel), of a stack."""
-    stacked = np.ndim(data) == (4 if rgb else 3) and (rgb or model.n_channels == 1)
-    axes = "YXC" if rgb else None
-    if not stacked:
-        yield Progress(0, 1, "Predicting")
-        return model.predict(np.asarray(data), diameter, axes=axes, min_area=min_area)
-    n = int(data.shape[0])
-    if n == 0:
-        raise BadInputError("The image stack is empty.")
-    out: np.ndarray | None = None
-    offset = 0
-    for z in range(n):
-        check_cancel(cancel)
-        yield Progress(z, n, f"Predicting slice {z + 1}/{n}")
-        plane = model.predict(np.asarray(data[z]), diameter, axes=axes, min_area=min_area)
-        if out is None:
-            out = np.zeros((n, *plane.shape), np.int32)
-        out[z] = np.where(plane > 0, plane + offset, 0)
-        offset = max(offset, int(out[z].max()))
-    return out

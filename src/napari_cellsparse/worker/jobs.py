@@ -1,0 +1,287 @@
+"""The jobs the model worker runs: each a progress generator over the engine's own API.
+
+A job takes a :class:`JobContext` (the cancel event the host's Stop sets, ``pull`` for the
+annotation painted since the last pull, and a cache of loaded models that lives as long as
+the worker) and plain arguments (arrays, numbers, names); it returns plain results (arrays,
+dicts, the engine's result dataclasses), never models or layers. Engine modules are imported
+inside the jobs, so the worker starts fast and imports a framework only when a job needs it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..progress import Progress, check_cancel
+
+__all__ = ["JOBS", "JobContext"]
+
+Job = Generator[Progress, None, Any]
+
+
+@dataclass
+class JobContext:
+    """What a running job gets from the worker besides its arguments."""
+
+    cancel: threading.Event
+    pull: Callable[[], Any]
+    cache: dict[str, Any]
+
+
+def _version(name: str) -> tuple[Any, ...]:
+    """What identifies the saved version of a stored model (changes when it is retrained)."""
+    from ..training import list_models
+
+    meta = next((m for m in list_models() if m["name"] == name), None)
+    if meta is None or "error" in meta:
+        from ..training.store import resolve_model_folder
+
+        resolve_model_folder(name)  # a clear error for an unknown name
+        raise BadInputError(f"The model {name!r} cannot be read: {meta and meta['error']}")
+    return (name, meta.get("updated"), meta.get("steps"))
+
+
+def _cached(ctx: JobContext, kind: str, key: tuple[Any, ...], load: Callable[[], Any]) -> Any:
+    """The model cached under ``kind`` when its key matches, else ``load()`` (then cached)."""
+    held = ctx.cache.get(kind)
+    if held is not None and held[0] == key:
+        return held[1]
+    ctx.cache.pop(kind, None)
+    model = load()
+    ctx.cache[kind] = (key, model)
+    return model
+
+
+def echo(ctx: JobContext, value: Any) -> Job:
+    """Return ``value`` unchanged: a health check, and the measure of a round trip."""
+    yield Progress(0, 0, "Echo")
+    return value
+
+
+def devices(ctx: JobContext) -> Job:
+    """The devices torch can use in the worker, best first."""
+    from ..devices import available_devices
+
+    yield Progress(0, 0, "Looking for devices")
+    return available_devices()
+
+
+def train(
+    ctx: JobContext,
+    backend: str,
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    name: str,
+    steps: int,
+    reset: bool,
+    device: str,
+    preview: np.ndarray | None,
+    preview_every: int,
+    settings: dict[str, Any],
+    live: bool = False,
+) -> Job:
+    """Train (or continue) a segmentation model; returns its summary."""
+    from ..training import backend_class, train_iter
+
+    cls = backend_class(backend)
+    where = device
+    if "torch" in cls.requires:
+        from ..devices import resolve_device
+
+        where = resolve_device(device)
+    elif device == "auto":
+        where = "auto (TensorFlow: CPU unless its GPU build is installed)"
+    yield Progress(0, steps, f"Preparing {backend} on {where}", {"device": where})
+    if live:
+        settings = {**settings, "updates": ctx.pull, "update_every": preview_every or 25}
+    model = yield from train_iter(
+        backend,
+        images,
+        labels,
+        name=name,
+        steps=steps,
+        reset=reset,
+        device=device,
+        cancel=ctx.cancel,
+        preview=preview,
+        preview_every=preview_every,
+        **settings,
+    )
+    ctx.cache["segmentation"] = ((*_version(name), device), model)
+    return {
+        "name": model.name,
+        "backend": model.backend,
+        "device": str(model.network.device),
+        "info": {k: v for k, v in model.info.items() if k != "losses"},
+    }
+
+
+def predict(
+    ctx: JobContext,
+    name: str,
+    device: str,
+    image: np.ndarray,
+    rgb: bool,
+    diameter: float | None,
+    min_area: int,
+    tolerance: float,
+) -> Job:
+    """Labels of an image (2D or a stack, slice by slice) and one outline per object."""
+    from ..outlines import outline_polygons
+    from ..training import load_model
+
+    key = (*_version(name), device)
+    if ctx.cache.get("segmentation", (None,))[0] != key:
+        yield Progress(0, 0, f"Loading model '{name}'")
+    model = _cached(ctx, "segmentation", key, lambda: load_model(name, device))
+    labels = yield from _predict_stack(model, image, rgb, diameter, min_area, ctx.cancel)
+    yield Progress(1, 1, "Outlining objects")
+    return {
+        "labels": labels,
+        "polygons": outline_polygons(labels, tolerance),
+        "backend": model.backend,
+        "device": str(model.network.device),
+        "diameters": list(model.info.get("last_diameters") or []),
+    }
+
+
+def _predict_stack(
+    model: Any,
+    data: np.ndarray,
+    rgb: bool,
+    diameter: float | None,
+    min_area: int,
+    cancel: threading.Event,
+) -> Job:
+    """Labels of a 2D image or, slice by slice (progress, cancel), of a stack."""
+    stacked = np.ndim(data) == (4 if rgb else 3) and (rgb or model.n_channels == 1)
+    axes = "YXC" if rgb else None
+    if not stacked:
+        yield Progress(0, 1, "Predicting")
+        return model.predict(np.asarray(data), diameter, axes=axes, min_area=min_area)
+    n = int(data.shape[0])
+    if n == 0:
+        raise BadInputError("The image stack is empty.")
+    out: np.ndarray | None = None
+    offset = 0
+    for z in range(n):
+        check_cancel(cancel)
+        yield Progress(z, n, f"Predicting slice {z + 1}/{n}")
+        plane = model.predict(np.asarray(data[z]), diameter, axes=axes, min_area=min_area)
+        if out is None:
+            out = np.zeros((n, *plane.shape), np.int32)
+        out[z] = np.where(plane > 0, plane + offset, 0)
+        offset = max(offset, int(out[z].max()))
+    return out
+
+
+def train_counter(
+    ctx: JobContext,
+    image: np.ndarray,
+    points: np.ndarray,
+    name: str,
+    background: np.ndarray | None,
+    regions: np.ndarray | None,
+    steps: int,
+    reset: bool,
+    device: str,
+    settings: dict[str, Any],
+    live: bool = False,
+) -> Job:
+    """Train (or continue) a counter; returns its summary."""
+    from ..counting import train_counter_iter
+
+    if live:
+        settings = {**settings, "updates": ctx.pull, "update_every": 25}
+    counter = yield from train_counter_iter(
+        image,
+        points,
+        name=name,
+        background=background,
+        regions=regions,
+        steps=steps,
+        reset=reset,
+        device=device,
+        cancel=ctx.cancel,
+        **settings,
+    )
+    ctx.cache["counter"] = ((*_version(name), device), counter)
+    return {
+        "name": counter.name,
+        "device": str(counter.device),
+        "train_diameter": float(counter.config.train_diameter),
+        "info": {k: v for k, v in counter.info.items() if k != "losses"},
+    }
+
+
+def _counter(ctx: JobContext, name: str, device: str) -> Job:
+    from ..counting import load_counter
+
+    key = (*_version(name), device)
+    if ctx.cache.get("counter", (None,))[0] != key:
+        yield Progress(0, 0, f"Loading counter '{name}'")
+    return _cached(ctx, "counter", key, lambda: load_counter(name, device))
+
+
+def count(ctx: JobContext, name: str, device: str, image: np.ndarray) -> Job:
+    """Count the cells of one 2D image (a ``CountResult``)."""
+    counter = yield from _counter(ctx, name, device)
+    yield Progress(0, 1, "Counting")
+    return counter.count(np.asarray(image))
+
+
+def count_folder(ctx: JobContext, name: str, device: str, folder: str, out: str) -> Job:
+    """Count every image of a folder; write counts.json, counts.csv and overlays."""
+    from ..counting import count_folder_iter
+
+    counter = yield from _counter(ctx, name, device)
+    return (yield from count_folder_iter(counter, Path(folder), Path(out), cancel=ctx.cancel))
+
+
+def segment_layer(
+    ctx: JobContext,
+    model: str,
+    image: Any,
+    rgb: bool,
+    name: str,
+    block: int,
+    diameter: float | None,
+    pixel_size: float | None,
+) -> Job:
+    """Segment an image block by block, with per-object measurements (a ``BlockwiseResult``)."""
+    from ..batch import worker_model
+    from ..blockwise import ModelSegmenter, segment_blockwise
+    from ..image_sources import open_image
+
+    source = open_image(image, axes="YXC" if rgb else None, name=name)
+    yield Progress(0, 1, "Loading the model")
+    segmenter = ModelSegmenter(worker_model(model), source, diameter)
+    return (
+        yield from segment_blockwise(
+            source,
+            segmenter,
+            block=block,
+            halo=segmenter.halo,
+            measure=True,
+            pixel_size=pixel_size,
+            cancel=ctx.cancel,
+        )
+    )
+
+
+JOBS: dict[str, Callable[..., Job]] = {
+    "echo": echo,
+    "devices": devices,
+    "train": train,
+    "predict": predict,
+    "train_counter": train_counter,
+    "count": count,
+    "count_folder": count_folder,
+    "segment_layer": segment_layer,
+}
