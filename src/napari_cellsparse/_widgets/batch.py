@@ -12,8 +12,6 @@ Thin front end over :mod:`napari_cellsparse.blockwise` and :mod:`napari_cellspar
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +32,6 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import BadInputError, CellsparseError
-from ..progress import Progress
 from ..training import BACKENDS, list_models
 from ._fields import folder_row, model_row
 from ._layers import layer_data, refill_combo
@@ -190,42 +187,25 @@ class BatchWidget(QWidget):
     # -- a layer -----------------------------------------------------------------------
     def run_layer(self) -> None:
         """Segment the chosen image layer block-wise into a new Labels layer with features."""
-        from ..blockwise import ModelSegmenter, segment_blockwise
-        from ..image_sources import open_image
-
         try:
             folder = self._model_folder()
             name = self.image_combo.currentText()
             if name not in self.viewer.layers:
                 raise BadInputError("Choose an image layer to segment.")
             layer = self.viewer.layers[name]
-            axes = "YXC" if getattr(layer, "rgb", False) else None
-            source = open_image(layer_data(layer), axes=axes, name=name)
         except CellsparseError as err:
             self.runner.report(err)
             return
-        block, diameter = self.block_spin.value(), self._diameter()
         scale = tuple(layer.scale[-2:])
-        pixel_size = float(scale[-1]) if scale[-1] != 1.0 else None
-        cancel = threading.Event()
-
-        def job() -> Generator[Progress, None, BlockwiseResult]:
-            from ..batch import worker_model
-
-            yield Progress(0, 1, "Loading the model")
-            model = worker_model(folder)
-            segmenter = ModelSegmenter(model, source, diameter)
-            return (
-                yield from segment_blockwise(
-                    source,
-                    segmenter,
-                    block=block,
-                    halo=segmenter.halo,
-                    measure=True,
-                    pixel_size=pixel_size,
-                    cancel=cancel,
-                )
-            )
+        kwargs = {
+            "model": folder,
+            "image": layer_data(layer),
+            "rgb": bool(getattr(layer, "rgb", False)),
+            "name": name,
+            "block": self.block_spin.value(),
+            "diameter": self._diameter(),
+            "pixel_size": float(scale[-1]) if scale[-1] != 1.0 else None,
+        }
 
         def done(result: BlockwiseResult) -> None:
             try:
@@ -233,7 +213,9 @@ class BatchWidget(QWidget):
             except Exception as err:  # never a traceback dialog from a finished job
                 self.runner.report(err)
 
-        self.runner.start(job, done, f"Segmenting '{name}' block by block", cancel=cancel)
+        self.runner.run_in_worker(
+            "segment_layer", kwargs, done, f"Segmenting '{name}' block by block"
+        )
 
     def _show_layer_result(self, name: str, scale: tuple, result: BlockwiseResult) -> None:
         table = result.table
@@ -282,7 +264,7 @@ class BatchWidget(QWidget):
 
     def run_folder(self) -> None:
         """Segment every image of the folder on Dask; finished images are skipped."""
-        from ..batch import BatchOptions, run_batch
+        from ..batch import BatchOptions
 
         try:
             folder = self._model_folder()
@@ -291,19 +273,16 @@ class BatchWidget(QWidget):
             self.runner.report(err)
             return
         text = self.scheduler_edit.text().strip()
-        scheduler = None if text in ("", LOCAL) else text
-        options = BatchOptions(block=self.block_spin.value(), diameter=self._diameter())
-        workers = self.workers_spin.value()
-        cancel = threading.Event()
-
-        def job() -> Generator[Progress, None, BatchSummary]:
-            return (
-                yield from run_batch(
-                    items, folder, options, scheduler=scheduler, workers=workers, cancel=cancel
-                )
-            )
-
-        self.runner.start(job, self._show_summary, f"Batch of {len(items)} image(s)", cancel)
+        kwargs = {
+            "items": items,
+            "model": folder,
+            "options": BatchOptions(block=self.block_spin.value(), diameter=self._diameter()),
+            "scheduler": None if text in ("", LOCAL) else text,
+            "workers": self.workers_spin.value(),
+        }
+        self.runner.run_in_worker(
+            "batch", kwargs, self._show_summary, f"Batch of {len(items)} image(s)"
+        )
 
     def _show_summary(self, summary: BatchSummary) -> None:
         self.state.summary = summary

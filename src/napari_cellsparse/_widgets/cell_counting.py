@@ -8,9 +8,7 @@ layers' ``metadata["count"]``. Layers the user drew are only ever read (copied).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +32,8 @@ from qtpy.QtWidgets import (
 from ..counting import (
     BACKEND,
     BatchResult,
-    Counter,
     CounterConfig,
     CountResult,
-    count_folder_iter,
-    load_counter,
-    train_counter_iter,
 )
 from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
@@ -64,11 +58,12 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 class CountingState:
     """What the widget knows between events (owned by one widget, never global)."""
 
-    counter: Counter | None = None
-    counter_key: tuple[Any, ...] | None = None  # (name, updated, device) of ``counter``
+    last: dict[str, Any] | None = None  # summary of the last training
     reset_next: bool = False
-    cancel: threading.Event | None = None
+    stopping: bool = False  # Stop was pressed during the running job
     last_count: float | None = None
+    watched: list[Any] = field(default_factory=list)  # the training's points and masks
+    changed: bool = False  # they changed since the worker last pulled them
 
 
 def _mask_of(layer: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -117,6 +112,7 @@ class CellCountingWidget(QWidget):
             self.stop_button,
             self.status.setText,
         )
+        self.stop_button.clicked.connect(self._say_stopping)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
@@ -285,33 +281,60 @@ class CellCountingWidget(QWidget):
         )
         if self.diameter_spin.value():
             settings["diameter"] = self.diameter_spin.value()
-        cancel = threading.Event()
-        self.state.cancel = cancel
+        self.state.stopping = False
         self.progress_bar.setRange(0, steps)
         self.progress_bar.setValue(0)
-
-        def job() -> Generator[Progress, None, Counter]:
-            counter = yield from train_counter_iter(
-                image,
-                points,
-                name=name,
-                background=background,
-                regions=regions,
-                steps=steps,
-                reset=reset,
-                device=device,
-                cancel=cancel,
-                **settings,
-            )
-            return counter
-
-        self.runner.start(
-            job,
+        kwargs = {
+            "image": image,
+            "points": points,
+            "name": name,
+            "background": background,
+            "regions": regions,
+            "steps": steps,
+            "reset": reset,
+            "device": device,
+            "settings": settings,
+            "live": False,  # TODO-merge
+        }
+        self._watch()
+        self.runner.run_in_worker(
+            "train_counter",
+            kwargs,
             self._trained,
             f"Training counter '{name}'",
-            cancel=cancel,
             on_progress=self._on_progress,
+            updates=self._changed_inputs,
         )
+
+    def _watch(self) -> None:
+        """Follow the training's points and mask layers: what changes while it trains is
+        sent to the worker at its next pull."""
+        for layer in self.state.watched:
+            layer.events.data.disconnect(self._inputs_changed)
+            if hasattr(layer.events, "paint"):
+                layer.events.paint.disconnect(self._inputs_changed)
+        combos = (self.points_combo, self.background_combo, self.regions_combo)
+        names = [c.currentText() for c in combos]
+        self.state.watched = [self.viewer.layers[n] for n in names if n in self.viewer.layers]
+        self.state.changed = False
+        for layer in self.state.watched:
+            layer.events.data.connect(self._inputs_changed)
+            if hasattr(layer.events, "paint"):
+                layer.events.paint.connect(self._inputs_changed)
+
+    def _inputs_changed(self, _event: Any = None) -> None:
+        self.state.changed = True
+
+    def _changed_inputs(self) -> dict[str, Any] | None:
+        """The points and masks when they changed since the last pull (relay thread)."""
+        if not self.state.changed:
+            return None
+        self.state.changed = False
+        try:
+            _image, points, background, regions = self.training_inputs()
+        except CellsparseError:
+            return None  # e.g. every point deleted for now: train on what it had
+        return {"points": [points], "background": [background], "regions": [regions]}
 
     def _on_progress(self, event: Progress) -> None:
         if event.total:
@@ -319,22 +342,30 @@ class CellCountingWidget(QWidget):
             self.progress_bar.setValue(min(event.step, event.total))
         loss = event.info.get("loss")
         text = event.message + (f", loss {loss:.4f}" if loss is not None else "")
-        if self.state.cancel is not None and self.state.cancel.is_set():
+        annotation = event.info.get("annotation")
+        if annotation:
+            text += f", {annotation.get('cells', 0)} point(s)"
+        if self.state.stopping:
             text += " (stopping)"
         self.status.setText(text)
 
-    def _trained(self, counter: Counter) -> None:
+    def _trained(self, summary: dict[str, Any]) -> None:
         self.state.reset_next = False
-        self.state.counter = counter
-        self.state.counter_key = self._key(counter.name)
-        self.state.cancel = None
-        self._refresh_models(select=counter.name)
-        session = counter.info["sessions"][-1]
-        head = "Stopped after" if counter.info.get("stopped_early") else "Trained for"
+        self.state.last = summary
+        name, info = summary["name"], summary["info"]
+        self._refresh_models(select=name)
+        session = info["sessions"][-1]
+        head = "Stopped after" if info.get("stopped_early") else "Trained for"
         self.status.setText(
-            f"{head} {session['steps']} step(s): counter '{counter.name}' on {counter.device} "
-            f"(training cells about {counter.config.train_diameter:.1f} px wide). Press Count."
+            f"{head} {session['steps']} step(s): counter '{name}' on {summary['device']} "
+            f"(training cells about {summary['train_diameter']:.1f} px wide). Press Count."
         )
+
+    def _say_stopping(self) -> None:
+        """Stop was pressed (the runner forwards it): the running job stops after its
+        current step; a second Stop ends the worker at once."""
+        if self.runner.busy:
+            self.state.stopping = True
 
     def reset(self) -> None:
         """Make the next training start afresh."""
@@ -344,22 +375,11 @@ class CellCountingWidget(QWidget):
         )
 
     # -- counting ----------------------------------------------------------------------
-    def _key(self, name: str) -> tuple[Any, ...]:
-        meta = next((m for m in list_models() if m["name"] == name), {})
-        return (name, meta.get("updated"), self.device_combo.currentText())
-
-    def _counter_job(self) -> tuple[str, Counter | None, tuple[Any, ...]]:
+    def _counter_name(self) -> str:
         name = self.model_combo.currentText()
         if not name:
             raise BadInputError("No trained counter yet: press Train first.")
-        key = self._key(name)
-        return name, (self.state.counter if self.state.counter_key == key else None), key
-
-    def _load(self, name: str, reuse: Counter | None) -> Generator[Progress, None, Counter]:
-        if reuse is not None:
-            return reuse
-        yield Progress(0, 0, f"Loading counter '{name}'")
-        return load_counter(name, self.device_combo.currentText())
+        return name
 
     def count(self) -> None:
         """Count the chosen image: density and centres layers, the count in the widget."""
@@ -367,26 +387,22 @@ class CellCountingWidget(QWidget):
             self.status.setText("Still working; press Stop or wait.")
             return
         try:
-            name, reuse, key = self._counter_job()
+            name = self._counter_name()
             layer = self._layer(self.count_image_combo, "an image to count")
             image = _image_2d(layer)
         except CellsparseError as err:
             self.runner.report(err)
             return
+        kwargs = {"name": name, "device": self.device_combo.currentText(), "image": image}
+        self.runner.run_in_worker(
+            "count",
+            kwargs,
+            lambda result: self._show(layer, name, result),
+            f"Counting {layer.name}",
+        )
 
-        def job() -> Generator[Progress, None, tuple[Counter, CountResult]]:
-            counter = yield from self._load(name, reuse)
-            yield Progress(0, 1, f"Counting {layer.name}")
-            return counter, counter.count(image)
-
-        def done(found: tuple[Counter, CountResult]) -> None:
-            self.state.counter, self.state.counter_key = found[0], key
-            self._show(layer, *found)
-
-        self.runner.start(job, done, f"Counting {layer.name}")
-
-    def _show(self, layer: Image, counter: Counter, result: CountResult) -> None:
-        meta = {"count": result.count, "n_centres": len(result.centres), "counter": counter.name}
+    def _show(self, layer: Image, counter: str, result: CountResult) -> None:
+        meta = {"count": result.count, "n_centres": len(result.centres), "counter": counter}
         nd_scale, nd_translate = layer.scale[-2:], layer.translate[-2:]
         density_name, centres_name = DENSITY.format(layer.name), CENTRES.format(layer.name)
         for old in (density_name, centres_name):
@@ -414,7 +430,7 @@ class CellCountingWidget(QWidget):
         )
         self.state.last_count = result.count
         self.count_label.setText(f"Count: {result.count:.1f}  ({len(result.centres)} centres)")
-        self.status.setText(f"Counted '{layer.name}' with '{counter.name}'.")
+        self.status.setText(f"Counted '{layer.name}' with '{counter}'.")
 
     def count_folder(self) -> None:
         """Count every image of the chosen folder; write counts.json, counts.csv and PNGs."""
@@ -422,7 +438,7 @@ class CellCountingWidget(QWidget):
             self.status.setText("Still working; press Stop or wait.")
             return
         try:
-            name, reuse, key = self._counter_job()
+            name = self._counter_name()
             folder = Path(self.folder_edit.text().strip()).expanduser()
             if not self.folder_edit.text().strip() or not folder.is_dir():
                 raise BadInputError("Choose a folder of images to count.")
@@ -430,19 +446,19 @@ class CellCountingWidget(QWidget):
         except CellsparseError as err:
             self.runner.report(err)
             return
-        cancel = threading.Event()
-
-        def job() -> Generator[Progress, None, tuple[Counter, BatchResult]]:
-            counter = yield from self._load(name, reuse)
-            result = yield from count_folder_iter(counter, folder, out, cancel=cancel)
-            return counter, result
-
-        def done(found: tuple[Counter, BatchResult]) -> None:
-            self.state.counter, self.state.counter_key = found[0], key
-            self._batch_done(found[1], out)
-
-        self.runner.start(
-            job, done, f"Counting {folder.name}", cancel=cancel, on_progress=self._on_progress
+        self.state.stopping = False
+        kwargs = {
+            "name": name,
+            "device": self.device_combo.currentText(),
+            "folder": str(folder),
+            "out": str(out),
+        }
+        self.runner.run_in_worker(
+            "count_folder",
+            kwargs,
+            lambda result: self._batch_done(result, out),
+            f"Counting {folder.name}",
+            on_progress=self._on_progress,
         )
 
     def _batch_done(self, result: BatchResult, out: Path) -> None:

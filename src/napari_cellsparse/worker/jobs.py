@@ -275,6 +275,25 @@ def segment_layer(
     )
 
 
+def batch(
+    ctx: JobContext,
+    items: list[Any],
+    model: str,
+    options: Any,
+    scheduler: str | None,
+    workers: int,
+) -> Job:
+    """Segment many images block by block on Dask (a local cluster of worker processes
+    by default), writing masks, tables and GeoJSON; a ``BatchSummary``."""
+    from ..batch import run_batch
+
+    return (
+        yield from run_batch(
+            items, model, options, scheduler=scheduler, workers=workers, cancel=ctx.cancel
+        )
+    )
+
+
 JOBS: dict[str, Callable[..., Job]] = {
     "echo": echo,
     "devices": devices,
@@ -284,4 +303,5 @@ JOBS: dict[str, Callable[..., Job]] = {
     "count": count,
     "count_folder": count_folder,
     "segment_layer": segment_layer,
+    "batch": batch,
 }
