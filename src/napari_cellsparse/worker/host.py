@@ -73,9 +73,9 @@ def _child_env(threads: int) -> dict[str, str]:
 class WorkerHost:
     """One model worker process for one napari session; jobs run one at a time."""
 
-    def __init__(self, threads: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, threads: int | None = None, log_path: str | Path | None = None) -> None:
         self.threads = threads or worker_threads()
-        self._log_path = log_path
+        self._log_path = Path(log_path) if log_path is not None else None
         self.process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._scratch: Path | None = None

@@ -1,0 +1,252 @@
+"""The model worker process, without Qt: jobs, large arrays, errors, cancel, crashes, exits.
+
+Every test drives a real ``python -m napari_cellsparse.worker`` process. Tiny U-Net settings
+keep each training to a second or two; crashes are real signals sent to real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cellsparse.errors import BadInputError, CancelledError, WorkerCrashedError
+from napari_cellsparse.progress import Progress, run_sync
+from napari_cellsparse.worker import WorkerHost
+
+pytest.importorskip("torch")
+
+TINY = {"base_filters": 8, "depth": 2, "patch_size": 64, "batch_size": 2}
+
+
+@pytest.fixture
+def host(tmp_path):
+    worker = WorkerHost(threads=1, log_path=tmp_path / "worker.log")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.training.annotations import sparse_from_truth
+
+    image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)
+    return image, sparse_from_truth(image, truth, k=2, band=6)
+
+
+def _train_kwargs(sample, steps: int, name: str = "tiny", **extra):
+    image, annotation = sample
+    return {
+        "backend": "unet",
+        "images": [image],
+        "labels": [annotation],
+        "name": name,
+        "steps": steps,
+        "reset": False,
+        "device": "cpu",
+        "preview": image,
+        "preview_every": 0,
+        "settings": dict(TINY),
+        **extra,
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return True
+
+
+def test_large_arrays_round_trip_through_files_that_are_then_removed(host):
+    image = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    nested = {"a": [image, np.arange(5)], "b": (image[:10, :10], "text")}
+    back = run_sync(host.run("echo", {"value": nested}, "echo"))
+    np.testing.assert_array_equal(back["a"][0], image)
+    np.testing.assert_array_equal(back["a"][1], np.arange(5))
+    assert back["b"][1] == "text" and isinstance(back["b"], tuple)
+    assert back["a"][0].flags.writeable and not isinstance(back["a"][0], np.memmap)
+    scratch = host._scratch
+    assert scratch is not None and scratch.is_dir()
+    assert list(scratch.iterdir()) == []  # every array file was removed
+
+
+def test_engine_errors_cross_unchanged_and_the_worker_goes_on(host, sample):
+    with pytest.raises(BadInputError, match="No model called 'nope'"):
+        run_sync(
+            host.run(
+                "predict",
+                {
+                    "name": "nope",
+                    "device": "cpu",
+                    "image": sample[0],
+                    "rgb": False,
+                    "diameter": None,
+                    "min_area": 0,
+                    "tolerance": 0.5,
+                },
+                "predict",
+            )
+        )
+    pid = host.pid
+    assert run_sync(host.run("echo", {"value": 3}, "echo")) == 3
+    assert host.pid == pid  # the same worker served both
+
+
+def test_training_progress_cancel_and_the_saved_model(host, sample):
+    from napari_cellsparse.training import list_models
+
+    cancel = threading.Event()
+    events: list[Progress] = []
+
+    def on_event(event: Progress) -> None:
+        events.append(event)
+        if event.info.get("loss") is not None and event.step == 3:
+            cancel.set()
+
+    result = run_sync(host.run("train", _train_kwargs(sample, 200), "training", cancel), on_event)
+    steps = [e.step for e in events if e.info.get("loss") is not None]
+    assert steps == list(range(1, len(steps) + 1)) and 3 <= len(steps) < 200
+    assert result["info"]["stopped_early"] is True
+    assert list_models()[0]["steps"] == len(steps)
+
+
+def test_jobs_queue_one_at_a_time(host, sample):
+    cancel, started = threading.Event(), threading.Event()
+    results: list[dict] = []
+
+    def first() -> None:
+        def on_event(event: Progress) -> None:
+            if event.info.get("loss") is not None:
+                started.set()
+
+        results.append(
+            run_sync(host.run("train", _train_kwargs(sample, 500), "first job", cancel), on_event)
+        )
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert started.wait(60)
+    second = host.run("echo", {"value": 2}, "second job")
+    assert next(second).message == "Waiting for 'first job' to finish"
+    cancel.set()  # the first job stops (and saves); then the second runs
+    assert run_sync(second) == 2
+    holder.join(60)
+    assert results and results[0]["info"]["stopped_early"] is True
+
+
+def test_killed_worker_is_a_message_and_the_next_job_starts_a_fresh_one(host, sample):
+    from napari_cellsparse.training import list_models, load_model
+
+    run_sync(host.run("train", _train_kwargs(sample, 3), "first training"))
+    before = load_model("tiny").predict(sample[0])
+    pid, scratch = host.pid, host._scratch
+    assert _alive(pid)
+
+    def kill_at_step_two(event: Progress) -> None:
+        if event.step == 2 and event.info.get("loss") is not None:
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(WorkerCrashedError) as caught:
+        run_sync(
+            host.run("train", _train_kwargs(sample, 500), "Training unet 'tiny'"), kill_at_step_two
+        )
+    message = str(caught.value)
+    assert "Training unet 'tiny'" in message and "SIGKILL" in message
+    assert "last saved model version is intact" in message
+    assert str(host.log_path) in message  # the log's last lines are quoted
+    assert not _alive(pid) and not scratch.exists()  # nothing left behind
+    assert list_models()[0]["steps"] == 3
+    np.testing.assert_array_equal(load_model("tiny").predict(sample[0]), before)
+    assert run_sync(host.run("echo", {"value": 1}, "echo")) == 1
+    assert host.pid != pid
+
+
+def test_kill_from_the_host_is_a_stop_not_a_crash(host, sample):
+    started = threading.Event()
+
+    def on_event(event: Progress) -> None:
+        if event.info.get("loss") is not None:
+            started.set()
+            host.kill()
+
+    with pytest.raises(CancelledError, match="was ended"):
+        run_sync(host.run("train", _train_kwargs(sample, 500), "training"), on_event)
+    assert started.is_set() and not host.alive
+
+
+def test_worker_exits_when_the_napari_side_is_killed(tmp_path):
+    script = tmp_path / "host.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, signal, sys
+        from napari_cellsparse.progress import run_sync
+        from napari_cellsparse.worker import WorkerHost
+        host = WorkerHost(threads=1, log_path={str(tmp_path / "w.log")!r})
+        run_sync(host.run("echo", {{"value": 1}}, "echo"))
+        print(host.pid, host._scratch, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    pid_text, scratch = done.stdout.split()
+    pid = int(pid_text)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    assert not Path(scratch).exists()
+
+
+def test_an_unguarded_script_is_not_run_again_by_the_worker(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        print("SCRIPT RAN", flush=True)
+        from napari_cellsparse.progress import run_sync
+        from napari_cellsparse.worker import WorkerHost
+        host = WorkerHost(threads=1, log_path={str(tmp_path / "w.log")!r})
+        print(run_sync(host.run("devices", {{}}, "devices")), flush=True)
+        host.stop()
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("SCRIPT RAN") == 1
+    assert "cpu" in done.stdout
+    assert "SCRIPT RAN" not in (tmp_path / "w.log").read_text()
+
+
+def test_the_worker_never_imports_qt_or_napari(host):
+    code = "import sys; print(sorted(m for m in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'vispy') if m in sys.modules))"
+    # the worker's own modules, as the child imports them
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import napari_cellsparse.worker.child, napari_cellsparse.worker.jobs; " + code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "[]", done.stderr
