@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -33,10 +32,10 @@ from qtpy.QtWidgets import (
 
 from ..errors import BadInputError, CellsparseError
 from ..training import BACKENDS, list_models
+from ._dock import DockWidget
 from ._fields import folder_row, model_row
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
-from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -59,21 +58,17 @@ class BatchState:
     opened: list[str] = field(default_factory=list)
 
 
-class BatchWidget(QWidget):
+class BatchWidget(DockWidget):
     """Dock widget: choose a model, then a layer or a folder; Run; results."""
 
+    hint = "Choose a trained model, then a layer or a folder."
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state = BatchState()
-        self._build()
-        self.runner = JobRunner(
-            [self.run_layer_button, self.run_folder_button], self.cancel_button, self.status.setText
-        )
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
+        super().__init__(napari_viewer, BatchState())
         self.refresh_models()
+
+    def busy_buttons(self) -> list[QWidget]:
+        return [self.run_layer_button, self.run_folder_button]
 
     # -- building ----------------------------------------------------------------------
     def _build(self) -> None:
@@ -99,9 +94,7 @@ class BatchWidget(QWidget):
         self.tabs.addTab(self._layer_tab(), "Layer")
         self.tabs.addTab(self._folder_tab(), "Folder")
 
-        self.cancel_button = QPushButton("Cancel")
-        self.status = QLabel("Choose a trained model, then a layer or a folder.")
-        self.status.setWordWrap(True)
+        self.stop_button = self.cancel_button = QPushButton("Cancel")
         layout = QVBoxLayout(self)
         layout.addLayout(common)
         layout.addWidget(self.tabs)

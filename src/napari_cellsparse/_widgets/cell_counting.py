@@ -39,8 +39,8 @@ from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import list_models
 from ..training.store import model_folder
+from ._dock import DockWidget
 from ._fields import folder_row, model_row
-from ._worker import JobRunner
 from .sparse_training import parse_settings
 
 if TYPE_CHECKING:
@@ -99,24 +99,18 @@ def _image_2d(layer: Image) -> np.ndarray:
     return np.asarray(data)
 
 
-class CellCountingWidget(QWidget):
+class CellCountingWidget(DockWidget):
     """Dock widget: points (+ background, complete regions) → train → count an image or a folder."""
 
+    hint = "Click the centres of some cells in a Points layer, then Train."
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state = CountingState()
-        self._build()
-        self.runner = JobRunner(
-            [self.train_button, self.reset_button, self.count_button, self.batch_button],
-            self.stop_button,
-            self.status.setText,
-        )
+        super().__init__(napari_viewer, CountingState())
         self.stop_button.clicked.connect(self._say_stopping)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
         self._refresh_models()
+
+    def busy_buttons(self) -> list[QWidget]:
+        return [self.train_button, self.reset_button, self.count_button, self.batch_button]
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -193,8 +187,6 @@ class CellCountingWidget(QWidget):
         count_form.addRow("Output", self.out_edit)
         count_form.addRow(self.batch_button)
 
-        self.status = QLabel("Click the centres of some cells in a Points layer, then Train.")
-        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(run_row)

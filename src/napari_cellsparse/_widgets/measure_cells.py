@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QListWidget,
     QPushButton,
     QVBoxLayout,
@@ -33,9 +32,9 @@ from qtpy.QtWidgets import (
 from ..errors import BadInputError, CellsparseError
 from ..measure import measure_objects
 from ..progress import Progress
+from ._dock import DockWidget
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
-from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -71,18 +70,16 @@ def _channels(layers: list[Image]) -> tuple[list[Any], list[str]]:
     return planes, names
 
 
-class MeasureCellsWidget(QWidget):
+class MeasureCellsWidget(DockWidget):
     """Dock widget: choose a Labels layer (and images, nuclei); Measure; Save table."""
 
+    hint = "Choose a Labels layer of cells, then Measure."
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state = MeasureState()
-        self._build()
-        self.runner = JobRunner([self.measure_button], None, self.status.setText)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
+        super().__init__(napari_viewer, MeasureState())
+
+    def busy_buttons(self) -> list[QWidget]:
+        return [self.measure_button]
 
     def _build(self) -> None:
         self.labels_combo = QComboBox()
@@ -116,8 +113,6 @@ class MeasureCellsWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.measure_button)
         buttons.addWidget(self.save_button)
-        self.status = QLabel("Choose a Labels layer of cells, then Measure.")
-        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)

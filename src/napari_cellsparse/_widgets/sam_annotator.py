@@ -47,8 +47,8 @@ from ..sam.embedding import EmbeddingCache
 from ..sam.large_images import TILE_ABOVE, needs_tiles
 from ..sam.upsample import PromptMask
 from ..sam.weights import MODEL_TYPES, download_weights
+from ._dock import DockWidget
 from ._layers import refill_combo
-from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -88,22 +88,21 @@ class SamState:
     )
 
 
-class SamAnnotatorWidget(QWidget):
+class SamAnnotatorWidget(DockWidget):
     """Dock widget: pick image, model and weights; prompt with boxes or points."""
 
+    hint = "Choose an image and press Compute embedding."
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state = SamState()
-        self._build()
-        self.runner = JobRunner(
-            [self.embed_button, self.download_button, self.run_boxes_button, self.automask_button],
-            self.cancel_button,
-            self.status.setText,
-        )
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
+        super().__init__(napari_viewer, SamState())
+
+    def busy_buttons(self) -> list[QWidget]:
+        return [
+            self.embed_button,
+            self.download_button,
+            self.run_boxes_button,
+            self.automask_button,
+        ]
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -135,7 +134,7 @@ class SamAnnotatorWidget(QWidget):
         self.embed_button.clicked.connect(self.compute_embedding)
         self.download_button = QPushButton("Download weights")
         self.download_button.clicked.connect(self.download)
-        self.cancel_button = QPushButton("Cancel")
+        self.stop_button = self.cancel_button = QPushButton("Cancel")
         run_row = QHBoxLayout()
         for button in (self.embed_button, self.download_button, self.cancel_button):
             run_row.addWidget(button)
@@ -162,8 +161,6 @@ class SamAnnotatorWidget(QWidget):
         for widget in (self.positive_button, self.negative_button, self.commit_button):
             point_row.addWidget(widget)
 
-        self.status = QLabel("Choose an image and press Compute embedding.")
-        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(run_row)

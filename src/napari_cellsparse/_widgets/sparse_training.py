@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QListWidget,
     QProgressBar,
@@ -35,10 +34,10 @@ from ..errors import BackendUnavailableError, BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import BACKENDS, backend_class, list_models
 from ..training.store import model_folder
+from ._dock import DockWidget
 from ._fields import model_row
 from ._layers import layer_data as _layer_data
 from ._layers import refill_combo
-from ._worker import JobRunner
 from .loss_plot import LossPlot
 
 if TYPE_CHECKING:
@@ -87,24 +86,18 @@ def parse_settings(text: str) -> dict[str, Any]:
     return settings
 
 
-class SparseTrainingWidget(QWidget):
+class SparseTrainingWidget(DockWidget):
     """Dock widget: pick image/annotation pairs and a backend; train, stop, reset, predict."""
 
+    hint = "Paint a few cells (2, 3, ...) and some background (1), then Train."
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.state = TrainingState()
-        self._build()
-        self.runner = JobRunner(
-            [self.train_button, self.reset_button, self.predict_button],
-            self.stop_button,
-            self.status.setText,
-        )
+        super().__init__(napari_viewer, TrainingState())
         self.stop_button.clicked.connect(self._say_stopping)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
         self._refresh_models()
+
+    def busy_buttons(self) -> list[QWidget]:
+        return [self.train_button, self.reset_button, self.predict_button]
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -206,8 +199,6 @@ class SparseTrainingWidget(QWidget):
         self.predict_button = QPushButton("Predict")
         self.predict_button.clicked.connect(self.predict)
 
-        self.status = QLabel("Paint a few cells (2, 3, ...) and some background (1), then Train.")
-        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.advanced)

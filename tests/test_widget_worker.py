@@ -1,0 +1,197 @@
+"""The dock widgets with the model worker process, in a SHOWN napari viewer (Xvfb).
+
+This is how a person uses the plugin: a visible window (so Mesa's OpenGL is loaded), the
+buttons pressed in order, jobs in the real worker process. TensorFlow and Mesa's OpenGL
+crash when they share a process, so the napari process must never import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("torch")
+
+FRAMEWORKS = ("tensorflow", "keras", "stardist.models", "cellpose")
+SETTINGS = {
+    "unet": "base_filters=8, depth=2",
+    "cellpose": "nbase=[8, 16, 32, 64]",
+    "stardist": "n_rays=16, unet_n_depth=2, unet_n_filter_base=8, net_conv_after_unet=32",
+}
+
+
+def _installed(backend: str) -> bool:
+    from importlib.util import find_spec
+
+    needs = {"unet": ("torch",), "cellpose": ("cellpose",), "stardist": ("stardist", "tensorflow")}
+    return all(find_spec(m) is not None for m in needs[backend])
+
+
+@pytest.fixture
+def shown(make_napari_viewer):
+    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.training.annotations import sparse_from_truth
+
+    viewer = make_napari_viewer(show=True)
+    image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(sparse_from_truth(image, truth, k=3, band=6), name="annotation")
+    widget = SparseTrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Sparse training")
+    widget.device_combo.setCurrentText("cpu")
+    widget.patch_spin.setValue(64)
+    widget.batch_spin.setValue(2)
+    return viewer, widget, truth
+
+
+@pytest.mark.parametrize("backend", ["unet", "cellpose", "stardist"])
+def test_train_preview_stop_predict_in_a_shown_viewer(shown, qtbot, backend):
+    if not _installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    viewer, widget, _truth = shown
+    annotation = viewer.layers["annotation"].data.copy()
+    widget.backend_combo.setCurrentText(backend)
+    widget.name_edit.setText(f"shown-{backend}")
+    widget.steps_spin.setValue(400)
+    widget.preview_spin.setValue(2)
+    widget.settings_edit.setText(SETTINGS[backend])
+    widget.train_button.click()
+    assert widget.runner.busy
+    qtbot.waitUntil(lambda: widget.state.step >= 2, timeout=120_000)
+    widget.stop_button.click()  # the model so far is saved
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert "Stopped after" in widget.status.text(), widget.status.text()
+    assert widget.runner._remote is False
+    preview = viewer.layers["Training preview"].data
+    assert preview.shape == (96, 96)
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert "Predicted" in widget.status.text(), widget.status.text()
+    assert viewer.layers["nuclei prediction"].data.shape == (96, 96)
+    np.testing.assert_array_equal(viewer.layers["annotation"].data, annotation)
+    assert not [m for m in FRAMEWORKS if m in sys.modules]
+
+
+def test_choosing_each_backend_imports_no_framework(shown):
+    _viewer, widget, _truth = shown
+    for backend in ("stardist", "cellpose", "unet", "stardist"):
+        widget.backend_combo.setCurrentText(backend)
+        assert widget.steps_spin.value() > 0
+    assert not [m for m in FRAMEWORKS if m in sys.modules]
+
+
+def test_killed_worker_keeps_annotation_and_model(shown, qtbot, monkeypatch):
+    from napari_cellsparse._widgets import _worker
+
+    shown_errors: list[str] = []
+    monkeypatch.setattr(_worker, "show_error", shown_errors.append)
+    viewer, widget, _truth = shown
+    widget.backend_combo.setCurrentText("unet")
+    widget.settings_edit.setText(SETTINGS["unet"])
+    widget.name_edit.setText("kept")
+    widget.steps_spin.setValue(3)
+    widget.preview_spin.setValue(0)
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    before = viewer.layers["nuclei prediction"].data.copy()
+    annotation = viewer.layers["annotation"].data.copy()
+
+    widget.steps_spin.setValue(5000)
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.state.step >= 1, timeout=120_000)
+    pid = _worker.shared_host().pid
+    os.kill(pid, 0)  # alive
+    os.kill(pid, signal.SIGKILL)
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    assert len(shown_errors) == 1, shown_errors
+    assert "stopped unexpectedly" in shown_errors[0] and "Training unet 'kept'" in shown_errors[0]
+    assert "last saved model version is intact" in widget.status.text()
+    np.testing.assert_array_equal(viewer.layers["annotation"].data, annotation)
+
+    widget.predict_button.click()  # the earlier model, in a fresh worker
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert _worker.shared_host().pid != pid
+    np.testing.assert_array_equal(viewer.layers["nuclei prediction"].data, before)
+    widget.steps_spin.setValue(2)
+    widget.train_button.click()  # and training works again
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert "Trained 'kept' for 2 step(s)" in widget.status.text(), widget.status.text()
+
+
+def test_second_stop_ends_the_worker(shown, qtbot):
+    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse.training import list_models
+
+    _viewer, widget, _truth = shown
+    widget.backend_combo.setCurrentText("unet")
+    widget.settings_edit.setText(SETTINGS["unet"])
+    widget.steps_spin.setValue(5000)
+    widget.preview_spin.setValue(0)
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.state.step >= 1, timeout=120_000)
+    pid = _worker.shared_host().pid
+    widget.stop_button.click()
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    assert "was ended" in widget.status.text(), widget.status.text()
+    assert not _worker.shared_host().alive
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert list_models() == [] or all(m.get("steps", 0) < 5000 for m in list_models())
+
+
+def test_closing_the_viewer_during_training_leaves_no_process(shown, qtbot):
+    from napari_cellsparse._widgets import _worker
+
+    viewer, widget, _truth = shown
+    widget.backend_combo.setCurrentText("unet")
+    widget.settings_edit.setText(SETTINGS["unet"])
+    widget.steps_spin.setValue(5000)
+    widget.preview_spin.setValue(0)
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.state.step >= 1, timeout=120_000)
+    host = _worker.shared_host()
+    pid = host.pid
+    os.kill(pid, 0)
+    viewer.close()
+    qtbot.waitUntil(lambda: not host.alive, timeout=10_000)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_every_plugin_module_then_a_shown_viewer(tmp_path):
+    """Importing the whole plugin first, then showing a viewer, must not crash."""
+    script = tmp_path / "first.py"
+    script.write_text(
+        textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import napari_cellsparse
+        for info in pkgutil.walk_packages(napari_cellsparse.__path__, "napari_cellsparse."):
+            if info.name.endswith("__main__"):
+                continue
+            importlib.import_module(info.name)
+        import napari
+        viewer = napari.Viewer(show=True)
+        viewer.add_image(__import__("numpy").zeros((64, 64)))
+        viewer.screenshot()
+        print("tensorflow" in sys.modules, flush=True)
+        viewer.close()
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
