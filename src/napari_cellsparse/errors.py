@@ -11,6 +11,7 @@ __all__ = [
     "BadInputError",
     "CancelledError",
     "CellsparseError",
+    "TrainingDivergedError",
     "WeightsError",
 ]
 
@@ -41,3 +42,7 @@ class WeightsError(CellsparseError):
 
 class CancelledError(CellsparseError):
     """The user cancelled a long operation."""
+
+
+class TrainingDivergedError(CellsparseError):
+    """Training produced a loss or weights that are not finite numbers; nothing was saved."""
