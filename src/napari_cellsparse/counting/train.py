@@ -159,7 +159,9 @@ def train_counter(
     boolean masks of regions where every cell has a point. Elsewhere, pixels away from the
     points are left out of the loss. ``diameter`` (pixels) sets the Gaussian's scale (default:
     estimated); other settings are :class:`CounterConfig` fields. ``progress(step, total,
-    info)`` is called after every step (``info["loss"]``).
+    info)`` is called after every step (``info["loss"]``). A loss or weights that stop being
+    finite numbers raise :class:`~napari_cellsparse.errors.TrainingDivergedError` and nothing
+    is saved (the previous version stays).
     """
     work = train_counter_iter(
         images, points, name, background, regions, steps=steps, cancel=cancel, **kwargs

@@ -145,7 +145,9 @@ def train(
     ``labels`` follow the layer convention (0 = not annotated, 1 = background, 2+ = one id
     per cell). Training under an existing name continues from its weights (``reset=True``
     starts afresh); the model is saved in the store and returned. ``progress(step, total,
-    info)`` is called after every step (``info["loss"]``).
+    info)`` is called after every step (``info["loss"]``). A loss or weights that stop being
+    finite numbers raise :class:`~napari_cellsparse.errors.TrainingDivergedError` and nothing
+    is saved (the previous version stays).
     """
     work = train_iter(backend, images, labels, name=name, steps=steps, cancel=cancel, **kwargs)
     return run_sync(work, on_steps(progress))
