@@ -22,6 +22,7 @@ from napari_cellsparse.training import list_models, load_model, train
 from napari_cellsparse.training.annotations import sparse_from_truth, to_internal
 from napari_cellsparse.training.inputs import prediction_slices, training_pairs
 from napari_cellsparse.training.scale import rescale_image, resize_labels
+from napari_cellsparse.training.store import current_folder
 from napari_cellsparse.training.unet import unet_loss, unet_targets
 
 TINY = {"base_filters": 8, "patch_size": 64, "batch_size": 4}
@@ -256,7 +257,7 @@ def test_training_again_continues_unless_reset() -> None:
 def test_damaged_model_folders_give_clear_errors() -> None:
     image, truth = blobs()
     model = train("unet", image, sparse(image, truth), name="damaged", steps=1, **TINY)
-    folder = model.folder
+    folder = current_folder(model.folder)  # the current version's files
     (folder / "unet.pt").write_bytes(b"not a torch file")
     with pytest.raises(WeightsError, match="damaged"):
         load_model("damaged")

@@ -88,8 +88,9 @@ class BatchSummary:
         return Path(path)
 
 
-# One model per worker process, loaded by the first task that needs it. Keyed by the model
-# folder and the time its metadata was written, so a retrained model is loaded again.
+# One model per worker process, loaded by the first task that needs it. Keyed by the folder
+# of the model's current version (and the time its metadata was written, for a model reset
+# and trained again under the same name), so a retrained model is loaded again.
 _MODELS: dict[tuple[str, int], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -97,10 +98,11 @@ _MODELS_LOCK = threading.Lock()
 def worker_model(folder: str | os.PathLike[str]) -> Any:
     """The model of ``folder``, loaded once per process (thread-safe)."""
     from .training import load_model
-    from .training.store import METADATA_FILE
+    from .training.store import METADATA_FILE, current_folder
 
-    meta = Path(folder) / METADATA_FILE
-    key = (str(Path(folder).resolve()), meta.stat().st_mtime_ns if meta.exists() else 0)
+    current = current_folder(Path(folder))
+    meta = current / METADATA_FILE
+    key = (str(current.resolve()), meta.stat().st_mtime_ns if meta.exists() else 0)
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS.clear()
@@ -215,11 +217,11 @@ def run_batch(
     scheduler's workers; ``"none"`` runs in this process without Dask. ``resume`` skips
     images whose outputs all exist.
     """
-    from .training.store import METADATA_FILE, read_json, resolve_model_folder
+    from .training.store import METADATA_FILE, current_folder, read_json, resolve_model_folder
 
     started = time.perf_counter()
     folder = str(resolve_model_folder(model_folder))
-    read_json(Path(folder) / METADATA_FILE)  # a missing or damaged model fails here, once
+    read_json(current_folder(Path(folder)) / METADATA_FILE)  # a missing or damaged model fails here
     results: dict[int, ItemResult] = {}
     todo = []
     for k, item in enumerate(items):

@@ -12,6 +12,7 @@ __all__ = [
     "CancelledError",
     "CellsparseError",
     "JobFailedError",
+    "TrainingDivergedError",
     "WeightsError",
     "WorkerCrashedError",
 ]
@@ -51,3 +52,7 @@ class WorkerCrashedError(CellsparseError):
 
 class JobFailedError(CellsparseError):
     """A job in the model worker failed with an error the engine did not expect."""
+
+
+class TrainingDivergedError(CellsparseError):
+    """Training produced a loss or weights that are not finite numbers; nothing was saved."""

@@ -286,7 +286,7 @@ class CellCountingWidget(DockWidget):
             "reset": reset,
             "device": device,
             "settings": settings,
-            "live": False,  # TODO-merge
+            "live": True,
         }
         self._watch()
         self.runner.run_in_worker(

@@ -411,7 +411,7 @@ class SparseTrainingWidget(DockWidget):
             "preview": preview,
             "preview_every": every,
             "settings": settings,
-            "live": False,  # TODO-merge
+            "live": True,
         }
 
         def done(summary: dict[str, Any]) -> None:

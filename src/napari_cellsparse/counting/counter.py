@@ -52,7 +52,13 @@ from ..training.scale import (
     rescale_image,
     resize_labels,
 )
-from ..training.store import CONFIG_FILE, METADATA_FILE, read_json, resolve_model_folder
+from ..training.store import (
+    CONFIG_FILE,
+    METADATA_FILE,
+    current_folder,
+    read_json,
+    resolve_model_folder,
+)
 from .centres import cell_support, find_centres, snap_to_foreground
 
 __all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "load_counter"]
@@ -356,6 +362,12 @@ class Counter:
             near |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
         return _to_image_density(np.where(near, scaled, 0.0), shape), found[keep]
 
+    def weights_finite(self) -> bool:
+        """Whether every weight is a finite number (a diverged training is never saved)."""
+        from ..training.torch_network import state_finite
+
+        return state_finite(self.net)
+
     def save(self, folder: Path) -> None:
         """Write the weights into ``folder`` (config and metadata are written by training)."""
         from ..training.torch_network import save_state
@@ -394,20 +406,21 @@ def load_counter(name_or_path: str | Path, device: str | None = None) -> Counter
     from .network import build_network
 
     folder = resolve_model_folder(name_or_path)
-    meta = read_json(folder / METADATA_FILE)
+    files = current_folder(folder)
+    meta = read_json(files / METADATA_FILE)
     if meta.get("backend") != BACKEND:
         raise BadInputError(
             f"The model {folder.name!r} is a {meta.get('backend')} segmentation model, not a "
             "cell counter; load it with napari_cellsparse.training.load_model."
         )
-    raw = read_json(folder / CONFIG_FILE)
+    raw = read_json(files / CONFIG_FILE)
     try:
         n_channels = int(raw.pop("n_channels"))
     except (KeyError, TypeError, ValueError) as err:
-        raise WeightsError(f"{folder / CONFIG_FILE} is damaged ({err}).") from err
+        raise WeightsError(f"{files / CONFIG_FILE} is damaged ({err}).") from err
     config = CounterConfig.from_dict(raw)
     where = resolve_device(device)
     net = load_state(
-        folder, WEIGHTS_FILE, lambda: build_network(config.to_dict(), n_channels), where
+        files, WEIGHTS_FILE, lambda: build_network(config.to_dict(), n_channels), where
     )
     return Counter(net, config, n_channels, where, folder, meta)

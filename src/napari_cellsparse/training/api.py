@@ -10,7 +10,6 @@ before the next step and the model trained so far is tuned, saved and returned w
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,19 @@ import numpy as np
 
 from ..errors import BadInputError, WeightsError
 from ..progress import Progress, on_steps, run_sync
-from .annotations import annotated_diameters
+from .annotations import IGNORE, annotated_diameters
 from .backend import backend_class
-from .inputs import training_pairs
+from .inputs import as_list, training_pairs
 from .model import TrainedModel, normalize
 from .sampling import SparseDataset
 from .scale import foreground_diameter, rescale_image, resize_labels
 from .store import (
     CONFIG_FILE,
     METADATA_FILE,
+    current_folder,
     model_folder,
-    now,
     read_json,
     resolve_model_folder,
-    save_training,
 )
 
 __all__ = ["load_model", "train", "train_iter"]
@@ -51,14 +49,23 @@ def train_iter(
     cancel: threading.Event | None = None,
     preview: np.ndarray | None = None,
     preview_every: int = 0,
+    updates: Callable[[], list[np.ndarray] | None] | None = None,
+    update_every: int = 25,
     **settings: Any,
 ) -> Generator[Progress, None, TrainedModel]:
     """Train (or continue training) model ``name``; see :func:`train`.
 
     ``preview`` (a 2D image) is predicted every ``preview_every`` steps; the labels travel in
-    ``Progress.info["preview"]``. Other keyword ``settings`` override config entries
-    (``patch_size``, ``batch_size``, ``learning_rate``, ``target_diameter``, backend keys).
+    ``Progress.info["preview"]``. ``updates()`` is asked every ``update_every`` steps for the
+    annotation as it is now (label images like ``labels``, or None when unchanged): training
+    goes on from the current weights on the new annotation, and that step's
+    ``info["annotation"]`` has its ``cells`` and ``trusted_pixels`` (the first step's has the
+    starting ones); an update that cannot be used is reported in ``info["annotation_error"]``.
+    Other keyword ``settings`` override config entries (``patch_size``, ``batch_size``,
+    ``learning_rate``, ``target_diameter``, backend keys).
     """
+    from ..models.session import TrainingSession  # models.session imports this package
+
     cls = backend_class(backend)
     folder = model_folder(name)
     pairs = training_pairs(images, labels)
@@ -69,70 +76,57 @@ def train_iter(
             f"Unknown setting(s) for {backend}: {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(cls.default_config()))}."
         )
-    previous = None if reset else _previous(folder, backend, n_channels)
-    config = {**cls.default_config(), **(previous[0] if previous else {}), **settings}
+    session = TrainingSession(folder, backend, n_channels, reset)
+    config = {**cls.default_config(), **(session.previous_config or {}), **settings}
     total = int(steps if steps is not None else config["steps"])
     if total < 0:
         raise BadInputError(f"steps must be 0 or more, got {total}.")
 
     yield Progress(0, total, "Preparing the training data")
-    dataset, calibration = _prepare(pairs, config)
-    config.update(calibration)
+    annotation = _Annotation(images, labels, pairs, config)
     network = cls(config, n_channels, device)
-    if previous is None:
+    if session.source is None:
         network.build()
     else:
-        network.load(folder)
-    meta = previous[1] if previous else {"name": name, "backend": backend, "created": now()}
+        network.load(session.source)
+    rng = session.rng(int(config["seed"]))
+    model = TrainedModel(network, folder, session.meta)
 
-    rng = np.random.default_rng(int(config["seed"]) + int(meta.get("steps", 0)))
-    model = TrainedModel(network, folder, meta)
-    started = time.perf_counter()
-    done = 0
-    stopped = False
-    losses: list[float] = []
-    stepper = network.train_steps(dataset, total, rng) if total else iter(())
-    while done < total:
-        if cancel is not None and cancel.is_set():
-            stopped = True
-            break
-        info = dict(next(stepper))
-        done += 1
-        losses.append(float(info["loss"]))
+    def add_preview(done: int, info: dict[str, Any]) -> None:
         if preview is not None and preview_every and (done % preview_every == 0 or done == total):
             info["preview"] = model.predict(preview)
-        yield Progress(done, total, f"Training {backend}: step {done}/{total}", info)
-    if hasattr(stepper, "close"):
-        stepper.close()
 
-    loop_s = time.perf_counter() - started
-    yield Progress(done, total, "Tuning thresholds on the annotated pixels")
-    config.update(network.tune(dataset))
-    train_s = time.perf_counter() - started
-    session = {
-        "date": now(),
-        "steps": done,
-        "images": [list(p[0].shape) for p in pairs],
-        "annotated_cells": int(sum(len(np.unique(p[1][p[1] > 0])) for p in pairs)),
-        "stopped_early": stopped,
-        "train_s": round(train_s, 2),
-        "tune_s": round(train_s - loop_s, 2),
-        "final_loss": float(np.mean(losses[-20:])) if losses else None,
-    }
-    save_training(
-        folder,
-        meta,
-        session,
+    stepper = network.train_steps(annotation.dataset, total, rng) if total else iter(())
+    yield from session.run(
+        stepper,
+        total,
+        f"Training {backend}",
+        float(config["learning_rate"]),
+        cancel=cancel,
+        updates=updates,
+        update_every=update_every,
+        rebuild=annotation.rebuild,
+        figures=annotation.figures(),
+        extra=add_preview,
+    )
+    session.check_weights(network.weights_finite(), float(config["learning_rate"]))
+    yield Progress(session.done, total, "Tuning thresholds on the annotated pixels")
+    config.update(network.tune(annotation.dataset))
+    pairs = annotation.pairs
+    record = session.record(
+        images=[list(p[0].shape) for p in pairs],
+        annotated_cells=annotation.figures()["cells"],
+    )
+    session.save(
+        record,
         {**config, "n_channels": n_channels},
         network.save,
-        name=name,
-        backend=backend,
         images=len(pairs),
         n_channels=n_channels,
         device=str(network.device),
     )
-    model.info = {**meta, "stopped_early": stopped, "train_s": train_s, "losses": losses}
-    yield Progress(done, total, f"Saved model {name!r}")
+    model.info = session.result_info()
+    yield Progress(session.done, total, f"Saved model {name!r}")
     return model
 
 
@@ -151,7 +145,9 @@ def train(
     ``labels`` follow the layer convention (0 = not annotated, 1 = background, 2+ = one id
     per cell). Training under an existing name continues from its weights (``reset=True``
     starts afresh); the model is saved in the store and returned. ``progress(step, total,
-    info)`` is called after every step (``info["loss"]``).
+    info)`` is called after every step (``info["loss"]``). A loss or weights that stop being
+    finite numbers raise :class:`~napari_cellsparse.errors.TrainingDivergedError` and nothing
+    is saved (the previous version stays).
     """
     work = train_iter(backend, images, labels, name=name, steps=steps, cancel=cancel, **kwargs)
     return run_sync(work, on_steps(progress))
@@ -160,11 +156,12 @@ def train(
 def load_model(name_or_path: str | Path, device: str | None = None) -> TrainedModel:
     """A model from the store by name, or from a model folder path."""
     folder = resolve_model_folder(name_or_path)
-    meta = read_json(folder / METADATA_FILE)
-    config = read_json(folder / CONFIG_FILE)
+    files = current_folder(folder)
+    meta = read_json(files / METADATA_FILE)
+    config = read_json(files / CONFIG_FILE)
     backend = meta.get("backend")
     if not isinstance(backend, str):
-        raise WeightsError(f"{folder / METADATA_FILE} does not say which backend made it.")
+        raise WeightsError(f"{files / METADATA_FILE} does not say which backend made it.")
     if backend == "counter":
         raise BadInputError(
             f"The model {folder.name!r} is a cell counter, not a segmentation model; load it "
@@ -176,28 +173,56 @@ def load_model(name_or_path: str | Path, device: str | None = None) -> TrainedMo
         full = {**cls.default_config(), **config}
         network = cls(full, n_channels, device)
     except (KeyError, TypeError, ValueError) as err:
-        raise WeightsError(f"{folder / CONFIG_FILE} is damaged ({err}).") from err
-    network.load(folder)
+        raise WeightsError(f"{files / CONFIG_FILE} is damaged ({err}).") from err
+    network.load(files)
     return TrainedModel(network, folder, {**meta, "stopped_early": False})
 
 
-def _previous(folder: Path, backend: str, n_channels: int) -> tuple[dict, dict] | None:
-    """Config and metadata of the model to continue, or None when there is none yet."""
-    if not (folder / METADATA_FILE).exists():
-        return None
-    meta = read_json(folder / METADATA_FILE)
-    config = read_json(folder / CONFIG_FILE)
-    if meta.get("backend") != backend:
-        raise BadInputError(
-            f"The model {folder.name!r} is a {meta.get('backend')} model, not {backend}; "
-            "choose another name, or reset it to start afresh."
-        )
-    if int(config.pop("n_channels", n_channels)) != n_channels:
-        raise BadInputError(
-            f"The model {folder.name!r} was trained on images with another number of channels; "
-            "choose another name, or reset it to start afresh."
-        )
-    return config, meta
+class _Annotation:
+    """The annotation training runs on, at the training scale; replaced by updates."""
+
+    def __init__(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        labels: np.ndarray | Sequence[np.ndarray],
+        pairs: list[tuple[np.ndarray, np.ndarray]],
+        config: dict[str, Any],
+    ) -> None:
+        self.images = images
+        self.labels = as_list(labels, "annotations")
+        self.pairs = pairs
+        self.config = config
+        self.dataset, calibration = _prepare(pairs, config)
+        config.update(calibration)
+
+    def figures(self) -> dict[str, int]:
+        """Annotated cells and the image pixels the loss trusts (cells and background)."""
+        return {
+            "cells": int(sum(len(np.unique(lab[lab > 0])) for _, lab in self.pairs)),
+            "trusted_pixels": int(sum(np.count_nonzero(lab != IGNORE) for _, lab in self.pairs)),
+        }
+
+    def rebuild(self, update: np.ndarray | Sequence[np.ndarray]) -> dict[str, int] | None:
+        """Train on ``update`` from now on (the sampling and the scale calibration); its
+        figures, or None when it is the annotation already used. Raises on a bad update."""
+        labels = as_list(update, "annotations")
+        if len(labels) != len(self.labels):
+            raise BadInputError(
+                f"the update has {len(labels)} label image(s); training has {len(self.labels)}"
+            )
+        for k, (new, old) in enumerate(zip(labels, self.labels, strict=True)):
+            if new.shape != old.shape:
+                raise BadInputError(
+                    f"label image {k + 1} of the update has shape {new.shape}, not {old.shape}"
+                )
+        if all(np.array_equal(a, b) for a, b in zip(labels, self.labels, strict=True)):
+            return None
+        pairs = training_pairs(self.images, labels)
+        dataset, calibration = _prepare(pairs, self.config)
+        self.dataset.replace(dataset)
+        self.config.update(calibration)
+        self.labels, self.pairs = labels, pairs
+        return self.figures()
 
 
 def _prepare(

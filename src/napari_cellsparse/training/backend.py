@@ -80,6 +80,10 @@ class Network(ABC):
         """Instance labels (int32, 0 = background) of a normalised YXC float32 image."""
 
     @abstractmethod
+    def weights_finite(self) -> bool:
+        """Whether every weight is a finite number (a diverged training is never saved)."""
+
+    @abstractmethod
     def save(self, folder: Path) -> None:
         """Write the weights into ``folder`` (the config and metadata are written for you)."""
 

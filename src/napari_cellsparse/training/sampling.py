@@ -46,6 +46,12 @@ class SparseDataset:
         self._cell_pixels = [np.flatnonzero(lab > 0) for lab in self.labels]
         self._annotated_pixels = [np.flatnonzero(lab != IGNORE) for lab in self.labels]
 
+    def replace(self, other: SparseDataset) -> None:
+        """Sample from ``other``'s pairs from now on (the annotation changed while training;
+        a backend's running step loop holds this object)."""
+        self.images, self.labels = other.images, other.labels
+        self._cell_pixels, self._annotated_pixels = other._cell_pixels, other._annotated_pixels
+
     @property
     def n_channels(self) -> int:
         return int(self.images[0].shape[-1])

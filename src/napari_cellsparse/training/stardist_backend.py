@@ -449,6 +449,10 @@ class StarDistNetwork(Network):
 
     # -- weights ------------------------------------------------------------------------
 
+    def weights_finite(self) -> bool:
+        model = self._require_model()
+        return all(bool(np.isfinite(w).all()) for w in model.keras_model.get_weights())
+
     def save(self, folder: Path) -> None:
         """Write the Keras weights to ``folder/stardist.weights.h5`` (atomically)."""
         model = self._require_model()

@@ -17,7 +17,7 @@ from ..errors import WeightsError
 from ..paths import atomic_target
 from .backend import Network
 
-__all__ = ["TorchNetwork", "load_state", "save_state"]
+__all__ = ["TorchNetwork", "load_state", "save_state", "state_finite"]
 
 
 def save_state(net: Any, folder: Path, filename: str) -> None:
@@ -25,6 +25,14 @@ def save_state(net: Any, folder: Path, filename: str) -> None:
     torch = import_torch()
     with atomic_target(Path(folder) / filename) as temp:
         torch.save(net.state_dict(), temp)
+
+
+def state_finite(net: Any) -> bool:
+    """Whether every floating-point tensor of ``net``'s state is finite (no NaN or inf)."""
+    torch = import_torch()
+    return all(
+        bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()
+    )
 
 
 def load_state(folder: Path, filename: str, architecture: Callable[[], Any], device: str) -> Any:
@@ -64,6 +72,9 @@ class TorchNetwork(Network):
             torch.manual_seed(int(self.config["seed"]))
             self.net = self._architecture().to(self.device)
         self.optimizer = None
+
+    def weights_finite(self) -> bool:
+        return state_finite(self.net)
 
     def save(self, folder: Path) -> None:
         """Write the state_dict to ``folder/weight_files[0]`` (atomically)."""
