@@ -24,7 +24,7 @@ pytest.importorskip("torch")
 FRAMEWORKS = ("tensorflow", "keras", "stardist.models", "cellpose")
 SETTINGS = {
     "unet": "base_filters=8, depth=2",
-    "cellpose": "nbase=[8, 16, 32, 64]",
+    "cellpose": "",
     "stardist": "n_rays=16, unet_n_depth=2, unet_n_filter_base=8, net_conv_after_unet=32",
 }
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QLabel, QPushButton, QWidget
 
 from ._worker import JobRunner
@@ -38,7 +37,6 @@ class DockWidget(QWidget):
         self.status.setWordWrap(True)
         self._build()
         self.runner = JobRunner(self.busy_buttons(), self.stop_button, self.status.setText)
-        self._window: QObject | None = None
         self._left = False
         self._layer_events = (self.viewer.layers.events.inserted, self.viewer.layers.events.removed)
         for event in self._layer_events:
@@ -57,18 +55,6 @@ class DockWidget(QWidget):
         """Refill the layer choices (layers were added or removed)."""
 
     # -- life ------------------------------------------------------------------------
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        window = self.window()
-        if window is not self and window is not self._window:
-            window.installEventFilter(self)
-            self._window = window
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self._window and event.type() == QEvent.Type.Close:
-            self.leave()
-        return False
-
     def closeEvent(self, event: Any) -> None:
         self.leave()
         super().closeEvent(event)

@@ -83,6 +83,7 @@ class JobRunner:
         self.status = status or (lambda _msg: None)
         self.synchronous = False
         self.worker: Any = None
+        self.closed = False  # the widget is gone: results and progress are dropped
         self._remote = False
         self._bar: Any = None
         self._cancel_event: threading.Event | None = None
@@ -131,7 +132,7 @@ class JobRunner:
                 "yielded": self._on_progress,
                 "returned": returned.append,
                 "errored": self._on_error,
-                "aborted": lambda: self.status("Cancelled."),
+                "aborted": lambda: None if self.closed else self.status("Cancelled."),
                 "finished": lambda: self._finish(returned, on_done),
             },
         )
@@ -167,7 +168,10 @@ class JobRunner:
 
     def close(self) -> None:
         """The widget goes away: stop its job (ending the worker if the job is running
-        there) and leave the shared worker."""
+        there) and leave the shared worker. Nothing touches the widget afterwards."""
+        if self.closed:
+            return
+        self.closed = True
         if self._remote and self._cancel_event is not None:
             shared_host().kill()
         elif self._cancel_event is not None:
@@ -176,7 +180,7 @@ class JobRunner:
 
     def _finish(self, returned: list[Any], on_done: Callable[[Any], None]) -> None:
         self._set_busy(False)
-        if returned:
+        if returned and not self.closed:
             on_done(returned[0])
 
     def cancel(self) -> None:
@@ -212,6 +216,8 @@ class JobRunner:
         self._finish(returned, on_done)
 
     def _on_progress(self, event: Progress) -> None:
+        if self.closed:
+            return
         if self._on_event is not None:
             self._on_event(event)
         # napari's Qt progress bar processes events while it updates, so the job may finish
@@ -232,22 +238,25 @@ class JobRunner:
     def report(self, err: BaseException) -> None:
         """Tell the user what went wrong: the widget's status line and a napari notification."""
         message = friendly_message(err)
-        self.status(message)
+        if not self.closed:
+            self.status(message)
         show_error(message)
 
     def _on_error(self, err: BaseException) -> None:
         if isinstance(err, CancelledError):
-            self.status("Cancelled.")
+            if not self.closed:
+                self.status(str(err) or "Cancelled.")
             return
         if not isinstance(err, CellsparseError):
             log.error("unexpected error in a background job", exc_info=err)
         self.report(err)
 
     def _set_busy(self, busy: bool, description: str = "") -> None:
-        for widget in self.busy_widgets:
-            widget.setEnabled(not busy)
-        if self.cancel_button is not None:
-            self.cancel_button.setEnabled(busy)
+        if not self.closed:
+            for widget in self.busy_widgets:
+                widget.setEnabled(not busy)
+            if self.cancel_button is not None:
+                self.cancel_button.setEnabled(busy)
         if busy:
             self._bar = napari_progress(total=0, desc=description)
             self.status(f"{description}...")
