@@ -45,7 +45,7 @@ def shown(make_napari_viewer):
     viewer = make_napari_viewer(show=True)
     image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)
     viewer.add_image(image, name="nuclei")
-    viewer.add_labels(sparse_from_truth(image, truth, k=3, band=6), name="annotation")
+    viewer.add_labels(sparse_from_truth(image, truth, k=1, band=6), name="annotation")
     widget = SparseTrainingWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Sparse training")
     widget.device_combo.setCurrentText("cpu")
@@ -195,3 +195,80 @@ def test_every_plugin_module_then_a_shown_viewer(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_painting_during_training_reaches_the_running_training(shown, qtbot):
+
+    viewer, widget, truth = shown
+    layer = viewer.layers["annotation"]
+    widget.backend_combo.setCurrentText("unet")
+    widget.settings_edit.setText(SETTINGS["unet"])
+    widget.steps_spin.setValue(5000)
+    widget.preview_spin.setValue(2)  # the worker pulls changes at each preview
+    seen: list[dict] = []
+    handler = widget._on_progress
+
+    def record(event, image):
+        handler(event, image)
+        if event.info.get("annotation"):
+            seen.append(dict(event.info["annotation"]))
+
+    widget._on_progress = record
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: len(seen) >= 1, timeout=120_000)
+    first = seen[0]
+    # A cell of the truth that is not annotated yet, painted as a new cell (an undoable edit).
+    unannotated = [i for i in np.unique(truth[truth > 0]) if not (layer.data[truth == i] > 1).any()]
+    assert unannotated
+    cell = truth == unannotated[0]
+    new_id = int(layer.data.max()) + 1
+    layer.data_setitem(np.nonzero(cell), new_id)
+    qtbot.waitUntil(lambda: len(seen) >= 2, timeout=120_000)
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert seen[1]["cells"] == first["cells"] + 1
+    assert seen[1]["trusted_pixels"] > first["trusted_pixels"]
+    assert "annotated cell" in widget.status.text() or "Stopped after" in widget.status.text()
+
+
+def test_a_failing_job_is_one_message_and_a_script_keeps_running(tmp_path):
+    """Compute embedding with no SAM weights, from a script that never calls napari.run()."""
+    script = tmp_path / "no_run.py"
+    script.write_text(
+        textwrap.dedent("""
+        import time
+        import numpy as np
+        import napari
+        from napari.utils.notifications import notification_manager
+        from qtpy.QtWidgets import QApplication
+        from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+
+        viewer = napari.Viewer(show=True)
+        viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+        widget = SamAnnotatorWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        before = len(notification_manager.records)
+        widget.embed_button.click()
+        settle = time.monotonic() + 3  # events after the job's end get their chance too
+        deadline = time.monotonic() + 60
+        while (widget.runner.busy or time.monotonic() < settle) and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.02)
+        errors = [n for n in notification_manager.records[before:] if n.severity == "error"]
+        print("NOTIFICATIONS", len(errors), flush=True)
+        print("MESSAGE", errors[0].message if errors else "", flush=True)
+        print("STATUS", widget.status.text(), flush=True)
+        print("STILL RUNNING", flush=True)
+        viewer.close()
+    """)
+    )
+    env = {**os.environ, "NAPARI_CELLSPARSE_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines["NOTIFICATIONS"] == "1", done.stdout
+    assert "STILL RUNNING" in done.stdout
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines["MESSAGE"] and lines["MESSAGE"] in lines["STATUS"]
