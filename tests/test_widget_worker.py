@@ -215,7 +215,8 @@ def test_painting_during_training_reaches_the_running_training(shown, qtbot):
 
     widget._on_progress = record
     widget.train_button.click()
-    qtbot.waitUntil(lambda: len(seen) >= 1, timeout=120_000)
+    qtbot.waitUntil(lambda: len(seen) >= 1 or not widget.runner.busy, timeout=120_000)
+    assert seen, widget.status.text()
     first = seen[0]
     # A cell of the truth that is not annotated yet, painted as a new cell (an undoable edit).
     unannotated = [i for i in np.unique(truth[truth > 0]) if not (layer.data[truth == i] > 1).any()]

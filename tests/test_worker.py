@@ -97,7 +97,6 @@ def test_engine_errors_cross_unchanged_and_the_worker_goes_on(host, sample):
                     "rgb": False,
                     "diameter": None,
                     "min_area": 0,
-                    "tolerance": 0.5,
                 },
                 "predict",
             )

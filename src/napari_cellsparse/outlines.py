@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours, label
 
-__all__ = ["mask_outline", "outline_polygons"]
+__all__ = ["mask_outline"]
 
 
 def mask_outline(
@@ -30,20 +29,3 @@ def mask_outline(
         if len(simple) >= 3:
             contour = simple
     return contour - 1 + np.asarray(offset, dtype=float)
-
-
-def outline_polygons(labels: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
-    """One outline polygon per object of a YX or ZYX label image (ZYX: z is the first column)."""
-    stack = labels if labels.ndim == 3 else labels[None]
-    polygons = []
-    for z, plane in enumerate(stack):
-        for i, where in enumerate(ndi.find_objects(plane), start=1):
-            if where is None:
-                continue
-            outline = mask_outline(plane[where] == i, (where[0].start, where[1].start), tolerance)
-            if outline is None:
-                continue
-            if labels.ndim == 3:
-                outline = np.column_stack([np.full(len(outline), z, float), outline])
-            polygons.append(outline)
-    return polygons

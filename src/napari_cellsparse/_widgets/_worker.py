@@ -15,6 +15,7 @@ buttons while busy. Results arrive on the main thread.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -54,6 +55,7 @@ def shared_host() -> WorkerHost:
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(_stop_host)
+        atexit.register(_stop_host)
     return _HOST[0]
 
 
@@ -117,6 +119,9 @@ class JobRunner:
             return
         self._cancel_event = cancel
         self._on_event = on_progress
+        # Busy from here on: napari's progress bar processes events while it is made, and a
+        # second click then must not start a second job.
+        self.worker = "starting"
         self._set_busy(True, description)
         if self.synchronous:
             self._run_here(job, on_done)
@@ -124,16 +129,28 @@ class JobRunner:
         from napari.qt.threading import create_worker
 
         returned: list[Any] = []
+        work = job()
+
+        def run() -> Generator[Progress, None, Any]:
+            return (yield from work)
+
+        def finished() -> None:
+            # A quit worker (napari quits them all when it closes) leaves the job suspended
+            # at a yield: close it, so its clean-up runs now (a model job then releases
+            # the worker process), not whenever it is garbage-collected.
+            work.close()
+            self._finish(returned, on_done)
+
         # Connected at creation: a worker made without an "errored" handler re-raises the
         # error on the main thread (a second report, a traceback, or an abort).
         self.worker = create_worker(
-            job,
+            run,
             _connect={
                 "yielded": self._on_progress,
                 "returned": returned.append,
                 "errored": self._on_error,
                 "aborted": lambda: None if self.closed else self.status("Cancelled."),
-                "finished": lambda: self._finish(returned, on_done),
+                "finished": finished,
             },
         )
 
@@ -145,13 +162,11 @@ class JobRunner:
         description: str,
         on_progress: Callable[[Progress], None] | None = None,
         updates: Callable[[], Any] | None = None,
-        then: Callable[[Any], Any] | None = None,
     ) -> None:
         """Run the model worker's ``job`` (see :mod:`napari_cellsparse.worker.jobs`) with
         ``kwargs``; like :meth:`start`. Stop forwards the job's cancel event; a second Stop
         ends the worker process. ``updates()`` answers the job's pulls of new annotation (in the
-        relay thread); ``then(result)`` prepares the result there too (say, layer objects)
-        before ``on_done`` gets it on the main thread."""
+        relay thread)."""
         if self.busy:
             show_info("Still working on the previous step; wait for it or press Cancel.")
             return
@@ -160,8 +175,7 @@ class JobRunner:
         cancel = threading.Event()
 
         def relay() -> Generator[Progress, None, Any]:
-            result = yield from host.run(job, kwargs, description, cancel, updates)
-            return then(result) if then is not None else result
+            return (yield from host.run(job, kwargs, description, cancel, updates))
 
         self._remote = True
         self.start(relay, on_done, description, cancel=cancel, on_progress=on_progress)

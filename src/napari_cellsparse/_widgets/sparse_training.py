@@ -4,7 +4,8 @@ Thin front end over :func:`~napari_cellsparse.training.train_iter`: training run
 background worker with a progress bar, a live loss curve and, every few steps, the model's
 prediction on the current view in a preview layer. Stop sets the training's cancel event, so
 the model trained so far is still tuned and saved. Prediction (also in the worker) writes a
-Labels layer and an outlines Shapes layer; annotation layers are only ever read (copied).
+Labels layer and an outlines layer (the same labels drawn as contours: cheap to show for
+thousands of objects); annotation layers are only ever read (copied).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -185,17 +186,11 @@ class SparseTrainingWidget(DockWidget):
         self.min_area_spin.setRange(0, 1_000_000)
         self.min_area_spin.setSpecialValueText("off")
         self.min_area_spin.setToolTip("Objects smaller than this many pixels are dropped.")
-        self.simplify_spin = QDoubleSpinBox()
-        self.simplify_spin.setRange(0.0, 20.0)
-        self.simplify_spin.setSingleStep(0.25)
-        self.simplify_spin.setValue(0.5)
-        self.simplify_spin.setToolTip("Outline simplification tolerance in pixels (0: exact).")
         predict_form = QFormLayout()
         predict_form.addRow("Model", models)
         predict_form.addRow("Predict on", self.predict_image_combo)
         predict_form.addRow("Diameter", self.predict_diameter_spin)
         predict_form.addRow("Min area", self.min_area_spin)
-        predict_form.addRow("Simplify outlines", self.simplify_spin)
         self.predict_button = QPushButton("Predict")
         self.predict_button.clicked.connect(self.predict)
 
@@ -570,7 +565,6 @@ class SparseTrainingWidget(DockWidget):
             self.runner.report(BadInputError("No trained model yet: press Train first."))
             return
         image = self.viewer.layers[image_name]
-        scale, translate = tuple(image.scale), tuple(image.translate)
         self.state.stopping = False
         kwargs = {
             "name": name,
@@ -579,25 +573,7 @@ class SparseTrainingWidget(DockWidget):
             "rgb": bool(image.rgb),
             "diameter": self.predict_diameter_spin.value() or None,
             "min_area": self.min_area_spin.value(),
-            "tolerance": self.simplify_spin.value(),
         }
-
-        def outlines(result: dict[str, Any]) -> dict[str, Any]:
-            # Built in the relay thread, not on the main thread: triangulating many polygons
-            # takes a while.
-            nd = result["labels"].ndim
-            result["outlines"] = Shapes(
-                result.pop("polygons") or None,
-                shape_type="polygon",
-                ndim=nd,
-                name=OUTLINES.format(image_name),
-                edge_color="yellow",
-                face_color="transparent",
-                edge_width=1,
-                scale=scale[-nd:],
-                translate=translate[-nd:],
-            )
-            return result
 
         def done(result: dict[str, Any]) -> None:
             try:
@@ -605,32 +581,26 @@ class SparseTrainingWidget(DockWidget):
             except Exception as err:  # never a traceback dialog from a finished job
                 self.runner.report(err)
 
-        self.runner.run_in_worker(
-            "predict", kwargs, done, f"Predicting {image_name}", then=outlines
-        )
+        self.runner.run_in_worker("predict", kwargs, done, f"Predicting {image_name}")
 
     def _predicted(self, image_name: str, image: Image, model: str, result: dict[str, Any]) -> None:
-        labels, outlines = result["labels"], result["outlines"]
+        """Show a prediction: a Labels layer, and the same labels drawn as contours (one
+        array for both, so a correction shows in both)."""
+        labels = result["labels"]
         nd = labels.ndim
-        name = PREDICTION.format(image_name)
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
-            self.viewer.layers[name].data = labels
-        else:
+        place = {"scale": image.scale[-nd:], "translate": image.translate[-nd:]}
+        for name, opacity, contour in (
+            (PREDICTION.format(image_name), 0.5, 0),
+            (OUTLINES.format(image_name), 1.0, 1),
+        ):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-            self.viewer.add_labels(
-                labels,
-                name=name,
-                opacity=0.5,
-                scale=image.scale[-nd:],
-                translate=image.translate[-nd:],
-            )
-        if outlines.name in self.viewer.layers:
-            self.viewer.layers.remove(outlines.name)
-        self.viewer.add_layer(outlines)
+            layer = self.viewer.add_labels(labels, name=name, opacity=opacity, **place)
+            layer.contour = contour
+        n = int(result["objects"])
         diameters = result["diameters"]
         shown = f", diameter {np.median(diameters):.1f} px" if diameters else ""
         self.status.setText(
-            f"Predicted {len(outlines.data)} object(s) in '{image_name}' with '{model}' "
+            f"Predicted {n} object(s) in '{image_name}' with '{model}' "
             f"({result['backend']} on {result['device']}{shown})."
         )

@@ -130,10 +130,8 @@ def predict(
     rgb: bool,
     diameter: float | None,
     min_area: int,
-    tolerance: float,
 ) -> Job:
-    """Labels of an image (2D or a stack, slice by slice) and one outline per object."""
-    from ..outlines import outline_polygons
+    """Labels of an image (2D or a stack, slice by slice), with their object count."""
     from ..training import load_model
 
     key = (*_version(name), device)
@@ -141,10 +139,9 @@ def predict(
         yield Progress(0, 0, f"Loading model '{name}'")
     model = _cached(ctx, "segmentation", key, lambda: load_model(name, device))
     labels = yield from _predict_stack(model, image, rgb, diameter, min_area, ctx.cancel)
-    yield Progress(1, 1, "Outlining objects")
     return {
         "labels": labels,
-        "polygons": outline_polygons(labels, tolerance),
+        "objects": int(np.count_nonzero(np.bincount(labels.ravel())[1:])) if labels.size else 0,
         "backend": model.backend,
         "device": str(model.network.device),
         "diameters": list(model.info.get("last_diameters") or []),
