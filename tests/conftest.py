@@ -83,6 +83,17 @@ def _no_tensorflow_after_test(
         )
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """pytest-randomly's seed, also with ``-q`` (which hides the header where it says it), so
+    a failure that depends on the order can be run again in the same order."""
+    config = terminalreporter.config
+    if config.pluginmanager.hasplugin("randomly") and config.getoption("randomly_reorganize"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(
+            f"tests ran in random order; again in this order: --randomly-seed={seed}"
+        )
+
+
 @pytest.fixture(autouse=True)
 def cellsparse_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty user data folder (never the real one)."""
