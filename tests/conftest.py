@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated user folder, a random MobileSAM checkpoint, a local server.
+"""Shared fixtures: an isolated user folder, a random MobileSAM checkpoint, a local server;
+a guard that fails the test after which TensorFlow is loaded in this process.
 
 SAM weights cannot be downloaded in the test environment, so the checkpoint is the real
 vit_t architecture with seeded random weights, saved exactly as a checkpoint file would be.
@@ -9,9 +10,12 @@ interrupted chunked transfers, connection resets) to test the download's error h
 from __future__ import annotations
 
 import http.server
+import importlib.abc
 import socket
 import struct
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +24,74 @@ import pytest
 
 from napari_cellsparse.paths import HOME_ENV
 
+# -- no TensorFlow in the test process ------------------------------------------------------
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Viewer tests (marked ``gui``) run after all the others, in their own order: in the
-    full suite, TensorFlow's first import crashed (SIGSEGV) when a napari viewer (Qt,
-    OpenGL) had been created before it in the same process."""
-    items.sort(key=lambda item: item.get_closest_marker("gui") is not None)
+
+class _TensorFlowImportWitness(importlib.abc.MetaPathFinder):
+    """Remembers where ``tensorflow`` was last looked for (so, once it is loaded, where it was
+    imported); finds nothing itself, so imports go on as usual."""
+
+    stack: list[str] | None = None
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "tensorflow":
+            frames = traceback.format_stack()[:-1]
+            self.stack = [f for f in frames if not f.lstrip().startswith('File "<frozen')]
+        return None
+
+
+_TF_WITNESS = _TensorFlowImportWitness()
+sys.meta_path.insert(0, _TF_WITNESS)
+_TF_REPORTED: list[str] = []
+
+
+def _tensorflow_loaded_message(when: str) -> str:
+    frames = _TF_WITNESS.stack or ["(not seen)\n"]
+    # From the first frame below pytest's own (the test's code or a fixture's) down.
+    runner = [i for i, f in enumerate(frames) if "/_pytest/" in f or "/pluggy/" in f]
+    frames = frames[runner[-1] + 1 if runner else 0 :]
+    where = "".join(frames[:10]) + ("  ...\n" if len(frames) > 10 else "")
+    return (
+        f"TensorFlow was imported into the pytest process {when}. It crashes beside a napari "
+        "viewer (Mesa's OpenGL; see the shared ENVIRONMENT.md): run TensorFlow work in a child "
+        "process with tests/_subprocess.py's run_in_subprocess. Imported from:\n" + where
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_tensorflow_in_session() -> Iterator[None]:
+    """Fails every test if TensorFlow is already loaded (by a plugin, a conftest or a test
+    module at collection), and the last one if it was loaded after the last test's check."""
+    if "tensorflow" in sys.modules:
+        pytest.fail(_tensorflow_loaded_message("before the first test"), pytrace=False)
+    yield
+    if "tensorflow" in sys.modules and not _TF_REPORTED:
+        pytest.fail(_tensorflow_loaded_message("during the session's teardown"), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_tensorflow_after_test(
+    _no_tensorflow_in_session: None, request: pytest.FixtureRequest
+) -> Iterator[None]:
+    """Fails (at teardown) the test after which TensorFlow is loaded for the first time,
+    whether the test, one of its fixtures (of any scope) or anything before it imported it."""
+    yield
+    if "tensorflow" in sys.modules and not _TF_REPORTED:
+        _TF_REPORTED.append(request.node.nodeid)
+        pytest.fail(
+            _tensorflow_loaded_message(f"by or before {request.node.nodeid}"), pytrace=False
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """pytest-randomly's seed, also with ``-q`` (which hides the header where it says it), so
+    a failure that depends on the order can be run again in the same order."""
+    config = terminalreporter.config
+    if config.pluginmanager.hasplugin("randomly") and config.getoption("randomly_reorganize"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(
+            f"tests ran in random order; again in this order: --randomly-seed={seed}"
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -185,32 +251,6 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-# -- process exit ---------------------------------------------------------------------------
-
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Leave without interpreter teardown once TensorFlow shares the process with torch and Qt.
-
-    One full-suite run (TensorFlow, torch, napari/Qt all loaded) aborted with
-    ``free(): invalid pointer`` *after* pytest had printed its summary, i.e. while native
-    libraries were being torn down; subsets of the same tests exit cleanly. The results are
-    final at this point, so the status is returned directly instead of risking that abort.
-    """
-    import os
-    import sys
-
-    if "tensorflow" in sys.modules and _EXIT_STATUS:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])
 
 
 # -- a small trained segmentation model ------------------------------------------------------

@@ -2,6 +2,11 @@
 
 Everything runs on the CPU with a small network (the defaults are the upstream size) so the
 whole file stays well under a minute on two cores.
+
+TensorFlow never loads in the pytest process (it crashes beside a napari viewer's OpenGL): the
+functions named ``_child_*`` run in two child processes (tests/_subprocess.py), one for the
+checks of untrained or pretrained networks, one that trains a network and checks it. They
+return numbers through JSON and arrays through ``.npy`` files; the tests assert on those.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from _subprocess import assert_raised, outcome, run_in_subprocess, value_of
 from napari_cellsparse.errors import (
     BackendUnavailableError,
     BadInputError,
@@ -30,6 +36,7 @@ from napari_cellsparse.training.sampling import Batch, SparseDataset
 from napari_cellsparse.training.stardist_backend import (
     WEIGHTS_FILE,
     StarDistNetwork,
+    _import_tf,
 )
 
 if importlib.util.find_spec("stardist") is None or importlib.util.find_spec("tensorflow") is None:
@@ -46,14 +53,6 @@ SMALL = {
     "learning_rate": 5e-3,
 }
 TRAIN_STEPS = 160
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stardist_imported_by_the_backend() -> None:
-    """Let the backend import TensorFlow/StarDist first, as in the app (quiet, fast NMS)."""
-    from napari_cellsparse.training.stardist_backend import _import_tf
-
-    _import_tf()
 
 
 def small_network(n_channels: int = 1, **overrides: Any) -> StarDistNetwork:
@@ -78,6 +77,15 @@ def sparse_annotation(truth: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
     annotation[(near | band) & (truth == 0)] = 1
     annotation[chosen] = truth[chosen] + 1
     return annotation
+
+
+def save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    np.savez(path, *arrays)
+
+
+def load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 # -- registry and import boundary ---------------------------------------------------------
@@ -113,7 +121,7 @@ def test_module_import_does_not_load_tensorflow() -> None:
     assert done.stdout.split() == ["False", "False"]
 
 
-# -- masked loss --------------------------------------------------------------------------
+# -- untrained and pretrained networks (one child process) --------------------------------
 
 
 def _loss_and_gradients(
@@ -130,7 +138,9 @@ def _loss_and_gradients(
     return float(loss), [np.asarray(g) for g in grads]
 
 
-def test_loss_and_gradient_ignore_unannotated_pixels() -> None:
+def _child_losses(out: Path) -> dict[str, float]:
+    """The loss and gradients for the targets of two crops, then for changed targets: the
+    distances under the ignore mask (2), on cells (3), background called a cell (4)."""
     net = small_network()
     net.build()
     net._prepare()  # compiles with upstream's losses
@@ -144,152 +154,51 @@ def test_loss_and_gradient_ignore_unannotated_pixels() -> None:
     labels[1, 50:, :] = IGNORE
     images = rng.random((2, 64, 64, 1), dtype=np.float32)
     x, prob, dist = net.targets(Batch(images, labels))
+    np.save(out / "prob.npy", prob)
+    np.save(out / "dist.npy", dist)
     ignored = prob[..., 0] == -1
     cells = prob[..., 0] > 0
-    assert ignored.any() and cells.any() and (prob[..., 0] == 0).any()
-    assert np.all(dist[..., -1][ignored] == 0)  # the distance loss weight is 0 there
 
     loss, grads = _loss_and_gradients(net, x, prob, dist)
-    assert np.isfinite(loss) and loss > 0
-
-    # Anything written as distance target under the ignore mask changes nothing.
+    save_arrays(out / "grads.npz", grads)
     changed = dist.copy()
     changed[ignored, :-1] = rng.uniform(0, 40, (int(ignored.sum()), dist.shape[-1] - 1))
     loss2, grads2 = _loss_and_gradients(net, x, prob, changed)
-    assert loss2 == pytest.approx(loss, rel=1e-6)
-    for a, b in zip(grads, grads2, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
-
-    # A change on annotated cell pixels does change loss and gradient (the test can fail);
-    # the distance loss is an absolute error, so the change must flip the error's sign.
+    save_arrays(out / "grads2.npz", grads2)
     changed = dist.copy()
     changed[cells, :-1] = -50.0
     loss3, grads3 = _loss_and_gradients(net, x, prob, changed)
-    assert abs(loss3 - loss) > 1e-3
-    pairs = zip(grads, grads3, strict=True)
-    assert any(not np.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in pairs)
-    # And so does calling annotated background a cell.
+    save_arrays(out / "grads3.npz", grads3)
     flipped = prob.copy()
     flipped[prob == 0] = 1.0
     loss4, _ = _loss_and_gradients(net, x, flipped, dist)
-    assert abs(loss4 - loss) > 1e-3
+    return {"loss": loss, "loss2": loss2, "loss3": loss3, "loss4": loss4}
 
 
-# -- a short training run -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained() -> dict[str, Any]:
-    """A small StarDist trained on 5 annotated cells of a synthetic image, then tuned."""
-    raw, truth = make_nuclei((256, 256), 24, radius=(7.0, 11.0), seed=3)
-    image = normalise(raw)
-    internal = to_internal(sparse_annotation(truth, 5, seed=0))
-    data = SparseDataset([image], [internal])
-    net = small_network()
-    net.build()
-    steps = net.train_steps(data, TRAIN_STEPS, np.random.default_rng(0))
-    losses = [info["loss"] for info in steps]
-    updates = net.tune(data)
-    return {
-        "net": net,
-        "data": data,
-        "image": image,
-        "truth": truth,
-        "internal": internal,
-        "losses": losses,
-        "updates": updates,
-    }
-
-
-def test_training_reduces_loss_and_segments(trained: dict[str, Any]) -> None:
-    from stardist.matching import matching
-
-    losses = trained["losses"]
-    assert len(losses) == TRAIN_STEPS and np.all(np.isfinite(losses))
-    assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:5])
-    updates = trained["updates"]
-    assert set(updates) >= {"prob_thresh", "nms_thresh"}
-    assert 0 < updates["prob_thresh"] < 1 and updates["nms_thresh"] in (0.3, 0.4, 0.5)
-    net = trained["net"]
-    assert net.config["prob_thresh"] == updates["prob_thresh"]
-    assert net.device == "cpu"
-
-    pred = net.predict_scaled(trained["image"])
-    assert pred.dtype == np.int32 and pred.shape == trained["truth"].shape
-    assert annotated_f1([pred], [trained["internal"]]) >= 0.8
-    assert matching(trained["truth"], pred, thresh=0.5).f1 >= 0.7  # on every object
-
-
-def test_tune_on_an_untrained_network_keeps_thresholds() -> None:
+def _child_tune_untrained() -> dict[str, Any]:
     raw, truth = make_nuclei((128, 128), 6, radius=(7.0, 11.0), seed=4)
     data = SparseDataset([normalise(raw)], [to_internal(sparse_annotation(truth, 2, seed=0))])
     net = small_network()
     net.build()
     before = (net.config["prob_thresh"], net.config["nms_thresh"])
     updates = net.tune(data)
-    if updates["tuned_annotated_f1"] == 0.0:
-        assert updates == {"tuned_annotated_f1": 0.0}
-        assert (net.config["prob_thresh"], net.config["nms_thresh"]) == before
+    after = (net.config["prob_thresh"], net.config["nms_thresh"])
+    return {"before": before, "updates": updates, "after": after}
 
 
-def test_predict_any_size_and_checks_channels(trained: dict[str, Any]) -> None:
-    net = trained["net"]
-    odd = trained["image"][:77, :101]
-    labels = net.predict_scaled(odd)
-    assert labels.shape == (77, 101) and labels.dtype == np.int32
-    with pytest.raises(BadInputError, match="channel"):
-        net.predict_scaled(np.zeros((32, 32, 2), np.float32))
-
-
-def test_save_load_round_trip(trained: dict[str, Any], tmp_path: Path) -> None:
-    net = trained["net"]
-    net.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [WEIGHTS_FILE]
-    config = json.loads(json.dumps(net.config))  # as read back from config.json
-    again = StarDistNetwork(config, 1, None)
-    again.load(tmp_path)
-    image = trained["image"]
-    np.testing.assert_array_equal(again.predict_scaled(image), net.predict_scaled(image))
-
-
-def test_missing_or_damaged_weights(trained: dict[str, Any], tmp_path: Path) -> None:
-    config = dict(trained["net"].config)
-    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
-        StarDistNetwork(config, 1, None).load(tmp_path)
-    trained["net"].save(tmp_path)
-    path = tmp_path / WEIGHTS_FILE
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
-        StarDistNetwork(config, 1, None).load(tmp_path)
-    path.write_bytes(b"not a weights file" * 100)
-    with pytest.raises(WeightsError, match=WEIGHTS_FILE):
-        StarDistNetwork(config, 1, None).load(tmp_path)
-    path.write_bytes(data)
-    with pytest.raises(WeightsError, match=WEIGHTS_FILE):  # a differently shaped network
-        StarDistNetwork({**config, "n_rays": 2 * config["n_rays"]}, 1, None).load(tmp_path)
-
-
-# -- pretrained models --------------------------------------------------------------------
-
-
-def test_pretrained_unknown_name() -> None:
-    with pytest.raises(BadInputError, match="2D_versatile_fluo"):
-        small_network(pretrained="2D_no_such_model").build()
-
-
-def test_pretrained_offline_is_a_clear_weights_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def _child_pretrained_offline() -> None:
     import csbdeep.models.pretrained as pretrained
 
     def offline(*args: Any, **kwargs: Any) -> None:
         raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(pretrained, "get_file", offline)
-    with pytest.raises(WeightsError, match=r"2D_versatile_fluo.*internet"):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(pretrained, "get_file", offline)
         small_network(pretrained="2D_versatile_fluo").build()
 
 
-def test_pretrained_weights_and_architecture_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def _child_pretrained_used(out: Path) -> dict[str, Any]:
+    """A small random StarDist2D stands in for ``2D_versatile_fluo``."""
     from stardist.models import Config2D, StarDist2D
 
     source = StarDist2D(
@@ -306,14 +215,208 @@ def test_pretrained_weights_and_architecture_are_used(monkeypatch: pytest.Monkey
         basedir=None,
     )
     source.thresholds = {"prob": 0.61, "nms": 0.33}
-    monkeypatch.setattr(StarDist2D, "from_pretrained", classmethod(lambda cls, name: source))
-    net = small_network(pretrained="2D_versatile_fluo")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(StarDist2D, "from_pretrained", classmethod(lambda cls, name: source))
+        net = small_network(pretrained="2D_versatile_fluo")
+        net.build()
+        image = np.random.default_rng(1).random((48, 48, 1), dtype=np.float32)
+        expected, _ = source.predict(image, axes="YXC", verbose=0)
+        np.save(out / "expected.npy", expected)
+        np.save(out / "probabilities.npy", net.probabilities(image)[0])
+        channels = outcome(
+            lambda: small_network(n_channels=2, pretrained="2D_versatile_fluo").build()
+        )
+    return {"config": net.config, "channels": channels}
+
+
+def _child_untrained_checks(folder: str) -> dict[str, Any]:
+    _import_tf()  # as the app does: quiet, fast NMS
+    out = Path(folder)
+    return {
+        "losses": outcome(_child_losses, out),
+        "tune": outcome(_child_tune_untrained),
+        "unknown": outcome(lambda: small_network(pretrained="2D_no_such_model").build()),
+        "offline": outcome(_child_pretrained_offline),
+        "pretrained": outcome(_child_pretrained_used, out),
+    }
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The outcomes of :func:`_child_untrained_checks`, and ``folder``, where it wrote arrays."""
+    folder = tmp_path_factory.mktemp("stardist-untrained")
+    return {"folder": folder, **run_in_subprocess(_child_untrained_checks, str(folder))}
+
+
+# -- masked loss --------------------------------------------------------------------------
+
+
+def test_loss_and_gradient_ignore_unannotated_pixels(untrained: dict[str, Any]) -> None:
+    losses = value_of(untrained["losses"])
+    folder = untrained["folder"]
+    prob, dist = np.load(folder / "prob.npy"), np.load(folder / "dist.npy")
+    ignored = prob[..., 0] == -1
+    cells = prob[..., 0] > 0
+    assert ignored.any() and cells.any() and (prob[..., 0] == 0).any()
+    assert np.all(dist[..., -1][ignored] == 0)  # the distance loss weight is 0 there
+
+    loss, grads = losses["loss"], load_arrays(folder / "grads.npz")
+    assert np.isfinite(loss) and loss > 0
+
+    # Anything written as distance target under the ignore mask changes nothing.
+    loss2, grads2 = losses["loss2"], load_arrays(folder / "grads2.npz")
+    assert loss2 == pytest.approx(loss, rel=1e-6)
+    for a, b in zip(grads, grads2, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+    # A change on annotated cell pixels does change loss and gradient (the test can fail);
+    # the distance loss is an absolute error, so the change must flip the error's sign.
+    loss3, grads3 = losses["loss3"], load_arrays(folder / "grads3.npz")
+    assert abs(loss3 - loss) > 1e-3
+    pairs = zip(grads, grads3, strict=True)
+    assert any(not np.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in pairs)
+    # And so does calling annotated background a cell.
+    assert abs(losses["loss4"] - loss) > 1e-3
+
+
+def test_tune_on_an_untrained_network_keeps_thresholds(untrained: dict[str, Any]) -> None:
+    tuned = value_of(untrained["tune"])
+    updates = tuned["updates"]
+    if updates["tuned_annotated_f1"] == 0.0:
+        assert updates == {"tuned_annotated_f1": 0.0}
+        assert tuned["after"] == tuned["before"]
+
+
+# -- pretrained models --------------------------------------------------------------------
+
+
+def test_pretrained_unknown_name(untrained: dict[str, Any]) -> None:
+    assert_raised(untrained["unknown"], BadInputError, match="2D_versatile_fluo")
+
+
+def test_pretrained_offline_is_a_clear_weights_error(untrained: dict[str, Any]) -> None:
+    assert_raised(untrained["offline"], WeightsError, match=r"2D_versatile_fluo.*internet")
+
+
+def test_pretrained_weights_and_architecture_are_used(untrained: dict[str, Any]) -> None:
+    pretrained = value_of(untrained["pretrained"])
+    config = pretrained["config"]
+    assert config["n_rays"] == 8 and config["unet_n_filter_base"] == 4
+    assert config["unet_n_depth"] == 1 and config["net_conv_after_unet"] == 8
+    assert (config["prob_thresh"], config["nms_thresh"]) == (0.61, 0.33)
+    folder = untrained["folder"]
+    expected = np.load(folder / "expected.npy")
+    np.testing.assert_allclose(
+        np.load(folder / "probabilities.npy"), expected, rtol=1e-5, atol=1e-6
+    )
+    assert_raised(pretrained["channels"], BadInputError, match="channel")
+
+
+# -- a short training run (one child process) ---------------------------------------------
+
+
+def _child_train_and_check(folder: str) -> dict[str, Any]:
+    """Train and tune on ``image.npy`` / ``internal.npy``, then predict, save and load."""
+    _import_tf()  # as the app does: quiet, fast NMS
+    out = Path(folder)
+    image, internal = np.load(out / "image.npy"), np.load(out / "internal.npy")
+    data = SparseDataset([image], [internal])
+    net = small_network()
     net.build()
-    assert net.config["n_rays"] == 8 and net.config["unet_n_filter_base"] == 4
-    assert net.config["unet_n_depth"] == 1 and net.config["net_conv_after_unet"] == 8
-    assert (net.config["prob_thresh"], net.config["nms_thresh"]) == (0.61, 0.33)
-    image = np.random.default_rng(1).random((48, 48, 1), dtype=np.float32)
-    expected, _ = source.predict(image, axes="YXC", verbose=0)
-    np.testing.assert_allclose(net.probabilities(image)[0], expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(BadInputError, match="channel"):
-        small_network(n_channels=2, pretrained="2D_versatile_fluo").build()
+    steps = net.train_steps(data, TRAIN_STEPS, np.random.default_rng(0))
+    losses = [info["loss"] for info in steps]
+    updates = net.tune(data)
+    np.save(out / "pred.npy", net.predict_scaled(image))
+
+    odd = outcome(lambda: np.save(out / "odd.npy", net.predict_scaled(image[:77, :101])))
+    channels = outcome(lambda: net.predict_scaled(np.zeros((32, 32, 2), np.float32)).shape)
+
+    def round_trip() -> None:
+        saved = out / "saved"
+        saved.mkdir()
+        net.save(saved)
+        config = json.loads(json.dumps(net.config))  # as read back from config.json
+        again = StarDistNetwork(config, 1, None)
+        again.load(saved)
+        np.save(out / "again.npy", again.predict_scaled(image))
+        np.save(out / "net.npy", net.predict_scaled(image))
+
+    def damaged() -> dict[str, Any]:
+        folder = out / "damaged"
+        folder.mkdir()
+        config = dict(net.config)
+        missing = outcome(StarDistNetwork(config, 1, None).load, folder)
+        net.save(folder)
+        path = folder / WEIGHTS_FILE
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        truncated = outcome(StarDistNetwork(config, 1, None).load, folder)
+        path.write_bytes(b"not a weights file" * 100)
+        garbage = outcome(StarDistNetwork(config, 1, None).load, folder)
+        path.write_bytes(data)
+        other = {**config, "n_rays": 2 * config["n_rays"]}  # a differently shaped network
+        reshaped = outcome(StarDistNetwork(other, 1, None).load, folder)
+        return {"missing": missing, "truncated": truncated, "garbage": garbage, "other": reshaped}
+
+    return {
+        "losses": losses,
+        "updates": updates,
+        "config": net.config,
+        "device": net.device,
+        "odd": odd,
+        "channels": channels,
+        "round_trip": outcome(round_trip),
+        "damaged": outcome(damaged),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A small StarDist trained on 5 annotated cells of a synthetic image, then tuned (in a
+    child process): its image, truth and annotation, and what the child returned and wrote."""
+    folder = tmp_path_factory.mktemp("stardist-trained")
+    raw, truth = make_nuclei((256, 256), 24, radius=(7.0, 11.0), seed=3)
+    image = normalise(raw)
+    internal = to_internal(sparse_annotation(truth, 5, seed=0))
+    np.save(folder / "image.npy", image)
+    np.save(folder / "internal.npy", internal)
+    result = run_in_subprocess(_child_train_and_check, str(folder))
+    return {"folder": folder, "image": image, "truth": truth, "internal": internal, **result}
+
+
+def test_training_reduces_loss_and_segments(trained: dict[str, Any]) -> None:
+    from stardist.matching import matching
+
+    losses = trained["losses"]
+    assert len(losses) == TRAIN_STEPS and np.all(np.isfinite(losses))
+    assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:5])
+    updates = trained["updates"]
+    assert set(updates) >= {"prob_thresh", "nms_thresh"}
+    assert 0 < updates["prob_thresh"] < 1 and updates["nms_thresh"] in (0.3, 0.4, 0.5)
+    assert trained["config"]["prob_thresh"] == updates["prob_thresh"]
+    assert trained["device"] == "cpu"
+
+    pred = np.load(trained["folder"] / "pred.npy")
+    assert pred.dtype == np.int32 and pred.shape == trained["truth"].shape
+    assert annotated_f1([pred], [trained["internal"]]) >= 0.8
+    assert matching(trained["truth"], pred, thresh=0.5).f1 >= 0.7  # on every object
+
+
+def test_predict_any_size_and_checks_channels(trained: dict[str, Any]) -> None:
+    value_of(trained["odd"])
+    labels = np.load(trained["folder"] / "odd.npy")
+    assert labels.shape == (77, 101) and labels.dtype == np.int32
+    assert_raised(trained["channels"], BadInputError, match="channel")
+
+
+def test_save_load_round_trip(trained: dict[str, Any]) -> None:
+    value_of(trained["round_trip"])
+    folder = trained["folder"]
+    assert sorted(p.name for p in (folder / "saved").iterdir()) == [WEIGHTS_FILE]
+    np.testing.assert_array_equal(np.load(folder / "again.npy"), np.load(folder / "net.npy"))
+
+
+def test_missing_or_damaged_weights(trained: dict[str, Any]) -> None:
+    damaged = value_of(trained["damaged"])
+    for case in ("missing", "truncated", "garbage", "other"):
+        assert_raised(damaged[case], WeightsError, match=WEIGHTS_FILE)

@@ -1,8 +1,8 @@
 """File > Open / Save of ``.geojson`` through napari's plugin machinery (npe2).
 
-Marked ``gui``, so it runs after the training tests (tests/conftest.py orders them): a
-napari viewer (Qt, OpenGL) created before TensorFlow's first import made that import crash
-(SIGSEGV) in the full suite.
+Marked ``gui`` (it needs a napari viewer, so Xvfb). It may run in any order with the training
+tests: TensorFlow, which crashes beside a viewer's OpenGL, only ever loads in child processes
+(tests/conftest.py fails a test after which it is loaded here).
 """
 
 from __future__ import annotations
