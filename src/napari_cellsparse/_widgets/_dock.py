@@ -4,9 +4,9 @@ A widget subclasses :class:`DockWidget` and brings only its own controls: ``_bui
 them out (and places ``self.status``), ``busy_buttons()`` are disabled while a job runs,
 ``stop_button`` (or None) cancels it, ``_refresh_layers()`` refills its layer choices when
 layers come and go. Model jobs go to the worker process with ``self.runner.run_in_worker``;
-errors become one message with ``self.runner.report``. When the widget or the viewer's window
-closes, the widget's job is stopped and it leaves the shared model worker (the last one to
-leave ends the process).
+errors become one message with ``self.runner.report``. When the widget closes, or is destroyed
+with the viewer's window, its job is stopped and it leaves the shared model worker (the last
+one to leave ends the process).
 """
 
 from __future__ import annotations
