@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["layer_data", "refill_combo"]
+import numpy as np
+
+__all__ = ["compact_labels", "layer_data", "refill_combo"]
 
 
 def layer_data(layer: Any) -> Any:
@@ -24,3 +26,14 @@ def refill_combo(combo: Any, names: Sequence[str], best: str | None = None) -> N
     elif best:
         combo.setCurrentText(best)
     combo.blockSignals(False)
+
+
+def compact_labels(labels: Any) -> Any:
+    """A label array in the smallest unsigned type that holds it: napari draws those faster
+    (less main-thread work when a layer is shown). Other arrays (zarr, dask) as they are."""
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+        return labels
+    top = int(labels.max()) if labels.size else 0
+    if top >= 2**16 or int(labels.min(initial=0)) < 0:
+        return labels
+    return labels.astype(np.uint8 if top < 2**8 else np.uint16)

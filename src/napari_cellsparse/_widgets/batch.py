@@ -34,7 +34,7 @@ from ..errors import BadInputError, CellsparseError
 from ..training import BACKENDS, list_models
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
-from ._layers import layer_data, refill_combo
+from ._layers import compact_labels, layer_data, refill_combo
 from ._tables import save_table_as, show_table
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ class BatchWidget(DockWidget):
         labels_name = f"{name} labels"
         if labels_name in self.viewer.layers:
             self.viewer.layers.remove(labels_name)
-        layer = self.viewer.add_labels(result.labels, name=labels_name, scale=scale)
+        layer = self.viewer.add_labels(compact_labels(result.labels), name=labels_name, scale=scale)
         if table is not None and len(table):
             show_table(layer, table)
         self.state.table, self.state.table_layer = table, labels_name

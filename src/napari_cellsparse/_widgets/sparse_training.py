@@ -4,8 +4,8 @@ Thin front end over :func:`~napari_cellsparse.training.train_iter`: training run
 background worker with a progress bar, a live loss curve and, every few steps, the model's
 prediction on the current view in a preview layer. Stop sets the training's cancel event, so
 the model trained so far is still tuned and saved. Prediction (also in the worker) writes a
-Labels layer and an outlines layer (the same labels drawn as contours: cheap to show for
-thousands of objects); annotation layers are only ever read (copied).
+Labels layer drawn as outlines (contours: cheap to show for thousands of objects); annotation
+layers are only ever read (copied).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from ..training import BACKENDS, backend_class, list_models
 from ..training.store import model_folder
 from ._dock import DockWidget
 from ._fields import model_row
+from ._layers import compact_labels, refill_combo
 from ._layers import layer_data as _layer_data
-from ._layers import refill_combo
 from .loss_plot import LossPlot
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ __all__ = ["SparseTrainingWidget"]
 
 PREVIEW = "Training preview"
 PREDICTION = "{} prediction"
-OUTLINES = "{} outlines"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKEND_EXTRAS = {"stardist": "stardist", "cellpose": "cellpose", "unet": "sam"}
 
@@ -479,9 +478,7 @@ class SparseTrainingWidget(DockWidget):
                 self.status.setText(f"{text} (preview not shown: {err})")
 
     def _show_preview(self, labels: np.ndarray, image: Image) -> None:
-        top = int(labels.max()) if labels.size else 0
-        if top < 2**16:  # a small dtype: napari displays it faster (less main-thread work)
-            labels = labels.astype(np.uint8 if top < 2**8 else np.uint16)
+        labels = compact_labels(labels)
         if PREVIEW in self.viewer.layers and isinstance(self.viewer.layers[PREVIEW], Labels):
             layer = self.viewer.layers[PREVIEW]
             if layer.data.shape == labels.shape:
@@ -552,7 +549,7 @@ class SparseTrainingWidget(DockWidget):
             self.model_combo.setCurrentText(current)
 
     def predict(self) -> None:
-        """Predict the chosen image with the chosen model (labels + outlines layers)."""
+        """Predict the chosen image with the chosen model (a Labels layer of outlines)."""
         if self.runner.busy:
             self.status.setText("Still working; press Stop or wait.")
             return
@@ -584,19 +581,18 @@ class SparseTrainingWidget(DockWidget):
         self.runner.run_in_worker("predict", kwargs, done, f"Predicting {image_name}")
 
     def _predicted(self, image_name: str, image: Image, model: str, result: dict[str, Any]) -> None:
-        """Show a prediction: a Labels layer, and the same labels drawn as contours (one
-        array for both, so a correction shows in both)."""
-        labels = result["labels"]
+        """Show a prediction as one Labels layer drawn as outlines (contours): for hundreds
+        of objects a Shapes layer of polygons stalled the viewer for a third of a second; a
+        small integer type is drawn faster still. Fill it from napari's layer controls."""
+        labels = compact_labels(result["labels"])
         nd = labels.ndim
-        place = {"scale": image.scale[-nd:], "translate": image.translate[-nd:]}
-        for name, opacity, contour in (
-            (PREDICTION.format(image_name), 0.5, 0),
-            (OUTLINES.format(image_name), 1.0, 1),
-        ):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            layer = self.viewer.add_labels(labels, name=name, opacity=opacity, **place)
-            layer.contour = contour
+        name = PREDICTION.format(image_name)
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_labels(
+            labels, name=name, scale=image.scale[-nd:], translate=image.translate[-nd:]
+        )
+        layer.contour = 1
         n = int(result["objects"])
         diameters = result["diameters"]
         shown = f", diameter {np.median(diameters):.1f} px" if diameters else ""
