@@ -155,17 +155,22 @@ def test_killed_worker_keeps_annotation_and_model(shown, qtbot, monkeypatch):
     assert "Trained 'kept' for 2 step(s)" in widget.status.text(), widget.status.text()
 
 
-def test_second_stop_ends_the_worker(shown, qtbot):
-    from napari_cellsparse._widgets import _worker
-    from napari_cellsparse.training import list_models
-
-    _viewer, widget, _truth = shown
+def _start_long_training(widget, qtbot) -> None:
+    """A U-Net training far longer than the test, seen to be past its first step."""
     widget.backend_combo.setCurrentText("unet")
     widget.settings_edit.setText(SETTINGS["unet"])
     widget.steps_spin.setValue(5000)
     widget.preview_spin.setValue(0)
     widget.train_button.click()
     qtbot.waitUntil(lambda: widget.state.step >= 1, timeout=120_000)
+
+
+def test_second_stop_ends_the_worker(shown, qtbot):
+    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse.training import list_models
+
+    _viewer, widget, _truth = shown
+    _start_long_training(widget, qtbot)
     pid = _worker.shared_host().pid
     widget.stop_button.click()
     widget.stop_button.click()
@@ -181,12 +186,7 @@ def test_closing_the_viewer_during_training_leaves_no_process(shown, qtbot):
     from napari_cellsparse._widgets import _worker
 
     viewer, widget, _truth = shown
-    widget.backend_combo.setCurrentText("unet")
-    widget.settings_edit.setText(SETTINGS["unet"])
-    widget.steps_spin.setValue(5000)
-    widget.preview_spin.setValue(0)
-    widget.train_button.click()
-    qtbot.waitUntil(lambda: widget.state.step >= 1, timeout=120_000)
+    _start_long_training(widget, qtbot)
     host = _worker.shared_host()
     pid = host.pid
     os.kill(pid, 0)
