@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -83,6 +84,20 @@ def test_large_arrays_round_trip_through_files_that_are_then_removed(host):
     scratch = host._scratch
     assert scratch is not None and scratch.is_dir()
     assert list(scratch.iterdir()) == []  # every array file was removed
+
+
+def test_a_failed_start_leaves_no_files(tmp_path):
+    from napari_cellsparse.worker import transport
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log folder should be")
+    host = WorkerHost(threads=1, log_path=blocker / "logs" / "worker.log")
+    base = transport.SHM if transport.SHM.is_dir() else Path(tempfile.gettempdir())
+    before = set(base.glob("cellsparse-worker-*"))
+    with pytest.raises(OSError):
+        run_sync(host.run("echo", {"value": 1}, "echo"))
+    assert set(base.glob("cellsparse-worker-*")) == before
+    assert not host.alive and host._scratch is None
 
 
 def test_engine_errors_cross_unchanged_and_the_worker_goes_on(host, sample):

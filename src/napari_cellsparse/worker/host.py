@@ -102,9 +102,21 @@ class WorkerHost:
         return self._log_path
 
     def _start(self) -> None:
-        """Start a fresh worker and wait for it to connect (it imports nothing heavy)."""
+        """Start a fresh worker and wait for it to connect (it imports nothing heavy); a
+        start that fails leaves no process and no files behind."""
         self._close_connection()
         self._scratch = make_scratch()
+        try:
+            self._launch()
+        except BaseException:
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
+            self._reap()
+            raise
+        log.info("model worker started (pid %s, %d threads)", self.pid, self.threads)
+
+    def _launch(self) -> None:
+        assert self._scratch is not None
         if sys.platform == "win32":
             address, family = rf"\\.\pipe\cellsparse-{secrets.token_hex(8)}", "AF_PIPE"
         else:
@@ -138,14 +150,12 @@ class WorkerHost:
             thread.join(POLL_S)
         listener.close()
         if not accepted:
-            self._reap()
             raise WorkerCrashedError("The model worker process could not start." + self._log_tail())
         self._conn = accepted[0]
         kind, _pid = self._conn.recv()
         if kind != "ready":
             raise WorkerCrashedError(f"The model worker answered {kind!r} instead of 'ready'.")
         self._killed = False
-        log.info("model worker started (pid %s, %d threads)", self.pid, self.threads)
 
     def stop(self, timeout: float = 3.0) -> None:
         """End the worker: politely when idle, at once when a job runs; remove its files."""
