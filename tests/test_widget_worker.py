@@ -298,3 +298,40 @@ def test_a_failing_job_is_one_message_and_a_script_keeps_running(tmp_path):
     assert "STILL RUNNING" in done.stdout
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert lines["MESSAGE"] and lines["MESSAGE"] in lines["STATUS"]
+
+
+def test_points_clicked_during_counter_training_reach_it(make_napari_viewer, qtbot):
+    from scipy import ndimage as ndi
+
+    from napari_cellsparse._widgets.cell_counting import CellCountingWidget
+    from napari_cellsparse.synthetic import make_nuclei
+
+    viewer = make_napari_viewer(show=True)
+    image, labels = make_nuclei((96, 96), n_objects=8, radius=(5.0, 7.0), seed=1)
+    centres = np.array(ndi.center_of_mass(labels > 0, labels, range(1, labels.max() + 1)))
+    viewer.add_image(image, name="nuclei")
+    points = viewer.add_points(centres[:3], name="centres I clicked")
+    widget = CellCountingWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Cell counting")
+    widget.device_combo.setCurrentText("cpu")
+    widget.settings_edit.setText("encoder_depth=3, decoder_width=8, patch_size=64, batch_size=2")
+    widget.steps_spin.setValue(5000)
+    seen: list[dict] = []
+    handler = widget._on_progress
+
+    def record(event):
+        handler(event)
+        if event.info.get("annotation"):
+            seen.append(dict(event.info["annotation"]))
+
+    widget._on_progress = record
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: len(seen) >= 1 or not widget.runner.busy, timeout=120_000)
+    assert seen, widget.status.text()
+    points.add(centres[3:5])  # two more clicks while it trains
+    qtbot.waitUntil(lambda: len(seen) >= 2 or not widget.runner.busy, timeout=120_000)
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    assert len(seen) >= 2, widget.status.text()
+    assert seen[0]["cells"] == 3 and seen[1]["cells"] == 5
+    assert seen[1]["trusted_pixels"] > seen[0]["trusted_pixels"]
