@@ -222,6 +222,21 @@ def test_every_plugin_module_then_a_shown_viewer(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "False"
 
 
+def _annotation_reports(widget) -> list[dict]:
+    """The annotation figures (cells, trusted pixels) the running training reports, as the
+    widget receives them."""
+    seen: list[dict] = []
+    handler = widget._on_progress
+
+    def record(event, *args):
+        handler(event, *args)
+        if event.info.get("annotation"):
+            seen.append(dict(event.info["annotation"]))
+
+    widget._on_progress = record
+    return seen
+
+
 def test_painting_during_training_reaches_the_running_training(shown, qtbot):
 
     viewer, widget, truth = shown
@@ -230,15 +245,7 @@ def test_painting_during_training_reaches_the_running_training(shown, qtbot):
     widget.settings_edit.setText(SETTINGS["unet"])
     widget.steps_spin.setValue(5000)
     widget.preview_spin.setValue(2)  # the worker pulls changes at each preview
-    seen: list[dict] = []
-    handler = widget._on_progress
-
-    def record(event, image):
-        handler(event, image)
-        if event.info.get("annotation"):
-            seen.append(dict(event.info["annotation"]))
-
-    widget._on_progress = record
+    seen = _annotation_reports(widget)
     widget.train_button.click()
     qtbot.waitUntil(lambda: len(seen) >= 1 or not widget.runner.busy, timeout=120_000)
     assert seen, widget.status.text()
@@ -316,15 +323,7 @@ def test_points_clicked_during_counter_training_reach_it(make_napari_viewer, qtb
     widget.device_combo.setCurrentText("cpu")
     widget.settings_edit.setText("encoder_depth=3, decoder_width=8, patch_size=64, batch_size=2")
     widget.steps_spin.setValue(5000)
-    seen: list[dict] = []
-    handler = widget._on_progress
-
-    def record(event):
-        handler(event)
-        if event.info.get("annotation"):
-            seen.append(dict(event.info["annotation"]))
-
-    widget._on_progress = record
+    seen = _annotation_reports(widget)
     widget.train_button.click()
     qtbot.waitUntil(lambda: len(seen) >= 1 or not widget.runner.busy, timeout=120_000)
     assert seen, widget.status.text()

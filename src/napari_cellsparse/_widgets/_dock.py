@@ -38,6 +38,8 @@ class DockWidget(QWidget):
         self._build()
         self.runner = JobRunner(self.busy_buttons(), self.stop_button, self.status.setText)
         self._left = False
+        self._watched: list[Any] = []  # layers a running training learns from
+        self._changed = False  # they changed since the worker last pulled them
         self._layer_events = (self.viewer.layers.events.inserted, self.viewer.layers.events.removed)
         for event in self._layer_events:
             event.connect(self._refresh_layers)
@@ -53,6 +55,30 @@ class DockWidget(QWidget):
 
     def _refresh_layers(self, _event: Any = None) -> None:
         """Refill the layer choices (layers were added or removed)."""
+
+    # -- layers a running training follows ----------------------------------------------
+    def watch(self, layers: list[Any]) -> None:
+        """Follow ``layers`` (edits: ``paint``; replaced data: ``data``) until the next call:
+        what changes while a training runs is sent to it at its next pull."""
+        for layer in self._watched:
+            for event in self._edit_events(layer):
+                event.disconnect(self._mark_changed)
+        self._watched, self._changed = list(layers), False
+        for layer in self._watched:
+            for event in self._edit_events(layer):
+                event.connect(self._mark_changed)
+
+    @staticmethod
+    def _edit_events(layer: Any) -> list[Any]:
+        return [getattr(layer.events, n) for n in ("paint", "data") if hasattr(layer.events, n)]
+
+    def _mark_changed(self, _event: Any = None) -> None:
+        self._changed = True
+
+    def take_change(self) -> bool:
+        """Whether the watched layers changed since the last call (then read them again)."""
+        changed, self._changed = self._changed, False
+        return changed
 
     # -- life ------------------------------------------------------------------------
     def closeEvent(self, event: Any) -> None:

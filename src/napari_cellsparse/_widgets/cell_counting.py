@@ -8,7 +8,7 @@ layers' ``metadata["count"]``. Layers the user drew are only ever read (copied).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +62,6 @@ class CountingState:
     reset_next: bool = False
     stopping: bool = False  # Stop was pressed during the running job
     last_count: float | None = None
-    watched: list[Any] = field(default_factory=list)  # the training's points and masks
-    changed: bool = False  # they changed since the worker last pulled them
 
 
 def _mask_of(layer: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -288,7 +286,9 @@ class CellCountingWidget(DockWidget):
             "settings": settings,
             "live": True,
         }
-        self._watch()
+        combos = (self.points_combo, self.background_combo, self.regions_combo)
+        names = [c.currentText() for c in combos]
+        self.watch([self.viewer.layers[n] for n in names if n in self.viewer.layers])
         self.runner.run_in_worker(
             "train_counter",
             kwargs,
@@ -298,30 +298,10 @@ class CellCountingWidget(DockWidget):
             updates=self._changed_inputs,
         )
 
-    def _watch(self) -> None:
-        """Follow the training's points and mask layers: what changes while it trains is
-        sent to the worker at its next pull."""
-        for layer in self.state.watched:
-            layer.events.data.disconnect(self._inputs_changed)
-            if hasattr(layer.events, "paint"):
-                layer.events.paint.disconnect(self._inputs_changed)
-        combos = (self.points_combo, self.background_combo, self.regions_combo)
-        names = [c.currentText() for c in combos]
-        self.state.watched = [self.viewer.layers[n] for n in names if n in self.viewer.layers]
-        self.state.changed = False
-        for layer in self.state.watched:
-            layer.events.data.connect(self._inputs_changed)
-            if hasattr(layer.events, "paint"):
-                layer.events.paint.connect(self._inputs_changed)
-
-    def _inputs_changed(self, _event: Any = None) -> None:
-        self.state.changed = True
-
     def _changed_inputs(self) -> dict[str, Any] | None:
         """The points and masks when they changed since the last pull (relay thread)."""
-        if not self.state.changed:
+        if not self.take_change():
             return None
-        self.state.changed = False
         try:
             _image, points, background, regions = self.training_inputs()
         except CellsparseError:

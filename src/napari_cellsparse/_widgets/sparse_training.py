@@ -64,8 +64,6 @@ class TrainingState:
     step: int = 0  # last training step seen (this session)
     cells: int = 0  # annotated cells the running training learns from
     preview_z: int | None = None  # stack slice the training preview shows
-    watched: list[Labels] = field(default_factory=list)  # the training's annotation layers
-    changed: bool = False  # they changed since the worker last pulled them
 
 
 def parse_settings(text: str) -> dict[str, Any]:
@@ -414,7 +412,7 @@ class SparseTrainingWidget(DockWidget):
             except Exception as err:  # never a traceback dialog from a finished job
                 self.runner.report(err)
 
-        self._watch([lab for _, lab in layers])
+        self.watch([lab for _, lab in layers])
         self.runner.run_in_worker(
             "train",
             kwargs,
@@ -424,27 +422,12 @@ class SparseTrainingWidget(DockWidget):
             updates=self._changed_annotation,
         )
 
-    def _watch(self, annotations: list[Labels]) -> None:
-        """Follow the training's annotation layers: what is painted while it trains is sent
-        to the worker at its next pull (see :meth:`_changed_annotation`)."""
-        for layer in self.state.watched:
-            for event in (layer.events.paint, layer.events.data):
-                event.disconnect(self._annotation_changed)
-        self.state.watched, self.state.changed = list(annotations), False
-        for layer in annotations:
-            for event in (layer.events.paint, layer.events.data):
-                event.connect(self._annotation_changed)
-
-    def _annotation_changed(self, _event: Any = None) -> None:
-        self.state.changed = True
-
     def _changed_annotation(self) -> list[np.ndarray] | None:
         """The training's annotations when they changed since the last pull (relay thread;
         a copy, so painting goes on undisturbed)."""
-        if not self.state.changed:
+        if not self.take_change():
             return None
-        self.state.changed = False
-        return [np.array(layer.data, copy=True) for layer in self.state.watched]
+        return [np.array(layer.data, copy=True) for layer in self._watched]
 
     def _on_progress(self, event: Progress, image: Image) -> None:
         """Training progress on the main thread: device, loss curve, bar and preview."""
