@@ -257,3 +257,17 @@ def test_the_worker_never_loads_qt_or_opengl(host, sample):
     loaded = {line.split()[-1] for line in maps.splitlines() if "/" in line}
     assert not [p for p in loaded if "Qt" in p or "libGL" in p or "vispy" in p]
     assert any("torch" in p for p in loaded)  # it did the work
+
+
+def test_errors_of_other_libraries_never_import_them_here():
+    from napari_cellsparse.errors import JobFailedError
+    from napari_cellsparse.worker.host import _rebuild
+
+    err = _rebuild(
+        "InvalidArgumentError", "tensorflow.python.framework.errors_impl", "bad", Path("w.log")
+    )
+    assert isinstance(err, JobFailedError) and "InvalidArgumentError: bad" in str(err)
+    assert "tensorflow" not in sys.modules
+    same = _rebuild("BadInputError", "napari_cellsparse.errors", "no cells", Path("w.log"))
+    assert isinstance(same, BadInputError) and str(same) == "no cells"
+    assert isinstance(_rebuild("MemoryError", "builtins", "", Path("w.log")), MemoryError)

@@ -15,7 +15,6 @@ re-import the user's main module in the child.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import secrets
@@ -29,7 +28,6 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import IO, Any
 
-from .. import errors
 from ..errors import CancelledError, CellsparseError, JobFailedError, WorkerCrashedError
 from ..paths import data_home
 from ..progress import Progress
@@ -307,22 +305,18 @@ def _exit_reason(code: int | None) -> str:
 
 
 def _rebuild(kind: str, module: str, message: str, log_path: Path) -> BaseException:
-    """The worker's error as the same engine error here (its message unchanged)."""
-    cls = getattr(errors, kind, None)
-    if module == errors.__name__ and isinstance(cls, type) and issubclass(cls, CellsparseError):
-        err = cls.__new__(cls)
-        Exception.__init__(err, message)
-        return err
-    if kind == "MemoryError":
-        return MemoryError(message)
-    try:
-        found = getattr(importlib.import_module(module), kind, None)
-    except ImportError:
-        found = None
+    """The worker's error as the same engine error here (its message unchanged).
+
+    The class is looked up only in this package's modules already loaded here: importing the
+    module an error came from could bring TensorFlow into the napari process."""
+    source = sys.modules.get(module) if module.split(".")[0] == __package__.split(".")[0] else None
+    found = getattr(source, kind, None)
     if isinstance(found, type) and issubclass(found, CellsparseError):
         err = found.__new__(found)
         Exception.__init__(err, message)
         return err
+    if kind == "MemoryError":
+        return MemoryError(message)
     return JobFailedError(
         f"Unexpected error in the model worker ({kind}: {message}). Details are in {log_path}."
     )
