@@ -34,7 +34,7 @@ from ..errors import BadInputError, CellsparseError
 from ..training import BACKENDS, list_models
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
-from ._layers import compact_labels, layer_data, refill_combo
+from ._layers import compact_labels, layer_data, refill_combo, show_layer
 from ._tables import save_table_as, show_table
 
 if TYPE_CHECKING:
@@ -213,11 +213,13 @@ class BatchWidget(DockWidget):
     def _show_layer_result(self, name: str, scale: tuple, result: BlockwiseResult) -> None:
         table = result.table
         labels_name = f"{name} labels"
-        if labels_name in self.viewer.layers:
-            self.viewer.layers.remove(labels_name)
-        layer = self.viewer.add_labels(compact_labels(result.labels), name=labels_name, scale=scale)
+        layer = show_layer(
+            self.viewer, "labels", compact_labels(result.labels), labels_name, scale=scale
+        )
         if table is not None and len(table):
             show_table(layer, table)
+        else:
+            layer.features = {}  # a layer shown again must not keep the last run's rows
         self.state.table, self.state.table_layer = table, labels_name
         self.save_button.setEnabled(table is not None)
         cut = (
@@ -303,9 +305,7 @@ class BatchWidget(DockWidget):
             mask = Path(result.outputs[0])
             source = open_image(mask)
             name = mask.stem
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            self.viewer.add_labels(source.array, name=name)
+            show_layer(self.viewer, "labels", source.array, name)
             opened.append(name)
         self.state.opened = opened
         return opened

@@ -41,6 +41,7 @@ from ..training import list_models
 from ..training.store import model_folder
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
+from ._layers import show_layer
 from .sparse_training import parse_settings
 
 if TYPE_CHECKING:
@@ -377,12 +378,11 @@ class CellCountingWidget(DockWidget):
         meta = {"count": result.count, "n_centres": len(result.centres), "counter": counter}
         nd_scale, nd_translate = layer.scale[-2:], layer.translate[-2:]
         density_name, centres_name = DENSITY.format(layer.name), CENTRES.format(layer.name)
-        for old in (density_name, centres_name):
-            if old in self.viewer.layers:
-                self.viewer.layers.remove(old)
-        self.viewer.add_image(
+        show_layer(
+            self.viewer,
+            "image",
             result.density,
-            name=density_name,
+            density_name,
             colormap="inferno",
             blending="additive",
             opacity=0.7,
@@ -390,9 +390,11 @@ class CellCountingWidget(DockWidget):
             translate=nd_translate,
             metadata=dict(meta),
         )
-        self.viewer.add_points(
+        show_layer(
+            self.viewer,
+            "points",
             result.centres,
-            name=centres_name,
+            centres_name,
             size=max(3.0, result.diameter / 2),
             face_color="red",
             border_color="white",

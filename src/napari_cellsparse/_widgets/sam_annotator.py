@@ -48,7 +48,7 @@ from ..sam.large_images import TILE_ABOVE, needs_tiles
 from ..sam.upsample import PromptMask
 from ..sam.weights import MODEL_TYPES, download_weights
 from ._dock import DockWidget
-from ._layers import refill_combo
+from ._layers import refill_combo, show_layer
 
 if TYPE_CHECKING:
     import napari
@@ -419,40 +419,28 @@ class SamAnnotatorWidget(DockWidget):
             prompter = yield from self._prompter(spec, reuse)
             if tiling is None:
                 result = yield from generate_masks(prompter, np.asarray(image), params, channels)
-                return prompter, None, result
+                return prompter, None, _automask_layers(result)
             large = tiled or TiledImage(prompter, image, channels, *tiling)
             result = yield from large.automask(params)
-            return prompter, large, result
+            return prompter, large, _automask_layers(result)
 
         def done(outcome: Any) -> None:
-            prompter, large, result = outcome
+            prompter, large, (labels, polygons) = outcome
             state.prompter, state.spec = prompter, spec
             state.image_key, state.tiled = key, large
-            self._show_automask(layer, result)
+            self._show_automask(layer, labels, polygons)
 
         self.runner.start(job, done, "Automatic masks")
 
-    def _show_automask(self, image: Image, result: Any) -> None:
-        labels = result.labels()
+    def _show_automask(self, image: Image, labels: np.ndarray, polygons: list) -> None:
         ndim = image.data.ndim - (1 if image.rgb else 0)
         scale = image.scale[-2:] if ndim >= 2 else None
-        if AUTOMASK in self.viewer.layers:
-            self.viewer.layers[AUTOMASK].data = labels
-        else:
-            self.viewer.add_labels(labels, name=AUTOMASK, scale=scale, opacity=0.5)
-        polygons = []
-        for index, region in enumerate(ndi.find_objects(labels)):
-            if region is None:
-                continue
-            outline = mask_outline(labels[region] == index + 1, (region[0].start, region[1].start))
-            if outline is not None:
-                polygons.append(outline)
-        if AUTOMASK_OUTLINES in self.viewer.layers:
-            self.viewer.layers.remove(AUTOMASK_OUTLINES)
-        self.viewer.add_shapes(
-            polygons,
-            shape_type="polygon",
-            name=AUTOMASK_OUTLINES,
+        show_layer(self.viewer, "labels", labels, AUTOMASK, scale=scale, opacity=0.5)
+        show_layer(
+            self.viewer,
+            "shapes",
+            (polygons, "polygon"),
+            AUTOMASK_OUTLINES,
             scale=scale,
             edge_color="magenta",
             face_color="transparent",
@@ -733,3 +721,17 @@ class SamAnnotatorWidget(DockWidget):
         if polygons:
             outlines.add_polygons(polygons)
         return written
+
+
+def _automask_layers(result: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The automask's label image and one outline polygon per object, made in the job's
+    thread: tracing hundreds of outlines on the main thread stalled the viewer."""
+    labels = result.labels()
+    polygons = []
+    for index, region in enumerate(ndi.find_objects(labels)):
+        if region is None:
+            continue
+        outline = mask_outline(labels[region] == index + 1, (region[0].start, region[1].start))
+        if outline is not None:
+            polygons.append(outline)
+    return labels, polygons

@@ -37,7 +37,7 @@ from ..training import BACKENDS, backend_class, list_models
 from ..training.store import model_folder
 from ._dock import DockWidget
 from ._fields import model_row
-from ._layers import compact_labels, refill_combo
+from ._layers import compact_labels, refill_combo, show_layer
 from ._layers import layer_data as _layer_data
 from .loss_plot import LossPlot
 
@@ -461,17 +461,12 @@ class SparseTrainingWidget(DockWidget):
                 self.status.setText(f"{text} (preview not shown: {err})")
 
     def _show_preview(self, labels: np.ndarray, image: Image) -> None:
-        labels = compact_labels(labels)
-        if PREVIEW in self.viewer.layers and isinstance(self.viewer.layers[PREVIEW], Labels):
-            layer = self.viewer.layers[PREVIEW]
-            if layer.data.shape == labels.shape:
-                layer.data = labels
-                return
-            self.viewer.layers.remove(PREVIEW)
         nd = labels.ndim
-        self.viewer.add_labels(
-            labels,
-            name=PREVIEW,
+        show_layer(
+            self.viewer,
+            "labels",
+            compact_labels(labels),
+            PREVIEW,
             opacity=0.5,
             scale=image.scale[-nd:],
             translate=image.translate[-nd:],
@@ -570,10 +565,13 @@ class SparseTrainingWidget(DockWidget):
         labels = compact_labels(result["labels"])
         nd = labels.ndim
         name = PREDICTION.format(image_name)
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        layer = self.viewer.add_labels(
-            labels, name=name, scale=image.scale[-nd:], translate=image.translate[-nd:]
+        layer = show_layer(
+            self.viewer,
+            "labels",
+            labels,
+            name,
+            scale=image.scale[-nd:],
+            translate=image.translate[-nd:],
         )
         layer.contour = 1
         n = int(result["objects"])
