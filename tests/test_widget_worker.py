@@ -196,6 +196,49 @@ def test_closing_the_viewer_during_training_leaves_no_process(shown, qtbot):
         os.kill(pid, 0)
 
 
+def test_closing_the_dock_during_training_leaves_no_process(shown, qtbot):
+    """The x on the dock's title bar, as a person clicks it, ends the widget's training."""
+    from napari_cellsparse._widgets import _worker
+
+    viewer, widget, _truth = shown
+    _start_long_training(widget, qtbot)
+    host = _worker.shared_host()
+    pid = host.pid
+    os.kill(pid, 0)
+    dock = widget.parent()
+    dock.title.close_button.click()
+    qtbot.waitUntil(lambda: not host.alive, timeout=10_000)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert widget.runner.closed
+    assert "Sparse training" not in viewer.window._dock_widgets
+    viewer.add_image(np.zeros((8, 8)), name="after")  # a closed widget follows no layers
+
+
+def test_closing_a_widget_whose_job_waits_leaves_the_running_one(shown, qtbot):
+    """A job queued behind another widget's training is dropped with its widget; the
+    training that holds the worker goes on."""
+    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+
+    viewer, widget, _truth = shown
+    _start_long_training(widget, qtbot)
+    waiting = SparseTrainingWidget(viewer)
+    viewer.window.add_dock_widget(waiting, name="Second training")
+    waiting.device_combo.setCurrentText("cpu")
+    waiting.name_edit.setText("second")
+    waiting.train_button.click()
+    qtbot.waitUntil(lambda: "Waiting for" in waiting.status.text(), timeout=30_000)
+    host = _worker.shared_host()
+    pid = host.pid
+    waiting.parent().title.close_button.click()
+    qtbot.waitUntil(lambda: not waiting.runner.busy, timeout=10_000)
+    step = widget.state.step
+    qtbot.waitUntil(lambda: widget.state.step > step, timeout=60_000)
+    assert host.alive and host.pid == pid
+    assert widget.runner.busy
+
+
 def test_every_plugin_module_then_a_shown_viewer(tmp_path):
     """Importing the whole plugin first, then showing a viewer, must not crash."""
     script = tmp_path / "first.py"

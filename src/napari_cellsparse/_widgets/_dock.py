@@ -4,15 +4,16 @@ A widget subclasses :class:`DockWidget` and brings only its own controls: ``_bui
 them out (and places ``self.status``), ``busy_buttons()`` are disabled while a job runs,
 ``stop_button`` (or None) cancels it, ``_refresh_layers()`` refills its layer choices when
 layers come and go. Model jobs go to the worker process with ``self.runner.run_in_worker``;
-errors become one message with ``self.runner.report``. When the widget closes, or is destroyed
-with the viewer's window, its job is stopped and it leaves the shared model worker (the last
-one to leave ends the process).
+errors become one message with ``self.runner.report``. When the widget closes, is taken out
+of its dock (napari's x) or is destroyed with the viewer's window, its job is stopped and it
+leaves the shared model worker (the last one to leave ends the process).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QLabel, QPushButton, QWidget
 
 from ._worker import JobRunner
@@ -38,6 +39,7 @@ class DockWidget(QWidget):
         self._build()
         self.runner = JobRunner(self.busy_buttons(), self.stop_button, self.status.setText)
         self._left = False
+        self._docked = False  # it has been in a dock (napari's x takes it out of there)
         self._watched: list[Any] = []  # layers a running training learns from
         self._changed = False  # they changed since the worker last pulled them
         self._layer_events = (self.viewer.layers.events.inserted, self.viewer.layers.events.removed)
@@ -81,6 +83,16 @@ class DockWidget(QWidget):
         return changed
 
     # -- life ------------------------------------------------------------------------
+    def event(self, event: QEvent) -> bool:
+        """A widget taken out of its dock (napari's x on the dock's title bar) is closed:
+        napari only unparents it, so without this its job would go on unseen."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.leave()
+        return super().event(event)
+
     def closeEvent(self, event: Any) -> None:
         self.leave()
         super().closeEvent(event)

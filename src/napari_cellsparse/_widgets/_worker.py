@@ -186,10 +186,10 @@ class JobRunner:
         if self.closed:
             return
         self.closed = True
-        if self._remote and self._cancel_event is not None:
-            shared_host().kill()
-        elif self._cancel_event is not None:
-            self._cancel_event.set()
+        if self._cancel_event is not None:
+            self._cancel_event.set()  # a job still waiting for the worker never starts
+            if self._remote and shared_host().runs(self._cancel_event):
+                shared_host().kill()
         release_host(id(self))
 
     def _finish(self, returned: list[Any], on_done: Callable[[Any], None]) -> None:
@@ -203,8 +203,9 @@ class JobRunner:
             return
         if self._cancel_event is not None:
             if self._remote and self._cancel_event.is_set():
-                self.status("Ending the model worker...")
-                shared_host().kill()
+                if shared_host().runs(self._cancel_event):  # not another widget's job
+                    self.status("Ending the model worker...")
+                    shared_host().kill()
                 return
             self.status("Stopping at the next step...")
             self._cancel_event.set()

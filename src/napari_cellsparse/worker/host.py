@@ -82,6 +82,7 @@ class WorkerHost:
         self._send_lock = threading.Lock()
         self._job_id = 0
         self.current: str | None = None  # description of the running job
+        self._current_cancel: threading.Event | None = None  # and its cancel event
         self._killed = False
 
     # -- life ------------------------------------------------------------------------
@@ -229,7 +230,7 @@ class WorkerHost:
         written: list[Path] = []
         finished = False
         try:
-            self.current = description
+            self.current, self._current_cancel = description, cancel
             if not self.alive:
                 yield Progress(0, 0, "Starting the model worker")
                 self._start()
@@ -264,8 +265,13 @@ class WorkerHost:
                 self.kill()  # abandoned mid-job (the caller closed us): the state is unknown
             for path in written:
                 path.unlink(missing_ok=True)
-            self.current = None
+            self.current, self._current_cancel = None, None
             self._lock.release()
+
+    def runs(self, cancel: threading.Event) -> bool:
+        """Whether the job started with this ``cancel`` event holds the worker now (not
+        waiting for another one)."""
+        return cancel is not None and self._current_cancel is cancel
 
     def _receive(self, description: str) -> tuple | None:
         """The worker's next message, None after a quiet poll; a dead worker raises."""
