@@ -323,3 +323,37 @@ def test_cli_train_then_predict_writes_labels_and_table(tmp_path: Path, capsys) 
         == 2
     )
     json.dumps(list_models())
+
+
+def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_path):
+    """``make headless`` (its U-Net defaults, fewer steps): the sample's nuclei are found
+    and no object spreads over the background (the tuning once kept its loosest thresholds,
+    all scoring alike on the annotated pixels, and grew a third of the image into cells)."""
+    import tifffile
+
+    from napari_cellsparse.cli import main
+    from napari_cellsparse.samples import load_sample
+
+    argv = ["--image", "sample:nuclei", "--labels", "sample:nuclei", "--name", "sample-unet"]
+    assert main(["train", "--backend", "unet", *argv, "--reset", "--steps", "120"]) == 0
+    out = tmp_path / "predict"
+    predict = ["predict", "--model", "sample-unet", "--image", "sample:nuclei", "--out", str(out)]
+    assert main(predict) == 0
+    (written,) = out.glob("*.tif")
+    labels = tifffile.imread(written)
+    truth = load_sample("nuclei").labels
+    assert matching(truth, labels, thresh=0.5).f1 >= 0.9
+    assert np.bincount(labels.ravel())[1:].max() <= 4 * np.bincount(truth.ravel())[1:].max()
+
+    model = load_model("sample-unet")
+    assert (model.config["centre_threshold"], model.config["foreground_threshold"]) == (0.5, 0.5)
+    capped = model.config["max_size_factor"] = 0.8  # narrower than most cells: they go
+    areas = np.bincount(model.predict(load_sample("nuclei").image).ravel())[1:]
+    kept = areas[areas > 0]
+    assert 0 < len(kept) < int(labels.max())
+    widest = (
+        model.config["widest_cell"]
+        * model.info["last_diameters"][0]
+        / model.config["target_diameter"]
+    )
+    assert kept.max() <= np.pi / 4 * (capped * widest * 1.2) ** 2  # resizing back rounds up

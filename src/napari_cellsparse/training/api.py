@@ -238,10 +238,12 @@ def _prepare(
     inside = np.concatenate([n[m > 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
     outside = np.concatenate([n[m == 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
     polarity = 1.0 if inside.mean() >= outside.mean() else -1.0
-    ratios = []
+    ratios, widest = [], 0.0
     images, labels = [], []
     for norm, (_, lab), d in zip(normalized, pairs, per_image, strict=True):
         d_img = float(np.median(d)) if len(d) else train_d
+        if len(d):
+            widest = max(widest, float(d.max()) * target / d_img)
         if len(d):
             found = foreground_diameter(norm, polarity)
             if found:
@@ -254,5 +256,6 @@ def _prepare(
         "train_diameter": train_d,
         "polarity": polarity,
         "diameter_calibration": float(np.median(ratios)) if ratios else 1.0,
+        "widest_cell": widest,  # at the training scale
     }
     return SparseDataset(images, labels), calibration

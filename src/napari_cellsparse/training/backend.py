@@ -38,6 +38,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
     "steps": 600,
     "seed": 0,
+    # Objects wider than this many times the widest annotated cell are left out of
+    # predictions (background grown into one object, merged clumps); 0 keeps them all.
+    "max_size_factor": 2.0,
 }
 
 

@@ -117,4 +117,18 @@ class TrainedModel:
             )
         scaled = rescale_image(normalized, factor)
         labels = np.asarray(self.network.predict_scaled(scaled), np.int32)
-        return resize_labels(labels, normalized.shape[:2])
+        return resize_labels(self._without_oversized(labels), normalized.shape[:2])
+
+    def _without_oversized(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` (training scale) without objects wider than ``max_size_factor`` times
+        the widest annotated cell: none of the annotation's shapes looks like them."""
+        widest = float(self.config.get("widest_cell", 0.0))
+        factor = float(self.config.get("max_size_factor", 0.0))
+        if widest <= 0 or factor <= 0 or not labels.any():
+            return labels
+        largest_area = np.pi / 4.0 * (factor * widest) ** 2
+        oversized = np.bincount(labels.ravel()) > largest_area
+        oversized[0] = False
+        if oversized.any():
+            labels = np.where(oversized[labels], 0, labels)
+        return labels
