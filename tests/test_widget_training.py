@@ -248,3 +248,24 @@ def test_docked_through_napari_trains_on_the_sample(make_napari_viewer):
     widget.train()
     assert "Trained 'tiny' for 2 step(s)" in widget.status.text(), widget.status.text()
     assert viewer.layers["Training preview"].data.shape == (512, 512)
+
+
+def test_model_lists_hold_only_models_each_widget_can_use(trainer, qtbot):
+    """Predict's list holds segmentation models, the counter's list counters: a counter
+    chosen in Predict used to fail."""
+    from napari_cellsparse._widgets.cell_counting import CellCountingWidget
+    from napari_cellsparse.counting import train_counter
+    from napari_cellsparse.synthetic import make_nuclei
+
+    viewer, widget = trainer
+    image, truth = make_nuclei((64, 64), n_objects=4, radius=(5.0, 7.0), seed=2)
+    centres = np.argwhere(truth > 0)[:: max(1, int((truth > 0).sum()) // 4)][:4].astype(float)
+    train_counter([image], [centres], name="a-counter", steps=1)
+    widget.train()
+    counting = CellCountingWidget(viewer)
+    widget._refresh_models()
+    segmentation = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    counters = [counting.model_combo.itemText(i) for i in range(counting.model_combo.count())]
+    assert segmentation == ["tiny"]
+    assert counters == ["a-counter"]
+    assert widget.model_combo.currentText() == "tiny"

@@ -56,16 +56,19 @@ def layer_data(layer: Any) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def refill_combo(combo: Any, names: Sequence[str], best: str | None = None) -> None:
-    """Replace a combo box's items, keeping its choice (else ``best``) and sending no signal."""
+def refill_combo(
+    combo: Any, names: Sequence[str], best: str | None = None, select: str | None = None
+) -> None:
+    """Replace a combo box's items, sending no signal; the choice is ``select`` when listed,
+    else the current one when still listed, else ``best``."""
     current = combo.currentText()
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(list(names))
-    if current in names:
-        combo.setCurrentText(current)
-    elif best:
-        combo.setCurrentText(best)
+    for choice in (select, current, best):
+        if choice and choice in names:
+            combo.setCurrentText(choice)
+            break
     combo.blockSignals(False)
 
 

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import BadInputError, CellsparseError
-from ..training import BACKENDS, list_models
+from ..training import BACKENDS, list_models, model_names
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
 from ._layers import compact_labels, layer_data, refill_combo, show_layer
@@ -157,8 +157,7 @@ class BatchWidget(DockWidget):
     # -- models and layers -------------------------------------------------------------
     def refresh_models(self, select: str | None = None) -> None:
         """Fill the model list with the store's segmentation models."""
-        names = [m["name"] for m in list_models() if m.get("backend") in BACKENDS]
-        refill_combo(self.model_combo, names, select)
+        refill_combo(self.model_combo, model_names(BACKENDS), select=select)
 
     def _refresh_layers(self, _event: Any = None) -> None:
         refill_combo(

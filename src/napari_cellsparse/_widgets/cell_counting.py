@@ -37,11 +37,11 @@ from ..counting import (
 )
 from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
-from ..training import list_models
+from ..training import model_names
 from ..training.store import model_folder
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
-from ._layers import show_layer
+from ._layers import refill_combo, show_layer
 from .sparse_training import parse_settings
 
 if TYPE_CHECKING:
@@ -208,21 +208,10 @@ class CellCountingWidget(DockWidget):
             (self.regions_combo, masks),
             (self.count_image_combo, images),
         ):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+            refill_combo(combo, names)
 
     def _refresh_models(self, select: str | None = None) -> None:
-        current = select or self.model_combo.currentText()
-        names = [m["name"] for m in list_models() if m.get("backend") == BACKEND]
-        self.model_combo.clear()
-        self.model_combo.addItems(names)
-        if current in names:
-            self.model_combo.setCurrentText(current)
+        refill_combo(self.model_combo, model_names({BACKEND}), select=select)
 
     def _layer(self, combo: QComboBox, what: str) -> Any:
         name = combo.currentText()

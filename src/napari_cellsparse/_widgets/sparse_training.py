@@ -33,7 +33,7 @@ from superqt import QCollapsible
 
 from ..errors import BackendUnavailableError, BadInputError, CellsparseError
 from ..progress import Progress
-from ..training import BACKENDS, backend_class, list_models
+from ..training import BACKENDS, backend_class, model_names
 from ..training.store import model_folder
 from ._dock import DockWidget
 from ._fields import model_row
@@ -519,12 +519,8 @@ class SparseTrainingWidget(DockWidget):
 
     # -- prediction ----------------------------------------------------------------------
     def _refresh_models(self, select: str | None = None) -> None:
-        current = select or self.model_combo.currentText()
-        names = [m["name"] for m in list_models() if "error" not in m]
-        self.model_combo.clear()
-        self.model_combo.addItems(names)
-        if current in names:
-            self.model_combo.setCurrentText(current)
+        """Fill the model list with the store's segmentation models (no counters)."""
+        refill_combo(self.model_combo, model_names(BACKENDS), select=select)
 
     def predict(self) -> None:
         """Predict the chosen image with the chosen model (a Labels layer of outlines)."""

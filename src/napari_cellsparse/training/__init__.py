@@ -12,7 +12,7 @@ from __future__ import annotations
 from .api import load_model, train, train_iter
 from .backend import BACKENDS, Network, backend_class
 from .model import TrainedModel
-from .store import list_models, models_dir
+from .store import list_models, model_names, models_dir
 
 __all__ = [
     "BACKENDS",
@@ -21,6 +21,7 @@ __all__ = [
     "backend_class",
     "list_models",
     "load_model",
+    "model_names",
     "models_dir",
     "train",
     "train_iter",

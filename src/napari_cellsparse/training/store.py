@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "has_version",
     "list_models",
     "model_folder",
+    "model_names",
     "models_dir",
     "now",
     "read_json",
@@ -266,6 +267,12 @@ def list_models() -> list[dict[str, Any]]:
             meta = {"error": str(err)}
         found.append({"name": folder.name, **meta, "path": str(folder)})
     return found
+
+
+def model_names(backends: Collection[str]) -> list[str]:
+    """Names of the intact stored models made by one of ``backends`` (a widget's model list:
+    segmentation models are no use to the counter, nor counters to Predict)."""
+    return [m["name"] for m in list_models() if "error" not in m and m.get("backend") in backends]
 
 
 def _jsonable(value: Any) -> Any:
