@@ -11,28 +11,34 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "open_demo"]
+__all__ = ["main", "open_demo", "widget_names"]
 
 PLUGIN = "napari-cellsparse"
-WIDGETS = ("SAM annotator", "Sparse training", "Measure cells", "Batch")
+
+
+def widget_names() -> list[str]:
+    """The plugin's dock widgets, as its manifest (napari.yaml) lists them."""
+    import npe2
+
+    manifest = npe2.PluginManifest.from_distribution(PLUGIN)
+    return [widget.display_name for widget in manifest.contributions.widgets]
 
 
 def open_demo(viewer=None, sample: str = "nuclei"):
     """Load the sample into ``viewer`` (a new one when None) and dock every widget (the
-    first two side by side, the others as tabs behind the second)."""
+    first two side by side, the others as tabs behind the second), the image in full view."""
     import napari
+    from qtpy.QtCore import QTimer
 
     viewer = viewer or napari.Viewer(title="napari-cellsparse demo")
     viewer.open_sample(PLUGIN, sample)
     docked = []
-    for k, name in enumerate(WIDGETS):
+    for k, name in enumerate(widget_names()):
         dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=k > 1)
         docked.append(widget)
         if k == 1:
-            second = dock
-    from qtpy.QtCore import QTimer
-
-    QTimer.singleShot(0, second.raise_)  # after napari has tabified the docks
+            QTimer.singleShot(0, dock.raise_)  # after napari has tabified the docks
+    QTimer.singleShot(0, viewer.reset_view)  # the docks took room from the canvas
     return viewer, docked
 
 
@@ -48,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         from qtpy.QtWidgets import QApplication
 
-        QApplication.processEvents()
+        for _ in range(3):  # the docks settle, then the view fits the canvas
+            QApplication.processEvents()
         out = Path(args.smoke)
         out.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(out), canvas_only=False)
