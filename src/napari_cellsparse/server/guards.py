@@ -25,6 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..errors import BadInputError
+
 __all__ = [
     "LOOPBACK_HOSTS",
     "WILDCARD_HOSTS",
@@ -38,17 +40,28 @@ __all__ = [
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 ECHO_LIMIT = 80  # characters of a refused input echoed back in a 422
+_NOT_IN_HOST = frozenset("@/?#\\")
 
 
 def _hostname(host: str) -> str | None:
-    """``host`` (a Host header or a name, with or without port and IPv6 brackets)
-    lower-cased without port and brackets; ``None`` when it is not a host."""
+    """A Host header's host name (with or without port; IPv6 in brackets), lower-cased,
+    without port and brackets; ``None`` when it is not one (user info, a path, spaces...)."""
+    if not host or any(c in _NOT_IN_HOST or c.isspace() for c in host):
+        return None
     try:
-        parts = urlsplit(f"//{host.strip()}")
+        parts = urlsplit(f"//{host}")
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         return None
     return parts.hostname or None
+
+
+def _listed(name: str) -> str | None:
+    """An allow-list entry as :func:`_hostname` reads it; a bare IPv6 address is bracketed."""
+    name = name.strip().split("%")[0]  # no IPv6 zone: browsers do not send it
+    if name.count(":") > 1 and not name.startswith("["):
+        name = f"[{name}]"
+    return _hostname(name)
 
 
 def _own_names() -> set[str]:
@@ -59,14 +72,18 @@ def _own_names() -> set[str]:
             infos = socket.getaddrinfo(name, None)
         except (OSError, UnicodeError):
             continue
-        names.update(str(info[4][0]).split("%")[0] for info in infos)
+        names.update(str(info[4][0]) for info in infos)
     return names
 
 
 def allowed_hosts(host: str = "127.0.0.1", extra: Iterable[str] = ()) -> list[str]:
     """The Host names a server listening on ``host`` answers: loopback names, ``host``
     itself, ``extra`` (``--allow-host``) and, on a wildcard address, this machine's names
-    and addresses."""
+    and addresses. An ``extra`` entry that is not a host name is refused by name."""
+    extra = list(extra)
+    for name in extra:
+        if _listed(name) is None:
+            raise BadInputError(f"--allow-host {name!r} is not a host name or address.")
     names = [*LOOPBACK_HOSTS, *extra]
     if host in WILDCARD_HOSTS:
         names += sorted(_own_names())
@@ -80,7 +97,7 @@ class HostCheck:
 
     def __init__(self, app: Any, hosts: Sequence[str]) -> None:
         self.app = app
-        self.hosts = frozenset(filter(None, map(_hostname, hosts)))
+        self.hosts = frozenset(filter(None, map(_listed, hosts)))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
