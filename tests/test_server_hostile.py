@@ -363,6 +363,7 @@ TRAIN = f'{{"modelname": "m", "b64img": "{IMG}", "b64lbl": "{IMG}", "train": tru
         ("/elephant/", TRAIN + '"epochs": 1000, "steps": 100000}', "epochs * steps"),
         ("/elephant/", TRAIN + '"simplify_tol": -1}', "simplify_tol"),
         ("/stardist/", TRAIN + '"n_channels_in": 0}', "n_channels_in"),
+        ("/sam/", '{"bbox": [0, 0, 1, 1], "pad": "' + "x" * 100_000 + '"}', "b64img"),
     ],
 )
 def test_bad_numbers_are_a_422_naming_the_field(serve, path, body, field) -> None:
@@ -370,6 +371,7 @@ def test_bad_numbers_are_a_422_naming_the_field(serve, path, body, field) -> Non
     status, text = live.post(path, body)
     assert status == 422, text
     assert field in json.dumps(_strict_json(text)["detail"])
+    assert len(text) < 2000  # refused inputs are echoed short
 
 
 # -- token, body size, OpenAPI pages ---------------------------------------------------------
