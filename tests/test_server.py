@@ -31,12 +31,18 @@ from napari_cellsparse.sam.automask import generate_masks
 from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.sam.weights import CHECKPOINTS, weights_dir
 from napari_cellsparse.server.app import create_app
+from napari_cellsparse.server.guards import LOOPBACK_HOSTS
 from napari_cellsparse.server.images import decode_image, encode_png
 from napari_cellsparse.server.sam_service import SamService
 from napari_cellsparse.synthetic import LabelOracle, OracleDecoder, make_nuclei
 from napari_cellsparse.training.annotations import sparse_from_truth
 
 BOX = [40, 50, 90, 100]
+
+
+def _app(*args, **kwargs):
+    """The application answering TestClient's requests (its Host header is "testserver")."""
+    return create_app(*args, hosts=(*LOOPBACK_HOSTS, "testserver"), **kwargs)
 
 
 @pytest.fixture
@@ -55,7 +61,7 @@ def nuclei() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def client(official: Path) -> TestClient:
-    return TestClient(create_app(SamService(device="cpu")))
+    return TestClient(_app(SamService(device="cpu")))
 
 
 def _tiff(image: np.ndarray) -> str:
@@ -177,7 +183,7 @@ def test_sam_bad_requests_are_4xx_with_a_message(client, nuclei, body, status, m
 
 
 def test_missing_weights_are_a_503_naming_the_file(nuclei) -> None:
-    client = TestClient(create_app(SamService(device="cpu")))
+    client = TestClient(_app(SamService(device="cpu")))
     body = {"type": "vit_b", "b64img": encode_png(nuclei[0]), "bbox": BOX}
     answer = client.post("/sam/", json=body)
     assert answer.status_code == 503 and "sam_vit_b_01ec64.pth" in answer.json()["detail"]
@@ -189,7 +195,7 @@ def test_automask_objects_and_output_types(official, nuclei, vit_t_model) -> Non
     oracle = SamPrompter(vit_t_model, "oracle")
     oracle.decoder = OracleDecoder(oracle.decoder, LabelOracle(labels))
     service._prompters[("vit_t", "")] = oracle  # the label oracle decodes; the rest is real
-    client = TestClient(create_app(service))
+    client = TestClient(_app(service))
     body = {"type": "vit_t", "b64img": encode_png(image), "points_per_side": 16}
 
     found = {}
@@ -264,7 +270,7 @@ def test_weights_list_register_and_use(
 
 
 def test_token_and_body_limit(official, nuclei) -> None:
-    client = TestClient(create_app(SamService(device="cpu"), token="s3cret", max_body_mb=0.5))
+    client = TestClient(_app(SamService(device="cpu"), token="s3cret", max_body_mb=0.5))
     assert client.get("/sam/version/").status_code == 401
     headers = {"Authorization": "Bearer s3cret"}
     assert client.get("/sam/version/", headers=headers).text
@@ -291,7 +297,7 @@ def _sparse_body(nuclei, **extra) -> dict:
 def test_elephant_trains_segments_and_resets(nuclei) -> None:
     from napari_cellsparse.training import list_models
 
-    client = TestClient(create_app(SamService(device="cpu")))
+    client = TestClient(_app(SamService(device="cpu")))
     image, _ = nuclei
     body = _sparse_body(nuclei, train=True, eval=True, epochs=2, steps=10, minarea=5)
     answer = client.post("/elephant/", json=body)
@@ -329,7 +335,7 @@ def test_elephant_trains_segments_and_resets(nuclei) -> None:
     ],
 )
 def test_training_bad_requests(nuclei, change, message) -> None:
-    client = TestClient(create_app(SamService(device="cpu")))
+    client = TestClient(_app(SamService(device="cpu")))
     body = {**_sparse_body(nuclei, train=True), **change}
     answer = client.post("/cellpose/", json=body)
     assert answer.status_code in (400, 422)
@@ -337,7 +343,7 @@ def test_training_bad_requests(nuclei, change, message) -> None:
 
 
 def test_a_long_training_does_not_block_sam_prompts(official, nuclei) -> None:
-    client = TestClient(create_app(SamService(device="cpu")))
+    client = TestClient(_app(SamService(device="cpu")))
     image, _ = nuclei
     body = _sparse_body(nuclei, train=True, eval=False, steps=120)
     done: dict[str, float] = {}

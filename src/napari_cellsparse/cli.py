@@ -381,6 +381,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         from .sam.embedding import EmbeddingCache
         from .server.app import create_app
+        from .server.guards import allowed_hosts
         from .server.sam_service import SamService
         from .server.training_service import TrainingService
     except ImportError as err:
@@ -395,7 +396,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     cache = EmbeddingCache(disk_dir=data_home() / "embeddings")
     app = create_app(
-        SamService(cache, args.device), TrainingService(args.device), token, args.max_body_mb
+        SamService(cache, args.device),
+        TrainingService(args.device),
+        token,
+        args.max_body_mb,
+        allowed_hosts(args.host, args.allow_host),
     )
     print(f"serving samapi and cellsparse-api routes on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
@@ -539,6 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     serve.add_argument("--max-body-mb", type=float, default=512.0, help="largest request body")
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to NAME (Host header; repeatable); loopback "
+        "names, --host and, with --host 0.0.0.0, this machine's names are always answered",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     count = sub.add_parser("count", help="count cells: train from points and/or count images")

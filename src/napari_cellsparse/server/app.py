@@ -1,8 +1,10 @@
 """The FastAPI application: samapi's and cellsparse-api's routes, guarded.
 
-* Loopback only unless ``--host`` says otherwise; an optional bearer token.
+* Loopback only unless ``--host`` says otherwise; requests must name an allowed host
+  (against DNS rebinding); an optional bearer token, which also guards the OpenAPI pages.
 * Request bodies above a size limit are refused (413) before they are read whole, and
-  images are decoded with a pixel limit (:mod:`napari_cellsparse.server.images`).
+  images are decoded with a pixel limit (:mod:`napari_cellsparse.server.images`); see
+  :mod:`napari_cellsparse.server.guards`.
 * Bad input is a 4xx with a sentence saying what to change; an unexpected failure is a
   500 that names the error type and leaves the traceback in the server's log only.
 * Handlers are plain functions, which FastAPI runs in worker threads: a long training
@@ -12,12 +14,13 @@
 from __future__ import annotations
 
 import logging
-import secrets
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from ..errors import BackendUnavailableError, BadInputError, CancelledError, WeightsError
 from .bodies import (
@@ -29,6 +32,7 @@ from .bodies import (
     SAMWeightsBody,
     StarDistBody,
 )
+from .guards import LOOPBACK_HOSTS, BodyLimit, HostCheck, authorized, validation_failed
 from .sam_service import SamService
 from .training_service import TrainingService
 
@@ -45,72 +49,15 @@ _STATUS = (
 )
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``max_bytes`` (declared or streamed)."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Any) -> None:
-        limit = self.max_bytes / 2**20
-        response = JSONResponse(
-            {"detail": f"The request body is larger than the server accepts ({limit:.0f} MB)."},
-            status_code=413,
-        )
-        await response({"type": "http"}, None, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-_BEARER = HTTPBearer(auto_error=False)
-
-
-def _authorized(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-) -> None:
-    """With a token set, every request needs ``Authorization: Bearer <token>``."""
-    token = request.app.state.token
-    if token and (
-        credentials is None or not secrets.compare_digest(credentials.credentials, token)
-    ):
-        raise HTTPException(401, "A bearer token is required (Authorization: Bearer ...).")
-
-
 def create_app(
     sam: SamService | None = None,
     training: TrainingService | None = None,
     token: str | None = None,
     max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> Any:
-    """The application; ``sam`` and ``training`` default to fresh services."""
+    """The application; ``sam`` and ``training`` default to fresh services. ``hosts``: the
+    names a request's ``Host`` header may carry (:func:`~.guards.allowed_hosts`)."""
     from .. import __version__
 
     sam = sam or SamService()
@@ -118,9 +65,13 @@ def create_app(
     app = FastAPI(
         title="napari-cellsparse server",
         version=__version__,
-        dependencies=[Depends(_authorized)],
+        dependencies=[Depends(authorized)],
+        openapi_url=None,  # served below, behind the token like every route
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.sam, app.state.training, app.state.token = sam, training, token
+    app.add_exception_handler(RequestValidationError, validation_failed)
 
     for error, status in _STATUS:
 
@@ -187,6 +138,20 @@ def create_app(
 
         app.post(f"/{endpoint}/reset/", name=f"{endpoint}_reset")(reset)
 
+    # -- the OpenAPI schema and its pages ----------------------------------------------------
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=app.title)
+
     if max_body_mb:
         app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 2**20))
+    app.add_middleware(HostCheck, hosts=hosts)  # added last: checked first
     return app

@@ -1,9 +1,12 @@
 """Images in request bodies: base64 PNG, TIFF or JPEG, decoded with guards.
 
 A body holds untrusted bytes: base64 that does not decode, a format nobody reads, or a
-small file that claims billions of pixels (a decompression bomb) each become a
-:class:`~napari_cellsparse.errors.BadInputError` naming the field, before any pixel
-buffer is allocated.
+small file that claims billions of values (a decompression bomb: many pages, planes or
+samples count as much as rows and columns) each become a
+:class:`~napari_cellsparse.errors.BadInputError` naming the field, the limit and the
+image's size, before any pixel buffer is allocated. A TIFF strip that inflates to more
+than its header claims stops at the claimed size (tifffile decodes through imagecodecs
+into a buffer of that size).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 
 import numpy as np
 
@@ -18,7 +22,8 @@ from ..errors import BadInputError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "encode_png"]
 
-DEFAULT_MAX_PIXELS = 200_000_000  # a 10k x 10k two-channel slide fits, a bomb does not
+# Values, not pixels: a 10k x 10k two-channel slide fits, a bomb does not.
+DEFAULT_MAX_PIXELS = 200_000_000
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -34,11 +39,15 @@ def _bytes(b64: str, field: str) -> bytes:
 
 
 def _check_size(shape: tuple[int, ...], field: str, max_pixels: int) -> None:
-    pixels = int(np.prod(shape[:2], dtype=np.int64)) if len(shape) >= 2 else 0
-    if pixels > max_pixels:
+    """Refuse an image whose header claims more values (pages x height x width x samples,
+    every axis counted) than ``max_pixels``, before any of it is decoded."""
+    values = math.prod(int(n) for n in shape)
+    if values > max_pixels:
+        dims = " x ".join(str(int(n)) for n in shape)
         raise BadInputError(
-            f"{field} is {shape[1]} x {shape[0]} pixels, more than the server accepts "
-            f"({max_pixels} pixels); send a smaller region or a downsampled image."
+            f"{field} is a {dims} image ({values} values), more than the server accepts "
+            f"({max_pixels} values: pages x height x width x samples); send a smaller region "
+            "or a downsampled image."
         )
 
 
@@ -54,13 +63,13 @@ def decode_image(
             with tifffile.TiffFile(io.BytesIO(raw)) as tif:
                 series = tif.series[0]
                 shape = tuple(int(n) for n in series.shape)
-                axes = series.axes
+                _check_size(shape, field, max_pixels)  # all pages, planes and samples
+                # A strip or tile is decoded whole before it is cropped to the image.
+                _check_size(tuple(series.keyframe.chunks), f"{field}'s tile", max_pixels)
                 # Channels first (QuPath writes CYX; an unnamed first axis of up to four
                 # planes is channels too): the engine takes them last.
-                if len(shape) == 3 and axes[0] in "CSQI" and shape[0] <= 4 < shape[-1]:
-                    _check_size(shape[1:], field, max_pixels)
+                if len(shape) == 3 and series.axes[0] in "CSQI" and shape[0] <= 4 < shape[-1]:
                     return np.moveaxis(series.asarray(), 0, -1)
-                _check_size(shape, field, max_pixels)
                 return series.asarray()
         except BadInputError:
             raise
@@ -73,15 +82,16 @@ def decode_image(
         # every plugin and its native codecs.
         with Image.open(io.BytesIO(raw), formats=("PNG", "JPEG")) as picture:
             width, height = picture.size
-            _check_size((height, width), field, max_pixels)
+            samples = 4 if picture.mode == "P" else len(picture.getbands())  # P: RGB(A)
+            _check_size((height, width, samples), field, max_pixels)
             if picture.mode == "P":
                 picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
             return np.asarray(picture)
     except BadInputError:
         raise
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as err:
         raise BadInputError(
-            f"{field} claims more pixels than the server accepts ({max_pixels})."
+            f"{field} claims more pixels than the server accepts ({max_pixels} values): {err}"
         ) from None
     except Exception as err:
         raise BadInputError(

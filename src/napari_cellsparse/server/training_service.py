@@ -29,6 +29,29 @@ BACKENDS = {"stardist": "stardist", "cellpose": "cellpose", "elephant": "unet"}
 NO_PRETRAINED = (None, "", "random")
 
 
+def _label_ids(labels: np.ndarray) -> np.ndarray:
+    """``b64lbl`` as int32 ids: integers (or floats holding whole numbers) from 0 up;
+    anything else is refused rather than cast (a float 1.5 is no object id)."""
+    if labels.dtype == bool:
+        return labels.astype(np.int32)
+    if np.issubdtype(labels.dtype, np.floating):
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            example = labels[~whole].flat[0]
+            raise BadInputError(
+                f"b64lbl must hold whole-number label ids (0 = not annotated, 1 = background, "
+                f"2+ = cells); it is a {labels.dtype} image with values such as {example}."
+            )
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise BadInputError(f"b64lbl must be an integer label image, not {labels.dtype}.")
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+        raise BadInputError(
+            f"b64lbl's label ids must be between 0 and {np.iinfo(np.int32).max}; "
+            f"they range from {labels.min()} to {labels.max()}."
+        )
+    return labels.astype(np.int32)
+
+
 def _features(labels: np.ndarray, simplify: float | None) -> list[dict[str, Any]]:
     """cellsparse-api's response: one feature per object, ``object_idx`` from 0."""
     features = labels_to_features(labels, object_type="annotation", simplify=simplify or 0.0)
@@ -73,7 +96,7 @@ class TrainingService:
                 train(
                     backend,
                     [image],
-                    [labels.astype(np.int32)],
+                    [_label_ids(labels)],
                     name=name,
                     steps=body.epochs * body.steps,
                     device=self.device,
