@@ -1,23 +1,67 @@
-"""The main job's window: ``make demo`` docks every widget of the manifest over the sample."""
+"""The main job's window: ``make demo`` docks every widget of the manifest over the sample.
+
+The demo runs in its own process, as a person starts it: it discovers the installed napari
+plugins the real way, which napari's per-test plugin reset does not expect of a test.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
+import pytest
 
-
-def test_demo_docks_every_widget_and_shows_the_whole_image(make_napari_viewer, qtbot):
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
     from napari_cellsparse.demo import open_demo, widget_names
 
-    names = widget_names()
-    expected = {"SAM annotator", "Sparse training", "Cell counting", "Batch", "Measure cells"}
-    assert expected <= set(names)
-    viewer = make_napari_viewer(show=True)
-    viewer, docked = open_demo(viewer)
-    assert len(docked) == len(names)
-    assert all(f"{name} (napari-cellsparse)" in viewer.window._dock_widgets for name in names)
-    qtbot.wait(100)
+    viewer, docked = open_demo()
+    viewer.window.show()
+    for _ in range(5):
+        QApplication.processEvents()
     extent = viewer.layers[0].extent.world
-    size = (extent[1] - extent[0])[-2:]
-    canvas = viewer.window._qt_viewer.canvas
-    visible = np.asarray(canvas.size, float) / viewer.camera.zoom  # (height, width)
-    assert np.all(visible >= size * 0.999), (visible, size)
+    print(json.dumps({
+        "names": widget_names(),
+        "docked": len(docked),
+        "docks": list(viewer.window._dock_widgets),
+        "size": [float(v) for v in (extent[1] - extent[0])[-2:]],
+        "canvas": [float(v) for v in viewer.window._qt_viewer.canvas.size],
+        "zoom": float(viewer.camera.zoom),
+    }))
+    viewer.close()
+    """
+)
+
+
+def test_demo_docks_every_widget_and_shows_the_whole_image():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = {"SAM annotator", "Sparse training", "Cell counting", "Batch", "Measure cells"}
+    assert expected <= set(facts["names"])
+    assert facts["docked"] == len(facts["names"])
+    assert all(f"{name} (napari-cellsparse)" in facts["docks"] for name in facts["names"])
+    visible = np.asarray(facts["canvas"]) / facts["zoom"]  # (height, width) in image pixels
+    assert np.all(visible >= np.asarray(facts["size"]) * 0.999), facts
+
+
+def test_demo_without_a_display_says_so(capsys):
+    from napari_cellsparse.demo import display_problem, main
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the X display check is for Linux")
+    assert "No display" in display_problem({})
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}) is None
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+            patch.delenv(name, raising=False)
+        assert main([]) == 2
+    assert "No display" in capsys.readouterr().err

@@ -331,3 +331,20 @@ def test_large_image_is_prompted_tile_by_tile(make_napari_viewer, vit_t_checkpoi
         if ids[0] != 0 and len(ids) == 1 and counts[0] == (truth == k).sum():
             whole += 1  # one label covers the object: not cut at a tile border
     assert whole >= 0.8 * truth.max(), widget.status.text()
+
+
+def test_weights_field_says_whether_a_checkpoint_is_cached(annotator, vit_t_checkpoint):
+    import shutil
+
+    from napari_cellsparse.sam.weights import CHECKPOINTS, weights_dir
+
+    _viewer, widget, _truth = annotator
+    widget.model_combo.setCurrentText("vit_b")
+    widget.model_combo.setCurrentText("vit_t")
+    assert widget.weights_edit.placeholderText().startswith("no vit_t checkpoint yet")
+    weights_dir().mkdir(parents=True, exist_ok=True)
+    shutil.copy(vit_t_checkpoint, weights_dir() / CHECKPOINTS["vit_t"].filename)
+    widget.model_combo.setCurrentText("vit_b")
+    assert widget.weights_edit.placeholderText().startswith("no vit_b checkpoint yet")
+    widget.model_combo.setCurrentText("vit_t")
+    assert widget.weights_edit.placeholderText() == "official vit_t checkpoint (cached)"

@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import ctypes.util
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["main", "open_demo", "widget_names"]
+__all__ = ["display_problem", "main", "open_demo", "widget_names"]
 
 PLUGIN = "napari-cellsparse"
 
@@ -42,12 +44,43 @@ def open_demo(viewer=None, sample: str = "nuclei"):
     return viewer, docked
 
 
+def display_problem(env: Mapping[str, str] | None = None) -> str | None:
+    """What keeps napari from opening a window on this Linux machine, in words; None when
+    nothing is known to (Qt's own message names a library, not the missing screen)."""
+    env = os.environ if env is None else env
+    if not sys.platform.startswith("linux") or env.get("QT_QPA_PLATFORM"):
+        return None
+    if not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):
+        return (
+            "No display: napari needs a screen (DISPLAY is not set). Run the demo on a "
+            "desktop, or `make demo SMOKE=1` for a screenshot taken in a virtual screen "
+            "(xvfb-run)."
+        )
+    if env.get("DISPLAY") and _qt6() and ctypes.util.find_library("xcb-cursor") is None:
+        return (
+            "Qt needs the library xcb-cursor to open a window on this X display: install it "
+            "(Debian/Ubuntu: apt install libxcb-cursor0) and run the demo again."
+        )
+    return None
+
+
+def _qt6() -> bool:
+    """Whether napari's Qt is Qt 6 (whose X11 plugin needs xcb-cursor)."""
+    import qtpy
+
+    return bool(getattr(qtpy, "QT6", False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Open the demo; with ``--smoke`` take a screenshot and exit."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", metavar="PNG", help="screenshot to this file, then quit")
     parser.add_argument("--sample", default="nuclei", help="sample key (nuclei, stardist_nuclei)")
     args = parser.parse_args(argv)
+    problem = display_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     import napari
 
     viewer, _ = open_demo(sample=args.sample)

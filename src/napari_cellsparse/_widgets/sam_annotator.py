@@ -46,7 +46,7 @@ from ..sam.automask import AutomaskParams
 from ..sam.embedding import EmbeddingCache
 from ..sam.large_images import TILE_ABOVE, needs_tiles
 from ..sam.upsample import PromptMask
-from ..sam.weights import MODEL_TYPES, download_weights
+from ..sam.weights import MODEL_TYPES, download_weights, find_weights
 from ._dock import DockWidget
 from ._layers import refill_combo, show_layer
 
@@ -114,7 +114,8 @@ class SamAnnotatorWidget(DockWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
         self.weights_edit = QLineEdit()
-        self.weights_edit.setPlaceholderText("official checkpoint (cached)")
+        self.model_combo.currentTextChanged.connect(self._show_weights_hint)
+        self._show_weights_hint()
         browse = QPushButton("...")
         browse.clicked.connect(self._browse_weights)
         weights_row = QHBoxLayout()
@@ -481,11 +482,24 @@ class SamAnnotatorWidget(DockWidget):
     def download(self) -> None:
         """Download the chosen model's official checkpoint into the cache (in a worker)."""
         model = self.model_combo.currentText()
-        self.runner.start(
-            lambda: download_weights(model),
-            lambda path: self.status.setText(f"Saved {Path(path).name}; press Compute embedding."),
-            f"Downloading {model} weights",
-        )
+
+        def done(path: str) -> None:
+            self._show_weights_hint()
+            self.status.setText(f"Saved {Path(path).name}; press Compute embedding.")
+
+        self.runner.start(lambda: download_weights(model), done, f"Downloading {model} weights")
+
+    def _show_weights_hint(self, _model: str = "") -> None:
+        """Say in the empty Weights field what will be used: the cached official checkpoint,
+        or that there is none yet."""
+        model = self.model_combo.currentText()
+        try:
+            find_weights(model)
+        except CellsparseError:
+            hint = f"no {model} checkpoint yet: Download weights, or choose a file"
+        else:
+            hint = f"official {model} checkpoint (cached)"
+        self.weights_edit.setPlaceholderText(hint)
 
     # -- layers the widget writes to ---------------------------------------------------
     def _annotation(self, image: Image) -> Labels:
