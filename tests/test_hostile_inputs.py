@@ -208,10 +208,10 @@ BAD_SETTINGS = [
     ({"patch_size": "large"}, "patch_size must be an integer"),
     ({"batch_size": 0}, f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}"),
     ({"batch_size": True}, "batch_size must be an integer"),
-    ({"learning_rate": -1}, "learning_rate must be a number above 0"),
-    ({"learning_rate": 0}, "learning_rate must be a number above 0"),
-    ({"learning_rate": float("nan")}, "learning_rate must be a number above 0"),
-    ({"learning_rate": float("inf")}, "learning_rate must be a number above 0"),
+    ({"learning_rate": -1}, "learning_rate must be a finite number above 0"),
+    ({"learning_rate": 0}, "learning_rate must be a finite number above 0"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number above 0"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number above 0"),
     ({"target_diameter": 0.0}, "target_diameter must be a number above 0"),
     ({"seed": -1}, "seed must be an integer from 0"),
 ]
@@ -266,7 +266,7 @@ def test_the_worker_training_job_checks_before_loading_the_backend(
         ctx, "stardist", [image], [labels], "hostile", 1, False, "cpu", None, 0,
         {"learning_rate": -1.0},
     )  # fmt: skip
-    with pytest.raises(BadInputError, match="learning_rate must be a number above 0"):
+    with pytest.raises(BadInputError, match="learning_rate must be a finite number above 0"):
         next(job)
 
 
@@ -362,8 +362,8 @@ def _cli_refuses(argv: list[str], message: str, capsys: pytest.CaptureFixture[st
     [
         ("patch_size=0", "patch_size must be an integer from 16 to 2048; got 0"),
         ("batch_size=0", "batch_size must be an integer from 1 to 256; got 0"),
-        ("learning_rate=-1", "learning_rate must be a number above 0 and at most 1; got -1"),
-        ("learning_rate=NaN", "learning_rate must be a number above 0"),
+        ("learning_rate=-1", "learning_rate must be a finite number above 0; got -1"),
+        ("learning_rate=NaN", "learning_rate must be a finite number above 0"),
         ("min_size=1e400", "min_size must be an integer"),
     ],
 )

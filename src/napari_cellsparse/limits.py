@@ -25,7 +25,6 @@ __all__ = [
     "MAX_COORDINATE",
     "MAX_DIAMETER",
     "MAX_LABEL_PIXELS",
-    "MAX_LEARNING_RATE",
     "MAX_MIN_AREA",
     "MAX_PATCH_SIZE",
     "MAX_SEED",
@@ -42,7 +41,6 @@ __all__ = [
 MIN_PATCH_SIZE = 16  # px; smaller crops vanish in the networks' down-sampling
 MAX_PATCH_SIZE = 2048  # px; a batch of 2048 px crops already fills a laptop's memory
 MAX_BATCH_SIZE = 256
-MAX_LEARNING_RATE = 1.0
 MAX_STEPS = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 MAX_TARGET_DIAMETER = 1000.0  # px at the training scale
@@ -55,7 +53,8 @@ MAX_LABEL_PIXELS = 200_000_000  # a label image made from GeoJSON (800 MB as int
 @dataclass(frozen=True)
 class Bound:
     """An allowed range ``low..high``: ``integer`` values only, ``low`` itself excluded
-    when ``above`` (e.g. a learning rate above 0)."""
+    when ``above`` (e.g. a learning rate above 0); ``high`` may be infinite (any finite
+    number above ``low``). NaN and infinities are never allowed."""
 
     low: float
     high: float
@@ -66,6 +65,8 @@ class Bound:
         """The range in words, e.g. ``an integer from 16 to 2048``."""
         kind = "an integer" if self.integer else "a number"
         low, high = _text(self.low), _text(self.high)
+        if math.isinf(self.high):
+            return f"a finite {kind.split()[-1]} {'above' if self.above else 'from'} {low}"
         if self.above:
             return f"{kind} above {low} and at most {high}"
         return f"{kind} from {low} to {high}"
@@ -102,7 +103,9 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         # shared by every trainer
         "patch_size": _int(MIN_PATCH_SIZE, MAX_PATCH_SIZE),
         "batch_size": _int(1, MAX_BATCH_SIZE),
-        "learning_rate": Bound(0.0, MAX_LEARNING_RATE, above=True),
+        # A huge learning rate costs nothing: the training diverges and nothing is saved
+        # (TrainingDivergedError), so only NaN, infinity and 0 or less are refused.
+        "learning_rate": Bound(0.0, math.inf, above=True),
         "steps": _int(0, MAX_STEPS),
         "seed": _int(0, MAX_SEED),
         "target_diameter": Bound(0.0, MAX_TARGET_DIAMETER, above=True),
