@@ -41,7 +41,11 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for item in [path] if isinstance(path, str) else path:
         stem = Path(item).name.split(".")[0]
-        result = features_to_labels(read_features(item))
+        features = read_features(item)  # names the file in its errors
+        try:
+            result = features_to_labels(features)
+        except BadInputError as err:
+            raise BadInputError(f"{item}: {err}") from err
         sparse = 1 in result.classes and result.classes[1] == "Background"
         name = f"{stem} annotation" if sparse else stem
         layers.append((result.labels, {"name": name, "metadata": {SPARSE_KEY: sparse}}, "labels"))

@@ -81,19 +81,32 @@ def _write_labels(
     out: Path,
     stem: str,
     labels: np.ndarray,
-    scores: dict[int, float],
+    scores: dict[int, float] | None = None,
     background_id: int | None = None,
+    note: str = "",
 ) -> None:
+    """Write ``<stem>_labels.tif`` and, for a 2D image, ``<stem>_objects.csv`` into ``out``,
+    both atomically and together (one that fails leaves neither); ``note`` ends the report."""
     import tifffile
 
+    from .errors import BadInputError
     from .labels import write_objects_csv
+    from .paths import atomic_target
 
-    out.mkdir(parents=True, exist_ok=True)
     tif = out / f"{stem}_labels.tif"
     table = out / f"{stem}_objects.csv"
-    tifffile.imwrite(tif, labels, compression="zlib")
-    rows = write_objects_csv(table, labels, scores, background_id=background_id)
-    print(f"wrote {tif} and {table} ({rows} objects)")
+    try:
+        if labels.ndim != 2:
+            with atomic_target(tif) as temp_tif:
+                tifffile.imwrite(temp_tif, labels, compression="zlib")
+            print(f"wrote {tif} ({int(labels.max())} objects{note})")
+            return
+        with atomic_target(tif) as temp_tif, atomic_target(table) as temp_table:
+            tifffile.imwrite(temp_tif, labels, compression="zlib")
+            rows = write_objects_csv(temp_table, labels, scores, background_id=background_id)
+    except OSError as err:
+        raise BadInputError(f"Could not write the results into {out}: {err}") from err
+    print(f"wrote {tif} and {table} ({rows} objects{note})")
 
 
 def _cmd_automask(args: argparse.Namespace) -> int:
@@ -113,8 +126,11 @@ def _cmd_automask(args: argparse.Namespace) -> int:
     _write_labels(Path(args.out), f"{stem}_automask", labels, scores)
     # Every object the generator kept, before overlaps are resolved for the label image,
     # as segment-anything's records (bbox x, y, w, h; point_coords x, y).
+    from .paths import atomic_target
+
     records = Path(args.out) / f"{stem}_automask_records.json"
-    records.write_text(json.dumps({"params": params.as_dict(), "masks": result.records()}))
+    with atomic_target(records) as temp:
+        temp.write_text(json.dumps({"params": params.as_dict(), "masks": result.records()}))
     print(f"wrote {records} ({len(result)} masks)")
     return 0
 
@@ -182,22 +198,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import tifffile
-
-    from .labels import write_objects_csv
     from .training import load_model
 
     model = load_model(args.model, device=args.device)
     image, stem = _read_image(args.image)
     labels = model.predict(image, diameter=args.diameter, axes=args.axes, min_area=args.min_area)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tif = out / f"{stem}_labels.tif"
-    table = out / f"{stem}_objects.csv"
-    tifffile.imwrite(tif, labels, compression="zlib")
-    rows = write_objects_csv(table, labels) if labels.ndim == 2 else int(labels.max())
     diameters = ", ".join(f"{d:.1f}" for d in model.info["last_diameters"][:5])
-    print(f"wrote {tif} and {table} ({rows} objects; diameter {diameters} px)")
+    _write_labels(Path(args.out), stem, labels, note=f"; diameter {diameters} px")
     return 0
 
 

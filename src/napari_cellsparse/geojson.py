@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 
 from .errors import BadInputError
 from .labels import FIRST_CELL_ID
+from .limits import MAX_COORDINATE, MAX_LABEL_PIXELS, Bound
 from .paths import atomic_target
 from .polygons import Polygon, mask_polygons, rasterize, simplify_ring
 
@@ -42,6 +43,8 @@ __all__ = [
 BACKGROUND_CLASSES = ("Background",)
 OBJECT_TYPES = ("annotation", "detection", "cell", "tile", "tma_core", "roi")
 DEFAULT_COLORS = {"Background": [80, 80, 80], "Foreground": [255, 200, 0]}
+LABEL_DTYPE = np.int32  # of the label images features are painted into
+LABEL_ID = Bound(0, float(np.iinfo(LABEL_DTYPE).max), integer=True)
 
 
 def _close(ring: np.ndarray) -> list[list[float]]:
@@ -163,7 +166,14 @@ def read_features(source: str | os.PathLike | Any) -> list[dict[str, Any]]:
         raise BadInputError(
             "Not GeoJSON features: expected a FeatureCollection, a list of features or a feature."
         )
-    return [dict(f) for f in data]
+    features = [dict(f) for f in data]
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            for index, feature in enumerate(features):
+                _feature_polygons(feature, index)
+        except BadInputError as err:
+            raise BadInputError(f"{Path(source)}: {err}") from err
+    return features
 
 
 def _geometry_polygons(geometry: Mapping[str, Any] | None) -> list[Polygon]:
@@ -184,6 +194,38 @@ def _geometry_polygons(geometry: Mapping[str, Any] | None) -> list[Polygon]:
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise BadInputError(f"A {kind} geometry has malformed coordinates ({err}).") from err
     return []
+
+
+def _feature_name(feature: Mapping[str, Any], index: int) -> str:
+    """How messages name a feature: its position (from 1) and its id, if it has one."""
+    ident = feature.get("id")
+    return f"feature {index + 1}" + ("" if ident is None else f" (id {ident!r})")
+
+
+def _feature_polygons(feature: Mapping[str, Any], index: int) -> list[Polygon]:
+    """The (x, y) rings of feature number ``index``, refused unless every coordinate is a
+    finite number within :data:`~napari_cellsparse.limits.MAX_COORDINATE` and its
+    ``label_id``, if any, a whole number that fits a label image (int32)."""
+    try:
+        polygons = _geometry_polygons(feature.get("geometry"))
+    except BadInputError as err:
+        raise BadInputError(f"GeoJSON {_feature_name(feature, index)}: {err}") from err
+    for rings in polygons:
+        for ring in rings:
+            if ring.size and not (np.isfinite(ring).all() and np.abs(ring).max() <= MAX_COORDINATE):
+                bad = ring[~(np.isfinite(ring) & (np.abs(ring) <= MAX_COORDINATE))][0]
+                raise BadInputError(
+                    f"GeoJSON {_feature_name(feature, index)}: coordinates must be finite "
+                    f"numbers from -{MAX_COORDINATE:,.0f} to {MAX_COORDINATE:,.0f} pixels; "
+                    f"found {float(bad)!r}."
+                )
+    label_id = (feature.get("properties") or {}).get("label_id")
+    if label_id is not None and not LABEL_ID.allows(label_id):
+        raise BadInputError(
+            f"GeoJSON {_feature_name(feature, index)}: label_id must be "
+            f"{LABEL_ID.describe()}; got {label_id!r}."
+        )
+    return polygons
 
 
 def _class_name(properties: Mapping[str, Any]) -> str | None:
@@ -223,19 +265,28 @@ def features_to_labels(
     """
     items = []
     skipped = 0
-    for feature in features:
-        polygons = _geometry_polygons(feature.get("geometry"))
+    for index, feature in enumerate(features):
+        polygons = _feature_polygons(feature, index)
         if not polygons:
             skipped += 1
             continue
         properties = feature.get("properties") or {}
-        items.append((polygons, _class_name(properties), properties.get("label_id")))
+        label_id = properties.get("label_id")
+        items.append(
+            (polygons, _class_name(properties), None if label_id is None else int(label_id))
+        )
     if shape is None:
         if not items:
             raise BadInputError("No polygons in the GeoJSON, and no image size to make labels.")
         extent_x = max(float(rs[0][:, 0].max()) for p, _, _ in items for rs in p) - offset[0]
         extent_y = max(float(rs[0][:, 1].max()) for p, _, _ in items for rs in p) - offset[1]
         shape = (max(1, int(np.ceil(extent_y))), max(1, int(np.ceil(extent_x))))
+        if shape[0] * shape[1] > MAX_LABEL_PIXELS:
+            raise BadInputError(
+                f"The GeoJSON objects reach x = {extent_x:,.0f}, y = {extent_y:,.0f} px: a label "
+                f"image that large has more than {MAX_LABEL_PIXELS:,} pixels. Open it with the "
+                "image it belongs to (its shape), or crop it."
+            )
     if sparse is None:
         sparse = any(name in background_classes for _, name, _ in items)
     given = [i for _, _, i in items]
@@ -244,7 +295,7 @@ def features_to_labels(
         and all(isinstance(i, int) and i > 0 for i in given)
         and len(set(given)) == len(given)
     )
-    labels = np.zeros(shape, dtype=np.int32)
+    labels = np.zeros(shape, dtype=LABEL_DTYPE)
     classes: dict[int, str | None] = {}
     outlines: list[np.ndarray] = []
     order = sorted(

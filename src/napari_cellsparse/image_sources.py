@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 import numpy as np
 
-from .errors import BadInputError
+from .errors import BadInputError, CellsparseError
 from .images import MAX_CHANNELS, percentile_ranges, sample_grid
 from .tiling import Region
 
@@ -30,11 +31,26 @@ __all__ = [
     "open_image",
     "pixel_size_from_tiff",
     "read_image_file",
+    "reading_image",
 ]
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".png", ".jpg", ".jpeg")
+
+
+@contextmanager
+def reading_image(what: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn any failure to read or decode the image ``what`` (truncated, corrupted, not an
+    image at all) into one :class:`BadInputError` naming it: the one translation of every
+    reader here, whether it reads a whole file or, lazily, one region of it."""
+    try:
+        yield
+    except CellsparseError:
+        raise
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInputError(f"Could not read the image {what}: {reason}") from err
 
 
 def is_image_file(path: Path) -> bool:
@@ -52,6 +68,7 @@ class ImageSource:
         name: str = "image",
         pixel_size: float | None = None,
         closer: Any = None,
+        origin: str | os.PathLike[str] | None = None,
     ) -> None:
         shape = tuple(int(n) for n in array.shape)
         axes = (axes or _guess_axes(shape)).upper()
@@ -77,6 +94,7 @@ class ImageSource:
         if min(self.shape) < 2:
             raise BadInputError(f"{name} is too small to segment: shape {shape}.")
         self._closer = closer
+        self.origin = str(origin) if origin is not None else name
 
     def __repr__(self) -> str:
         return f"ImageSource({self.name!r}, shape={self.shape}, channels={self.n_channels})"
@@ -96,7 +114,8 @@ class ImageSource:
 
     def read(self, region: Region) -> np.ndarray:
         """The pixels of ``region`` as a YXC array of the image's own dtype."""
-        return self._yxc(self.array[self._index(*region.slices)])
+        with reading_image(self.origin):
+            return self._yxc(self.array[self._index(*region.slices)])
 
     def read_all(self) -> np.ndarray:
         """All pixels as YXC (for images known to fit in memory, e.g. label masks)."""
@@ -104,11 +123,12 @@ class ImageSource:
 
     def sample(self, max_pixels: int = 4_000_000) -> np.ndarray:
         """Every k-th row and column (YXC), at most about ``max_pixels`` pixels."""
-        if self.axes == "CYX":
-            h, w = self.shape
-            step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
-            return self._yxc(self.array[:, ::step, ::step])
-        return self._yxc(sample_grid(self.array, max_pixels))
+        with reading_image(self.origin):
+            if self.axes == "CYX":
+                h, w = self.shape
+                step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+                return self._yxc(self.array[:, ::step, ::step])
+            return self._yxc(sample_grid(self.array, max_pixels))
 
     def ranges(self, max_pixels: int = 4_000_000) -> np.ndarray:
         """Per-channel 1st / 99.8th percentiles (2 x C) of the whole image (sampled)."""
@@ -153,27 +173,25 @@ def open_image(
     if not path.exists():
         raise BadInputError(f"The image {path} does not exist.")
     suffix = path.suffix.lower()
-    try:
+    with reading_image(path):
         if suffix in (".tif", ".tiff"):
             return _open_tiff(path, axes, label)
         if suffix == ".zarr" or path.is_dir():
-            return ImageSource(_open_zarr(path), axes, label)
+            return ImageSource(_open_zarr(path), axes, label, origin=path)
         from skimage.io import imread
 
-        return ImageSource(np.asarray(imread(path)), axes, label)
-    except BadInputError:
-        raise
-    except Exception as err:
-        raise BadInputError(f"Could not read the image {path}: {err}") from err
+        return ImageSource(np.asarray(imread(path)), axes, label, origin=path)
 
 
 def read_image_file(path: str | os.PathLike[str]) -> np.ndarray:
     """A whole image file in memory, in its own axes (TIFF with tifffile, the rest with
     scikit-image), with a clear message when it is missing, unreadable or empty."""
     path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"The image file {path} is a folder, not an image file.")
     if not path.is_file():
         raise BadInputError(f"The image file {path} does not exist.")
-    try:
+    with reading_image(path):
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -182,8 +200,6 @@ def read_image_file(path: str | os.PathLike[str]) -> np.ndarray:
             from skimage.io import imread
 
             image = np.asarray(imread(path))
-    except Exception as err:
-        raise BadInputError(f"Could not read the image {path}: {err}") from err
     if image.size == 0:
         raise BadInputError(f"Could not read the image {path}: it holds no pixels.")
     return image
@@ -213,7 +229,7 @@ def _open_tiff(path: Path, axes: str | None, name: str) -> ImageSource:
             closer = store
         if len(keep) != array.ndim:
             array = _Squeezed(array, keep)
-        return ImageSource(array, axes, name, pixel_size, closer=_Closer(tif, closer))
+        return ImageSource(array, axes, name, pixel_size, closer=_Closer(tif, closer), origin=path)
     except Exception:
         tif.close()
         raise
@@ -335,11 +351,8 @@ def pixel_size_from_tiff(path: str | os.PathLike) -> float | None:
         return None
     import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return _tiff_pixel_size(tif)
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        raise BadInputError(f"Could not read the TIFF {path}: {err}") from err
+    with reading_image(path), tifffile.TiffFile(path) as tif:
+        return _tiff_pixel_size(tif)
 
 
 def _tiff_pixel_size(tif: Any) -> float | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .paths import atomic_target
 from .sam.upsample import PromptMask
 
 __all__ = ["FIRST_CELL_ID", "next_free_id", "paint_masks", "writable", "write_objects_csv"]
@@ -62,13 +63,14 @@ def write_objects_csv(
     """One row per object of ``labels`` (id, centroid y/x, area, bbox, score); returns rows.
 
     0 is never an object; ``background_id=1`` also skips label 1, for label images in the
-    annotation convention (1 = painted background, cells from 2).
+    annotation convention (1 = painted background, cells from 2). Written atomically: an
+    interrupted write never leaves a half table under ``path``.
     """
     from skimage.measure import regionprops
 
     scores = scores or {}
     rows = 0
-    with open(path, "w", newline="") as handle:
+    with atomic_target(path) as temp, open(temp, "w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(
             [

@@ -41,20 +41,27 @@ def sample_file(name: str) -> Path:
 
 def read_boxes(path: str | Path) -> np.ndarray:
     """Boxes from a CSV with the header ``x0,y0,x1,y1`` (image pixels, samapi's order)."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        fields = set(reader.fieldnames or [])
-        if not {"x0", "y0", "x1", "y1"} <= fields:
-            raise BadInputError(
-                f"{path}: the boxes file needs a header with x0,y0,x1,y1; found {sorted(fields)}."
-            )
-        try:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields = set(reader.fieldnames or [])
+            if not {"x0", "y0", "x1", "y1"} <= fields:
+                raise BadInputError(
+                    f"{path}: the boxes file needs a header with x0,y0,x1,y1; "
+                    f"found {sorted(fields)}."
+                )
             rows = [[float(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in reader]
-        except (TypeError, ValueError) as err:
-            raise BadInputError(f"{path}: every box needs four numbers ({err}).") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInputError(f"Could not read the boxes file {path} ({err}).") from err
+    except (TypeError, ValueError) as err:
+        raise BadInputError(f"{path}: every box needs four numbers ({err}).") from err
     if not rows:
         raise BadInputError(f"{path} holds no boxes.")
-    return np.asarray(rows, dtype=np.float64)
+    boxes = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(boxes).all():
+        row = int(np.nonzero(~np.isfinite(boxes).all(axis=1))[0][0]) + 1
+        raise BadInputError(f"{path}: box {row} has a coordinate that is not a finite number.")
+    return boxes
 
 
 def load_sample(name: str = "nuclei") -> Sample:

@@ -69,7 +69,7 @@ def read_points_csv(path: str | Path) -> np.ndarray:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
-    except OSError as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise BadInputError(f"Could not read the points file {path} ({err}).") from err
     if not rows:
         return np.zeros((0, 2), np.float64)
@@ -88,6 +88,9 @@ def read_points_csv(path: str | Path) -> np.ndarray:
         raise BadInputError(
             f"The points file {path.name} must have numeric y and x columns ({err})."
         ) from err
+    if not np.isfinite(points).all():
+        row = int(np.nonzero(~np.isfinite(points).all(axis=1))[0][0]) + 1
+        raise BadInputError(f"The points file {path.name}: point {row} is not a finite number.")
     return points.reshape(-1, 2)
 
 

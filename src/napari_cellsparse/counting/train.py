@@ -19,6 +19,7 @@ import numpy as np
 from ..devices import resolve_device
 from ..errors import BadInputError
 from ..images import as_yxc
+from ..limits import check_settings, check_training
 from ..models.session import TrainingSession
 from ..progress import Progress, on_steps, run_sync
 from ..training.inputs import as_list
@@ -60,6 +61,7 @@ def train_counter_iter(
     ``trusted_pixels`` (the first step's has the starting ones); an update that cannot be
     used is reported in ``info["annotation_error"]``.
     """
+    check_training(steps, settings)
     folder = model_folder(name)
     imgs = [as_yxc(img) for img in as_list(images, "images")]
     pts = point_sets(points, imgs, isinstance(images, (list, tuple)))
@@ -74,9 +76,8 @@ def train_counter_iter(
     config = (CounterConfig.from_dict(previous) if previous else CounterConfig()).with_settings(
         **settings
     )
+    check_settings(config.to_dict())  # a stored counter's settings, too
     total = int(steps if steps is not None else config.steps)
-    if total < 0:
-        raise BadInputError(f"steps must be 0 or more, got {total}.")
 
     yield Progress(0, total, "Preparing the training data")
     normalized = [normalize(img) for img in imgs]

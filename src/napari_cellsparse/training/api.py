@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError, WeightsError
+from ..limits import check_settings, check_training
 from ..progress import Progress, on_steps, run_sync
 from .annotations import IGNORE, annotated_diameters
 from .backend import backend_class
 from .inputs import as_list, training_pairs
-from .model import TrainedModel, normalize
+from .model import MAX_SCALED_PIXELS, TrainedModel, normalize
 from .sampling import SparseDataset
 from .scale import foreground_diameter, rescale_image, resize_labels
 from .store import (
@@ -66,6 +67,7 @@ def train_iter(
     """
     from ..models.session import TrainingSession  # models.session imports this package
 
+    check_training(steps, settings)  # before the backend (and its framework) is imported
     cls = backend_class(backend)
     folder = model_folder(name)
     pairs = training_pairs(images, labels)
@@ -78,9 +80,8 @@ def train_iter(
         )
     session = TrainingSession(folder, backend, n_channels, reset)
     config = {**cls.default_config(), **(session.previous_config or {}), **settings}
+    check_settings(config)  # a stored model's config, too
     total = int(steps if steps is not None else config["steps"])
-    if total < 0:
-        raise BadInputError(f"steps must be 0 or more, got {total}.")
 
     yield Progress(0, total, "Preparing the training data")
     annotation = _Annotation(images, labels, pairs, config)
@@ -249,6 +250,12 @@ def _prepare(
             if found:
                 ratios.append(d_img / found)
         factor = target / d_img
+        if norm.shape[0] * norm.shape[1] * factor**2 > MAX_SCALED_PIXELS:
+            raise BadInputError(
+                f"Cells of {d_img:.1f} px brought to target_diameter {target:g} px would make "
+                f"a {norm.shape[1]} x {norm.shape[0]} image {factor:.1f}x larger, beyond "
+                f"{MAX_SCALED_PIXELS:,} pixels; choose a smaller target_diameter."
+            )
         scaled = rescale_image(norm, factor)
         images.append(scaled)
         labels.append(resize_labels(lab, scaled.shape[:2]))

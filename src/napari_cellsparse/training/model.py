@@ -17,6 +17,7 @@ from skimage.segmentation import relabel_sequential
 
 from ..errors import BadInputError
 from ..images import normalize_percentile
+from ..limits import check_setting
 from .backend import Network
 from .inputs import prediction_slices
 from .scale import foreground_diameter, rescale_image, resize_labels
@@ -81,6 +82,7 @@ class TrainedModel:
         """
         if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
             raise BadInputError(f"The diameter must be a positive number, got {diameter!r}.")
+        check_setting("min_area", min_area)
         slices, label_shape = prediction_slices(image, self.n_channels, axes)
         out = np.zeros((len(slices), *label_shape[-2:]), np.int32)
         used = []

@@ -87,8 +87,10 @@ def train(
     live: bool = False,
 ) -> Job:
     """Train (or continue) a segmentation model; returns its summary."""
+    from ..limits import check_training
     from ..training import backend_class, train_iter
 
+    check_training(steps, settings)
     cls = backend_class(backend)
     where = device
     if "torch" in cls.requires:
