@@ -302,13 +302,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
+    from .errors import BadInputError
+    from .sam.registry import add_local_weights, read_entries
     from .sam.weights import CHECKPOINTS, download, weights_dir
 
     if args.action == "list":
         for ckpt in CHECKPOINTS.values():
             have = "cached" if (weights_dir() / ckpt.filename).is_file() else "missing"
             print(f"{ckpt.model_type}\t{ckpt.size_mb} MB\t{have}\t{ckpt.url}")
+        for entry in read_entries():
+            print(f"{entry['type']}\t{entry['name']}\tregistered\t{entry['url']}")
         print(f"cache folder: {weights_dir()}")
+        return 0
+    if args.action == "add":
+        if not args.file:
+            raise BadInputError("weights add needs the checkpoint FILE to add.")
+        url, path = add_local_weights(args.model, args.file, args.name)
+        print(f"registered {args.model} weights {url} (copied to {path})")
         return 0
     path = download(args.model, args.url, args.sha256)
     print(f"saved {path}")
@@ -380,6 +390,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .sam.embedding import EmbeddingCache
+        from .sam.fetch import DownloadPolicy
         from .server.app import create_app
         from .server.sam_service import SamService
         from .server.training_service import TrainingService
@@ -394,9 +405,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     cache = EmbeddingCache(disk_dir=data_home() / "embeddings")
+    weights = DownloadPolicy(allow_private=args.allow_private_weights, max_mb=args.max_weights_mb)
     app = create_app(
-        SamService(cache, args.device), TrainingService(args.device), token, args.max_body_mb
-    )
+        SamService(cache, args.device), TrainingService(args.device), token, args.max_body_mb,
+        weights,
+    )  # fmt: skip
     print(f"serving samapi and cellsparse-api routes on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
@@ -539,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     serve.add_argument("--max-body-mb", type=float, default=512.0, help="largest request body")
+    serve.add_argument(
+        "--allow-private-weights",
+        action="store_true",
+        help="let POST /sam/weights/ download from loopback and private addresses",
+    )
+    serve.add_argument(
+        "--max-weights-mb", type=float, help="largest weights download (default: per model)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     count = sub.add_parser("count", help="count cells: train from points and/or count images")
@@ -559,8 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the stored models")
     models.set_defaults(func=_cmd_models)
 
-    weights = sub.add_parser("weights", help="list or download SAM checkpoints")
-    weights.add_argument("action", choices=["list", "download"])
+    weights = sub.add_parser("weights", help="list, download or add SAM checkpoints")
+    weights.add_argument("action", choices=["list", "download", "add"])
+    weights.add_argument("file", nargs="?", help="add: a local checkpoint file to register")
+    weights.add_argument("--name", help="add: the name clients see (default: the file's stem)")
     weights.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
     weights.add_argument("--url", help="download from this mirror instead")
     weights.add_argument("--sha256", help="expected checksum for --url")

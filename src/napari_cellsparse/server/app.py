@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import BackendUnavailableError, BadInputError, CancelledError, WeightsError
+from ..sam.fetch import DownloadPolicy
 from .bodies import (
     CellposeBody,
     CellsparseBody,
@@ -109,8 +110,10 @@ def create_app(
     training: TrainingService | None = None,
     token: str | None = None,
     max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    weights: DownloadPolicy | None = None,
 ) -> Any:
-    """The application; ``sam`` and ``training`` default to fresh services."""
+    """The application; ``sam`` and ``training`` default to fresh services. ``weights``
+    limits weights downloads (default: http(s) URLs of public addresses only)."""
     from .. import __version__
 
     sam = sam or SamService()
@@ -156,11 +159,11 @@ def create_app(
 
     @app.post("/sam/weights/", response_class=PlainTextResponse)
     def sam_register(body: SAMWeightsBody) -> str:
-        return sam.register(body)
+        return sam.register(body, weights)
 
     @app.get("/sam/weights/cancel/", response_class=PlainTextResponse)
     def sam_cancel() -> str:
-        sam.cancel.set()
+        sam.cancel_downloads()
         return "Cancel signal sent"
 
     @app.get("/sam/progress/")
