@@ -28,8 +28,8 @@ from fastapi.testclient import TestClient
 from napari_cellsparse.geojson import features_to_labels
 from napari_cellsparse.progress import run_sync
 from napari_cellsparse.sam.automask import generate_masks
-from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.sam.fetch import DownloadPolicy
+from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.sam.weights import CHECKPOINTS, weights_dir
 from napari_cellsparse.server.app import create_app
 from napari_cellsparse.server.images import decode_image, encode_png

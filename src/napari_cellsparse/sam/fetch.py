@@ -173,9 +173,17 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, policy: DownloadPolicy) -> None:
         self.policy = policy
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str):  # type: ignore[no-untyped-def]
-        check_url(urllib.parse.urljoin(req.full_url, newurl), self.policy)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            try:
+                check_url(urllib.parse.urljoin(req.full_url, location), self.policy)
+            except BadInputError:
+                fp.close()
+                raise
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def open_url(url: str, policy: DownloadPolicy) -> http.client.HTTPResponse:
