@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 from napari_cellsparse.geojson import features_to_labels
 from napari_cellsparse.progress import run_sync
 from napari_cellsparse.sam.automask import generate_masks
+from napari_cellsparse.sam.fetch import DownloadPolicy
 from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.sam.weights import CHECKPOINTS, weights_dir
 from napari_cellsparse.server.app import create_app
@@ -38,6 +39,7 @@ from napari_cellsparse.synthetic import LabelOracle, OracleDecoder, make_nuclei
 from napari_cellsparse.training.annotations import sparse_from_truth
 
 BOX = [40, 50, 90, 100]
+PRIVATE_OK = DownloadPolicy(allow_private=True)
 
 
 def _app(*args, **kwargs):
@@ -241,8 +243,10 @@ def test_include_image_edge_keeps_or_drops_image_sized_masks(client, nuclei) -> 
 
 
 def test_weights_list_register_and_use(
-    client, official, vit_t_checkpoint, http_server, tmp_path, nuclei
+    official, vit_t_checkpoint, http_server, tmp_path, nuclei
 ) -> None:
+    # the test server is on 127.0.0.1: a server started with --allow-private-weights
+    client = TestClient(_app(SamService(device="cpu"), weights=PRIVATE_OK))
     listed = client.get("/sam/weights/").json()
     assert {"type": "vit_t", "name": "vit_t", "url": CHECKPOINTS["vit_t"].url} in listed
     assert client.get("/sam/weights/?type=vit_b").json() == []
@@ -264,7 +268,8 @@ def test_weights_list_register_and_use(
 
     bad = {"type": "vit_t", "name": "broken", "url": server.url("broken.pt")}
     answer = client.post("/sam/weights/", json=bad)
-    assert answer.status_code == 503 and "corrupted" in answer.json()["detail"]
+    assert answer.status_code == 503
+    assert answer.json()["detail"].startswith("Could not download a SAM checkpoint from")
     assert "broken" not in json.dumps(client.get("/sam/weights/").json())
     assert client.get("/sam/weights/cancel/").text == "Cancel signal sent"
 

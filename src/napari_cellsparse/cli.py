@@ -309,13 +309,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
+    from .errors import BadInputError
+    from .sam.registry import add_local_weights, read_entries
     from .sam.weights import CHECKPOINTS, download, weights_dir
 
     if args.action == "list":
         for ckpt in CHECKPOINTS.values():
             have = "cached" if (weights_dir() / ckpt.filename).is_file() else "missing"
             print(f"{ckpt.model_type}\t{ckpt.size_mb} MB\t{have}\t{ckpt.url}")
+        for entry in read_entries():
+            print(f"{entry['type']}\t{entry['name']}\tregistered\t{entry['url']}")
         print(f"cache folder: {weights_dir()}")
+        return 0
+    if args.action == "add":
+        if not args.file:
+            raise BadInputError("weights add needs the checkpoint FILE to add.")
+        url, path = add_local_weights(args.model, args.file, args.name)
+        print(f"registered {args.model} weights {url} (copied to {path})")
         return 0
     path = download(args.model, args.url, args.sha256)
     print(f"saved {path}")
@@ -387,6 +397,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .sam.embedding import EmbeddingCache
+        from .sam.fetch import DownloadPolicy
         from .server.app import create_app
         from .server.guards import allowed_hosts
         from .server.sam_service import SamService
@@ -402,12 +413,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     cache = EmbeddingCache(disk_dir=data_home() / "embeddings")
+    weights = DownloadPolicy(allow_private=args.allow_private_weights, max_mb=args.max_weights_mb)
     app = create_app(
         SamService(cache, args.device),
         TrainingService(args.device),
         token,
         args.max_body_mb,
         allowed_hosts(args.host, args.allow_host),
+        weights,
     )
     print(f"serving samapi and cellsparse-api routes on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
@@ -559,6 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also answer requests addressed to NAME (Host header; repeatable); loopback "
         "names, --host and, with --host 0.0.0.0, this machine's names are always answered",
     )
+    serve.add_argument(
+        "--allow-private-weights",
+        action="store_true",
+        help="let POST /sam/weights/ download from loopback and private addresses",
+    )
+    serve.add_argument(
+        "--max-weights-mb", type=float, help="largest weights download (default: per model)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     count = sub.add_parser("count", help="count cells: train from points and/or count images")
@@ -579,8 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the stored models")
     models.set_defaults(func=_cmd_models)
 
-    weights = sub.add_parser("weights", help="list or download SAM checkpoints")
-    weights.add_argument("action", choices=["list", "download"])
+    weights = sub.add_parser("weights", help="list, download or add SAM checkpoints")
+    weights.add_argument("action", choices=["list", "download", "add"])
+    weights.add_argument("file", nargs="?", help="add: a local checkpoint file to register")
+    weights.add_argument("--name", help="add: the name clients see (default: the file's stem)")
     weights.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
     weights.add_argument("--url", help="download from this mirror instead")
     weights.add_argument("--sha256", help="expected checksum for --url")

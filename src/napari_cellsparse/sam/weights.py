@@ -1,27 +1,32 @@
 """SAM checkpoints: official URLs and checksums, the local cache, and a safe download.
 
-A download streams to a temporary file beside the target, checks the SHA-256, then renames
-(never a half-written checkpoint under the final name); it reports progress and stops at the
-next chunk when cancelled. Without network, the error names the file, the URL and the folder
+A download streams to a temporary file beside the target, checks the SHA-256 (or, for other
+weights, that they load), then renames (never a half-written checkpoint under the final
+name); it reports progress, stops at the next chunk when cancelled, and stops at a size cap
+and a deadline (:mod:`.fetch`, which also keeps the server's downloads to http(s) URLs of
+public addresses). Without network, the error names the file, the URL and the folder
 to put it in, so a user can fetch it by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
 import os
 import tempfile
 import threading
-import urllib.request
-from collections.abc import Generator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from ..errors import BadInputError, CancelledError, WeightsError
 from ..paths import data_home
 from ..progress import Progress, run_sync
+from .fetch import DownloadPolicy, open_url, read_chunk
 
 __all__ = [
     "CHECKPOINTS",
@@ -143,63 +148,129 @@ def download_weights(
     model_type: str,
     url: str | None = None,
     sha256: str | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = None,
     target: Path | None = None,
     verify: bool = True,
+    policy: DownloadPolicy | None = None,
+    check: Callable[[Path], object] | None = None,
 ) -> Generator[Progress, None, Path]:
     """Download a checkpoint into the cache, yielding progress in bytes; returns its path.
 
     ``url``/``sha256`` override the official ones (a mirror, or a test server). ``target``
     and ``verify=False`` register other weights (fine-tuned ones) under another file name,
-    without a checksum to compare (the caller checks them by loading). Closing the
-    generator (cancel) removes the partial file.
+    without a checksum to compare; ``check`` (e.g. loading it) then runs on the complete
+    temporary file before it is renamed. ``policy`` sets the limits (default: the caller's
+    own URL, private addresses allowed; the server passes its own): only http(s), a size
+    cap, a deadline. Closing the generator (cancel) or any failure removes the partial file.
     """
     ckpt = _checkpoint(model_type)
     url = url or ckpt.url
     expected = (sha256 or ckpt.sha256).lower()
     target = target or weights_dir() / ckpt.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
+    policy = policy or DownloadPolicy(allow_private=True)
+    if timeout is not None:
+        policy = replace(policy, timeout_s=timeout)
+    cap = policy.max_bytes(ckpt.size_mb)
+    deadline = time.monotonic() + policy.deadline_s
     try:
-        response = urllib.request.urlopen(url, timeout=timeout)
+        response = open_url(url, policy)
+    except BadInputError:
+        raise
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
         raise WeightsError(_missing_message(ckpt, target, f"Download failed ({err}).")) from err
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    with response:
+        total = _declared_length(response)
+        if total > cap:
+            raise _too_large(url, model_type, cap)
+        made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
+        tmp = Path(tmp_name)
+        kept = False
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield Progress(0, total, f"downloading {ckpt.filename}")
+                digest = yield from _stream(response, out, cap, deadline, ckpt, target, total, url)
+            _check_complete(digest, expected, verify, url)
+            if check is not None:
+                check(tmp)
+            os.replace(tmp, target)
+            kept = True
+            log.info("downloaded %s to %s", url, target)
+            return target
+        finally:
+            tmp.unlink(missing_ok=True)
+            if not kept:
+                for folder in made:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+
+
+def _declared_length(response: http.client.HTTPResponse) -> int:
+    try:
+        return max(0, int(response.headers.get("Content-Length") or 0))
+    except ValueError:
+        return 0
+
+
+def _too_large(url: str, model_type: str, cap: int) -> WeightsError:
+    return WeightsError(
+        f"The download from {url} is larger than {cap / 2**20:.0f} MB, the most a "
+        f"{model_type} checkpoint may be here; it was stopped and nothing was kept "
+        "(a server can raise the limit with --max-weights-mb)."
+    )
+
+
+def _stream(
+    response: http.client.HTTPResponse,
+    out: BinaryIO,
+    cap: int,
+    deadline: float,
+    ckpt: Checkpoint,
+    target: Path,
+    total: int,
+    url: str,
+) -> Generator[Progress, None, Any]:
+    """Copy the body to ``out`` in chunks within the cap and the deadline; returns the
+    SHA-256 digest. The declared length, when there is one, must be met."""
     digest = hashlib.sha256()
     done = 0
-    try:
-        with response, os.fdopen(fd, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            yield Progress(0, total, f"downloading {ckpt.filename}")
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    raise WeightsError(
-                        _missing_message(ckpt, target, f"The download was interrupted ({err}).")
-                    ) from err
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                yield Progress(done, max(total, done), f"downloading {ckpt.filename}")
-        if total and done != total:
+    while True:
+        try:
+            chunk = read_chunk(response, _CHUNK, deadline)
+        except TimeoutError as err:
             raise WeightsError(
-                _missing_message(
-                    ckpt, target, f"The download was interrupted ({done} of {total} bytes)."
-                )
-            )
-        if verify and digest.hexdigest() != expected:
+                f"The download from {url} did not finish in time ({err}); nothing was kept."
+            ) from err
+        except (OSError, http.client.HTTPException) as err:
             raise WeightsError(
-                f"The downloaded file from {url} does not have the expected checksum "
-                f"(got {digest.hexdigest()}, expected {expected}); it was not kept."
+                _missing_message(ckpt, target, f"The download was interrupted ({err}).")
+            ) from err
+        if not chunk:
+            break
+        done += len(chunk)
+        if done > cap:
+            raise _too_large(url, ckpt.model_type, cap)
+        out.write(chunk)
+        digest.update(chunk)
+        yield Progress(done, max(total, done), f"downloading {ckpt.filename}")
+    if total and done != total:
+        raise WeightsError(
+            _missing_message(
+                ckpt, target, f"The download was interrupted ({done} of {total} bytes)."
             )
-        os.replace(tmp, target)
-        log.info("downloaded %s to %s", url, target)
-        return target
-    finally:
-        tmp.unlink(missing_ok=True)
+        )
+    return digest
+
+
+def _check_complete(digest: Any, expected: str, verify: bool, url: str) -> None:
+    if verify and digest.hexdigest() != expected:
+        raise WeightsError(
+            f"The downloaded file from {url} does not have the expected checksum "
+            f"(got {digest.hexdigest()}, expected {expected}); it was not kept."
+        )
 
 
 def download(

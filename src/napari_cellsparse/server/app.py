@@ -23,6 +23,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from ..errors import BackendUnavailableError, BadInputError, CancelledError, WeightsError
+from ..sam.fetch import DownloadPolicy
 from .bodies import (
     CellposeBody,
     CellsparseBody,
@@ -55,9 +56,11 @@ def create_app(
     token: str | None = None,
     max_body_mb: float = DEFAULT_MAX_BODY_MB,
     hosts: Sequence[str] = LOOPBACK_HOSTS,
+    weights: DownloadPolicy | None = None,
 ) -> Any:
     """The application; ``sam`` and ``training`` default to fresh services. ``hosts``: the
-    names a request's ``Host`` header may carry (:func:`~.guards.allowed_hosts`)."""
+    names a request's ``Host`` header may carry (:func:`~.guards.allowed_hosts`);
+    ``weights`` limits weights downloads (default: http(s) URLs of public addresses only)."""
     from .. import __version__
 
     sam = sam or SamService()
@@ -107,11 +110,11 @@ def create_app(
 
     @app.post("/sam/weights/", response_class=PlainTextResponse)
     def sam_register(body: SAMWeightsBody) -> str:
-        return sam.register(body)
+        return sam.register(body, weights)
 
     @app.get("/sam/weights/cancel/", response_class=PlainTextResponse)
     def sam_cancel() -> str:
-        sam.cancel.set()
+        sam.cancel_downloads()
         return "Cancel signal sent"
 
     @app.get("/sam/progress/")

@@ -5,12 +5,15 @@ checkpoint and kept; image embeddings go through the same
 :class:`~napari_cellsparse.sam.embedding.EmbeddingCache` the widget uses (memory and disk),
 so the same field of view sent again is not embedded again. A large image is prompted tile
 by tile (:mod:`napari_cellsparse.sam.large_images`). Requests that use SAM run one at a time
-(a lock); training requests do not wait for them.
+(a lock); training requests do not wait for them. Weights are downloaded one at a time
+under the server's :class:`~napari_cellsparse.sam.fetch.DownloadPolicy`, each with its own
+cancel flag: cancelling a download stops nobody's prompt.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import logging
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -25,7 +28,9 @@ from ..polygons import mask_polygons
 from ..progress import Progress, run_sync
 from ..sam.automask import AutoMask, AutomaskParams, _nms, generate_masks
 from ..sam.embedding import EmbeddingCache
+from ..sam.fetch import DownloadPolicy, check_url
 from ..sam.large_images import TiledImage, needs_tiles
+from ..sam.registry import checkpoint_file, read_entries, register_entry
 from ..sam.upsample import PromptMask
 from ..sam.weights import CHECKPOINTS, MODEL_TYPES, download_weights, weights_dir
 from .bodies import OUTPUT_TYPES, SAMAutoMaskBody, SAMBody, SAMWeightsBody
@@ -34,7 +39,7 @@ from .images import decode_image
 __all__ = ["ProgressBoard", "SamService", "mask_features"]
 
 T = TypeVar("T")
-REGISTRY = "registered.json"
+log = logging.getLogger(__name__)
 EDGE_TOLERANCE = 20  # px: a mask this close to all four image edges covers the image
 
 
@@ -114,79 +119,89 @@ class SamService:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.device = device
         self.progress = ProgressBoard()
-        self.cancel = threading.Event()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # SAM work, one request at a time
+        self._download_lock = threading.Lock()  # one weights download at a time
+        self._cancel_lock = threading.Lock()
+        self._downloads: set[threading.Event] = set()  # cancel flags of running downloads
         self._prompters: dict[tuple[str, str], Any] = {}
         self._tiled: tuple[str, TiledImage] | None = None  # the last large image
 
     # -- weights ---------------------------------------------------------------------------
-    def _registry_path(self) -> Path:
-        return weights_dir() / REGISTRY
-
-    def _registered(self) -> list[dict[str, str]]:
-        path = self._registry_path()
-        if not path.is_file():
-            return []
-        try:
-            entries = json.loads(path.read_text())
-        except ValueError:
-            return []
-        return [e for e in entries if Path(e.get("path", "")).is_file()]
-
     def weights(self, model_type: str | None = None) -> list[dict[str, str]]:
         """Weights ready to use: cached official checkpoints and registered ones."""
         out = []
         for ckpt in CHECKPOINTS.values():
             if (weights_dir() / ckpt.filename).is_file():
                 out.append({"type": ckpt.model_type, "name": ckpt.model_type, "url": ckpt.url})
-        out += [{k: e[k] for k in ("type", "name", "url")} for e in self._registered()]
+        out += [{k: e[k] for k in ("type", "name", "url")} for e in read_entries()]
         if model_type is not None:
             _model_type(model_type)
             out = [e for e in out if e["type"] == model_type]
         return out
 
-    def register(self, body: SAMWeightsBody) -> str:
+    def register(self, body: SAMWeightsBody, policy: DownloadPolicy | None = None) -> str:
         """Download ``body.url`` as ``body.type`` weights named ``body.name`` (samapi's
         messages). The official URL is checked against its checksum; any other file is
-        checked by loading it into the architecture."""
+        checked by loading it into the architecture before it is kept. ``policy`` (default:
+        public http(s) addresses only) limits what is fetched; one download at a time.
+
+        A refused URL is a :class:`BadInputError`; every failure after that gets the same
+        message (the reason goes to the log), so answers do not tell an open port from a
+        closed one."""
         model_type = _model_type(body.type)
+        policy = policy or DownloadPolicy()
+        check_url(body.url, policy)
         if any(e["name"] == body.name or e["url"] == body.url for e in self.weights(model_type)):
             return f"Model file with the name/url '{body.name}' already exists. Skip registration."
         official = CHECKPOINTS[model_type].url == body.url
-        self.cancel.clear()
-        target = None if official else weights_dir() / model_type / f"{_safe(body.name)}.pth"
-        work = download_weights(model_type, body.url, target=target, verify=official)
-        try:
-            path = self._run(work)
-        except CancelledError:
-            return f"Cancelled to register {body.name} ({body.url})."
-        if not official:
-            from ..sam.models import load_sam
-
+        target = None if official else checkpoint_file(model_type, body.name)
+        check = None if official else functools.partial(_loads, model_type)
+        cancel = threading.Event()
+        with self._download_lock:
+            with self._cancel_lock:
+                self._downloads.add(cancel)
             try:
-                load_sam(model_type, path, "cpu")
-            except WeightsError:
-                path.unlink(missing_ok=True)
-                raise
-            entry = {"type": model_type, "name": body.name, "url": body.url, "path": str(path)}
-            entries = [*self._registered(), entry]
-            self._registry_path().write_text(json.dumps(entries))
+                work = download_weights(
+                    model_type, body.url, target=target, verify=official, policy=policy,
+                    check=check,
+                )  # fmt: skip
+                path = run_sync(work, progress=self.progress.update, cancel=cancel)
+            except CancelledError:
+                return f"Cancelled to register {body.name} ({body.url})."
+            except WeightsError as err:
+                log.warning("registering %s weights from %s failed: %s", model_type, body.url, err)
+                raise WeightsError(_not_downloaded(body.url, model_type, policy)) from None
+            finally:
+                with self._cancel_lock:
+                    self._downloads.discard(cancel)
+        if not official and not register_entry(model_type, body.name, body.url, path):
+            path.unlink(missing_ok=True)
+            return f"Model file with the name/url '{body.name}' already exists. Skip registration."
         return f"{body.name} ({body.url}) is registered."
+
+    def cancel_downloads(self) -> int:
+        """Cancel the running weights download (prompts and automask are not affected);
+        returns how many were running."""
+        with self._cancel_lock:
+            for cancel in self._downloads:
+                cancel.set()
+            return len(self._downloads)
 
     def _weights_path(self, model_type: str, checkpoint_url: str | None) -> str | None:
         if not checkpoint_url or checkpoint_url == CHECKPOINTS[model_type].url:
             return None  # the official checkpoint (a clear message if it is missing)
-        for entry in self._registered():
+        for entry in read_entries():
             if entry["type"] == model_type and entry["url"] == checkpoint_url:
                 return entry["path"]
         raise BadInputError(
             f"The checkpoint {checkpoint_url} is not registered for {model_type}; "
-            "register it first with POST /sam/weights/."
+            "register it first with POST /sam/weights/ (or, for a local file, with "
+            "cellsparse weights add FILE on the server's machine)."
         )
 
     # -- running SAM ---------------------------------------------------------------------
     def _run(self, work: Generator[Progress, None, T]) -> T:
-        return run_sync(work, progress=self.progress.update, cancel=self.cancel)
+        return run_sync(work, progress=self.progress.update)
 
     def _prompter(self, model_type: str, checkpoint_url: str | None) -> Any:
         from ..sam.prompting import SamPrompter
@@ -225,7 +240,6 @@ class SamService:
         if body.b64mask:
             raise BadInputError("b64mask (a low-resolution mask input) is not supported.")
         with self.lock:
-            self.cancel.clear()
             prompter = self._prompter(body.type, body.checkpoint_url)
             source = self._source(prompter, image)
             masks = source.prompt(
@@ -250,7 +264,6 @@ class SamService:
         image = decode_image(body.b64img)
         multimask = output_type != "Single mask"
         with self.lock:
-            self.cancel.clear()
             prompter = self._prompter(body.type, body.checkpoint_url)
             if needs_tiles(image.shape):
                 source = self._source(prompter, image)
@@ -274,8 +287,17 @@ def _covers_image(box: tuple[int, int, int, int], width: int, height: int) -> bo
     )
 
 
-def _safe(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
-    if not cleaned:
-        raise BadInputError(f"{name!r} cannot be used as a weights name.")
-    return cleaned[:100]
+def _loads(model_type: str, path: Path) -> None:
+    """Raise :class:`WeightsError` unless ``path`` loads into a ``model_type`` model."""
+    from ..sam.models import load_sam
+
+    load_sam(model_type, path, "cpu")
+
+
+def _not_downloaded(url: str, model_type: str, policy: DownloadPolicy) -> str:
+    cap = policy.max_bytes(CHECKPOINTS[model_type].size_mb) / 2**20
+    return (
+        f"Could not download a SAM checkpoint from {url}: it could not be reached, did not "
+        f"serve a {model_type} checkpoint, was larger than {cap:.0f} MB or took longer than "
+        f"{policy.deadline_s:.0f} s. The server's log gives the reason."
+    )
