@@ -345,6 +345,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         diameter=args.diameter,
         pixel_size=args.pixel_size,
         channel_names=tuple(args.channel_names.split(",")) if args.channel_names else None,
+        level=args.level,
     )
     work = run_batch(
         items,
@@ -503,7 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--diameter", type=float, help="cell diameter in pixels (default: auto)")
     batch.add_argument("--pixel-size", type=float, help="µm per pixel (default: from metadata)")
     batch.add_argument("--channel-names", help="comma-separated names for the table columns")
-    batch.add_argument("--mask-format", default="tif", choices=["tif", "zarr"])
+    batch.add_argument(
+        "--mask-format",
+        default="tif",
+        choices=["tif", "zarr", "ome-zarr"],
+        help="masks as tiled TIFF, zarr, or OME-Zarr labels with a pyramid (default: tif)",
+    )
+    batch.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        help="resolution level of OME-Zarr inputs (default: 0, full resolution)",
+    )
     batch.add_argument("--table-format", default="csv", choices=["csv", "tsv"])
     batch.add_argument(
         "--no-geojson", dest="geojson", action="store_false", help="skip the GeoJSON files"
