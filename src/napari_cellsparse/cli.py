@@ -321,6 +321,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from .progress import run_sync
     from .workspace import deepcell_items, folder_items
 
+    if args.qupath_project:
+        from .qupath_project import check_project_folder
+
+        check_project_folder(args.qupath_project)
+        if args.level:
+            raise BadInputError("A QuPath project needs objects at full resolution (--level 0).")
+        args.geojson = True  # the project's objects
     if args.layout == "deepcell":
         items = deepcell_items(
             args.input,
@@ -358,6 +365,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     )
     summary = run_sync(work, _print_progress)
     summary.write(summary_path)
+    if args.qupath_project:
+        _write_project(args.qupath_project, items, summary)
     for result in summary.of("failed"):
         print(f"FAILED {result.image}: {result.error}")
     print(
@@ -366,6 +375,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         f"summary in {summary_path}"
     )
     return 1 if summary.of("failed") else 0
+
+
+def _write_project(folder: str, items: Any, summary: Any) -> None:
+    from .qupath_project import batch_project_images, write_qupath_project
+
+    images, left_out = batch_project_images(items, summary)
+    if images:
+        path = write_qupath_project(folder, images)
+        print(f"QuPath project with {len(images)} image(s): {path}")
+    if left_out:
+        print(f"not in the QuPath project (no results): {', '.join(left_out)}")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -521,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-geojson", dest="geojson", action="store_false", help="skip the GeoJSON files"
     )
     batch.add_argument("--no-resume", action="store_true", help="redo images already done")
+    batch.add_argument(
+        "--qupath-project",
+        metavar="DIR",
+        help="also write a QuPath project of the results (new or empty folder)",
+    )
     batch.add_argument(
         "--compartment",
         default="nucleus",
