@@ -45,6 +45,7 @@ class BatchOptions:
     diameter: float | None = None  # None: estimated per image
     pixel_size: float | None = None  # None: from the image's metadata
     channel_names: tuple[str, ...] | None = None
+    level: int = 0  # resolution level of OME-Zarr inputs (0 = full resolution)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def process_item(
         for output in item.outputs:
             output.parent.mkdir(parents=True, exist_ok=True)
         model = worker_model(model_folder)
-        with open_image(item.image) as source:
+        with open_image(item.image, level=options.level) as source:
             segmenter = ModelSegmenter(model, source, options.diameter)
             halo = options.halo if options.halo is not None else segmenter.halo
             partner = item.nuclei or item.cells

@@ -301,7 +301,8 @@ def segment_to_file(
     cancel: threading.Event | None = None,
     **options: Any,
 ) -> Generator[Progress, None, BlockwiseResult]:
-    """:func:`segment_blockwise` into a file: ``.zarr`` (chunked) or ``.tif`` (tiled).
+    """:func:`segment_blockwise` into a file: ``.zarr`` (chunked), ``.ome.zarr`` (OME-Zarr
+    labels with a pyramid, :mod:`napari_cellsparse.ome_zarr_io`) or ``.tif`` (tiled).
 
     The labels go to a temporary zarr next to ``path``; a TIFF is then written from it tile
     row by tile row. ``path`` appears only once complete (temporary name, then rename), so
@@ -310,7 +311,15 @@ def segment_to_file(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".zarr", ".tif", ".tiff"):
-        raise BadInputError(f"Labels are written as .zarr or .tif, not {path.name}.")
+        raise BadInputError(f"Labels are written as .zarr, .ome.zarr or .tif, not {path.name}.")
+    from .ome_zarr_io import is_ome_zarr_path, segment_to_ome_zarr
+
+    if is_ome_zarr_path(path):
+        return (
+            yield from segment_to_ome_zarr(
+                source, segment, path, block, halo, cancel=cancel, **options
+            )
+        )
     chunk = min(block, 4096)
     if suffix == ".zarr":
         with atomic_target(path) as store:

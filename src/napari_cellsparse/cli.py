@@ -338,6 +338,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from .progress import run_sync
     from .workspace import deepcell_items, folder_items
 
+    if args.qupath_project:
+        from .qupath_project import check_project_folder
+
+        check_project_folder(args.qupath_project)
+        if args.level:
+            raise BadInputError("A QuPath project needs objects at full resolution (--level 0).")
+        args.geojson = True  # the project's objects
     if args.layout == "deepcell":
         items = deepcell_items(
             args.input,
@@ -362,6 +369,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         diameter=args.diameter,
         pixel_size=args.pixel_size,
         channel_names=tuple(args.channel_names.split(",")) if args.channel_names else None,
+        level=args.level,
     )
     work = run_batch(
         items,
@@ -374,6 +382,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     )
     summary = run_sync(work, _print_progress)
     summary.write(summary_path)
+    if args.qupath_project:
+        _write_project(args.qupath_project, items, summary)
     for result in summary.of("failed"):
         print(f"FAILED {result.image}: {result.error}")
     print(
@@ -382,6 +392,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         f"summary in {summary_path}"
     )
     return 1 if summary.of("failed") else 0
+
+
+def _write_project(folder: str, items: Any, summary: Any) -> None:
+    from .qupath_project import batch_project_images, write_qupath_project
+
+    images, left_out = batch_project_images(items, summary)
+    if images:
+        path = write_qupath_project(folder, images)
+        print(f"QuPath project with {len(images)} image(s): {path}")
+    if left_out:
+        print(f"not in the QuPath project (no results): {', '.join(left_out)}")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -523,12 +544,28 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--diameter", type=float, help="cell diameter in pixels (default: auto)")
     batch.add_argument("--pixel-size", type=float, help="µm per pixel (default: from metadata)")
     batch.add_argument("--channel-names", help="comma-separated names for the table columns")
-    batch.add_argument("--mask-format", default="tif", choices=["tif", "zarr"])
+    batch.add_argument(
+        "--mask-format",
+        default="tif",
+        choices=["tif", "zarr", "ome-zarr"],
+        help="masks as tiled TIFF, zarr, or OME-Zarr labels with a pyramid (default: tif)",
+    )
+    batch.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        help="resolution level of OME-Zarr inputs (default: 0, full resolution)",
+    )
     batch.add_argument("--table-format", default="csv", choices=["csv", "tsv"])
     batch.add_argument(
         "--no-geojson", dest="geojson", action="store_false", help="skip the GeoJSON files"
     )
     batch.add_argument("--no-resume", action="store_true", help="redo images already done")
+    batch.add_argument(
+        "--qupath-project",
+        metavar="DIR",
+        help="also write a QuPath project of the results (new or empty folder)",
+    )
     batch.add_argument(
         "--compartment",
         default="nucleus",

@@ -160,11 +160,15 @@ def _guess_axes(shape: Sequence[int]) -> str:
 
 
 def open_image(
-    image: str | os.PathLike[str] | Any, axes: str | None = None, name: str | None = None
+    image: str | os.PathLike[str] | Any,
+    axes: str | None = None,
+    name: str | None = None,
+    level: int = 0,
 ) -> ImageSource:
     """An :class:`ImageSource` for a file path or an array (numpy, dask, zarr).
 
     Files are opened lazily: nothing but the metadata is read until a region is asked for.
+    ``level`` picks a resolution level of an OME-Zarr image (0 = full resolution).
     """
     if not isinstance(image, (str, os.PathLike)):
         return ImageSource(image, axes, name or "image")
@@ -174,6 +178,12 @@ def open_image(
         raise BadInputError(f"The image {path} does not exist.")
     suffix = path.suffix.lower()
     with reading_image(path):
+        if _is_ome_zarr(path):
+            from .ome_zarr_io import open_ome_zarr
+
+            return open_ome_zarr(path, level, axes, label)
+        if level:
+            raise BadInputError(f"{path.name} has one resolution level; level {level} was asked.")
         if suffix in (".tif", ".tiff"):
             return _open_tiff(path, axes, label)
         if suffix == ".zarr" or path.is_dir():
@@ -181,6 +191,15 @@ def open_image(
         from skimage.io import imread
 
         return ImageSource(np.asarray(imread(path)), axes, label, origin=path)
+
+
+def _is_ome_zarr(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr image (a zarr group with multiscales metadata)."""
+    if not path.is_dir():
+        return False
+    from .ome_zarr_io import is_ome_zarr
+
+    return is_ome_zarr(path)
 
 
 def read_image_file(path: str | os.PathLike[str]) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Where a batch reads its images and writes its results: a plain folder or a DeepCell workspace.
 
 * **Folder**: every image in ``input`` (``pattern`` filters names) gives, in ``output``,
-  ``<name>_labels.tif`` (or ``.zarr``), ``<name>_objects.csv`` (or ``.tsv``) and
-  ``<name>_objects.geojson``.
+  ``<name>_labels.tif`` (or ``.zarr``, or ``.ome.zarr``: OME-Zarr labels with a pyramid),
+  ``<name>_objects.csv`` (or ``.tsv``) and ``<name>_objects.geojson``.
 * **DeepCell** (the deepcell-imaging layout): ``<workspace>/OMETIFF/<name>.ome.tif`` in;
   ``SEGMASK/<name>_NucleusMask.tiff`` or ``SEGMASK/<name>_WholeCellMask.tiff`` (by the
   compartment the model segments) and ``REPORTS/<name>_QUANT.tsv`` out. When the mask of the
@@ -19,9 +19,17 @@ from pathlib import Path
 from .errors import BadInputError
 from .image_sources import is_image_file
 
-__all__ = ["COMPARTMENTS", "BatchItem", "deepcell_items", "folder_items", "image_stem"]
+__all__ = [
+    "COMPARTMENTS",
+    "MASK_SUFFIXES",
+    "BatchItem",
+    "deepcell_items",
+    "folder_items",
+    "image_stem",
+]
 
 COMPARTMENTS = {"nucleus": "_NucleusMask.tiff", "whole-cell": "_WholeCellMask.tiff"}
+MASK_SUFFIXES = {"tif": ".tif", "zarr": ".zarr", "ome-zarr": ".ome.zarr"}
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,8 @@ def folder_items(
 ) -> list[BatchItem]:
     """One item per file of ``input_dir`` matching ``pattern`` (files that are not images
     are kept, so that the batch reports them rather than skipping them silently)."""
-    if mask_format not in ("tif", "zarr") or table_format not in ("csv", "tsv"):
-        raise BadInputError("Masks are tif or zarr, tables csv or tsv.")
+    if mask_format not in MASK_SUFFIXES or table_format not in ("csv", "tsv"):
+        raise BadInputError(f"Masks are {', '.join(MASK_SUFFIXES)}; tables csv or tsv.")
     out = Path(output_dir)
     items = []
     for image in _images(Path(input_dir), pattern):
@@ -86,7 +94,7 @@ def folder_items(
         items.append(
             BatchItem(
                 image,
-                out / f"{stem}_labels.{mask_format}",
+                out / f"{stem}_labels{MASK_SUFFIXES[mask_format]}",
                 out / f"{stem}_objects.{table_format}",
                 out / f"{stem}_objects.geojson" if geojson else None,
             )
