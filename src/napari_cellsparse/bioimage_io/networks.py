@@ -34,7 +34,7 @@ class PackagedNetwork:
     kwargs: dict[str, Any]
     step: int  # input height and width must be multiples of this
     output_channels: tuple[str, ...]
-    output_description: str
+    output_description: str  # at most 128 characters (the spec's limit)
 
     def module(self, state: dict[str, Any]) -> Any:
         """A fresh module of this architecture holding ``state`` (on the CPU, eval mode)."""
@@ -68,8 +68,8 @@ def packaged_network(model: TrainedModel) -> PackagedNetwork:
             step=grid * 2**depth,
             output_channels=("background", "border", "centre"),
             output_description=(
-                "Class logits (background, cell border, cell centre); a softmax over the "
-                "channel axis gives the probabilities."
+                "Class logits: background, cell border, cell centre (a softmax over the "
+                "channel axis gives probabilities)."
             ),
         )
     if model.backend == "cellpose":
@@ -87,9 +87,8 @@ def packaged_network(model: TrainedModel) -> PackagedNetwork:
             step=16,
             output_channels=("flow_y", "flow_x", "cell_probability"),
             output_description=(
-                "Cellpose's raw output: the flows (dy, dx, times 5) and the cell-probability "
-                "logit; Cellpose's dynamics (cellpose.dynamics.compute_masks) turn them into "
-                "instances."
+                "Cellpose flows dy, dx (times 5) and cell-probability logit; "
+                "cellpose.dynamics.compute_masks makes instances."
             ),
         )
     raise BadInputError(
