@@ -269,3 +269,21 @@ def test_model_lists_hold_only_models_each_widget_can_use(trainer, qtbot):
     assert segmentation == ["tiny"]
     assert counters == ["a-counter"]
     assert widget.model_combo.currentText() == "tiny"
+
+
+def test_export_button_writes_a_bioimageio_package(trainer, tmp_path, monkeypatch):
+    pytest.importorskip("bioimageio.spec")
+    import zipfile
+
+    widget = trainer[1]
+    widget.steps_spin.setValue(4)
+    widget.train()
+    shown = _errors(monkeypatch)
+    out = tmp_path / "tiny.zip"
+    widget.export(path=str(out))
+    assert zipfile.is_zipfile(out), (shown, widget.status.text())
+    assert "Exported 'tiny'" in widget.status.text()
+    with zipfile.ZipFile(out) as z:
+        assert "rdf.yaml" in z.namelist()
+    widget.export(path=str(tmp_path / "no folder" / "x.tar"))
+    assert shown and ".zip" in shown[-1] and not (tmp_path / "no folder" / "x.tar").exists()

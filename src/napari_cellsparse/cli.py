@@ -208,6 +208,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .bioimage_io import export_model
+
+    image = _read_image(args.image)[0] if args.image else None
+    out = export_model(
+        args.model, args.out, image=image, diameter=args.diameter, author=args.author
+    )
+    print(f"wrote {out} (bioimage.io model package)")
+    return 0
+
+
 def _cmd_measure(args: argparse.Namespace) -> int:
     """Measure every object of a label image (QuPath-style table, optional GeoJSON)."""
     from .geojson import write_features
@@ -523,6 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     predict.add_argument("--out", default="out", help="output folder")
     predict.set_defaults(func=_cmd_predict)
+
+    export = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip)")
+    export.add_argument("--model", required=True, help="model name or model folder")
+    export.add_argument("--out", required=True, help="the .zip file to write")
+    export.add_argument(
+        "--image", help="image file or sample:NAME for the test input (default: synthetic cells)"
+    )
+    export.add_argument("--diameter", type=float, help="cell diameter in --image (default: auto)")
+    export.add_argument("--author", default="napari-cellsparse user", help="the package's author")
+    export.set_defaults(func=_cmd_export)
 
     batch = sub.add_parser(
         "batch", help="segment a folder or a DeepCell workspace with a model, on Dask"

@@ -19,6 +19,7 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
@@ -95,7 +96,7 @@ class SparseTrainingWidget(DockWidget):
         self._refresh_models()
 
     def busy_buttons(self) -> list[QWidget]:
-        return [self.train_button, self.reset_button, self.predict_button]
+        return [self.train_button, self.reset_button, self.predict_button, self.export_button]
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -190,6 +191,14 @@ class SparseTrainingWidget(DockWidget):
         predict_form.addRow("Min area", self.min_area_spin)
         self.predict_button = QPushButton("Predict")
         self.predict_button.clicked.connect(self.predict)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip(
+            "Write the model as a bioimage.io package (.zip) for deepImageJ, ilastik, QuPath."
+        )
+        self.export_button.clicked.connect(lambda: self.export())
+        predict_row = QHBoxLayout()
+        predict_row.addWidget(self.predict_button)
+        predict_row.addWidget(self.export_button)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -198,7 +207,7 @@ class SparseTrainingWidget(DockWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.loss_plot)
         layout.addLayout(predict_form)
-        layout.addWidget(self.predict_button)
+        layout.addLayout(predict_row)
         layout.addWidget(self.status)
         layout.addStretch()
 
@@ -553,6 +562,39 @@ class SparseTrainingWidget(DockWidget):
                 self.runner.report(err)
 
         self.runner.run_in_worker("predict", kwargs, done, f"Predicting {image_name}")
+
+    def export(self, path: str | None = None) -> None:
+        """Export the chosen model as a bioimage.io package (asks where unless ``path``).
+
+        The test input is the chosen 2D grayscale image when there is one (at its diameter
+        setting), otherwise synthetic cells at the model's scale."""
+        if self.runner.busy:
+            self.status.setText("Still working; press Stop or wait.")
+            return
+        name = self.model_combo.currentText()
+        if not name:
+            self.runner.report(BadInputError("No trained model yet: press Train first."))
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export to bioimage.io", f"{name}.zip", "bioimage.io packages (*.zip)"
+            )
+            if not path:
+                return
+        image_name = self.predict_image_combo.currentText()
+        image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None  # noqa: SIM401 (a LayerList has no get)
+        data = np.asarray(_layer_data(image)) if image is not None else None
+        kwargs = {
+            "name": name,
+            "out": str(path),
+            "image": data if data is not None and data.ndim == 2 else None,
+            "diameter": self.predict_diameter_spin.value() or None,
+        }
+
+        def done(written: str) -> None:
+            self.status.setText(f"Exported '{name}' to {written} (bioimage.io model package).")
+
+        self.runner.run_in_worker("export_bioimageio", kwargs, done, f"Exporting {name}")
 
     def _predicted(self, image_name: str, image: Image, model: str, result: dict[str, Any]) -> None:
         """Show a prediction as one Labels layer drawn as outlines (contours): for hundreds

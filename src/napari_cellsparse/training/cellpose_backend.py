@@ -254,7 +254,9 @@ class CellposeNetwork(TorchNetwork):
         with torch.inference_mode():
             for start in range(0, len(tiles), 4):
                 x = torch.from_numpy(tiles[start : start + 4]).to(self.device)
-                out[start : start + 4] = self.net(x)[0].float().cpu().numpy()
+                y = self.net(x)  # CPnet: (output, style, features); a package's net: output
+                y = y[0] if isinstance(y, tuple) else y
+                out[start : start + 4] = y.float().cpu().numpy()
         y = transforms.average_tiles(out, ysub, xsub, ly, lx)[:, y1 : y1 + h, x1 : x1 + w]
         return np.ascontiguousarray(y[:2]), np.ascontiguousarray(y[2])
 

@@ -62,67 +62,11 @@ def unet_loss(logits: Any, targets: Any, mask: Any, dice_weight: float = 1.0) ->
 
 
 def _build_unet(n_channels: int, base: int, depth: int, grid: int = 1) -> Any:
-    """A small 2D U-Net: conv-GroupNorm-ReLU blocks, max-pool down, bilinear up.
+    """The U-Net of :mod:`~napari_cellsparse.training.unet_architecture` (torch-only, so a
+    bioimage.io package can carry it as its architecture)."""
+    from .unet_architecture import UNet
 
-    With ``grid=2`` (as StarDist's grid) one convolution at full resolution feeds a U-Net
-    that runs at half resolution, and the class logits are upsampled back: about 4x less
-    work per step, which is what makes training in minutes on a laptop CPU possible.
-    """
-    torch = import_torch()
-    nn = torch.nn
-
-    def block(cin: int, cout: int) -> Any:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.GroupNorm(min(8, cout // 4), cout),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-            nn.GroupNorm(min(8, cout // 4), cout),
-            nn.ReLU(inplace=True),
-        )
-
-    class UNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            widths = [base * 2**i for i in range(depth + 1)]
-            self.grid = grid
-            self.stem = (
-                nn.Sequential(nn.Conv2d(n_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True))
-                if grid > 1
-                else nn.Identity()
-            )
-            self.down = nn.ModuleList(
-                [block(widths[0] if grid > 1 else n_channels, widths[0])]
-                + [block(widths[i], widths[i + 1]) for i in range(depth)]
-            )
-            self.up = nn.ModuleList(
-                [block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth))]
-            )
-            self.head = nn.Conv2d(widths[0], 3, 1)
-
-        def forward(self, x: Any) -> Any:
-            size = x.shape[-2:]
-            if self.grid > 1:
-                x = torch.nn.functional.avg_pool2d(self.stem(x), self.grid)
-            skips = []
-            for i, layer in enumerate(self.down):
-                x = layer(x if i == 0 else torch.nn.functional.max_pool2d(x, 2))
-                skips.append(x)
-            skips.pop()
-            for layer in self.up:
-                skip = skips.pop()
-                x = torch.nn.functional.interpolate(
-                    x, size=skip.shape[-2:], mode="bilinear", align_corners=False
-                )
-                x = layer(torch.cat([x, skip], dim=1))
-            logits = self.head(x)
-            if self.grid > 1:
-                logits = torch.nn.functional.interpolate(
-                    logits, size=size, mode="bilinear", align_corners=False
-                )
-            return logits
-
-    return UNet()
+    return UNet(n_channels, base, depth, grid)
 
 
 class UNetNetwork(TorchNetwork):

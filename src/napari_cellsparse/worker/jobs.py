@@ -293,6 +293,22 @@ def batch(
     )
 
 
+def export_bioimageio(
+    ctx: JobContext,
+    name: str,
+    out: str,
+    image: np.ndarray | None = None,
+    diameter: float | None = None,
+) -> Job:
+    """Write stored model ``name`` as a bioimage.io package at ``out``; returns the path."""
+    from ..bioimage_io import export_model
+
+    yield Progress(0, 1, f"Exporting {name!r} to bioimage.io")
+    path = export_model(name, out, image=image, diameter=diameter)
+    yield Progress(1, 1, f"Wrote {path.name}")
+    return str(path)
+
+
 JOBS: dict[str, Callable[..., Job]] = {
     "echo": echo,
     "devices": devices,
@@ -303,4 +319,5 @@ JOBS: dict[str, Callable[..., Job]] = {
     "count_folder": count_folder,
     "segment_layer": segment_layer,
     "batch": batch,
+    "export_bioimageio": export_bioimageio,
 }

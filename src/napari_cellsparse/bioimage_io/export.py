@@ -1,0 +1,218 @@
+"""Export a trained model as a bioimage.io model package (model spec 0.5, a zip).
+
+The description is built with ``bioimageio.spec``'s classes and packaged by it: PyTorch state
+dict weights with a torch-only architecture file, TorchScript, a raw test input whose declared
+preprocessing is our normalisation, the network's raw output on it, the object scale in the
+README and config, a cover image, the training summary and the citations. The zip is written
+under a temporary name and renamed, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BadInputError, WeightsError
+from ..paths import atomic_target
+from ..training.api import load_model
+from ..training.model import TrainedModel
+from .documents import citations, training_summary, write_cover, write_readme
+from .networks import PackagedNetwork, packaged_network, raw_output, test_image
+
+__all__ = ["CONFIG_KEY", "export_model"]
+
+CONFIG_KEY = "napari_cellsparse"  # our entry in the package's config
+INPUT_ID, OUTPUT_ID = "raw", "output"
+PERCENTILES = (1.0, 99.8)  # napari_cellsparse.training.model.normalize
+DEFAULT_LICENSE = "CC-BY-4.0"
+DEFAULT_AUTHOR = "napari-cellsparse user"
+
+
+def export_model(
+    name_or_folder: str | Path,
+    out_zip: str | Path,
+    image: np.ndarray | None = None,
+    diameter: float | None = None,
+    author: str = DEFAULT_AUTHOR,
+    license: str = DEFAULT_LICENSE,
+) -> Path:
+    """Write model ``name_or_folder`` (a store name or a model folder) to ``out_zip``.
+
+    The test input comes from ``image`` (its first 2D slice, rescaled so that its cells,
+    ``diameter`` pixels wide or estimated, get the model's training diameter) or, without
+    one, from synthetic nuclei at that diameter. Raises BadInputError for an unknown model,
+    a folder that is not a model, a backend that cannot be exported or an unwritable output.
+    """
+    spec = _import_spec()
+    out = Path(out_zip).expanduser()
+    if out.suffix.lower() != ".zip":
+        raise BadInputError(f"A bioimage.io package is a .zip file; got {str(out)!r}.")
+    if out.is_dir():
+        raise BadInputError(f"{out} is a folder; give the path of the .zip file to write.")
+    try:
+        model = load_model(name_or_folder, device="cpu")
+    except WeightsError as err:
+        raise BadInputError(f"{name_or_folder} cannot be exported: {err}") from err
+    network = packaged_network(model)
+    with tempfile.TemporaryDirectory(prefix="cellsparse-bioimageio-") as work:
+        descr = _describe(
+            spec,
+            model,
+            network,
+            Path(work),
+            test_image(model, network.step, image, diameter),
+            author,
+            license,
+        )
+        try:
+            with atomic_target(out) as temp:
+                spec.save_bioimageio_package(descr, output_path=temp.with_suffix(".zip"))
+                temp.with_suffix(".zip").replace(temp)
+        except OSError as err:
+            raise BadInputError(f"Cannot write {out}: {err.strerror or err}.") from err
+    return out
+
+
+def _import_spec() -> Any:
+    try:
+        import bioimageio.spec as spec
+    except ImportError as err:
+        raise BackendUnavailableError(
+            "bioimage.io export (bioimageio.spec)", "bioimageio", err
+        ) from err
+    return spec
+
+
+def _describe(
+    spec: Any,
+    model: TrainedModel,
+    network: PackagedNetwork,
+    work: Path,
+    raw: np.ndarray,
+    author: str,
+    license: str,
+) -> Any:
+    """The model description, with every file it names written into ``work``."""
+    import torch
+    from bioimageio.spec.model import v0_5 as m
+
+    state = {k: v.detach().cpu() for k, v in model.network.net.state_dict().items()}
+    net = network.module(state)
+    output = raw_output(net, raw)
+    files = {
+        "architecture": work / f"{network.callable.lower()}_architecture.py",
+        "state": work / "weights.pt",
+        "torchscript": work / "weights_torchscript.pt",
+        "input": work / "test_input.npy",
+        "output": work / "test_output.npy",
+        "readme": work / "README.md",
+        "cover": work / "cover.png",
+    }
+    shutil.copyfile(network.architecture, files["architecture"])
+    torch.save(net.state_dict(), files["state"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, not gone
+        torch.jit.save(torch.jit.script(net), str(files["torchscript"]))
+    np.save(files["input"], raw)
+    np.save(files["output"], output)
+    summary = training_summary(model)
+    write_readme(files["readme"], model, network, summary)
+    write_cover(files["cover"], raw, output, model.backend)
+
+    step = network.step
+    space_in = [
+        m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=step, step=step))
+        for a in ("y", "x")
+    ]
+    space_out = [
+        m.SpaceOutputAxis(
+            id=m.AxisId(a),
+            size=m.SizeReference(tensor_id=m.TensorId(INPUT_ID), axis_id=m.AxisId(a)),
+        )
+        for a in ("y", "x")
+    ]
+    d = float(model.config["target_diameter"])
+    inputs = m.InputTensorDescr(
+        id=m.TensorId(INPUT_ID),
+        description=f"raw image; cells about {d:.0f} px across (rescale before use)",
+        axes=[
+            m.BatchAxis(),
+            m.ChannelAxis(channel_names=[f"channel{c}" for c in range(model.n_channels)]),
+            *space_in,
+        ],
+        test_tensor=m.FileDescr(source=files["input"]),
+        preprocessing=[
+            m.ScaleRangeDescr(
+                kwargs=m.ScaleRangeKwargs(
+                    axes=[m.AxisId("y"), m.AxisId("x")],
+                    min_percentile=PERCENTILES[0],
+                    max_percentile=PERCENTILES[1],
+                )
+            )
+        ],
+    )
+    outputs = m.OutputTensorDescr(
+        id=m.TensorId(OUTPUT_ID),
+        description=network.output_description,
+        axes=[
+            m.BatchAxis(),
+            m.ChannelAxis(channel_names=list(network.output_channels)),
+            *space_out,
+        ],
+        test_tensor=m.FileDescr(source=files["output"]),
+    )
+    torch_version = m.Version(torch.__version__.split("+")[0])
+    weights = m.WeightsDescr(
+        pytorch_state_dict=m.PytorchStateDictWeightsDescr(
+            source=files["state"],
+            architecture=m.ArchitectureFromFileDescr(
+                source=files["architecture"],
+                callable=m.Identifier(network.callable),
+                kwargs=network.kwargs,
+            ),
+            pytorch_version=torch_version,
+        ),
+        torchscript=m.TorchscriptWeightsDescr(
+            source=files["torchscript"], pytorch_version=torch_version, parent="pytorch_state_dict"
+        ),
+    )
+    ours = {
+        "backend": model.backend,
+        "n_channels": model.n_channels,
+        "target_diameter": d,
+        "config": {k: v for k, v in model.config.items()},
+        "training": summary,
+        "metadata": {
+            k: model.info.get(k)
+            for k in ("name", "created", "updated", "steps", "images", "versions")
+        },
+    }
+    return m.ModelDescr(
+        name=f"{model.name} {model.backend} sparse",
+        description=(
+            f"{model.backend} cell segmentation trained on sparse annotation with "
+            f"napari-cellsparse; expects cells about {d:.0f} px across."
+        ),
+        authors=[m.Author(name=author)],
+        cite=[m.CiteEntry(text=text, doi=m.Doi(doi)) for text, doi in citations(model.backend)],
+        license=m.LicenseId(license),
+        documentation=m.FileDescr(source=files["readme"]),
+        covers=[m.FileDescr(source=files["cover"])],
+        tags=[
+            "napari-cellsparse",
+            "sparse-annotation",
+            "instance-segmentation",
+            "2d",
+            model.backend,
+            "pytorch",
+        ],
+        inputs=[inputs],
+        outputs=[outputs],
+        weights=weights,
+        config=m.Config(**{CONFIG_KEY: ours}),
+    )

@@ -1,0 +1,145 @@
+"""What a bioimage.io package says about each backend's network, and its test tensors.
+
+A package carries the raw network: its architecture file (torch only), its state dict and a
+TorchScript copy, and the tensors it maps (raw image in, class logits or Cellpose flows out).
+The instance post-processing stays ours; its settings travel in the package's config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..images import normalize_percentile
+from ..training.inputs import prediction_slices
+from ..training.model import TrainedModel, normalize
+from ..training.scale import rescale_image
+
+__all__ = ["PackagedNetwork", "packaged_network", "raw_output", "test_image"]
+
+TEST_SIZE = 256  # the test input's largest side, in pixels at the training scale
+EXPORTABLE = ("unet", "cellpose")
+
+
+@dataclass(frozen=True)
+class PackagedNetwork:
+    """The network of one model as a bioimage.io package describes it."""
+
+    architecture: Path  # a source file that imports only torch
+    callable: str
+    kwargs: dict[str, Any]
+    step: int  # input height and width must be multiples of this
+    output_channels: tuple[str, ...]
+    output_description: str  # at most 128 characters (the spec's limit)
+
+    def module(self, state: dict[str, Any]) -> Any:
+        """A fresh module of this architecture holding ``state`` (on the CPU, eval mode)."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_cellsparse_arch", self.architecture)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        net = getattr(module, self.callable)(**self.kwargs)
+        net.load_state_dict(state)
+        return net.eval()
+
+
+def packaged_network(model: TrainedModel) -> PackagedNetwork:
+    """The package's view of ``model``'s network; BadInputError for a backend not exported."""
+    config = model.config
+    if model.backend == "unet":
+        from ..training import unet_architecture
+
+        grid, depth = int(config["grid"]), int(config["depth"])
+        return PackagedNetwork(
+            architecture=Path(unet_architecture.__file__),
+            callable="UNet",
+            kwargs={
+                "n_channels": model.n_channels,
+                "base_filters": int(config["base_filters"]),
+                "depth": depth,
+                "grid": grid,
+            },
+            step=grid * 2**depth,
+            output_channels=("background", "border", "centre"),
+            output_description=(
+                "Class logits: background, cell border, cell centre (a softmax over the "
+                "channel axis gives probabilities)."
+            ),
+        )
+    if model.backend == "cellpose":
+        from ..training import cellpose_architecture
+
+        return PackagedNetwork(
+            architecture=Path(cellpose_architecture.__file__),
+            callable="CellposeNet",
+            kwargs={
+                "nbase": [model.n_channels, *(int(c) for c in config["nbase"])],
+                "nout": 3,
+                "size": 3,
+                "diam_mean": float(config["target_diameter"]),
+            },
+            step=16,
+            output_channels=("flow_y", "flow_x", "cell_probability"),
+            output_description=(
+                "Cellpose flows dy, dx (times 5) and cell-probability logit; "
+                "cellpose.dynamics.compute_masks makes instances."
+            ),
+        )
+    raise BadInputError(
+        f"Models of the {model.backend!r} backend cannot be exported to bioimage.io yet; "
+        f"exportable backends: {', '.join(EXPORTABLE)}."
+    )
+
+
+def test_image(
+    model: TrainedModel, step: int, image: np.ndarray | None = None, diameter: float | None = None
+) -> np.ndarray:
+    """A raw test input (1, C, Y, X) float32 at the model's training scale.
+
+    From ``image`` (its first 2D slice, rescaled so its cells, ``diameter`` pixels wide or
+    estimated, get the training diameter; centre crop), or synthetic nuclei of that size.
+    """
+    target = float(model.config["target_diameter"])
+    if image is None:
+        from ..synthetic import make_nuclei
+
+        radius = target / 2.0
+        yx, _ = make_nuclei((TEST_SIZE, TEST_SIZE), 20, (0.85 * radius, 1.1 * radius), seed=0)
+        if float(model.config.get("polarity", 1.0)) < 0:
+            yx = yx.max() - yx
+        raw = np.repeat(yx[..., None], model.n_channels, axis=-1).astype(np.float32)
+    else:
+        raw = prediction_slices(image, model.n_channels)[0][0].astype(np.float32)
+        if diameter is None:
+            diameter = model.estimate_diameter(normalize(raw))
+        if not (np.isfinite(diameter) and diameter > 0):
+            raise BadInputError(f"The diameter must be a positive number, got {diameter!r}.")
+        raw = rescale_image(raw, target / float(diameter))
+    h, w = (min(s, TEST_SIZE) // step * step for s in raw.shape[:2])
+    if h == 0 or w == 0:
+        raise BadInputError(
+            f"The test image is too small: at the training scale it is {raw.shape[:2]} pixels, "
+            f"and the network needs at least {step} x {step}."
+        )
+    top, left = (raw.shape[0] - h) // 2, (raw.shape[1] - w) // 2
+    crop = raw[top : top + h, left : left + w]
+    return np.ascontiguousarray(np.moveaxis(crop, -1, 0)[None], dtype=np.float32)
+
+
+def raw_output(net: Any, raw: np.ndarray) -> np.ndarray:
+    """The network's output for a raw (1, C, Y, X) input normalised as the package declares
+    (per channel, percentiles 1 and 99.8 over Y and X: our one normalisation)."""
+    from .._lazy import import_torch
+
+    torch = import_torch()
+    normalized = normalize_percentile(raw, axis=(2, 3))
+    with torch.inference_mode():
+        out = net(torch.from_numpy(np.ascontiguousarray(normalized)))
+    out = out[0] if isinstance(out, tuple) else out
+    return out.float().cpu().numpy()
