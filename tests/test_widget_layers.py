@@ -60,3 +60,13 @@ def test_points_and_shapes_shown_again_take_the_new_data_and_style(viewer):
     assert again.shape_type == ["polygon"] * 3
     empty = show_layer(viewer, "shapes", ([], "polygon"), "outlines")
     assert empty is shapes and len(empty.data) == 0
+
+
+def test_a_first_result_of_no_shapes_is_an_empty_layer(viewer):
+    from napari_cellsparse._widgets._layers import show_layer
+
+    empty = show_layer(viewer, "shapes", ([], "polygon"), "outlines", edge_color="magenta")
+    assert len(empty.data) == 0
+    square = np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)
+    again = show_layer(viewer, "shapes", ([square], "polygon"), "outlines", edge_color="magenta")
+    assert again is empty and again.shape_type == ["polygon"]

@@ -377,3 +377,27 @@ def test_points_clicked_during_counter_training_reach_it(make_napari_viewer, qtb
     assert len(seen) >= 2, widget.status.text()
     assert seen[0]["cells"] == 3 and seen[1]["cells"] == 5
     assert seen[1]["trusted_pixels"] > seen[0]["trusted_pixels"]
+
+
+def test_a_result_that_cannot_be_shown_is_one_message(qtbot, monkeypatch):
+    """A finished job whose result handler fails (here on purpose) gives one notification and
+    frees the widget: Qt would abort the process on an exception escaping the slot."""
+    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse.progress import Progress
+
+    shown: list[str] = []
+    monkeypatch.setattr(_worker, "show_error", shown.append)
+    lines: list[str] = []
+    runner = _worker.JobRunner(status=lines.append)
+
+    def job():
+        yield Progress(0, 1, "working")
+        return 7
+
+    def done(value: int) -> None:
+        raise ValueError(f"cannot show {value}")
+
+    runner.start(job, done, "A job")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=30_000)
+    assert len(shown) == 1 and "cannot show 7" in shown[0]
+    assert "cannot show 7" in lines[-1]

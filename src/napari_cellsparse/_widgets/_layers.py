@@ -35,6 +35,11 @@ def show_layer(viewer: Any, kind: str, data: Any, name: str, **properties: Any) 
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
+    if kind == "shapes":  # napari cannot make a Shapes layer of no shapes with their type
+        shapes, shape_type = data
+        return viewer.add_shapes(
+            list(shapes) or None, shape_type=shape_type, name=name, **properties
+        )
     return getattr(viewer, f"add_{kind}")(data, name=name, **properties)
 
 

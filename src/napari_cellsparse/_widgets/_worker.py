@@ -195,7 +195,12 @@ class JobRunner:
     def _finish(self, returned: list[Any], on_done: Callable[[Any], None]) -> None:
         self._set_busy(False)
         if returned and not self.closed:
-            on_done(returned[0])
+            try:
+                on_done(returned[0])
+            except Exception as err:  # showing a result: one message, never an abort
+                if not isinstance(err, CellsparseError):
+                    log.error("showing a job's result failed", exc_info=err)
+                self.report(err)
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next step."""

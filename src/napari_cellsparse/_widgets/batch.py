@@ -200,10 +200,7 @@ class BatchWidget(DockWidget):
         }
 
         def done(result: BlockwiseResult) -> None:
-            try:
-                self._show_layer_result(name, scale, result)
-            except Exception as err:  # never a traceback dialog from a finished job
-                self.runner.report(err)
+            self._show_layer_result(name, scale, result)
 
         self.runner.run_in_worker(
             "segment_layer", kwargs, done, f"Segmenting '{name}' block by block"

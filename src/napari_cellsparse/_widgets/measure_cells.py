@@ -194,10 +194,7 @@ class MeasureCellsWidget(DockWidget):
             return table
 
         def done(table: pd.DataFrame) -> None:
-            try:
-                self._measured(name, table)
-            except Exception as err:  # never a traceback dialog from a finished job
-                self.runner.report(err)
+            self._measured(name, table)
 
         self.runner.start(job, done, f"Measuring '{name}'")
 

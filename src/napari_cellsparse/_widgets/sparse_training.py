@@ -416,10 +416,7 @@ class SparseTrainingWidget(DockWidget):
         }
 
         def done(summary: dict[str, Any]) -> None:
-            try:
-                self._trained(summary, reset)
-            except Exception as err:  # never a traceback dialog from a finished job
-                self.runner.report(err)
+            self._trained(summary, reset)
 
         self.watch([lab for _, lab in layers])
         self.runner.run_in_worker(
@@ -556,10 +553,7 @@ class SparseTrainingWidget(DockWidget):
         }
 
         def done(result: dict[str, Any]) -> None:
-            try:
-                self._predicted(image_name, image, name, result)
-            except Exception as err:  # never a traceback dialog from a finished job
-                self.runner.report(err)
+            self._predicted(image_name, image, name, result)
 
         self.runner.run_in_worker("predict", kwargs, done, f"Predicting {image_name}")
 
