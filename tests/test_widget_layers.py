@@ -70,3 +70,14 @@ def test_a_first_result_of_no_shapes_is_an_empty_layer(viewer):
     square = np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)
     again = show_layer(viewer, "shapes", ([square], "polygon"), "outlines", edge_color="magenta")
     assert again is empty and again.shape_type == ["polygon"]
+
+
+def test_results_take_a_small_label_type_already_shown(viewer):
+    from napari_cellsparse._widgets._layers import compact_labels
+
+    labels = np.arange(12, dtype=np.int64).reshape(3, 4)
+    assert compact_labels(labels).dtype == np.uint8  # nothing shown: the smallest
+    viewer.add_labels(np.zeros((3, 4), np.uint16), name="annotation")
+    assert compact_labels(labels, viewer).dtype == np.uint16  # napari has drawn that type
+    assert compact_labels(labels + 70_000, viewer).dtype == np.int64  # does not fit
+    assert compact_labels(labels - 1, viewer).dtype == np.int64  # negative ids stay

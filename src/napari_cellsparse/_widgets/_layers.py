@@ -77,14 +77,24 @@ def refill_combo(
     combo.blockSignals(False)
 
 
-def compact_labels(labels: Any) -> Any:
-    """A label array as uint16 when its ids fit: napari draws it faster than int32 or int64
-    (less main-thread work when a layer is shown), and one type for every result layer means
-    napari compiles its colour mapping for that type once per session (about 0.2 s each time
-    a new type is first shown). Other arrays (zarr, dask) as they are."""
+def compact_labels(labels: Any, viewer: Any = None) -> Any:
+    """A label array as uint8 or uint16 when its ids fit: napari draws those faster than
+    int32 or int64 (less main-thread work when a layer is shown). The type of a Labels layer
+    already in ``viewer`` is preferred when it holds them: napari compiles its colour mapping
+    once per type, about 0.2 s of the main thread the first time a type is shown. Other
+    arrays (zarr, dask) as they are."""
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
         return labels
     top = int(labels.max()) if labels.size else 0
-    if top >= 2**16 or int(labels.min(initial=0)) < 0:
+    if int(labels.min(initial=0)) < 0:
         return labels
-    return labels.astype(np.uint16, copy=False)
+    small = (np.dtype(np.uint8), np.dtype(np.uint16))
+    shown = [
+        np.dtype(layer.data.dtype)
+        for layer in getattr(viewer, "layers", ())
+        if type(layer).__name__ == "Labels" and np.dtype(layer.data.dtype) in small
+    ]
+    for dtype in (*shown, *small):
+        if top <= np.iinfo(dtype).max:
+            return labels.astype(dtype, copy=False)
+    return labels

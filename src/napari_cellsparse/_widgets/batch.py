@@ -209,9 +209,8 @@ class BatchWidget(DockWidget):
     def _show_layer_result(self, name: str, scale: tuple, result: BlockwiseResult) -> None:
         table = result.table
         labels_name = f"{name} labels"
-        layer = show_layer(
-            self.viewer, "labels", compact_labels(result.labels), labels_name, scale=scale
-        )
+        labels = compact_labels(result.labels, self.viewer)
+        layer = show_layer(self.viewer, "labels", labels, labels_name, scale=scale)
         if table is not None and len(table):
             show_table(layer, table)
         else:

@@ -436,9 +436,8 @@ class SamAnnotatorWidget(DockWidget):
     def _show_automask(self, image: Image, labels: np.ndarray, polygons: list) -> None:
         ndim = image.data.ndim - (1 if image.rgb else 0)
         scale = image.scale[-2:] if ndim >= 2 else None
-        show_layer(
-            self.viewer, "labels", compact_labels(labels), AUTOMASK, scale=scale, opacity=0.5
-        )
+        labels = compact_labels(labels, self.viewer)
+        show_layer(self.viewer, "labels", labels, AUTOMASK, scale=scale, opacity=0.5)
         show_layer(
             self.viewer,
             "shapes",
@@ -678,7 +677,7 @@ class SamAnnotatorWidget(DockWidget):
             if PREVIEW in self.viewer.layers:
                 self.viewer.layers.remove(PREVIEW)
             preview = self.viewer.add_labels(
-                np.zeros(shape, dtype=np.uint16), name=PREVIEW, opacity=0.5, scale=layer.scale[-2:]
+                np.zeros(shape, dtype=np.uint8), name=PREVIEW, opacity=0.5, scale=layer.scale[-2:]
             )
         if mask is not None:
             preview.data[mask.slices][mask.mask] = 1

@@ -471,7 +471,7 @@ class SparseTrainingWidget(DockWidget):
         show_layer(
             self.viewer,
             "labels",
-            compact_labels(labels),
+            compact_labels(labels, self.viewer),
             PREVIEW,
             opacity=0.5,
             scale=image.scale[-nd:],
@@ -594,7 +594,7 @@ class SparseTrainingWidget(DockWidget):
         """Show a prediction as one Labels layer drawn as outlines (contours): for hundreds
         of objects a Shapes layer of polygons stalled the viewer for a third of a second; a
         small integer type is drawn faster still. Fill it from napari's layer controls."""
-        labels = compact_labels(result["labels"])
+        labels = compact_labels(result["labels"], self.viewer)
         nd = labels.ndim
         name = PREDICTION.format(image_name)
         layer = show_layer(
