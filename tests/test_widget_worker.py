@@ -73,12 +73,15 @@ def test_train_preview_stop_predict_in_a_shown_viewer(shown, qtbot, backend):
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
     assert "Stopped after" in widget.status.text(), widget.status.text()
     assert widget.runner._remote is False
-    preview = viewer.layers["Training preview"].data
-    assert preview.shape == (96, 96)
+    preview = viewer.layers["Training preview"]
+    assert preview.data.shape == (96, 96)
     widget.predict_button.click()
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
     assert "Predicted" in widget.status.text(), widget.status.text()
     assert viewer.layers["nuclei prediction"].data.shape == (96, 96)
+    # the prediction took over the preview's layer instead of lying on top of it
+    assert viewer.layers["nuclei prediction"] is preview
+    assert "Training preview" not in viewer.layers
     np.testing.assert_array_equal(viewer.layers["annotation"].data, annotation)
     assert not [m for m in FRAMEWORKS if m in set(sys.modules) - before]  # none imported here
     assert "tensorflow" not in sys.modules
@@ -401,3 +404,34 @@ def test_a_result_that_cannot_be_shown_is_one_message(qtbot, monkeypatch):
     qtbot.waitUntil(lambda: not runner.busy, timeout=30_000)
     assert len(shown) == 1 and "cannot show 7" in shown[0]
     assert "cannot show 7" in lines[-1]
+
+
+def test_a_flood_of_progress_events_is_shown_without_nesting(make_napari_viewer, qtbot):
+    """A job reporting faster than napari's progress bar redraws: events that arrive while
+    one is shown (the bar processes Qt events) are shown in turn, not one call deeper each."""
+    import sys
+
+    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse.progress import Progress
+
+    make_napari_viewer(show=True)  # napari's progress bars are Qt widgets with a viewer
+    depths: list[int] = []
+    seen: list[int] = []
+    runner = _worker.JobRunner()
+
+    def job():
+        for step in range(1, 4001):
+            yield Progress(step, 4000, f"step {step}")
+        return None
+
+    def on_progress(event: Progress) -> None:
+        seen.append(event.step)
+        frame, depth = sys._getframe(), 0
+        while frame is not None:
+            frame, depth = frame.f_back, depth + 1
+        depths.append(depth)
+
+    runner.start(job, lambda _value: None, "A flood", on_progress=on_progress)
+    qtbot.waitUntil(lambda: not runner.busy, timeout=120_000)
+    assert seen == list(range(1, 4001))  # every event, in order, before the end
+    assert max(depths) - min(depths) < 50, (min(depths), max(depths))

@@ -23,6 +23,7 @@ from typing import Any
 
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QWidget
 
 from ..errors import CancelledError, CellsparseError
@@ -90,6 +91,8 @@ class JobRunner:
         self._bar: Any = None
         self._cancel_event: threading.Event | None = None
         self._on_event: Callable[[Progress], None] | None = None
+        self._pending: list[tuple[Callable[..., None], tuple]] = []  # job signals to handle
+        self._handling = False
         if cancel_button is not None:
             cancel_button.setEnabled(False)
             cancel_button.clicked.connect(self.cancel)
@@ -146,11 +149,11 @@ class JobRunner:
         self.worker = create_worker(
             run,
             _connect={
-                "yielded": self._on_progress,
+                "yielded": lambda event: self._in_order(self._on_progress, event),
                 "returned": returned.append,
-                "errored": self._on_error,
-                "aborted": lambda: None if self.closed else self.status("Cancelled."),
-                "finished": finished,
+                "errored": lambda err: self._in_order(self._on_error, err),
+                "aborted": lambda: self._in_order(self._on_abort),
+                "finished": lambda: self._in_order(finished),
             },
         )
 
@@ -234,6 +237,35 @@ class JobRunner:
         except Exception as err:
             self._on_error(err)
         self._finish(returned, on_done)
+
+    def _in_order(self, handler: Callable[..., None], *args: Any) -> None:
+        """Run a job signal's ``handler`` after those that came before it. napari's progress
+        bar processes Qt events while it updates, so the next signals arrive inside the
+        handler of the last one: run there, a fast job nested one call per progress event
+        (the stack overflowed) and its end could overtake its last progress events. Signals
+        that arrive meanwhile wait for the next turn of the event loop."""
+        self._pending.append((handler, args))
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._handling or not self._pending:
+            return
+        self._handling = True
+        batch, self._pending = self._pending, []
+        try:
+            for handler, args in batch:
+                try:
+                    handler(*args)
+                except Exception as err:  # one failing handler must not lose the job's end
+                    log.error("a job signal's handler failed", exc_info=err)
+        finally:
+            self._handling = False
+        if self._pending:
+            QTimer.singleShot(0, self._drain)
+
+    def _on_abort(self) -> None:
+        if not self.closed:
+            self.status("Cancelled.")
 
     def _on_progress(self, event: Progress) -> None:
         if self.closed:

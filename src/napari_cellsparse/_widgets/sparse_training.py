@@ -593,10 +593,16 @@ class SparseTrainingWidget(DockWidget):
     def _predicted(self, image_name: str, image: Image, model: str, result: dict[str, Any]) -> None:
         """Show a prediction as one Labels layer drawn as outlines (contours): for hundreds
         of objects a Shapes layer of polygons stalled the viewer for a third of a second; a
-        small integer type is drawn faster still. Fill it from napari's layer controls."""
+        small integer type is drawn faster still. Fill it from napari's layer controls. The
+        training preview, when there is one, becomes the prediction layer."""
         labels = compact_labels(result["labels"], self.viewer)
         nd = labels.ndim
         name = PREDICTION.format(image_name)
+        layers = self.viewer.layers
+        if name not in layers and PREVIEW in layers and isinstance(layers[PREVIEW], Labels):
+            # The prediction supersedes the training preview: it takes over that layer
+            # rather than lying on top of it (and napari builds no new layer: ~0.17 s).
+            layers[PREVIEW].name = name
         layer = show_layer(
             self.viewer,
             "labels",
@@ -604,6 +610,7 @@ class SparseTrainingWidget(DockWidget):
             name,
             scale=image.scale[-nd:],
             translate=image.translate[-nd:],
+            opacity=0.7,
         )
         layer.contour = 1
         n = int(result["objects"])
