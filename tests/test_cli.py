@@ -283,3 +283,25 @@ def test_sam_and_automask_tile_a_large_image(
     # Random weights decode noise: every mask breaks into specks, and a mask keeps its
     # label only when one connected piece holds half of it.
     assert len(table) == int(found.max())
+
+
+def test_help_describes_every_command_and_option(capsys) -> None:
+    from napari_cellsparse import __version__
+    from napari_cellsparse.cli import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"cellsparse {__version__}"
+    parser = build_parser()
+    assert "``" not in parser.format_help()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"sam", "train", "predict", "export", "batch", "serve", "weights"} <= set(commands)
+    for name, command in commands.items():
+        assert command.description, name
+        silent = [
+            a.option_strings
+            for a in command._actions
+            if a.option_strings and not a.help and a.dest != "help"
+        ]
+        assert not silent, (name, silent)
+    assert "(default: 1024)" in commands["batch"].format_help()

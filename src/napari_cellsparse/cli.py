@@ -1,4 +1,4 @@
-"""``cellsparse``: the command-line front end of the engine (no window, no Qt)."""
+"""The ``cellsparse`` command: the command-line front end of the engine (no window, no Qt)."""
 
 from __future__ import annotations
 
@@ -461,7 +461,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _sam_arguments(command: argparse.ArgumentParser) -> None:
     """Model, device, channels, cache and tiling options of the SAM commands."""
-    command.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
+    command.add_argument(
+        "--model",
+        default="vit_t",
+        choices=["vit_h", "vit_l", "vit_b", "vit_t"],
+        help="SAM model: vit_t (MobileSAM) is fast on a CPU",
+    )
     command.add_argument("--weights", help="checkpoint file (default: the cached official one)")
     command.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     command.add_argument("--channels", type=int, nargs="+", help="channel indices (YXC images)")
@@ -475,13 +480,47 @@ def _sam_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels")
 
 
+DESCRIPTION = (
+    "Cell segmentation from a few annotated cells, without a window: SAM prompts, training, "
+    "prediction, batches on Dask, measurements, counting and the server for QuPath. "
+    "'cellsparse COMMAND -h' lists a command's options."
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that names each option's default (when it has one and the help does not)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS) and not isinstance(default, list)
+        if shown and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``-h`` starts with what it does."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        formatter_class=_HelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cellsparse`` argument parser."""
-    parser = argparse.ArgumentParser(prog="cellsparse", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
 
-    sam = sub.add_parser("sam", help="segment objects from SAM box prompts")
+    parser = argparse.ArgumentParser(
+        prog="cellsparse", description=DESCRIPTION, formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"cellsparse {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sam = _command(sub, "sam", help="segment objects from SAM box prompts")
     sam.add_argument(
         "--image", required=True, help="image file, or sample:nuclei / sample:stardist"
     )
@@ -489,9 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     sam.add_argument("--out", default="out", help="output folder")
     sam.set_defaults(func=_cmd_sam)
 
-    automask = sub.add_parser("automask", help="every object SAM finds (automatic masks)")
+    automask = _command(sub, "automask", help="every object SAM finds (automatic masks)")
     automask.add_argument("--image", required=True, help="image file, or sample:NAME")
-    automask.add_argument("--preset", default="SAM defaults", choices=list(AUTOMASK_PRESETS))
+    automask.add_argument(
+        "--preset",
+        default="SAM defaults",
+        choices=list(AUTOMASK_PRESETS),
+        help="parameter set; nuclei and cells drop tiny fragments",
+    )
     automask.add_argument(
         "--set",
         nargs="*",
@@ -503,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (sam, automask):
         _sam_arguments(command)
 
-    train = sub.add_parser("train", help="train a model on sparse annotations")
+    train = _command(sub, "train", help="train a model on sparse annotations")
     train.add_argument("--backend", default="unet", help="unet, stardist or cellpose")
     train.add_argument(
         "--image",
@@ -525,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="other settings")
     train.set_defaults(func=_cmd_train)
 
-    predict = sub.add_parser("predict", help="segment an image with a trained model")
+    predict = _command(sub, "predict", help="segment an image with a trained model")
     predict.add_argument("--model", required=True, help="model name or model folder")
     predict.add_argument("--image", required=True, help="image file or sample:NAME")
     predict.add_argument("--diameter", type=float, help="cell diameter in pixels (default: auto)")
@@ -535,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="out", help="output folder")
     predict.set_defaults(func=_cmd_predict)
 
-    export = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip)")
+    export = _command(sub, "export", help="write a model as a bioimage.io model package (.zip)")
     export.add_argument("--model", required=True, help="model name or model folder")
     export.add_argument("--out", required=True, help="the .zip file to write")
     export.add_argument(
@@ -545,13 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--author", default="napari-cellsparse user", help="the package's author")
     export.set_defaults(func=_cmd_export)
 
-    batch = sub.add_parser(
-        "batch", help="segment a folder or a DeepCell workspace with a model, on Dask"
+    batch = _command(
+        sub, "batch", help="segment a folder or a DeepCell workspace with a model, on Dask"
     )
     batch.add_argument("--model", required=True, help="model name or model folder")
     batch.add_argument("--input", required=True, help="image folder, or the DeepCell workspace")
     batch.add_argument("--out", help="output folder (folder layout)")
-    batch.add_argument("--layout", default="folder", choices=["folder", "deepcell"])
+    batch.add_argument(
+        "--layout",
+        default="folder",
+        choices=["folder", "deepcell"],
+        help="a folder of images, or a DeepCell workspace (OMETIFF/ in, SEGMASK/ out)",
+    )
     batch.add_argument("--pattern", default="*", help="file name filter, e.g. '*.ome.tif'")
     batch.add_argument(
         "--scheduler",
@@ -577,7 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="resolution level of OME-Zarr inputs (default: 0, full resolution)",
     )
-    batch.add_argument("--table-format", default="csv", choices=["csv", "tsv"])
+    batch.add_argument(
+        "--table-format", default="csv", choices=["csv", "tsv"], help="measurement tables"
+    )
     batch.add_argument(
         "--no-geojson", dest="geojson", action="store_false", help="skip the GeoJSON files"
     )
@@ -598,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--report-dir", default="REPORTS", help="DeepCell: tables sub-folder")
     batch.set_defaults(func=_cmd_batch)
 
-    measure = sub.add_parser(
-        "measure", help="per-cell measurements of a label image (QuPath-style table)"
+    measure = _command(
+        sub, "measure", help="per-cell measurements of a label image (QuPath-style table)"
     )
     measure.add_argument("--labels", required=True, help="label image (cells, or the only mask)")
     measure.add_argument("--image", help="intensity image (YX, YXC or CYX) to measure")
@@ -612,11 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--geojson", help="also write the objects with their measurements")
     measure.set_defaults(func=_cmd_measure)
 
-    serve = sub.add_parser(
-        "serve", help="HTTP server speaking the samapi and cellsparse-api bodies (QuPath)"
+    serve = _command(
+        sub, "serve", help="HTTP server speaking the samapi and cellsparse-api bodies (QuPath)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
         "--token", help="require 'Authorization: Bearer TOKEN' (or CELLSPARSE_TOKEN)"
     )
@@ -640,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
-    count = sub.add_parser("count", help="count cells: train from points and/or count images")
+    count = _command(sub, "count", help="count cells: train from points and/or count images")
     count.add_argument("--image", action="append", help="training image (repeat)")
     count.add_argument("--points", action="append", help="centres CSV (y,x) per --image")
     count.add_argument("--background", action="append", help="background mask per --image")
@@ -655,14 +706,19 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     count.set_defaults(func=_cmd_count)
 
-    models = sub.add_parser("models", help="list the stored models")
+    models = _command(sub, "models", help="list the stored models")
     models.set_defaults(func=_cmd_models)
 
-    weights = sub.add_parser("weights", help="list, download or add SAM checkpoints")
+    weights = _command(sub, "weights", help="list, download or add SAM checkpoints")
     weights.add_argument("action", choices=["list", "download", "add"])
     weights.add_argument("file", nargs="?", help="add: a local checkpoint file to register")
     weights.add_argument("--name", help="add: the name clients see (default: the file's stem)")
-    weights.add_argument("--model", default="vit_t", choices=["vit_h", "vit_l", "vit_b", "vit_t"])
+    weights.add_argument(
+        "--model",
+        default="vit_t",
+        choices=["vit_h", "vit_l", "vit_b", "vit_t"],
+        help="which SAM checkpoint",
+    )
     weights.add_argument("--url", help="download from this mirror instead")
     weights.add_argument("--sha256", help="expected checksum for --url")
     weights.set_defaults(func=_cmd_weights)
