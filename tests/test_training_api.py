@@ -357,3 +357,11 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
         / model.config["target_diameter"]
     )
     assert kept.max() <= np.pi / 4 * (capped * widest * 1.2) ** 2  # resizing back rounds up
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10])
+def test_short_trainings_run_whatever_their_step_count(steps):
+    """The one-cycle schedule divided by zero at 10 steps (a warm-up of one step)."""
+    image, truth = blobs()
+    model = train("unet", image, sparse(image, truth), name=f"short-{steps}", steps=steps, **TINY)
+    assert model.info["steps"] == steps

@@ -20,6 +20,7 @@ from ..devices import resolve_device
 from ..errors import BadInputError
 from ..images import as_yxc
 from ..limits import check_settings, check_training
+from ..models.schedule import one_cycle
 from ..models.session import TrainingSession
 from ..progress import Progress, on_steps, run_sync
 from ..training.inputs import as_list
@@ -184,9 +185,7 @@ def _steps(
 
     torch = import_torch()
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=max(total, 1), pct_start=0.15
-    )
+    schedule = one_cycle(torch, optimizer, config.learning_rate, total, 0.15)
     for _ in range(total):
         x, t, m = (
             torch.from_numpy(a).to(where)
@@ -197,7 +196,8 @@ def _steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
         yield {"loss": float(loss.detach())}
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._lazy import import_torch
+from ..models.schedule import one_cycle
 from .annotations import IGNORE
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
@@ -105,12 +106,7 @@ class UNetNetwork(TorchNetwork):
             self.optimizer = torch.optim.AdamW(
                 self.net.parameters(), lr=float(self.config["learning_rate"]), weight_decay=1e-4
             )
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer,
-            max_lr=float(self.config["learning_rate"]),
-            total_steps=max(steps, 1),
-            pct_start=0.1,
-        )
+        schedule = one_cycle(torch, self.optimizer, float(self.config["learning_rate"]), steps, 0.1)
         patch, batch_size = int(self.config["patch_size"]), int(self.config["batch_size"])
         for _ in range(steps):
             batch = data.sample_batch(rng, batch_size, patch)
@@ -122,7 +118,8 @@ class UNetNetwork(TorchNetwork):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            schedule.step()
+            if schedule is not None:
+                schedule.step()
             yield {"loss": float(loss.detach())}
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
