@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ pytest.importorskip("torch")
 
 from fastapi.testclient import TestClient
 
+from _live import live_server
 from napari_cellsparse.geojson import features_to_labels
 from napari_cellsparse.progress import run_sync
 from napari_cellsparse.sam.automask import generate_masks
@@ -374,22 +376,8 @@ def test_a_long_training_does_not_block_sam_prompts(official, nuclei) -> None:
 
 def test_real_server_with_qupath_bodies(official, nuclei) -> None:
     """uvicorn on a free loopback port; bodies as the QuPath extensions build them."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(SamService(device="cpu")), host="127.0.0.1",
-                                           port=port, log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}/"
+    stack = ExitStack()
+    base = stack.enter_context(live_server(create_app(SamService(device="cpu"))))
 
     def post(path: str, body: dict) -> tuple[int, object]:
         request = urllib.request.Request(
@@ -436,5 +424,4 @@ def test_real_server_with_qupath_bodies(official, nuclei) -> None:
         with urllib.request.urlopen(base + "sam/version/", timeout=10) as response:
             assert response.read().decode() == __import__("napari_cellsparse").__version__
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        stack.close()

@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ pytest.importorskip("torch")
 
 from fastapi.testclient import TestClient
 
+from _live import live_server
 from napari_cellsparse.cli import main
 from napari_cellsparse.errors import BadInputError, WeightsError
 from napari_cellsparse.progress import run_sync
@@ -517,26 +517,7 @@ def test_serve_options_reach_the_app(monkeypatch: pytest.MonkeyPatch, hostile) -
 # -- the real server -------------------------------------------------------------------------
 
 
-@contextmanager
-def live(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on a free 127.0.0.1 port; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+live = live_server
 
 
 def post(url: str, body: dict) -> tuple[int, str]:
