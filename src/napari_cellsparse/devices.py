@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from .errors import BadInputError
 
-__all__ = ["available_devices", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "available_devices", "resolve_device"]
+
+# What a user may ask for; ``auto`` picks the best available (:func:`resolve_device`).
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 
 def available_devices() -> list[str]:

@@ -35,6 +35,7 @@ from ..counting import (
     CounterConfig,
     CountResult,
 )
+from ..devices import DEVICE_CHOICES
 from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import model_names
@@ -52,7 +53,6 @@ __all__ = ["CellCountingWidget"]
 NONE = "(none)"
 DENSITY = "{} density"
 CENTRES = "{} centres"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -131,7 +131,7 @@ class CellCountingWidget(DockWidget):
         self.diameter_spin.setSpecialValueText("auto")
         self.diameter_spin.setToolTip("Typical cell diameter in pixels; auto estimates it.")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.addItems(list(DEVICE_CHOICES))
         self.settings_edit = QLineEdit()
         self.settings_edit.setPlaceholderText("e.g. patch_size=96, encoder_depth=3")
         self.settings_edit.setToolTip("Other counter settings (CounterConfig fields).")

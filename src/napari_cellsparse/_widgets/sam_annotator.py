@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from superqt import QCollapsible
 
 from .._geojson_io import SPARSE_KEY
+from ..devices import DEVICE_CHOICES
 from ..errors import BadInputError, CellsparseError
 from ..labels import next_free_id, writable
 from ..outlines import mask_outline
@@ -67,7 +68,6 @@ PROMPTS, POINTS, OUTLINES, PREVIEW, ANNOTATION, AUTOMASK, AUTOMASK_OUTLINES = (
     "SAM automask",
     "SAM automask outlines",
 )
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -112,7 +112,7 @@ class SamAnnotatorWidget(DockWidget):
         self.model_combo.addItems(list(MODEL_TYPES))
         self.model_combo.setCurrentText("vit_t")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.addItems(list(DEVICE_CHOICES))
         self.weights_edit = QLineEdit()
         self.model_combo.currentTextChanged.connect(self._show_weights_hint)
         self._show_weights_hint()

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from ..devices import DEVICE_CHOICES
 from ..errors import BackendUnavailableError, BadInputError, CellsparseError
 from ..progress import Progress
 from ..training import BACKENDS, backend_class, model_names
@@ -49,7 +50,6 @@ __all__ = ["SparseTrainingWidget"]
 
 PREVIEW = "Training preview"
 PREDICTION = "{} prediction"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKEND_EXTRAS = {"stardist": "stardist", "cellpose": "cellpose", "unet": "sam"}
 
 
@@ -136,7 +136,7 @@ class SparseTrainingWidget(DockWidget):
         self.lr_spin = self._default_spin(QDoubleSpinBox(), 1.0, 1e-4, decimals=5)
         self.diameter_spin = self._default_spin(QDoubleSpinBox(), 1000.0, 1.0, decimals=1)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.addItems(list(DEVICE_CHOICES))
         self.preview_spin = QSpinBox()
         self.preview_spin.setRange(0, 1_000_000)
         self.preview_spin.setValue(25)
