@@ -154,8 +154,6 @@ def sparse_training(shooter: Shooter) -> None:
     shooter.wait(widget)
     widget.predict()
     shooter.wait(widget)
-    shooter.viewer.layers["Training preview"].visible = False
-    shooter.settle()
     shooter.shoot(
         "sparse_training",
         f"Sparse training: a U-Net trained for {STEPS} steps on the sample's sparse annotation "
