@@ -287,3 +287,44 @@ def test_export_button_writes_a_bioimageio_package(trainer, tmp_path, monkeypatc
         assert "rdf.yaml" in z.namelist()
     widget.export(path=str(tmp_path / "no folder" / "x.tar"))
     assert shown and ".zip" in shown[-1] and not (tmp_path / "no folder" / "x.tar").exists()
+
+
+def test_where_to_annotate_next_shows_a_map_and_numbered_places(trainer):
+    from _generated import clean_and_ambiguous
+
+    viewer, widget = trainer
+    widget.steps_spin.setValue(30)
+    widget.train()
+    viewer.add_image(clean_and_ambiguous(3), name="mixed")
+    painted = np.zeros((160, 320), np.uint16)
+    painted[:80, 160:240] = 1  # background painted over a corner of the doubtful half
+    viewer.add_labels(painted, name="mixed annotation")
+    for combo, name in [
+        (widget.image_combo, "mixed"),
+        (widget.labels_combo, "mixed annotation"),
+        (widget.predict_image_combo, "mixed"),
+    ]:
+        combo.setCurrentText(name)
+    widget.where_next()
+    doubt = viewer.layers["mixed where to annotate next"]
+    places = viewer.layers["mixed places to annotate"]
+    assert doubt.data.shape == (160, 320) and doubt.data.dtype == np.float32
+    assert doubt.colormap.name == "magma" and str(doubt.blending) == "additive"
+    assert doubt.data.min() >= 0.0 and doubt.data.max() <= 1.0
+    assert not doubt.data[painted > 0].any()  # painted pixels are known
+    n = len(places.data)
+    assert 0 < n <= 10 and f"top {n} are numbered" in widget.status.text()
+    assert places.features["rank"].tolist() == list(range(1, n + 1))
+    for y, x in places.data:
+        assert painted[round(y), round(x)] == 0
+
+    # Shown again in place; a stack is refused with a message, not a crash.
+    widget.where_next()
+    assert viewer.layers["mixed where to annotate next"] is doubt
+    viewer.add_image(np.stack([viewer.layers["nuclei"].data] * 2), name="stack")
+    widget.predict_image_combo.setCurrentText("stack")
+    shown = []
+    widget.runner.report = lambda err: shown.append(str(err))
+    widget.where_next()
+    assert shown and "one 2D image" in shown[0]
+    assert "stack where to annotate next" not in viewer.layers

@@ -271,3 +271,21 @@ def test_errors_of_other_libraries_never_import_them_here():
     same = _rebuild("BadInputError", "napari_cellsparse.errors", "no cells", Path("w.log"))
     assert isinstance(same, BadInputError) and str(same) == "no cells"
     assert isinstance(_rebuild("MemoryError", "builtins", "", Path("w.log")), MemoryError)
+
+
+def test_where_next_returns_the_map_and_places_through_the_worker(host, sample):
+    from _generated import clean_and_ambiguous
+
+    run_sync(host.run("train", _train_kwargs(sample, 30, name="unsure"), "training"))
+    image = np.concatenate([clean_and_ambiguous(3)] * 2)  # its float32 map travels as a file
+    painted = np.zeros(image.shape, np.uint16)
+    painted[:, 200:] = 1
+    kwargs = {"name": "unsure", "device": "cpu", "image": image, "rgb": False}
+    result = run_sync(
+        host.run("where_next", {**kwargs, "diameter": 16.0, "annotation": painted}, "where")
+    )
+    assert result.map.shape == image.shape and result.map.dtype == np.float32
+    assert result.map.max() <= 1.0 and not result.map[:, 200:].any()
+    assert result.map[:, :200].any() and result.diameter == 16.0
+    scores = [p.score for p in result.places]
+    assert scores == sorted(scores, reverse=True) and all(p.x < 200 for p in result.places)

@@ -50,6 +50,9 @@ __all__ = ["SparseTrainingWidget"]
 
 PREVIEW = "Training preview"
 PREDICTION = "{} prediction"
+WHERE_NEXT = "{} where to annotate next"
+PLACES = "{} places to annotate"
+TOP_PLACES = 10
 BACKEND_EXTRAS = {"stardist": "stardist", "cellpose": "cellpose", "unet": "sam"}
 
 
@@ -96,7 +99,13 @@ class SparseTrainingWidget(DockWidget):
         self._refresh_models()
 
     def busy_buttons(self) -> list[QWidget]:
-        return [self.train_button, self.reset_button, self.predict_button, self.export_button]
+        return [
+            self.train_button,
+            self.reset_button,
+            self.predict_button,
+            self.where_button,
+            self.export_button,
+        ]
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -191,6 +200,12 @@ class SparseTrainingWidget(DockWidget):
         predict_form.addRow("Min area", self.min_area_spin)
         self.predict_button = QPushButton("Predict")
         self.predict_button.clicked.connect(self.predict)
+        self.where_button = QPushButton("Where to annotate next")
+        self.where_button.setToolTip(
+            "Where the model is least sure: 8 predictions under flips and turns compared; "
+            "the top 10 places are numbered."
+        )
+        self.where_button.clicked.connect(self.where_next)
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip(
             "Write the model as a bioimage.io package (.zip) for deepImageJ, ilastik, QuPath."
@@ -198,6 +213,7 @@ class SparseTrainingWidget(DockWidget):
         self.export_button.clicked.connect(lambda: self.export())
         predict_row = QHBoxLayout()
         predict_row.addWidget(self.predict_button)
+        predict_row.addWidget(self.where_button)
         predict_row.addWidget(self.export_button)
 
         layout = QVBoxLayout(self)
@@ -528,21 +544,28 @@ class SparseTrainingWidget(DockWidget):
         """Fill the model list with the store's segmentation models (no counters)."""
         refill_combo(self.model_combo, model_names(BACKENDS), select=select)
 
-    def predict(self) -> None:
-        """Predict the chosen image with the chosen model (a Labels layer of outlines)."""
+    def _prediction_inputs(self) -> tuple[str, str, Image] | None:
+        """The chosen model, image name and image layer; None (reported) when missing."""
         if self.runner.busy:
             self.status.setText("Still working; press Stop or wait.")
-            return
+            return None
         name = self.model_combo.currentText()
         image_name = self.predict_image_combo.currentText()
         if not image_name or image_name not in self.viewer.layers:
             self.runner.report(BadInputError("No image layer to predict on: open an image first."))
-            return
+            return None
         if not name:
             self.runner.report(BadInputError("No trained model yet: press Train first."))
-            return
-        image = self.viewer.layers[image_name]
+            return None
         self.state.stopping = False
+        return name, image_name, self.viewer.layers[image_name]
+
+    def predict(self) -> None:
+        """Predict the chosen image with the chosen model (a Labels layer of outlines)."""
+        chosen = self._prediction_inputs()
+        if chosen is None:
+            return
+        name, image_name, image = chosen
         kwargs = {
             "name": name,
             "device": self.device_combo.currentText(),
@@ -556,6 +579,63 @@ class SparseTrainingWidget(DockWidget):
             self._predicted(image_name, image, name, result)
 
         self.runner.run_in_worker("predict", kwargs, done, f"Predicting {image_name}")
+
+    def where_next(self) -> None:
+        """Show where the chosen model is least sure on the chosen 2D image: a map and the
+        top places, numbered; the chosen annotation's painted pixels are left out."""
+        chosen = self._prediction_inputs()
+        if chosen is None:
+            return
+        name, image_name, image = chosen
+        data = np.asarray(_layer_data(image))
+        labels_name = self.labels_combo.currentText()
+        painted = image_name == self.image_combo.currentText() and labels_name in self.viewer.layers
+        labels = self.viewer.layers[labels_name].data if painted else None
+        known = labels if labels is not None and labels.shape == data.shape[:2] else None
+        kwargs = {
+            "name": name,
+            "device": self.device_combo.currentText(),
+            "image": data,
+            "rgb": bool(image.rgb),
+            "diameter": self.predict_diameter_spin.value() or None,
+            "annotation": np.asarray(known) if known is not None else None,
+        }
+
+        def done(result: Any) -> None:
+            self._show_where_next(image_name, image, result)
+
+        self.runner.run_in_worker("where_next", kwargs, done, f"Comparing 8 views of {image_name}")
+
+    def _show_where_next(self, image_name: str, image: Image, result: Any) -> None:
+        """The disagreement map (magma, added on top) and its top places, numbered."""
+        where = {"scale": image.scale[-2:], "translate": image.translate[-2:]}
+        show_layer(
+            self.viewer,
+            "image",
+            result.map,
+            WHERE_NEXT.format(image_name),
+            colormap="magma",
+            blending="additive",
+            contrast_limits=(0.0, 1.0),
+            **where,
+        )
+        top = result.places[:TOP_PLACES]
+        show_layer(
+            self.viewer,
+            "points",
+            np.array([[p.y, p.x] for p in top], float).reshape(-1, 2),
+            PLACES.format(image_name),
+            features={"rank": np.arange(1, len(top) + 1)},
+            text={"string": "{rank}", "color": "cyan", "anchor": "upper_left"},
+            face_color="transparent",
+            border_color="cyan",
+            size=12,
+            **where,
+        )
+        self.status.setText(
+            f"{len(result.places)} place(s) where the model is unsure in '{image_name}'; the "
+            f"top {len(top)} are numbered. Annotate there and train again."
+        )
 
     def export(self, path: str | None = None) -> None:
         """Export the chosen model as a bioimage.io package (asks where unless ``path``).

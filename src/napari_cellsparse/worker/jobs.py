@@ -150,6 +150,36 @@ def predict(
     }
 
 
+def where_next(
+    ctx: JobContext,
+    name: str,
+    device: str,
+    image: np.ndarray,
+    rgb: bool,
+    diameter: float | None,
+    annotation: np.ndarray | None = None,
+) -> Job:
+    """Where the model is least sure on a 2D image (an ``UncertaintyResult``): 8 predictions
+    under flips and quarter turns compared; ``annotation``'s painted pixels are left out."""
+    from ..training import load_model
+    from ..training.uncertainty import uncertainty_iter
+
+    key = (*_version(name), device)
+    if ctx.cache.get("segmentation", (None,))[0] != key:
+        yield Progress(0, 0, f"Loading model '{name}'")
+    model = _cached(ctx, "segmentation", key, lambda: load_model(name, device))
+    return (
+        yield from uncertainty_iter(
+            model,
+            np.asarray(image),
+            diameter,
+            annotation,
+            axes="YXC" if rgb else None,
+            cancel=ctx.cancel,
+        )
+    )
+
+
 def _predict_stack(
     model: Any,
     data: np.ndarray,
@@ -314,6 +344,7 @@ JOBS: dict[str, Callable[..., Job]] = {
     "devices": devices,
     "train": train,
     "predict": predict,
+    "where_next": where_next,
     "train_counter": train_counter,
     "count": count,
     "count_folder": count_folder,
