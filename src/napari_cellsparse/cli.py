@@ -153,19 +153,10 @@ def _print_step(step: int, total: int, info: dict) -> None:
 
 
 def _parse_settings(pairs: Sequence[str]) -> dict[str, object]:
-    """``key=value`` strings → settings (numbers parsed, the rest kept as text)."""
-    from .errors import BadInputError
+    """``--set name=value`` items → settings (:mod:`napari_cellsparse.settings_text`)."""
+    from .settings_text import parse_setting_pairs
 
-    settings: dict[str, object] = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BadInputError(f"--set expects key=value, got {item!r}.")
-        try:
-            settings[key] = json.loads(value)
-        except ValueError:
-            settings[key] = value
-    return settings
+    return parse_setting_pairs(pairs)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -38,12 +38,12 @@ from ..counting import (
 from ..devices import DEVICE_CHOICES
 from ..errors import BadInputError, CellsparseError
 from ..progress import Progress
+from ..settings_text import parse_settings
 from ..training import model_names
 from ..training.store import model_folder
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
 from ._layers import refill_combo, show_layer
-from .sparse_training import parse_settings
 
 if TYPE_CHECKING:
     import napari

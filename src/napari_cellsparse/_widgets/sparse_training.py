@@ -10,7 +10,6 @@ layers are only ever read (copied).
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from superqt import QCollapsible
 from ..devices import DEVICE_CHOICES
 from ..errors import BackendUnavailableError, BadInputError, CellsparseError
 from ..progress import Progress
+from ..settings_text import parse_settings
 from ..training import BACKENDS, backend_class, model_names
 from ..training.store import model_folder
 from ._dock import DockWidget
@@ -68,24 +68,6 @@ class TrainingState:
     step: int = 0  # last training step seen (this session)
     cells: int = 0  # annotated cells the running training learns from
     preview_z: int | None = None  # stack slice the training preview shows
-
-
-def parse_settings(text: str) -> dict[str, Any]:
-    """``"base_filters=8, depth=2"`` → ``{"base_filters": 8, "depth": 2}`` (clear error if not)."""
-    settings: dict[str, Any] = {}
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
-        key, sep, value = (s.strip() for s in item.partition("="))
-        if not sep or not key.isidentifier() or not value:
-            raise BadInputError(
-                f"Backend settings must look like 'name=value, name=value', not {item!r}."
-            )
-        try:
-            settings[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[key] = value
-    return settings
 
 
 class SparseTrainingWidget(DockWidget):
