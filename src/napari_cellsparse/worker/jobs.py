@@ -134,12 +134,7 @@ def predict(
     min_area: int,
 ) -> Job:
     """Labels of an image (2D or a stack, slice by slice), with their object count."""
-    from ..training import load_model
-
-    key = (*_version(name), device)
-    if ctx.cache.get("segmentation", (None,))[0] != key:
-        yield Progress(0, 0, f"Loading model '{name}'")
-    model = _cached(ctx, "segmentation", key, lambda: load_model(name, device))
+    model = yield from _segmentation_model(ctx, name, device)
     labels = yield from _predict_stack(model, image, rgb, diameter, min_area, ctx.cancel)
     return {
         "labels": labels,
@@ -161,13 +156,9 @@ def where_next(
 ) -> Job:
     """Where the model is least sure on a 2D image (an ``UncertaintyResult``): 8 predictions
     under flips and quarter turns compared; ``annotation``'s painted pixels are left out."""
-    from ..training import load_model
     from ..training.uncertainty import uncertainty_iter
 
-    key = (*_version(name), device)
-    if ctx.cache.get("segmentation", (None,))[0] != key:
-        yield Progress(0, 0, f"Loading model '{name}'")
-    model = _cached(ctx, "segmentation", key, lambda: load_model(name, device))
+    model = yield from _segmentation_model(ctx, name, device)
     return (
         yield from uncertainty_iter(
             model,
@@ -178,6 +169,16 @@ def where_next(
             cancel=ctx.cancel,
         )
     )
+
+
+def _segmentation_model(ctx: JobContext, name: str, device: str) -> Job:
+    """The stored segmentation model ``name`` on ``device``, loaded once and kept."""
+    from ..training import load_model
+
+    key = (*_version(name), device)
+    if ctx.cache.get("segmentation", (None,))[0] != key:
+        yield Progress(0, 0, f"Loading model '{name}'")
+    return _cached(ctx, "segmentation", key, lambda: load_model(name, device))
 
 
 def _predict_stack(
