@@ -68,6 +68,17 @@ def test_labels_level_0_equals_memory_and_levels_are_every_second_pixel(
     assert [p.name for p in tmp_path.iterdir()] == ["nuclei_labels.ome.zarr"]
 
 
+def _written_and_in_memory(image: np.ndarray, out: Path) -> np.ndarray:
+    """Write ``image``'s labels to ``out`` as OME-Zarr (128 px blocks, a pyramid down to 64 px);
+    return the same block-wise labels made in memory."""
+    run_sync(
+        segment_to_ome_zarr(ImageSource(image), threshold_segmenter, out, 128, 32, min_side=64)
+    )
+    return run_sync(
+        segment_blockwise(ImageSource(image), threshold_segmenter, block=128, halo=32)
+    ).labels
+
+
 def test_the_ome_zarr_reader_opens_the_labels_with_their_pyramid(
     tmp_path: Path, image: np.ndarray
 ) -> None:
@@ -75,12 +86,7 @@ def test_the_ome_zarr_reader_opens_the_labels_with_their_pyramid(
     from ome_zarr.reader import Label, Multiscales, Reader
 
     out = tmp_path / "labels.ome.zarr"
-    run_sync(
-        segment_to_ome_zarr(ImageSource(image), threshold_segmenter, out, 128, 32, min_side=64)
-    )
-    memory = run_sync(
-        segment_blockwise(ImageSource(image), threshold_segmenter, block=128, halo=32)
-    ).labels
+    memory = _written_and_in_memory(image, out)
     nodes = list(Reader(parse_url(str(out)))())
     assert len(nodes) == 1
     node = nodes[0]
@@ -97,12 +103,7 @@ def test_napari_ome_zarr_opens_the_labels_as_a_multiscale_labels_layer(
 ) -> None:
     pytest.importorskip("napari_ome_zarr")
     out = tmp_path / "labels.ome.zarr"
-    run_sync(
-        segment_to_ome_zarr(ImageSource(image), threshold_segmenter, out, 128, 32, min_side=64)
-    )
-    memory = run_sync(
-        segment_blockwise(ImageSource(image), threshold_segmenter, block=128, halo=32)
-    ).labels
+    memory = _written_and_in_memory(image, out)
     viewer = make_napari_viewer()
     layers = viewer.open(str(out), plugin="napari-ome-zarr")
     assert [type(layer).__name__ for layer in layers] == ["Labels"]
