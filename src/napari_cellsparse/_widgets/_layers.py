@@ -18,8 +18,8 @@ def show_layer(viewer: Any, kind: str, data: Any, name: str, **properties: Any) 
     napari run a full garbage collection (about 0.1 s of the main thread here) and adding one
     builds its visuals (about 0.07 s), so showing a result again costs a data swap instead.
     An image's contrast limits follow the new data. Any other layer of that name is replaced.
-    Shapes ``data`` is a ``(shapes, shape_type)``
-    pair so that shapes replaced in place keep their type."""
+    Shapes ``data`` is a ``(shapes, shape_type)`` pair, so that shapes replaced in place keep
+    their type."""
     layer = next((layer for layer in viewer.layers if layer.name == name), None)
     if layer is not None and _fits(layer, kind, data):
         if kind == "shapes":  # napari's Shapes.data cannot take more shapes with their type
