@@ -13,7 +13,7 @@ setup:
 
 ## napari with the plugin docked and sample data loaded (SMOKE=1: screenshot to $(OUT)/ and quit)
 demo: setup
-	$(if $(SMOKE),$(XRUN)) $(PY) -m napari_cellsparse.demo $(if $(SMOKE),--smoke $(OUT)/demo.png)
+	$(if $(SMOKE),$(XRUN)) $(PY) -m napari_cellsparse._napari.demo $(if $(SMOKE),--smoke $(OUT)/demo.png)
 
 demo-smoke:
 	@$(MAKE) --no-print-directory demo SMOKE=1

@@ -7,7 +7,7 @@ Prints one JSON object with a sub-object per run:
   ``generate`` calls; ``*_stages`` split them into the image encoder, the decoder (prompt
   encoder + mask decoder) and upsampling + scoring (everything else).
 * ``same_default`` / ``same_crop1`` / ``same_minarea20``: both decoders replaced by the same
-  :class:`~napari_cellsparse.synthetic.LabelOracle` (random weights decode noise that no
+  :class:`~napari_cellsparse.samples.generated.LabelOracle` (random weights decode noise that no
   threshold keeps), so at least 100 real objects survive; everything after the decoder runs
   for real. ``matched_frac`` is the share of reference masks matched by one of ours at
   IoU >= 0.9; ``post_ref_s`` / ``post_ours_s`` the time after the encoder, oracle excluded.
@@ -91,7 +91,7 @@ def _model(device: str) -> Any:
 
 
 def _image(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     return make_nuclei((size, size), n_objects=n, radius=(7.0, 12.0), seed=1)
 
@@ -99,7 +99,7 @@ def _image(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 def _reference(sam: Any, params: dict[str, Any], clock: Clock, oracle: Any = None) -> Any:
     from segment_anything import SamAutomaticMaskGenerator
 
-    from napari_cellsparse.synthetic import oracle_predict_torch
+    from napari_cellsparse.samples.generated import oracle_predict_torch
 
     generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **params)
     predictor = generator.predictor
@@ -121,7 +121,7 @@ def _ours(sam: Any, clock: Clock, oracle: Any = None) -> Any:
     import napari_cellsparse.sam.automask as automask
     import napari_cellsparse.sam.prompting as prompting
     from napari_cellsparse.sam.prompting import SamPrompter
-    from napari_cellsparse.synthetic import OracleDecoder
+    from napari_cellsparse.samples.generated import OracleDecoder
 
     device = next(sam.parameters()).device
     prompter = SamPrompter(sam, "bench", batch_size=1 if device.type == "cpu" else 16)
@@ -150,8 +150,8 @@ def _original_upsample(*args: Any, **kwargs: Any) -> Any:
 def speed(size: int, device: str) -> dict[str, Any]:
     import torch
 
-    from napari_cellsparse.images import to_rgb_uint8
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.images import to_rgb_uint8
+    from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.automask import generate_masks
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -190,10 +190,10 @@ def speed(size: int, device: str) -> dict[str, Any]:
 def same(params: dict[str, Any], device: str) -> dict[str, Any]:
     import torch
 
-    from napari_cellsparse.images import to_rgb_uint8
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.images import to_rgb_uint8
+    from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.automask import generate_masks
-    from napari_cellsparse.synthetic import LabelOracle
+    from napari_cellsparse.samples.generated import LabelOracle
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     image, labels = _image(512, 150)
@@ -258,7 +258,7 @@ def large_step(step: str, device: str, path: str | None = None) -> dict[str, Any
     """One step of the large-image run (called in a child process of its own)."""
     import torch
 
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.large_images import TiledImage
     from napari_cellsparse.sam.prompting import SamPrompter
 

@@ -3,7 +3,7 @@ SAM annotator in a real napari viewer.
 
 Both sides use the very same vit_t model object with seeded random weights
 (``torch.manual_seed(0)`` then ``build_sam("vit_t")``), on the CPU. Images are nuclei-like
-(:func:`napari_cellsparse.synthetic.make_nuclei`); boxes are the ground-truth objects'
+(:func:`napari_cellsparse.samples.generated.make_nuclei`); boxes are the ground-truth objects'
 bounding boxes padded by a few pixels. Prints ONE JSON object on stdout::
 
     {"1024": {...}, "2048": {...}, "viewer": {...}, "machine": {...}}
@@ -27,7 +27,7 @@ Everything else (progress, warnings) goes to stderr. Run from the repository roo
 
 The viewer part uses the largest size given to ``--sizes`` (2048 by default). The numeric
 parts run first: torch and torchvision (through mobile_sam) must be imported before napari
-creates an OpenGL context (see ``napari_cellsparse._lazy.guard_triton``).
+creates an OpenGL context (see ``napari_cellsparse.core.lazy.guard_triton``).
 """
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from napari_cellsparse._lazy import import_mobile_sam, import_torch
-from napari_cellsparse.images import to_rgb_uint8
-from napari_cellsparse.progress import run_sync
+from napari_cellsparse.core.images import to_rgb_uint8
+from napari_cellsparse.core.lazy import import_mobile_sam, import_torch
+from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.sam.embedding import EmbeddingCache
 from napari_cellsparse.sam.models import build_sam
 from napari_cellsparse.sam.prompting import PromptMask, SamPrompter
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 
 N_BATCH = 50  # boxes in the many-boxes comparison
 PAD = 4  # pixels added around a true object's bounding box
@@ -296,7 +296,7 @@ def bench_viewer(sam: Any, image: np.ndarray, truth: np.ndarray, n_boxes: int) -
     from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_cellsparse._widgets.sam_annotator import ANNOTATION, SamAnnotatorWidget
+    from napari_cellsparse._napari.widgets.sam_annotator import ANNOTATION, SamAnnotatorWidget
 
     size = image.shape[0]
     objects = true_objects(truth)

@@ -99,7 +99,7 @@ def make_image(side: int, seed0: int) -> tuple[Any, Any]:
     seeds, label ids offset per tile; objects stay 2 px from tile edges, so none touch)."""
     import numpy as np
 
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     if side <= TILE:
         n = max(1, round(OBJECTS_PER_TILE * side * side / TILE**2))
@@ -119,7 +119,7 @@ def make_image(side: int, seed0: int) -> tuple[Any, Any]:
 
 
 def train_model(steps: int) -> tuple[Any, dict[str, Any]]:
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
     from napari_cellsparse.training import train
     from napari_cellsparse.training.annotations import sparse_from_truth
 
@@ -168,9 +168,9 @@ def one(
     import tifffile
     import zarr  # noqa: F401  (imported lazily by the block-wise writer: not timed)
 
-    from napari_cellsparse.blockwise import ModelSegmenter, segment_to_file, write_tiff_tiled
-    from napari_cellsparse.image_sources import open_image
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.progress import run_sync
+    from napari_cellsparse.formats.image_sources import open_image
+    from napari_cellsparse.scale.blockwise import ModelSegmenter, segment_to_file, write_tiff_tiled
     from napari_cellsparse.training import load_model
 
     model = load_model(model_folder)
@@ -227,9 +227,9 @@ def _torch_threads() -> int:
 
 def batch_one(mode: str, in_dir: Path, out_dir: Path, model_folder: str) -> dict[str, Any]:
     """One batch run in this (fresh) process: ``loop``, ``dask`` or ``dask_warm``."""
-    from napari_cellsparse.batch import BatchOptions, run_batch
-    from napari_cellsparse.progress import run_sync
-    from napari_cellsparse.workspace import folder_items
+    from napari_cellsparse.core.progress import run_sync
+    from napari_cellsparse.scale.batch import BatchOptions, run_batch
+    from napari_cellsparse.scale.workspace import folder_items
 
     items = folder_items(in_dir, out_dir, geojson=False)
     result: dict[str, Any] = {"load_before": _load()}
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scale-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    from napari_cellsparse.paths import HOME_ENV
+    from napari_cellsparse.core.paths import HOME_ENV
 
     os.environ[HOME_ENV] = str(work / "home")  # never the user's models
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -388,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": _load(),
     }
     _log("training")
-    from napari_cellsparse.blockwise import ModelSegmenter
-    from napari_cellsparse.image_sources import open_image
+    from napari_cellsparse.formats.image_sources import open_image
+    from napari_cellsparse.scale.blockwise import ModelSegmenter
 
     model, out["model"] = train_model(args.steps)
     folder = str(model.folder)
@@ -535,7 +535,7 @@ def run_batch_bench(args: argparse.Namespace, work: Path, folder: str) -> dict[s
     import numpy as np
     import tifffile
 
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     in_dir = work / "batch_in"
     in_dir.mkdir(exist_ok=True)

@@ -93,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.models import build_sam
     from napari_cellsparse.sam.prompting import SamPrompter
+    from napari_cellsparse.samples.generated import make_nuclei
     from napari_cellsparse.server.images import encode_png
     from napari_cellsparse.server.sam_service import mask_features
-    from napari_cellsparse.synthetic import make_nuclei
 
     out: dict[str, Any] = {"loadavg_start": os.getloadavg()[0]}
     home = Path(tempfile.mkdtemp(prefix="cellsparse-bench-"))

@@ -152,7 +152,7 @@ def _many_objects(n: int = 500) -> Any:
     """A 1024 x 1024 label image of ``n`` discs (the cost of showing ``n`` outlines)."""
     import numpy as np
 
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     return make_nuclei((1024, 1024), n_objects=n, radius=(9.0, 12.0), seed=3)[1].astype(np.int32)
 
@@ -182,7 +182,7 @@ def main() -> int:
     import numpy as np
     from qtpy.QtWidgets import QApplication
 
-    from napari_cellsparse.paths import HOME_ENV
+    from napari_cellsparse.core.paths import HOME_ENV
     from napari_cellsparse.worker import worker_threads
 
     os.environ[HOME_ENV] = tempfile.mkdtemp(prefix="stall-home-")  # never the user's models
@@ -242,7 +242,7 @@ def main() -> int:
         _, counter = viewer.window.add_plugin_dock_widget("napari-cellsparse", "Cell counting")
         from scipy import ndimage as ndi
 
-        from napari_cellsparse.samples import load_sample
+        from napari_cellsparse.samples.catalog import load_sample
 
         truth = load_sample("nuclei").labels
 

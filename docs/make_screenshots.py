@@ -53,7 +53,7 @@ class Shooter:
     """The demo window, its widgets by name, and screenshots with captions."""
 
     def __init__(self, out: Path) -> None:
-        from napari_cellsparse.demo import open_demo, widget_names
+        from napari_cellsparse._napari.demo import open_demo, widget_names
 
         self.out = out
         self.viewer, docked = open_demo()
@@ -101,7 +101,7 @@ def first_look(shooter: Shooter) -> None:
 
 
 def sam(shooter: Shooter, weights: str | None) -> None:
-    from napari_cellsparse.samples import load_sample
+    from napari_cellsparse.samples.catalog import load_sample
 
     widget = shooter.widgets["SAM annotator"]
     shooter.raise_dock("SAM annotator")
@@ -165,7 +165,7 @@ def sparse_training(shooter: Shooter) -> None:
 def cell_counting(shooter: Shooter) -> None:
     from scipy import ndimage as ndi
 
-    from napari_cellsparse.samples import load_sample
+    from napari_cellsparse.samples.catalog import load_sample
 
     widget = shooter.widgets["Cell counting"]
     shooter.raise_dock("Cell counting")

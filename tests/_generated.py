@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 
 HALF = 160
 

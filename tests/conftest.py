@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_cellsparse.paths import HOME_ENV
+from napari_cellsparse.core.paths import HOME_ENV
 
 # -- no TensorFlow in the test process ------------------------------------------------------
 
@@ -260,7 +260,7 @@ def closed_port() -> int:
 def nuclei_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store holding one small U-Net, ``nuclei``, trained on 8 annotated cells of a
     synthetic image (about 16 px nuclei); shared by the block-wise and batch tests."""
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
     from napari_cellsparse.training import train
     from napari_cellsparse.training.annotations import sparse_from_truth
 

@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_cellsparse.batch import NO_DASK, BatchOptions, process_item, run_batch
 from napari_cellsparse.cli import main
-from napari_cellsparse.errors import BadInputError
-from napari_cellsparse.paths import HOME_ENV
-from napari_cellsparse.progress import run_sync
-from napari_cellsparse.synthetic import make_nuclei
-from napari_cellsparse.training.store import current_folder
-from napari_cellsparse.workspace import deepcell_items, folder_items
+from napari_cellsparse.core.errors import BadInputError
+from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.core.progress import run_sync
+from napari_cellsparse.models.store import current_folder
+from napari_cellsparse.samples.generated import make_nuclei
+from napari_cellsparse.scale.batch import NO_DASK, BatchOptions, process_item, run_batch
+from napari_cellsparse.scale.workspace import deepcell_items, folder_items
 
 
 @pytest.fixture
@@ -248,7 +248,7 @@ def test_the_model_is_loaded_once_per_process_and_again_when_retrained(
     tmp_path: Path, store, monkeypatch
 ) -> None:
     import napari_cellsparse.training as training
-    from napari_cellsparse import batch
+    from napari_cellsparse.scale import batch
 
     monkeypatch.setattr(batch, "_MODELS", {})
     loads = []

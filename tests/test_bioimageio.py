@@ -20,9 +20,9 @@ pytest.importorskip("bioimageio.core")
 
 from napari_cellsparse.bioimage_io import export_model
 from napari_cellsparse.cli import main
-from napari_cellsparse.errors import BadInputError
-from napari_cellsparse.paths import HOME_ENV
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.core.errors import BadInputError
+from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training import load_model, train
 from napari_cellsparse.training.annotations import sparse_from_truth
 

@@ -10,16 +10,16 @@ import tifffile
 from skimage.draw import disk
 from skimage.measure import label
 
-from napari_cellsparse.blockwise import (
+from napari_cellsparse.core.errors import BadInputError, CancelledError
+from napari_cellsparse.core.progress import run_sync
+from napari_cellsparse.core.tiling import block_grid
+from napari_cellsparse.formats.image_sources import open_image, pixel_size_from_tiff
+from napari_cellsparse.scale.blockwise import (
     ModelSegmenter,
     create_labels_array,
     segment_blockwise,
     segment_to_file,
 )
-from napari_cellsparse.errors import BadInputError, CancelledError
-from napari_cellsparse.image_sources import open_image, pixel_size_from_tiff
-from napari_cellsparse.progress import run_sync
-from napari_cellsparse.tiling import block_grid
 
 
 def same_objects(a: np.ndarray, b: np.ndarray) -> bool:
@@ -176,7 +176,7 @@ def unet(nuclei_model_home: Path):
 def test_trained_model_block_wise_finds_the_whole_image_objects(unet) -> None:
     from stardist.matching import matching
 
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     image, truth = make_nuclei((420, 380), n_objects=70, radius=(7.0, 9.0), seed=5)
     source = open_image(image)
@@ -193,8 +193,8 @@ def test_trained_model_block_wise_finds_the_whole_image_objects(unet) -> None:
 
 
 def test_block_measurements_and_geojson_equal_those_of_the_whole_image() -> None:
-    from napari_cellsparse.geojson import labels_to_features
-    from napari_cellsparse.measure import measure_objects
+    from napari_cellsparse.formats.geojson import labels_to_features
+    from napari_cellsparse.scale.measure import measure_objects
 
     image, n = border_image()
     result = run_sync(

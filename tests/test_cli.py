@@ -14,7 +14,7 @@ import tifffile
 
 from napari_cellsparse.cli import main
 from napari_cellsparse.sam.weights import CHECKPOINTS, sha256_of, weights_dir
-from napari_cellsparse.samples import load_sample, sample_file
+from napari_cellsparse.samples.catalog import load_sample, sample_file
 
 BOXES = str(sample_file("nuclei_boxes.csv"))
 URL = CHECKPOINTS["vit_t"].url
@@ -73,8 +73,8 @@ def test_sam_on_the_sample(sam_run) -> None:
 
 def test_sam_scores_belong_to_their_objects(sam_run, vit_t_checkpoint: Path) -> None:
     """The score column is the predicted IoU of the mask painted with that id."""
-    from napari_cellsparse.labels import paint_masks
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.progress import run_sync
+    from napari_cellsparse.core.sparse_labels import paint_masks
     from napari_cellsparse.sam.embedding import EmbeddingCache
     from napari_cellsparse.sam.prompting import SamPrompter
 
@@ -97,7 +97,7 @@ def test_sam_scores_belong_to_their_objects(sam_run, vit_t_checkpoint: Path) -> 
 
 
 def test_sam_scores_with_a_duplicated_box(sam_run, tmp_path: Path, vit_t_checkpoint: Path) -> None:
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.embedding import EmbeddingCache
     from napari_cellsparse.sam.prompting import SamPrompter
 
@@ -230,7 +230,7 @@ def test_installed_console_script() -> None:
 
 @pytest.fixture(scope="module")
 def large_tif(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     image, _ = make_nuclei((640, 640), n_objects=40, radius=(8.0, 12.0), seed=4)
     path = tmp_path_factory.mktemp("large") / "slide.tif"
@@ -242,7 +242,7 @@ def test_sam_and_automask_tile_a_large_image(
     large_tif: Path, tmp_path: Path, vit_t_checkpoint: Path
 ) -> None:
     """``--tile 256`` on a 640 px image: the same objects as the engine's TiledImage."""
-    from napari_cellsparse.progress import run_sync
+    from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.embedding import EmbeddingCache
     from napari_cellsparse.sam.large_images import TiledImage
     from napari_cellsparse.sam.prompting import SamPrompter

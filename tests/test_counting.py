@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_cellsparse.core.errors import BadInputError
+from napari_cellsparse.core.paths import HOME_ENV
 from napari_cellsparse.counting.evaluate import localisation_f1, match_centres
 from napari_cellsparse.counting.targets import (
     check_points,
@@ -21,9 +23,7 @@ from napari_cellsparse.counting.targets import (
     heatmap_targets,
     trusted_mask,
 )
-from napari_cellsparse.errors import BadInputError
-from napari_cellsparse.paths import HOME_ENV
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 
 pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")

@@ -23,8 +23,8 @@ TINY = "encoder_depth=3, decoder_width=8, patch_size=64, batch_size=2"
 
 @pytest.fixture
 def counting(make_napari_viewer):
-    from napari_cellsparse._widgets.cell_counting import CellCountingWidget
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse._napari.widgets.cell_counting import CellCountingWidget
+    from napari_cellsparse.samples.generated import make_nuclei
 
     viewer = make_napari_viewer()
     image, labels = make_nuclei((96, 96), n_objects=8, radius=(5.0, 7.0), seed=1)
@@ -43,7 +43,7 @@ def counting(make_napari_viewer):
 
 
 def _errors(monkeypatch) -> list[str]:
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
 
     shown: list[str] = []
     monkeypatch.setattr(_worker, "show_error", shown.append)
@@ -107,10 +107,10 @@ def test_stop_saves_the_counter_so_far(counting):
 def test_batch_writes_all_outputs_and_reports_bad_files(counting, tmp_path, monkeypatch):
     import tifffile
 
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     warned: list[str] = []
-    from napari_cellsparse._widgets import cell_counting
+    from napari_cellsparse._napari.widgets import cell_counting
 
     monkeypatch.setattr(cell_counting, "show_warning", warned.append)
     _viewer, widget = counting

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     import json
     import numpy as np
     from qtpy.QtWidgets import QApplication
-    from napari_cellsparse.demo import open_demo, widget_names
+    from napari_cellsparse._napari.demo import open_demo, widget_names
 
     viewer, docked = open_demo()
     viewer.window.show()
@@ -54,7 +54,7 @@ def test_demo_docks_every_widget_and_shows_the_whole_image():
 
 
 def test_demo_without_a_display_says_so(capsys):
-    from napari_cellsparse.demo import display_problem, main
+    from napari_cellsparse._napari.demo import display_problem, main
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the X display check is for Linux")

@@ -12,18 +12,18 @@ import pytest
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from napari_cellsparse.errors import BadInputError, CancelledError
-from napari_cellsparse.images import as_yxc, normalize_percentile, to_rgb_uint8
-from napari_cellsparse.labels import (
+from napari_cellsparse.core.errors import BadInputError, CancelledError
+from napari_cellsparse.core.images import as_yxc, normalize_percentile, to_rgb_uint8
+from napari_cellsparse.core.progress import Progress, check_cancel, run_sync
+from napari_cellsparse.core.sparse_labels import (
     FIRST_CELL_ID,
     next_free_id,
     paint_masks,
     write_objects_csv,
 )
-from napari_cellsparse.progress import Progress, check_cancel, run_sync
 from napari_cellsparse.sam.upsample import PromptMask
-from napari_cellsparse.samples import load_sample, read_boxes, sample_file
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.samples.catalog import load_sample, read_boxes, sample_file
+from napari_cellsparse.samples.generated import make_nuclei
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -364,7 +364,7 @@ def test_unknown_sample() -> None:
 
 
 def test_generated_sample_layers() -> None:
-    from napari_cellsparse._sample_data import generated_nuclei
+    from napari_cellsparse._napari.sample_data import generated_nuclei
 
     layers = generated_nuclei()
     (image, image_meta, image_kind), (sparse, sparse_meta, sparse_kind) = layers[:2]
@@ -419,7 +419,7 @@ def has_accelerator() -> bool:
 
 @pytest.mark.skipif(has_accelerator(), reason="this computer has CUDA or MPS")
 def test_resolve_device_on_a_cpu_only_computer() -> None:
-    from napari_cellsparse.devices import available_devices, resolve_device
+    from napari_cellsparse.core.devices import available_devices, resolve_device
 
     assert available_devices() == ["cpu"]
     assert resolve_device("auto") == "cpu"
@@ -432,7 +432,7 @@ def test_resolve_device_on_a_cpu_only_computer() -> None:
 
 
 def test_available_devices_end_with_the_cpu() -> None:
-    from napari_cellsparse.devices import available_devices
+    from napari_cellsparse.core.devices import available_devices
 
     assert available_devices()[-1] == "cpu"
 
@@ -488,7 +488,7 @@ def test_check_cancel() -> None:
 
 
 def test_engine_errors_are_also_builtin_errors() -> None:
-    from napari_cellsparse.errors import BackendUnavailableError, CellsparseError
+    from napari_cellsparse.core.errors import BackendUnavailableError, CellsparseError
 
     assert issubclass(BadInputError, ValueError) and issubclass(BadInputError, CellsparseError)
     err = BackendUnavailableError("StarDist", "stardist", ImportError("no module"))

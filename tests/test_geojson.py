@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_cellsparse.errors import BadInputError
-from napari_cellsparse.geojson import (
+from napari_cellsparse.core.errors import BadInputError
+from napari_cellsparse.formats.geojson import (
     features_to_labels,
     labels_to_features,
     read_features,
     write_features,
 )
-from napari_cellsparse.polygons import mask_polygons, rasterize, ring_area
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.formats.polygons import mask_polygons, rasterize, ring_area
+from napari_cellsparse.samples.generated import make_nuclei
 
 
 def _tricky_labels() -> np.ndarray:

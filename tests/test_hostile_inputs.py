@@ -16,16 +16,16 @@ import pytest
 import tifffile
 
 from napari_cellsparse import cli
-from napari_cellsparse._geojson_io import read_layers
+from napari_cellsparse._napari.geojson_io import read_layers
+from napari_cellsparse.core.errors import BadInputError
+from napari_cellsparse.core.limits import MAX_BATCH_SIZE, MAX_PATCH_SIZE, MIN_PATCH_SIZE
+from napari_cellsparse.core.sparse_labels import write_objects_csv
+from napari_cellsparse.core.tiling import Region
 from napari_cellsparse.counting import train_counter
 from napari_cellsparse.counting.batch import read_points_csv
-from napari_cellsparse.errors import BadInputError
-from napari_cellsparse.geojson import features_to_labels, read_features
-from napari_cellsparse.image_sources import open_image, read_image_file
-from napari_cellsparse.labels import write_objects_csv
-from napari_cellsparse.limits import MAX_BATCH_SIZE, MAX_PATCH_SIZE, MIN_PATCH_SIZE
-from napari_cellsparse.samples import load_sample, read_boxes
-from napari_cellsparse.tiling import Region
+from napari_cellsparse.formats.geojson import features_to_labels, read_features
+from napari_cellsparse.formats.image_sources import open_image, read_image_file
+from napari_cellsparse.samples.catalog import load_sample, read_boxes
 from napari_cellsparse.training import models_dir, train
 from napari_cellsparse.training.annotations import sparse_from_truth
 from napari_cellsparse.training.backend import BACKENDS
@@ -437,7 +437,9 @@ def test_a_failed_cli_write_leaves_the_previous_results(
         Path(path).write_text("id,centroid_y\n2,")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("napari_cellsparse.labels.write_objects_csv", half_then_full_disk)
+    monkeypatch.setattr(
+        "napari_cellsparse.core.sparse_labels.write_objects_csv", half_then_full_disk
+    )
     labels = np.zeros((20, 20), np.int32)
     labels[2:8, 2:8] = 2
     with pytest.raises(BadInputError, match="No space left on device"):

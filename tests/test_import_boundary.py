@@ -32,16 +32,16 @@ ENGINE = [
     "napari_cellsparse.sam.prompting",
     "napari_cellsparse.sam.weights",
     "napari_cellsparse.sam.models",
-    "napari_cellsparse.images",
-    "napari_cellsparse.labels",
+    "napari_cellsparse.core.images",
+    "napari_cellsparse.core.sparse_labels",
     "napari_cellsparse.cli",
-    "napari_cellsparse.samples",
-    "napari_cellsparse.devices",
-    "napari_cellsparse.progress",
-    "napari_cellsparse.tiling",
-    "napari_cellsparse.image_sources",
-    "napari_cellsparse.blockwise",
-    "napari_cellsparse.measure",
+    "napari_cellsparse.samples.catalog",
+    "napari_cellsparse.core.devices",
+    "napari_cellsparse.core.progress",
+    "napari_cellsparse.core.tiling",
+    "napari_cellsparse.formats.image_sources",
+    "napari_cellsparse.scale.blockwise",
+    "napari_cellsparse.scale.measure",
     "napari_cellsparse.counting",
     "napari_cellsparse.counting.network",
 ]
@@ -77,10 +77,10 @@ def test_running_the_engine_imports_no_front_end() -> None:
     """Building MobileSAM and segment_anything loads torch, timm...: still no Qt."""
     code = (
         "import warnings; warnings.simplefilter('ignore')\n"
-        "from napari_cellsparse._lazy import import_segment_anything\n"
+        "from napari_cellsparse.core.lazy import import_segment_anything\n"
         "from napari_cellsparse.sam.models import build_sam\n"
         "from napari_cellsparse.sam.prompting import SamPrompter\n"
-        "from napari_cellsparse.samples import load_sample\n"
+        "from napari_cellsparse.samples.catalog import load_sample\n"
         "import_segment_anything()\n"
         "prompter = SamPrompter(build_sam('vit_t'), 'k')\n"
         "load_sample('nuclei')\n"
@@ -110,7 +110,7 @@ def test_counting_engine_imports_no_front_end() -> None:
 @pytest.mark.parametrize("where", ["here", "fresh"])
 def test_guard_triton(where: str) -> None:
     if where == "here":
-        from napari_cellsparse._lazy import guard_triton
+        from napari_cellsparse.core.lazy import guard_triton
 
         assert guard_triton() in ("not-needed", "deepbind", "disabled")
         return
@@ -118,7 +118,7 @@ def test_guard_triton(where: str) -> None:
         [
             sys.executable,
             "-c",
-            "from napari_cellsparse._lazy import guard_triton, import_torch\n"
+            "from napari_cellsparse.core.lazy import guard_triton, import_torch\n"
             "print(guard_triton()); import_torch(); print(guard_triton())",
         ],
         capture_output=True,
@@ -148,7 +148,7 @@ def test_guard_makes_torchvision_safe_after_mesa_llvm() -> None:
         "import ctypes, os, warnings\n"
         "warnings.simplefilter('ignore')\n"
         f"ctypes.CDLL({mesa_llvm()!r}, mode=os.RTLD_NOW | ctypes.RTLD_GLOBAL)\n"
-        "from napari_cellsparse._lazy import guard_triton\n"
+        "from napari_cellsparse.core.lazy import guard_triton\n"
         "result = guard_triton()\n"
         "import torchvision\n"
         "from napari_cellsparse.sam.models import build_sam\n"

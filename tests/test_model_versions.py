@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 
 import napari_cellsparse
-from napari_cellsparse.errors import TrainingDivergedError, WeightsError
-from napari_cellsparse.synthetic import make_nuclei
-from napari_cellsparse.training import list_models, load_model, models_dir, train
-from napari_cellsparse.training.annotations import sparse_from_truth
-from napari_cellsparse.training.store import (
+from napari_cellsparse.core.errors import TrainingDivergedError, WeightsError
+from napari_cellsparse.models.store import (
     CONFIG_FILE,
     METADATA_FILE,
     POINTER_FILE,
     VERSIONS_DIR,
     current_folder,
 )
+from napari_cellsparse.samples.generated import make_nuclei
+from napari_cellsparse.training import list_models, load_model, models_dir, train
+from napari_cellsparse.training.annotations import sparse_from_truth
 
 TINY = {"base_filters": 8, "depth": 2, "patch_size": 64, "batch_size": 2}
 
@@ -179,7 +179,7 @@ def test_diverged_first_training_saves_nothing(monkeypatch) -> None:
 KILLED_SAVE = """
 import os, signal
 import napari_cellsparse.training.torch_network as torch_network
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training import train
 from napari_cellsparse.training.annotations import sparse_from_truth
 
@@ -236,7 +236,7 @@ def test_one_folder_models_load_list_and_continue(first) -> None:
 
 
 def test_batch_model_cache_follows_the_current_version(first) -> None:
-    from napari_cellsparse.batch import worker_model
+    from napari_cellsparse.scale.batch import worker_model
 
     image, ann, _, _ = first
     folder = models_dir() / "m"

@@ -17,21 +17,21 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_cellsparse.batch import NO_DASK, BatchOptions, run_batch
 from napari_cellsparse.cli import main
-from napari_cellsparse.errors import BadInputError
-from napari_cellsparse.image_sources import open_image
-from napari_cellsparse.paths import HOME_ENV
-from napari_cellsparse.progress import run_sync
-from napari_cellsparse.qupath_project import (
+from napari_cellsparse.core.errors import BadInputError
+from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.core.progress import run_sync
+from napari_cellsparse.formats.image_sources import open_image
+from napari_cellsparse.formats.qupath_project import (
     GEOJSON_KEY,
     ProjectImage,
     batch_project_images,
     java_file_uri,
     write_qupath_project,
 )
-from napari_cellsparse.synthetic import make_nuclei
-from napari_cellsparse.workspace import deepcell_items
+from napari_cellsparse.samples.generated import make_nuclei
+from napari_cellsparse.scale.batch import NO_DASK, BatchOptions, run_batch
+from napari_cellsparse.scale.workspace import deepcell_items
 
 # The structure of a project.qpproj written by QuPath v0.6.0-rc3, abridged to its first entry
 # (https://github.com/sbalci/metadata-qupath/blob/15d2afe19b159372e42d6b784b86d7bb4567a21f/

@@ -19,9 +19,9 @@ pytest.importorskip("segment_anything")
 
 from segment_anything import SamAutomaticMaskGenerator
 
-from napari_cellsparse.errors import BadInputError, CancelledError
-from napari_cellsparse.images import to_rgb_uint8
-from napari_cellsparse.progress import run_sync
+from napari_cellsparse.core.errors import BadInputError, CancelledError
+from napari_cellsparse.core.images import to_rgb_uint8
+from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.sam.automask import (
     AutoMask,
     AutomaskParams,
@@ -29,7 +29,7 @@ from napari_cellsparse.sam.automask import (
     generate_masks,
 )
 from napari_cellsparse.sam.prompting import SamPrompter
-from napari_cellsparse.synthetic import (
+from napari_cellsparse.samples.generated import (
     LabelOracle,
     OracleDecoder,
     make_nuclei,

@@ -16,12 +16,12 @@ import pytest
 import torch
 from skimage.measure import regionprops
 
-from napari_cellsparse.errors import BadInputError, CancelledError, WeightsError
-from napari_cellsparse.images import to_rgb_uint8
-from napari_cellsparse.progress import Progress, run_sync
+from napari_cellsparse.core.errors import BadInputError, CancelledError, WeightsError
+from napari_cellsparse.core.images import to_rgb_uint8
+from napari_cellsparse.core.progress import Progress, run_sync
 from napari_cellsparse.sam.embedding import EmbeddingCache, ImageEmbedding, image_signature
 from napari_cellsparse.sam.prompting import SamPrompter, check_boxes
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 
 TOL = 1e-3
 AGREEMENT = 0.9999

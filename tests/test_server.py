@@ -27,17 +27,17 @@ pytest.importorskip("torch")
 from fastapi.testclient import TestClient
 
 from _live import live_server
-from napari_cellsparse.geojson import features_to_labels
-from napari_cellsparse.progress import run_sync
+from napari_cellsparse.core.progress import run_sync
+from napari_cellsparse.formats.geojson import features_to_labels
 from napari_cellsparse.sam.automask import generate_masks
 from napari_cellsparse.sam.fetch import DownloadPolicy
 from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.sam.weights import CHECKPOINTS, weights_dir
+from napari_cellsparse.samples.generated import LabelOracle, OracleDecoder, make_nuclei
 from napari_cellsparse.server.app import create_app
 from napari_cellsparse.server.guards import LOOPBACK_HOSTS
 from napari_cellsparse.server.images import decode_image, encode_png
 from napari_cellsparse.server.sam_service import SamService
-from napari_cellsparse.synthetic import LabelOracle, OracleDecoder, make_nuclei
 from napari_cellsparse.training.annotations import sparse_from_truth
 
 BOX = [40, 50, 90, 100]
@@ -84,7 +84,7 @@ def _mask(feature: dict, shape: tuple[int, int]) -> np.ndarray:
 
 
 def test_images_decode_png_tiff_and_refuse_bad_bytes(nuclei) -> None:
-    from napari_cellsparse.errors import BadInputError
+    from napari_cellsparse.core.errors import BadInputError
 
     image, _ = nuclei
     np.testing.assert_array_equal(decode_image(encode_png(image)), image)  # 16-bit PNG
@@ -105,7 +105,7 @@ def test_images_decode_png_tiff_and_refuse_bad_bytes(nuclei) -> None:
 def test_a_decompression_bomb_is_refused_before_decoding() -> None:
     from PIL import Image
 
-    from napari_cellsparse.errors import BadInputError
+    from napari_cellsparse.core.errors import BadInputError
 
     buffer = io.BytesIO()
     Image.new("1", (15000, 15000)).save(buffer, format="PNG")  # 225 Mpx in ~30 kB

@@ -232,7 +232,7 @@ def test_requests_must_name_an_allowed_host(serve) -> None:
 
 
 def test_allowed_hosts_for_a_host_a_wildcard_and_allow_host() -> None:
-    from napari_cellsparse.errors import BadInputError
+    from napari_cellsparse.core.errors import BadInputError
     from napari_cellsparse.server.guards import allowed_hosts
 
     assert allowed_hosts() == ["localhost", "127.0.0.1", "[::1]", "127.0.0.1"]
@@ -311,7 +311,7 @@ def test_a_png_over_the_limit_counting_its_samples_is_refused(serve, no_decoding
 def test_tiff_strips_and_tiles_that_outgrow_their_header_decode_nothing_large() -> None:
     """A strip that inflates to 200 MB behind a 10 x 10 header, and a 10 x 10 image with
     65536 x 65536 tiles: refused, quickly, without the memory either would take."""
-    from napari_cellsparse.errors import BadInputError
+    from napari_cellsparse.core.errors import BadInputError
 
     small = _tiff(np.zeros((10, 10), np.uint8), compression="zlib")
     with tifffile.TiffFile(io.BytesIO(small)) as tif:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from napari_cellsparse.errors import BadInputError
-from napari_cellsparse.settings_text import parse_setting_pairs, parse_settings
+from napari_cellsparse.core.errors import BadInputError
+from napari_cellsparse.core.settings_text import parse_setting_pairs, parse_settings
 
 
 def test_values_are_literals_json_words_or_text():

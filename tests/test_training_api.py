@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from stardist.matching import matching
 
-from napari_cellsparse.errors import BackendUnavailableError, BadInputError, WeightsError
-from napari_cellsparse.paths import HOME_ENV
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.core.errors import BackendUnavailableError, BadInputError, WeightsError
+from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.models.scale import rescale_image, resize_labels
+from napari_cellsparse.models.store import current_folder
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training import list_models, load_model, train
 from napari_cellsparse.training.annotations import sparse_from_truth, to_internal
 from napari_cellsparse.training.inputs import prediction_slices, training_pairs
-from napari_cellsparse.training.scale import rescale_image, resize_labels
-from napari_cellsparse.training.store import current_folder
 from napari_cellsparse.training.unet import unet_loss, unet_targets
 
 TINY = {"base_filters": 8, "patch_size": 64, "batch_size": 4}
@@ -332,7 +332,7 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
     import tifffile
 
     from napari_cellsparse.cli import main
-    from napari_cellsparse.samples import load_sample
+    from napari_cellsparse.samples.catalog import load_sample
 
     argv = ["--image", "sample:nuclei", "--labels", "sample:nuclei", "--name", "sample-unet"]
     assert main(["train", "--backend", "unet", *argv, "--reset", "--steps", "120"]) == 0

@@ -20,10 +20,10 @@ pytest.importorskip("cellpose")
 
 from scipy import ndimage as ndi
 
-from napari_cellsparse._lazy import import_torch
-from napari_cellsparse.errors import WeightsError
-from napari_cellsparse.images import normalize_percentile
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.core.errors import WeightsError
+from napari_cellsparse.core.images import normalize_percentile
+from napari_cellsparse.core.lazy import import_torch
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training.annotations import IGNORE, to_internal
 from napari_cellsparse.training.backend import backend_class
 from napari_cellsparse.training.cellpose_backend import (

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_cellsparse.errors import BadInputError, TrainingDivergedError
+from napari_cellsparse.core.errors import BadInputError, TrainingDivergedError
+from napari_cellsparse.core.progress import Progress, run_sync
 from napari_cellsparse.models.session import TrainingSession
-from napari_cellsparse.progress import Progress, run_sync
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training import list_models, models_dir, train_iter
 from napari_cellsparse.training.annotations import sparse_from_truth
 

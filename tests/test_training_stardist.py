@@ -23,12 +23,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from _subprocess import assert_raised, outcome, run_in_subprocess, value_of
-from napari_cellsparse.errors import (
-    BackendUnavailableError,
-    BadInputError,
-    WeightsError,
-)
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.core.errors import BackendUnavailableError, BadInputError, WeightsError
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training.annotations import IGNORE, to_internal
 from napari_cellsparse.training.backend import backend_class
 from napari_cellsparse.training.evaluate import annotated_f1

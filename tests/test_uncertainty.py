@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from _generated import HALF, clean_and_ambiguous
-from napari_cellsparse.errors import BadInputError, CancelledError
-from napari_cellsparse.paths import HOME_ENV
-from napari_cellsparse.progress import run_sync
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.core.errors import BadInputError, CancelledError
+from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.core.progress import run_sync
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training import train
 from napari_cellsparse.training.annotations import sparse_from_truth
 from napari_cellsparse.training.uncertainty import (

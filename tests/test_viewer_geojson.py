@@ -19,7 +19,7 @@ napari = pytest.importorskip("napari")
 
 
 def test_labels_save_and_open_round_trip(make_napari_viewer, tmp_path: Path) -> None:
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     viewer = make_napari_viewer()
     _, labels = make_nuclei((128, 160), n_objects=12, seed=2)
@@ -41,7 +41,7 @@ def test_labels_save_and_open_round_trip(make_napari_viewer, tmp_path: Path) -> 
 
 
 def test_sparse_annotation_keeps_its_background(make_napari_viewer, tmp_path: Path) -> None:
-    from napari_cellsparse._sample_data import generated_nuclei
+    from napari_cellsparse._napari.sample_data import generated_nuclei
 
     viewer = make_napari_viewer()
     for data, kwargs, kind in generated_nuclei():
@@ -77,8 +77,8 @@ def test_shapes_save_and_errors(make_napari_viewer, tmp_path: Path) -> None:
     ring = features[0]["geometry"]["coordinates"][0]
     assert [10.5, 10.5] in ring and [30.5, 25.5] in ring
 
-    from napari_cellsparse._geojson_io import write_labels
-    from napari_cellsparse.errors import BadInputError
+    from napari_cellsparse._napari.geojson_io import write_labels
+    from napari_cellsparse.core.errors import BadInputError
 
     with pytest.raises(BadInputError, match="2D objects"):
         write_labels(str(tmp_path / "stack.geojson"), np.ones((3, 8, 8), np.int32), {})

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cellsparse.errors import (
+from napari_cellsparse.core.errors import (
     BadInputError,
     CancelledError,
     CellsparseError,
     WeightsError,
 )
-from napari_cellsparse.progress import Progress, run_sync
+from napari_cellsparse.core.progress import Progress, run_sync
 from napari_cellsparse.sam.models import load_sam
 from napari_cellsparse.sam.weights import (
     CHECKPOINTS,

@@ -31,8 +31,8 @@ from fastapi.testclient import TestClient
 
 from _live import live_server
 from napari_cellsparse.cli import main
-from napari_cellsparse.errors import BadInputError, WeightsError
-from napari_cellsparse.progress import run_sync
+from napari_cellsparse.core.errors import BadInputError, WeightsError
+from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.sam import fetch
 from napari_cellsparse.sam.fetch import DownloadPolicy, check_url
 from napari_cellsparse.sam.registry import read_entries, register_entry, registry_path

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_cellsparse.paths import HOME_ENV
-from napari_cellsparse.synthetic import make_nuclei
+from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.samples.generated import make_nuclei
 
 pytestmark = pytest.mark.gui
 
@@ -19,7 +19,7 @@ napari = pytest.importorskip("napari")
 
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
 
     shown: list[str] = []
     monkeypatch.setattr(_worker, "show_error", shown.append)
@@ -28,7 +28,7 @@ def errors(monkeypatch) -> list[str]:
 
 @pytest.fixture
 def widget(make_napari_viewer, nuclei_model_home: Path, monkeypatch):
-    from napari_cellsparse._widgets.batch import BatchWidget
+    from napari_cellsparse._napari.widgets.batch import BatchWidget
 
     monkeypatch.setenv(HOME_ENV, str(nuclei_model_home))
     viewer = make_napari_viewer()

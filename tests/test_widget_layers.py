@@ -12,7 +12,7 @@ def viewer(make_napari_viewer):
 
 
 def test_labels_shown_again_reuse_the_layer(viewer):
-    from napari_cellsparse._widgets._layers import show_layer
+    from napari_cellsparse._napari.widgets._layers import show_layer
 
     first = show_layer(viewer, "labels", np.ones((20, 30), np.uint8), "result", scale=(2, 2))
     again = np.zeros((40, 50), np.uint16)
@@ -25,7 +25,7 @@ def test_labels_shown_again_reuse_the_layer(viewer):
 
 
 def test_other_dimensionality_or_kind_replaces_the_layer(viewer):
-    from napari_cellsparse._widgets._layers import show_layer
+    from napari_cellsparse._napari.widgets._layers import show_layer
 
     first = show_layer(viewer, "labels", np.ones((20, 30), np.uint8), "result")
     volume = show_layer(viewer, "labels", np.ones((4, 20, 30), np.uint8), "result")
@@ -36,7 +36,7 @@ def test_other_dimensionality_or_kind_replaces_the_layer(viewer):
 
 
 def test_an_image_shown_again_gets_contrast_limits_for_its_new_data(viewer):
-    from napari_cellsparse._widgets._layers import show_layer
+    from napari_cellsparse._napari.widgets._layers import show_layer
 
     layer = show_layer(viewer, "image", np.linspace(0, 1, 600).reshape(20, 30), "density")
     assert layer.contrast_limits[1] == pytest.approx(1.0)
@@ -46,7 +46,7 @@ def test_an_image_shown_again_gets_contrast_limits_for_its_new_data(viewer):
 
 
 def test_points_and_shapes_shown_again_take_the_new_data_and_style(viewer):
-    from napari_cellsparse._widgets._layers import show_layer
+    from napari_cellsparse._napari.widgets._layers import show_layer
 
     points = show_layer(viewer, "points", np.zeros((2, 2)), "centres", size=3.0, face_color="red")
     again = show_layer(viewer, "points", np.ones((5, 2)), "centres", size=6.0, face_color="blue")
@@ -63,7 +63,7 @@ def test_points_and_shapes_shown_again_take_the_new_data_and_style(viewer):
 
 
 def test_a_first_result_of_no_shapes_is_an_empty_layer(viewer):
-    from napari_cellsparse._widgets._layers import show_layer
+    from napari_cellsparse._napari.widgets._layers import show_layer
 
     empty = show_layer(viewer, "shapes", ([], "polygon"), "outlines", edge_color="magenta")
     assert len(empty.data) == 0
@@ -73,7 +73,7 @@ def test_a_first_result_of_no_shapes_is_an_empty_layer(viewer):
 
 
 def test_results_take_a_small_label_type_already_shown(viewer):
-    from napari_cellsparse._widgets._layers import compact_labels
+    from napari_cellsparse._napari.widgets._layers import compact_labels
 
     labels = np.arange(12, dtype=np.int64).reshape(3, 4)
     assert compact_labels(labels).dtype == np.uint8  # nothing shown: the smallest

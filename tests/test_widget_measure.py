@@ -16,7 +16,7 @@ napari = pytest.importorskip("napari")
 
 @pytest.fixture
 def measurer(make_napari_viewer):
-    from napari_cellsparse._widgets.measure_cells import MeasureCellsWidget
+    from napari_cellsparse._napari.widgets.measure_cells import MeasureCellsWidget
 
     viewer = make_napari_viewer()
     cells = np.zeros((20, 24), np.int32)
@@ -32,7 +32,7 @@ def measurer(make_napari_viewer):
 
 
 def _errors(monkeypatch) -> list[str]:
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
 
     shown: list[str] = []
     monkeypatch.setattr(_worker, "show_error", shown.append)
@@ -64,7 +64,7 @@ def test_measure_sets_features_and_saves(measurer, tmp_path: Path) -> None:
     assert table["DAPI: Max"].tolist() == [10 * 7 + 8, 10 * 13 + 19]  # bottom-right pixels
     assert "index" not in table.columns
 
-    from napari_cellsparse._geojson_io import write_labels
+    from napari_cellsparse._napari.geojson_io import write_labels
 
     (written,) = write_labels(str(tmp_path / "cells.geojson"), layer.data, layer._get_state())
     features = json.loads(Path(written).read_text())["features"]

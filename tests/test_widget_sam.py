@@ -17,8 +17,8 @@ napari = pytest.importorskip("napari")
 
 @pytest.fixture
 def annotator(make_napari_viewer, vit_t_checkpoint):
-    from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse._napari.widgets.sam_annotator import SamAnnotatorWidget
+    from napari_cellsparse.samples.generated import make_nuclei
 
     viewer = make_napari_viewer()
     image, truth = make_nuclei(shape=(256, 256), n_objects=12, seed=3)
@@ -87,7 +87,7 @@ def test_points_preview_and_commit(annotator):
 
 def test_stack_writes_only_the_current_slice(annotator):
     viewer, widget, _ = annotator
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     stack = np.stack([make_nuclei((128, 128), 5, seed=s)[0] for s in range(3)])
     viewer.add_image(stack, name="stack")
@@ -103,7 +103,7 @@ def test_stack_writes_only_the_current_slice(annotator):
 
 
 def test_errors_are_messages_not_crashes(make_napari_viewer, vit_t_checkpoint, tmp_path):
-    from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+    from napari_cellsparse._napari.widgets.sam_annotator import SamAnnotatorWidget
 
     viewer = make_napari_viewer()
     widget = SamAnnotatorWidget(viewer)
@@ -169,7 +169,7 @@ def test_viewer_first_then_sam_does_not_crash(vit_t_checkpoint, tmp_path):
         viewer.add_image(np.random.default_rng(0).random((128, 128)), name="img")
         QApplication.processEvents()
         assert "torchvision" not in __import__("sys").modules
-        from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+        from napari_cellsparse._napari.widgets.sam_annotator import SamAnnotatorWidget
         widget = SamAnnotatorWidget(viewer)
         widget.runner.synchronous = True
         widget.weights_edit.setText({str(vit_t_checkpoint)!r})
@@ -196,7 +196,7 @@ def test_docked_through_napari_boxes_work(make_napari_viewer, vit_t_checkpoint):
     widget.weights_edit.setText(str(vit_t_checkpoint))
     widget.runner.synchronous = True
     # the sample's sparse annotation is the natural target: SAM adds cells to it
-    from napari_cellsparse._sample_data import SPARSE_LAYER
+    from napari_cellsparse._napari.sample_data import SPARSE_LAYER
 
     assert widget.labels_combo.currentText() == SPARSE_LAYER
     before = np.array(viewer.layers[SPARSE_LAYER].data)
@@ -217,7 +217,7 @@ def test_download_button_fetches_weights_and_reports_failures(
     import hashlib
     import shutil
 
-    from napari_cellsparse._widgets import sam_annotator
+    from napari_cellsparse._napari.widgets import sam_annotator
     from napari_cellsparse.sam.weights import weights_dir
 
     _, widget, _ = annotator
@@ -247,7 +247,7 @@ def test_download_button_fetches_weights_and_reports_failures(
 
 def test_automask_layers_and_keeping_objects(annotator):
     """Automask (label-oracle decoder: random weights decode noise) -> layers -> annotation."""
-    from napari_cellsparse.synthetic import LabelOracle, OracleDecoder
+    from napari_cellsparse.samples.generated import LabelOracle, OracleDecoder
 
     viewer, widget, truth = annotator
     annotation = viewer.add_labels(np.zeros((256, 256), dtype=np.int32), name="my cells")
@@ -291,8 +291,8 @@ def test_large_image_is_prompted_tile_by_tile(make_napari_viewer, vit_t_checkpoi
     """A 640 x 640 dask image with 256 px tiles: a box embeds one tile, automask merges."""
     import dask.array as da
 
-    from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
-    from napari_cellsparse.synthetic import RegionOracleDecoder, make_nuclei
+    from napari_cellsparse._napari.widgets.sam_annotator import SamAnnotatorWidget
+    from napari_cellsparse.samples.generated import RegionOracleDecoder, make_nuclei
 
     viewer = make_napari_viewer()
     image, truth = make_nuclei(shape=(640, 640), n_objects=40, radius=(8.0, 12.0), seed=4)

@@ -31,8 +31,8 @@ def _tiny(widget, steps: int = 6, preview: int = 3, name: str = "tiny") -> None:
 
 @pytest.fixture
 def trainer(make_napari_viewer):
-    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse.samples.generated import make_nuclei
     from napari_cellsparse.training.annotations import sparse_from_truth
 
     viewer = make_napari_viewer()
@@ -47,7 +47,7 @@ def trainer(make_napari_viewer):
 
 def _errors(monkeypatch) -> list[str]:
     """Collect napari error notifications sent by the widget and its job runner."""
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
 
     shown: list[str] = []
     monkeypatch.setattr(_worker, "show_error", shown.append)
@@ -119,8 +119,8 @@ def test_stop_keeps_the_model_and_reset_starts_afresh(trainer):
 
 
 def test_predict_writes_labels_and_outlines(trainer, make_napari_viewer):
-    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse.samples.generated import make_nuclei
 
     viewer, widget = trainer
     widget.steps_spin.setValue(4)
@@ -157,7 +157,7 @@ def test_predict_writes_labels_and_outlines(trainer, make_napari_viewer):
 
 
 def test_annotation_stack_trains_per_slice(trainer):
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
     from napari_cellsparse.training import list_models
     from napari_cellsparse.training.annotations import sparse_from_truth
 
@@ -189,7 +189,7 @@ def test_annotation_stack_trains_per_slice(trainer):
 
 
 def test_bad_inputs_are_messages_not_crashes(make_napari_viewer, monkeypatch):
-    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
     from napari_cellsparse.training import backend
 
     shown = _errors(monkeypatch)
@@ -253,9 +253,9 @@ def test_docked_through_napari_trains_on_the_sample(make_napari_viewer):
 def test_model_lists_hold_only_models_each_widget_can_use(trainer, qtbot):
     """Predict's list holds segmentation models, the counter's list counters: a counter
     chosen in Predict used to fail."""
-    from napari_cellsparse._widgets.cell_counting import CellCountingWidget
+    from napari_cellsparse._napari.widgets.cell_counting import CellCountingWidget
     from napari_cellsparse.counting import train_counter
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
 
     viewer, widget = trainer
     image, truth = make_nuclei((64, 64), n_objects=4, radius=(5.0, 7.0), seed=2)

@@ -38,8 +38,8 @@ def _installed(backend: str) -> bool:
 
 @pytest.fixture
 def shown(make_napari_viewer):
-    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse.samples.generated import make_nuclei
     from napari_cellsparse.training.annotations import sparse_from_truth
 
     viewer = make_napari_viewer(show=True)
@@ -94,7 +94,7 @@ def test_choosing_each_backend_imports_no_framework(tmp_path):
         textwrap.dedent(f"""
         import sys
         import napari
-        from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+        from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
 
         viewer = napari.Viewer(show=True)
         widget = SparseTrainingWidget(viewer)
@@ -119,7 +119,7 @@ def test_choosing_each_backend_imports_no_framework(tmp_path):
 
 
 def test_killed_worker_keeps_annotation_and_model(shown, qtbot, monkeypatch):
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
 
     shown_errors: list[str] = []
     monkeypatch.setattr(_worker, "show_error", shown_errors.append)
@@ -169,7 +169,7 @@ def _start_long_training(widget, qtbot) -> None:
 
 
 def test_second_stop_ends_the_worker(shown, qtbot):
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
     from napari_cellsparse.training import list_models
 
     _viewer, widget, _truth = shown
@@ -186,7 +186,7 @@ def test_second_stop_ends_the_worker(shown, qtbot):
 
 
 def test_closing_the_viewer_during_training_leaves_no_process(shown, qtbot):
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
 
     viewer, widget, _truth = shown
     _start_long_training(widget, qtbot)
@@ -201,7 +201,7 @@ def test_closing_the_viewer_during_training_leaves_no_process(shown, qtbot):
 
 def test_closing_the_dock_during_training_leaves_no_process(shown, qtbot):
     """The x on the dock's title bar, as a person clicks it, ends the widget's training."""
-    from napari_cellsparse._widgets import _worker
+    from napari_cellsparse._napari.widgets import _worker
 
     viewer, widget, _truth = shown
     _start_long_training(widget, qtbot)
@@ -221,8 +221,8 @@ def test_closing_the_dock_during_training_leaves_no_process(shown, qtbot):
 def test_closing_a_widget_whose_job_waits_leaves_the_running_one(shown, qtbot):
     """A job queued behind another widget's training is dropped with its widget; the
     training that holds the worker goes on."""
-    from napari_cellsparse._widgets import _worker
-    from napari_cellsparse._widgets.sparse_training import SparseTrainingWidget
+    from napari_cellsparse._napari.widgets import _worker
+    from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
 
     viewer, widget, _truth = shown
     _start_long_training(widget, qtbot)
@@ -320,7 +320,7 @@ def test_a_failing_job_is_one_message_and_a_script_keeps_running(tmp_path):
         import napari
         from napari.utils.notifications import notification_manager
         from qtpy.QtWidgets import QApplication
-        from napari_cellsparse._widgets.sam_annotator import SamAnnotatorWidget
+        from napari_cellsparse._napari.widgets.sam_annotator import SamAnnotatorWidget
 
         viewer = napari.Viewer(show=True)
         viewer.add_image(np.zeros((64, 64), np.float32), name="img")
@@ -356,8 +356,8 @@ def test_a_failing_job_is_one_message_and_a_script_keeps_running(tmp_path):
 def test_points_clicked_during_counter_training_reach_it(make_napari_viewer, qtbot):
     from scipy import ndimage as ndi
 
-    from napari_cellsparse._widgets.cell_counting import CellCountingWidget
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse._napari.widgets.cell_counting import CellCountingWidget
+    from napari_cellsparse.samples.generated import make_nuclei
 
     viewer = make_napari_viewer(show=True)
     image, labels = make_nuclei((96, 96), n_objects=8, radius=(5.0, 7.0), seed=1)
@@ -385,8 +385,8 @@ def test_points_clicked_during_counter_training_reach_it(make_napari_viewer, qtb
 def test_a_result_that_cannot_be_shown_is_one_message(qtbot, monkeypatch):
     """A finished job whose result handler fails (here on purpose) gives one notification and
     frees the widget: Qt would abort the process on an exception escaping the slot."""
-    from napari_cellsparse._widgets import _worker
-    from napari_cellsparse.progress import Progress
+    from napari_cellsparse._napari.widgets import _worker
+    from napari_cellsparse.core.progress import Progress
 
     shown: list[str] = []
     monkeypatch.setattr(_worker, "show_error", shown.append)
@@ -411,8 +411,8 @@ def test_a_flood_of_progress_events_is_shown_without_nesting(make_napari_viewer,
     one is shown (the bar processes Qt events) are shown in turn, not one call deeper each."""
     import sys
 
-    from napari_cellsparse._widgets import _worker
-    from napari_cellsparse.progress import Progress
+    from napari_cellsparse._napari.widgets import _worker
+    from napari_cellsparse.core.progress import Progress
 
     make_napari_viewer(show=True)  # napari's progress bars are Qt widgets with a viewer
     depths: list[int] = []

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cellsparse.errors import BadInputError, CancelledError, WorkerCrashedError
-from napari_cellsparse.progress import Progress, run_sync
+from napari_cellsparse.core.errors import BadInputError, CancelledError, WorkerCrashedError
+from napari_cellsparse.core.progress import Progress, run_sync
 from napari_cellsparse.worker import WorkerHost
 
 pytest.importorskip("torch")
@@ -37,7 +37,7 @@ def host(tmp_path):
 
 @pytest.fixture(scope="module")
 def sample():
-    from napari_cellsparse.synthetic import make_nuclei
+    from napari_cellsparse.samples.generated import make_nuclei
     from napari_cellsparse.training.annotations import sparse_from_truth
 
     image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)
@@ -208,7 +208,7 @@ def test_worker_exits_when_the_napari_side_is_killed(tmp_path):
     script.write_text(
         textwrap.dedent(f"""
         import os, signal, sys
-        from napari_cellsparse.progress import run_sync
+        from napari_cellsparse.core.progress import run_sync
         from napari_cellsparse.worker import WorkerHost
         host = WorkerHost(threads=1, log_path={str(tmp_path / "w.log")!r})
         run_sync(host.run("echo", {{"value": 1}}, "echo"))
@@ -234,7 +234,7 @@ def test_an_unguarded_script_is_not_run_again_by_the_worker(tmp_path):
     script.write_text(
         textwrap.dedent(f"""
         print("SCRIPT RAN", flush=True)
-        from napari_cellsparse.progress import run_sync
+        from napari_cellsparse.core.progress import run_sync
         from napari_cellsparse.worker import WorkerHost
         host = WorkerHost(threads=1, log_path={str(tmp_path / "w.log")!r})
         print(run_sync(host.run("devices", {{}}, "devices")), flush=True)
@@ -260,7 +260,7 @@ def test_the_worker_never_loads_qt_or_opengl(host, sample):
 
 
 def test_errors_of_other_libraries_never_import_them_here():
-    from napari_cellsparse.errors import JobFailedError
+    from napari_cellsparse.core.errors import JobFailedError
     from napari_cellsparse.worker.host import _rebuild
 
     err = _rebuild(
@@ -268,7 +268,7 @@ def test_errors_of_other_libraries_never_import_them_here():
     )
     assert isinstance(err, JobFailedError) and "InvalidArgumentError: bad" in str(err)
     assert "tensorflow" not in sys.modules
-    same = _rebuild("BadInputError", "napari_cellsparse.errors", "no cells", Path("w.log"))
+    same = _rebuild("BadInputError", "napari_cellsparse.core.errors", "no cells", Path("w.log"))
     assert isinstance(same, BadInputError) and str(same) == "no cells"
     assert isinstance(_rebuild("MemoryError", "builtins", "", Path("w.log")), MemoryError)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CellsparseError
-from .progress import Progress
+from .core.errors import CellsparseError
+from .core.progress import Progress
 from .sam.automask import PRESETS as AUTOMASK_PRESETS
 from .sam.large_images import TILE_ABOVE
 
@@ -32,19 +32,19 @@ def _print_progress(event: Progress) -> None:
 
 def _read_image(spec: str) -> tuple[np.ndarray, str]:
     if spec.startswith("sample:"):
-        from .samples import load_sample
+        from .samples.catalog import load_sample
 
         name = spec.split(":", 1)[1]
         return load_sample(name).image, f"sample_{name}"
-    from .image_sources import read_image_file
+    from .formats.image_sources import read_image_file
 
     return read_image_file(spec), Path(spec).stem
 
 
 def _cmd_sam(args: argparse.Namespace) -> int:
-    from .labels import paint_masks
-    from .progress import run_sync
-    from .samples import read_boxes
+    from .core.progress import run_sync
+    from .core.sparse_labels import paint_masks
+    from .samples.catalog import read_boxes
 
     image, stem = _read_image(args.image)
     boxes = read_boxes(args.boxes)
@@ -89,9 +89,9 @@ def _write_labels(
     both atomically and together (one that fails leaves neither); ``note`` ends the report."""
     import tifffile
 
-    from .errors import BadInputError
-    from .labels import write_objects_csv
-    from .paths import atomic_target
+    from .core.errors import BadInputError
+    from .core.paths import atomic_target
+    from .core.sparse_labels import write_objects_csv
 
     tif = out / f"{stem}_labels.tif"
     table = out / f"{stem}_objects.csv"
@@ -110,7 +110,7 @@ def _write_labels(
 
 
 def _cmd_automask(args: argparse.Namespace) -> int:
-    from .progress import run_sync
+    from .core.progress import run_sync
     from .sam.automask import PRESETS, AutomaskParams, generate_masks
 
     image, stem = _read_image(args.image)
@@ -126,7 +126,7 @@ def _cmd_automask(args: argparse.Namespace) -> int:
     _write_labels(Path(args.out), f"{stem}_automask", labels, scores)
     # Every object the generator kept, before overlaps are resolved for the label image,
     # as segment-anything's records (bbox x, y, w, h; point_coords x, y).
-    from .paths import atomic_target
+    from .core.paths import atomic_target
 
     records = Path(args.out) / f"{stem}_automask_records.json"
     with atomic_target(records) as temp:
@@ -138,7 +138,7 @@ def _cmd_automask(args: argparse.Namespace) -> int:
 def _read_annotation(spec: str) -> np.ndarray:
     """An annotation file, or ``sample:NAME`` for the sample's ready sparse annotation."""
     if spec.startswith("sample:"):
-        from .samples import load_sample
+        from .samples.catalog import load_sample
         from .training.annotations import sparse_from_truth
 
         sample = load_sample(spec.split(":", 1)[1])
@@ -153,8 +153,8 @@ def _print_step(step: int, total: int, info: dict) -> None:
 
 
 def _parse_settings(pairs: Sequence[str]) -> dict[str, object]:
-    """``--set name=value`` items → settings (:mod:`napari_cellsparse.settings_text`)."""
-    from .settings_text import parse_setting_pairs
+    """``--set name=value`` items → settings (:mod:`napari_cellsparse.core.settings_text`)."""
+    from .core.settings_text import parse_setting_pairs
 
     return parse_setting_pairs(pairs)
 
@@ -163,7 +163,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     if len(args.image) != len(args.labels):
-        from .errors import BadInputError
+        from .core.errors import BadInputError
 
         raise BadInputError("Give one --labels for every --image, in the same order.")
     images = [_read_image(spec)[0] for spec in args.image]
@@ -212,9 +212,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_measure(args: argparse.Namespace) -> int:
     """Measure every object of a label image (QuPath-style table, optional GeoJSON)."""
-    from .geojson import write_features
-    from .image_sources import pixel_size_from_tiff
-    from .measure import measure_objects, measured_features, write_table
+    from .formats.geojson import write_features
+    from .formats.image_sources import pixel_size_from_tiff
+    from .scale.measure import measure_objects, measured_features, write_table
 
     labels, _ = _read_image(args.labels)
     image = _read_image(args.image)[0] if args.image else None
@@ -244,9 +244,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 def _cmd_count(args: argparse.Namespace) -> int:
     """Train a counter from images + points CSVs, and/or count an image or a folder."""
+    from .core.errors import BadInputError
     from .counting import count_folder, load_counter, train_counter
     from .counting.batch import read_image, read_points_csv
-    from .errors import BadInputError
 
     training = bool(args.image or args.points)
     if training and len(args.image or []) != len(args.points or []):
@@ -311,7 +311,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from .errors import BadInputError
+    from .core.errors import BadInputError
     from .sam.registry import add_local_weights, read_entries
     from .sam.weights import CHECKPOINTS, download, weights_dir
 
@@ -335,13 +335,13 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import BatchOptions, run_batch
-    from .errors import BadInputError
-    from .progress import run_sync
-    from .workspace import deepcell_items, folder_items
+    from .core.errors import BadInputError
+    from .core.progress import run_sync
+    from .scale.batch import BatchOptions, run_batch
+    from .scale.workspace import deepcell_items, folder_items
 
     if args.qupath_project:
-        from .qupath_project import check_project_folder
+        from .formats.qupath_project import check_project_folder
 
         check_project_folder(args.qupath_project)
         if args.level:
@@ -397,7 +397,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _write_project(folder: str, items: Any, summary: Any) -> None:
-    from .qupath_project import batch_project_images, write_qupath_project
+    from .formats.qupath_project import batch_project_images, write_qupath_project
 
     images, left_out = batch_project_images(items, summary)
     if images:
@@ -413,8 +413,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from .errors import BackendUnavailableError
-    from .paths import data_home
+    from .core.errors import BackendUnavailableError
+    from .core.paths import data_home
 
     try:
         import uvicorn

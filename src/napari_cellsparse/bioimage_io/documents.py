@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..images import normalize_percentile
+from ..core.images import normalize_percentile
 from ..training.model import TrainedModel
 from .networks import PackagedNetwork
 

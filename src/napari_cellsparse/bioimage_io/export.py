@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BadInputError, WeightsError
-from ..paths import atomic_target
+from ..core.errors import BackendUnavailableError, BadInputError, WeightsError
+from ..core.paths import atomic_target
 from ..training.api import load_model
 from ..training.model import TrainedModel
 from .documents import citations, training_summary, write_cover, write_readme

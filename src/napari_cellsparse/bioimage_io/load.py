@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailableError, BadInputError
+from ..core.errors import BackendUnavailableError, BadInputError
 from ..training.backend import backend_class
 from ..training.model import TrainedModel
 from .export import CONFIG_KEY

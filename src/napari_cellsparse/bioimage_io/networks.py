@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
-from ..images import normalize_percentile
+from ..core.errors import BadInputError
+from ..core.images import normalize_percentile
+from ..models.scale import rescale_image
 from ..training.inputs import prediction_slices
 from ..training.model import TrainedModel, normalize
-from ..training.scale import rescale_image
 
 __all__ = ["PackagedNetwork", "packaged_network", "raw_output", "test_image"]
 
@@ -107,7 +107,7 @@ def test_image(
     """
     target = float(model.config["target_diameter"])
     if image is None:
-        from ..synthetic import make_nuclei
+        from ..samples.generated import make_nuclei
 
         radius = target / 2.0
         yx, _ = make_nuclei((TEST_SIZE, TEST_SIZE), 20, (0.85 * radius, 1.1 * radius), seed=0)
@@ -135,7 +135,7 @@ def test_image(
 def raw_output(net: Any, raw: np.ndarray) -> np.ndarray:
     """The network's output for a raw (1, C, Y, X) input normalised as the package declares
     (per channel, percentiles 1 and 99.8 over Y and X: our one normalisation)."""
-    from .._lazy import import_torch
+    from ..core.lazy import import_torch
 
     torch = import_torch()
     normalized = normalize_percentile(raw, axis=(2, 3))

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError, CellsparseError
-from ..image_sources import read_image_file
-from ..images import to_rgb_uint8
-from ..paths import atomic_target
-from ..progress import Progress, ProgressCallback, run_sync
+from ..core.errors import BadInputError, CellsparseError
+from ..core.images import to_rgb_uint8
+from ..core.paths import atomic_target
+from ..core.progress import Progress, ProgressCallback, run_sync
+from ..formats.image_sources import read_image_file
 from .counter import Counter, CountResult
 
 __all__ = [

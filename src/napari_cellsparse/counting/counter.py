@@ -43,22 +43,17 @@ from typing import Any
 import numpy as np
 from skimage.transform import resize
 
-from ..errors import BadInputError, WeightsError
-from ..images import as_yxc
-from ..training.model import normalize
-from ..training.scale import (
-    foreground_diameter,
-    foreground_mask,
-    rescale_image,
-    resize_labels,
-)
-from ..training.store import (
+from ..core.errors import BadInputError, WeightsError
+from ..core.images import as_yxc
+from ..models.scale import foreground_diameter, foreground_mask, rescale_image, resize_labels
+from ..models.store import (
     CONFIG_FILE,
     METADATA_FILE,
     current_folder,
     read_json,
     resolve_model_folder,
 )
+from ..training.model import normalize
 from .centres import cell_support, find_centres, snap_to_foreground
 
 __all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "load_counter"]
@@ -401,7 +396,7 @@ def _to_image_density(scaled: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def load_counter(name_or_path: str | Path, device: str | None = None) -> Counter:
     """A counter from the store by name, or from a model folder path."""
-    from ..devices import resolve_device
+    from ..core.devices import resolve_device
     from ..training.torch_network import load_state
     from .network import build_network
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import import_segmentation_models, import_torch
+from ..core.lazy import import_segmentation_models, import_torch
 
 __all__ = ["build_network", "counting_loss", "heatmap", "pad_multiple"]
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 
 __all__ = [
     "check_points",

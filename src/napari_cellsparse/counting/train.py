@@ -1,6 +1,7 @@
 """train_counter: learn to count cells from sparse, rough centre points.
 
-``train_counter_iter`` is the generator form (yields :class:`~napari_cellsparse.progress.Progress`,
+``train_counter_iter`` is the generator form (yields
+:class:`~napari_cellsparse.core.progress.Progress`,
 returns the :class:`~napari_cellsparse.counting.counter.Counter`) that the widget runs in a
 worker; ``train_counter`` drains it and calls ``progress(step, total, info)``. As in sparse
 training, ``cancel`` (a :class:`threading.Event`) stops before the next step and the counter
@@ -16,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import resolve_device
-from ..errors import BadInputError
-from ..images import as_yxc
-from ..limits import check_settings, check_training
+from ..core.devices import resolve_device
+from ..core.errors import BadInputError
+from ..core.images import as_yxc
+from ..core.limits import check_settings, check_training
+from ..core.progress import Progress, on_steps, run_sync
 from ..models.schedule import one_cycle
 from ..models.session import TrainingSession
-from ..progress import Progress, on_steps, run_sync
+from ..models.store import model_folder
 from ..training.inputs import as_list
 from ..training.model import normalize
-from ..training.store import model_folder
 from .counter import BACKEND, Counter, CounterConfig
 from .evaluate import match_centres
 from .patches import CountingData
@@ -85,7 +86,7 @@ def train_counter_iter(
     annotation = CounterAnnotation(imgs, normalized, pts, bgs, regs, config)
     config = annotation.config
 
-    from .._lazy import import_torch
+    from ..core.lazy import import_torch
     from ..training.torch_network import load_state
     from .counter import WEIGHTS_FILE
     from .network import build_network
@@ -162,7 +163,7 @@ def train_counter(
     points are left out of the loss. ``diameter`` (pixels) sets the Gaussian's scale (default:
     estimated); other settings are :class:`CounterConfig` fields. ``progress(step, total,
     info)`` is called after every step (``info["loss"]``). A loss or weights that stop being
-    finite numbers raise :class:`~napari_cellsparse.errors.TrainingDivergedError` and nothing
+    finite numbers raise :class:`~napari_cellsparse.core.errors.TrainingDivergedError` and nothing
     is saved (the previous version stays).
     """
     work = train_counter_iter(
@@ -180,7 +181,7 @@ def _steps(
     where: str,
 ) -> Iterator[dict[str, float]]:
     """``total`` AdamW steps (one-cycle rate) on crops of the annotation's current data."""
-    from .._lazy import import_torch
+    from ..core.lazy import import_torch
     from .network import counting_loss
 
     torch = import_torch()

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
-from ..training.scale import foreground_diameter, rescale_image, resize_labels
+from ..core.errors import BadInputError
+from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from .counter import MAX_FACTOR, MIN_FACTOR, CounterConfig
 from .patches import CountingData
 from .targets import (

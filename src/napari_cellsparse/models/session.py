@@ -3,7 +3,7 @@
 A :class:`TrainingSession` knows what it continues from (the current version's config and
 metadata, unless reset), runs the stepped loop (cancel before the next step; annotation
 updates polled every few steps; a loss that is not a finite number stops it with
-:class:`~napari_cellsparse.errors.TrainingDivergedError`), checks the weights before they are
+:class:`~napari_cellsparse.core.errors.TrainingDivergedError`), checks the weights before they are
 kept, records the session and saves it as a new version of the model. The trainers only say
 how to take a step, how to rebuild their data from an update and how to save their weights.
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, TrainingDivergedError
-from ..progress import Progress
-from ..training.store import (
+from ..core.errors import BadInputError, TrainingDivergedError
+from ..core.progress import Progress
+from .store import (
     CONFIG_FILE,
     METADATA_FILE,
     current_folder,

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import import_torch
-from ..errors import BadInputError
-from ..images import to_rgb_uint8
-from ..progress import Progress, check_cancel
+from ..core.errors import BadInputError
+from ..core.images import to_rgb_uint8
+from ..core.lazy import import_torch
+from ..core.progress import Progress, check_cancel
 from .upsample import PromptMask, upsample_window
 
 __all__ = ["PRESETS", "AutoMask", "AutomaskParams", "AutomaskResult", "generate_masks"]
@@ -338,7 +338,7 @@ def generate_masks(
     ``multimask=False`` decodes SAM's single-mask output (one mask per point) instead of
     the reference generator's three.
 
-    A progress generator (drain it with :func:`~napari_cellsparse.progress.run_sync`):
+    A progress generator (drain it with :func:`~napari_cellsparse.core.progress.run_sync`):
     embeddings first (the whole image's is cached and reused), then one step per batch of
     ``points_per_batch`` points; ``cancel`` is checked before every batch.
     """

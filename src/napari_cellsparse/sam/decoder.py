@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._lazy import import_torch
+from ..core.lazy import import_torch
 
 __all__ = ["FastMaskDecoder", "ImageContext"]
 

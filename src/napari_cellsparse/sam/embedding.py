@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import import_torch
-from ..paths import atomic_target
-from ..progress import Progress
+from ..core.lazy import import_torch
+from ..core.paths import atomic_target
+from ..core.progress import Progress
 
 __all__ = ["EmbeddingCache", "ImageEmbedding", "compute_embedding", "image_signature"]
 

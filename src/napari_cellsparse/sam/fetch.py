@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 
 __all__ = [
     "DEFAULT_DEADLINE_S",

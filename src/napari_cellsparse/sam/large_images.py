@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
-from ..images import MAX_CHANNELS, intensity_ranges, to_rgb_uint8
-from ..progress import Progress, check_cancel, nested, run_sync
-from ..tiling import Region, tile_grid
+from ..core.errors import BadInputError
+from ..core.images import MAX_CHANNELS, intensity_ranges, to_rgb_uint8
+from ..core.progress import Progress, check_cancel, nested, run_sync
+from ..core.tiling import Region, tile_grid
 from .automask import AutoMask, AutomaskParams, AutomaskResult, _nms, generate_masks
 from .prompting import SamPrompter, check_boxes
 from .upsample import PromptMask

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._lazy import import_mobile_sam, import_segment_anything, import_torch
-from ..errors import WeightsError
+from ..core.errors import WeightsError
+from ..core.lazy import import_mobile_sam, import_segment_anything, import_torch
 from .weights import MODEL_TYPES, _checkpoint, find_weights
 
 __all__ = ["build_sam", "load_sam"]

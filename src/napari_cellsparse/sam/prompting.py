@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import import_torch
-from ..devices import resolve_device
-from ..errors import BadInputError
-from ..images import to_rgb_uint8
-from ..progress import Progress, run_sync
+from ..core.devices import resolve_device
+from ..core.errors import BadInputError
+from ..core.images import to_rgb_uint8
+from ..core.lazy import import_torch
+from ..core.progress import Progress, run_sync
 from .decoder import FastMaskDecoder, ImageContext
 from .embedding import EmbeddingCache, ImageEmbedding, compute_embedding, image_signature
 from .models import load_sam

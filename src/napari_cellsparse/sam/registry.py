@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import BadInputError, WeightsError
+from ..core.errors import BadInputError, WeightsError
 from .weights import _checkpoint, weights_dir
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import import_torch
+from ..core.lazy import import_torch
 
 __all__ = ["PromptMask", "upsample_logits", "upsample_window"]
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import BadInputError, CancelledError, WeightsError
-from ..paths import data_home
-from ..progress import Progress, run_sync
+from ..core.errors import BadInputError, CancelledError, WeightsError
+from ..core.paths import data_home
+from ..core.progress import Progress, run_sync
 from .fetch import DownloadPolicy, open_url, read_chunk
 
 __all__ = [

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
-from ..errors import BackendUnavailableError, BadInputError, CancelledError, WeightsError
+from ..core.errors import BackendUnavailableError, BadInputError, CancelledError, WeightsError
 from ..sam.fetch import DownloadPolicy
 from .bodies import (
     CellposeBody,

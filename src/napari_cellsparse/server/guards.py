@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 
 __all__ = [
     "LOOPBACK_HOSTS",

@@ -3,7 +3,7 @@
 A body holds untrusted bytes: base64 that does not decode, a format nobody reads, or a
 small file that claims billions of values (a decompression bomb: many pages, planes or
 samples count as much as rows and columns) each become a
-:class:`~napari_cellsparse.errors.BadInputError` naming the field, the limit and the
+:class:`~napari_cellsparse.core.errors.BadInputError` naming the field, the limit and the
 image's size, before any pixel buffer is allocated. A TIFF strip that inflates to more
 than its header claims stops at the claimed size (tifffile decodes through imagecodecs
 into a buffer of that size).
@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "encode_png"]
 

@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import BadInputError, CancelledError, WeightsError
-from ..geojson import polygons_to_geometry
-from ..polygons import mask_polygons
-from ..progress import Progress, run_sync
+from ..core.errors import BadInputError, CancelledError, WeightsError
+from ..core.progress import Progress, run_sync
+from ..formats.geojson import polygons_to_geometry
+from ..formats.polygons import mask_polygons
 from ..sam.automask import AutoMask, AutomaskParams, _nms, generate_masks
 from ..sam.embedding import EmbeddingCache
 from ..sam.fetch import DownloadPolicy, check_url

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
-from ..geojson import labels_to_features
+from ..core.errors import BadInputError
+from ..formats.geojson import labels_to_features
+from ..models.store import model_folder
 from ..training import load_model, train
-from ..training.store import model_folder
 from .bodies import CellsparseBody, CellsparseResetBody
 from .images import decode_image
 

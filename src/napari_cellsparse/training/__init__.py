@@ -9,10 +9,10 @@ Annotations: 0 = not annotated (ignored by every loss), 1 = background, 2+ = one
 
 from __future__ import annotations
 
+from ..models.store import list_models, model_names, models_dir
 from .api import load_model, train, train_iter
 from .backend import BACKENDS, Network, backend_class
 from .model import TrainedModel
-from .store import list_models, model_names, models_dir
 
 __all__ = [
     "BACKENDS",

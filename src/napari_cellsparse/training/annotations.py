@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 
 __all__ = [
     "IGNORE",

@@ -1,6 +1,6 @@
 """train / load_model / list_models: the one Python API every front end uses.
 
-``train_iter`` is the generator form (yields :class:`~napari_cellsparse.progress.Progress`,
+``train_iter`` is the generator form (yields :class:`~napari_cellsparse.core.progress.Progress`,
 returns the :class:`TrainedModel`) that widgets run in a thread worker; ``train`` drains it and
 calls ``progress(step, total, info)``. Cancel is a :class:`threading.Event`: training stops
 before the next step and the model trained so far is tuned, saved and returned with
@@ -16,16 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, WeightsError
-from ..limits import check_settings, check_training
-from ..progress import Progress, on_steps, run_sync
-from .annotations import IGNORE, annotated_diameters
-from .backend import backend_class
-from .inputs import as_list, training_pairs
-from .model import MAX_SCALED_PIXELS, TrainedModel, normalize
-from .sampling import SparseDataset
-from .scale import foreground_diameter, rescale_image, resize_labels
-from .store import (
+from ..core.errors import BadInputError, WeightsError
+from ..core.limits import check_settings, check_training
+from ..core.progress import Progress, on_steps, run_sync
+from ..models.scale import foreground_diameter, rescale_image, resize_labels
+from ..models.store import (
     CONFIG_FILE,
     METADATA_FILE,
     current_folder,
@@ -33,6 +28,11 @@ from .store import (
     read_json,
     resolve_model_folder,
 )
+from .annotations import IGNORE, annotated_diameters
+from .backend import backend_class
+from .inputs import as_list, training_pairs
+from .model import MAX_SCALED_PIXELS, TrainedModel, normalize
+from .sampling import SparseDataset
 
 __all__ = ["load_model", "train", "train_iter"]
 
@@ -147,7 +147,7 @@ def train(
     per cell). Training under an existing name continues from its weights (``reset=True``
     starts afresh); the model is saved in the store and returned. ``progress(step, total,
     info)`` is called after every step (``info["loss"]``). A loss or weights that stop being
-    finite numbers raise :class:`~napari_cellsparse.errors.TrainingDivergedError` and nothing
+    finite numbers raise :class:`~napari_cellsparse.core.errors.TrainingDivergedError` and nothing
     is saved (the previous version stays).
     """
     work = train_iter(backend, images, labels, name=name, steps=steps, cancel=cancel, **kwargs)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BadInputError
+from ..core.errors import BackendUnavailableError, BadInputError
 from .sampling import SparseDataset
 
 __all__ = ["BACKENDS", "COMMON_DEFAULTS", "Network", "backend_class"]

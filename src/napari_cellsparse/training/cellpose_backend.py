@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._lazy import import_torch
+from ..core.lazy import import_torch
 from .annotations import IGNORE
 from .evaluate import annotated_f1
 from .sampling import SparseDataset

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import BadInputError
-from ..images import MAX_CHANNELS, as_yxc
+from ..core.errors import BadInputError
+from ..core.images import MAX_CHANNELS, as_yxc
 from .annotations import IGNORE, check_annotation, to_internal
 
 __all__ = ["as_list", "prediction_slices", "training_pairs"]

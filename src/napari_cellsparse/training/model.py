@@ -15,12 +15,12 @@ import numpy as np
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import relabel_sequential
 
-from ..errors import BadInputError
-from ..images import normalize_percentile
-from ..limits import check_setting
+from ..core.errors import BadInputError
+from ..core.images import normalize_percentile
+from ..core.limits import check_setting
+from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from .backend import Network
 from .inputs import prediction_slices
-from .scale import foreground_diameter, rescale_image, resize_labels
 
 __all__ = ["TrainedModel", "normalize"]
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BadInputError, WeightsError
+from ..core.errors import BadInputError, WeightsError
 from .annotations import IGNORE
 from .backend import Network
 from .evaluate import annotated_f1

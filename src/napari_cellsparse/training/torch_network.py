@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._lazy import import_torch
-from ..devices import resolve_device
-from ..errors import WeightsError
-from ..paths import atomic_target
+from ..core.devices import resolve_device
+from ..core.errors import WeightsError
+from ..core.lazy import import_torch
+from ..core.paths import atomic_target
 from .backend import Network
 
 __all__ = ["TorchNetwork", "load_state", "save_state", "state_finite"]

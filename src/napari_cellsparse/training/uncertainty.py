@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import BadInputError
-from ..progress import Progress, check_cancel, run_sync
+from ..core.errors import BadInputError
+from ..core.progress import Progress, check_cancel, run_sync
 from .annotations import IGNORE, to_internal
 from .inputs import prediction_slices
 from .model import TrainedModel, normalize

@@ -21,8 +21,8 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
-from ..paths import HOME_ENV
-from ..progress import Progress
+from ..core.paths import HOME_ENV
+from ..core.progress import Progress
 from .jobs import JOBS, JobContext
 from .transport import pack, remove_scratch, unpack
 

@@ -7,7 +7,7 @@ for every later job. :meth:`WorkerHost.run` is a progress generator, so a widget
 thread worker like any engine job: jobs queue (one at a time), the widget's cancel event is
 forwarded as the job's cancel, annotation updates are answered when the job pulls them, and
 a worker that dies (crash, out of memory, ``kill -9``) becomes a
-:class:`~napari_cellsparse.errors.WorkerCrashedError` naming the job and quoting the worker's
+:class:`~napari_cellsparse.core.errors.WorkerCrashedError` naming the job and quoting the worker's
 log; the next job starts a fresh worker. Standard library only (``subprocess`` to start it,
 ``multiprocessing.connection`` to talk to it): ``multiprocessing``'s own ``spawn`` would
 re-import the user's main module in the child.
@@ -28,9 +28,9 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import CancelledError, CellsparseError, JobFailedError, WorkerCrashedError
-from ..paths import data_home
-from ..progress import Progress
+from ..core.errors import CancelledError, CellsparseError, JobFailedError, WorkerCrashedError
+from ..core.paths import data_home
+from ..core.progress import Progress
 from .transport import make_scratch, pack, remove_scratch, unpack
 
 __all__ = ["WorkerHost", "worker_threads"]

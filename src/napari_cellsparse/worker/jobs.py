@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
-from ..progress import Progress, check_cancel
+from ..core.errors import BadInputError
+from ..core.progress import Progress, check_cancel
 
 __all__ = ["JOBS", "JobContext"]
 
@@ -40,7 +40,7 @@ def _version(name: str) -> tuple[Any, ...]:
 
     meta = next((m for m in list_models() if m["name"] == name), None)
     if meta is None or "error" in meta:
-        from ..training.store import resolve_model_folder
+        from ..models.store import resolve_model_folder
 
         resolve_model_folder(name)  # a clear error for an unknown name
         raise BadInputError(f"The model {name!r} cannot be read: {meta and meta['error']}")
@@ -66,7 +66,7 @@ def echo(ctx: JobContext, value: Any) -> Job:
 
 def devices(ctx: JobContext) -> Job:
     """The devices torch can use in the worker, best first."""
-    from ..devices import available_devices
+    from ..core.devices import available_devices
 
     yield Progress(0, 0, "Looking for devices")
     return available_devices()
@@ -87,14 +87,14 @@ def train(
     live: bool = False,
 ) -> Job:
     """Train (or continue) a segmentation model; returns its summary."""
-    from ..limits import check_training
+    from ..core.limits import check_training
     from ..training import backend_class, train_iter
 
     check_training(steps, settings)
     cls = backend_class(backend)
     where = device
     if "torch" in cls.requires:
-        from ..devices import resolve_device
+        from ..core.devices import resolve_device
 
         where = resolve_device(device)
     elif device == "auto":
@@ -285,9 +285,9 @@ def segment_layer(
     pixel_size: float | None,
 ) -> Job:
     """Segment an image block by block, with per-object measurements (a ``BlockwiseResult``)."""
-    from ..batch import worker_model
-    from ..blockwise import ModelSegmenter, segment_blockwise
-    from ..image_sources import open_image
+    from ..formats.image_sources import open_image
+    from ..scale.batch import worker_model
+    from ..scale.blockwise import ModelSegmenter, segment_blockwise
 
     source = open_image(image, axes="YXC" if rgb else None, name=name)
     yield Progress(0, 1, "Loading the model")
@@ -315,7 +315,7 @@ def batch(
 ) -> Job:
     """Segment many images block by block on Dask (a local cluster of worker processes
     by default), writing masks, tables and GeoJSON; a ``BatchSummary``."""
-    from ..batch import run_batch
+    from ..scale.batch import run_batch
 
     return (
         yield from run_batch(

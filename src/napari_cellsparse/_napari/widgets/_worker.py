@@ -6,7 +6,7 @@ session and started on first need; :meth:`JobRunner.run_in_worker` relays such a
 thread here. Short in-process jobs (SAM, measurements) use :meth:`JobRunner.start`.
 
 It starts the generator in a napari ``thread_worker`` (or synchronously, for tests), maps
-its :class:`~napari_cellsparse.progress.Progress` events to a napari progress bar (and to an
+its :class:`~napari_cellsparse.core.progress.Progress` events to a napari progress bar (and to an
 optional handler of the widget), routes errors to a notification a biologist can read, wires
 the Cancel button to ``quit()`` — or, for a job started with a ``cancel`` event, to setting
 that event, so the job can stop gracefully and still return its result — and disables the run
@@ -26,9 +26,9 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QWidget
 
-from ..errors import CancelledError, CellsparseError
-from ..progress import Progress
-from ..worker import WorkerHost
+from ...core.errors import CancelledError, CellsparseError
+from ...core.progress import Progress
+from ...worker import WorkerHost
 
 __all__ = ["JobRunner", "friendly_message", "release_host", "shared_host"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendUnavailableError, BadInputError
-from .synthetic import make_nuclei
+from ..core.errors import BackendUnavailableError, BadInputError
+from .generated import make_nuclei
 
 __all__ = ["SAMPLE_NAMES", "Sample", "load_sample", "read_boxes", "sample_file"]
 

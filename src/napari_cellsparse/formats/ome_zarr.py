@@ -11,8 +11,8 @@ time, so memory grows with the chunk size, not the image. The group carries the
 ``i * 2**k``. The folder appears only once complete (temporary name, then rename).
 
 Images: an OME-Zarr group (0.1 to 0.5) is opened at a chosen level as an
-:class:`~napari_cellsparse.image_sources.ImageSource`, with singleton axes (t, z) dropped and
-the pixel size taken from that level's scale.
+:class:`~napari_cellsparse.formats.image_sources.ImageSource`, with singleton axes (t, z)
+dropped and the pixel size taken from that level's scale.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, BadInputError
+from ..core.errors import BackendUnavailableError, BadInputError
+from ..core.paths import atomic_target
+from ..core.progress import Progress, check_cancel
 from .image_sources import ImageSource
-from .paths import atomic_target
-from .progress import Progress, check_cancel
 
 __all__ = [
     "OME_ZARR_SUFFIX",
@@ -157,11 +157,11 @@ def segment_to_ome_zarr(
     min_side: int = PYRAMID_MIN_SIDE,
     **options: Any,
 ) -> Generator[Progress, None, Any]:
-    """:func:`~napari_cellsparse.blockwise.segment_blockwise` into an OME-Zarr label image.
+    """:func:`~napari_cellsparse.scale.blockwise.segment_blockwise` into an OME-Zarr label image.
 
     Returns the block-wise result, its ``labels`` the level-0 array (read-only).
     """
-    from .blockwise import LABEL_DTYPE, segment_blockwise
+    from ..scale.blockwise import LABEL_DTYPE, segment_blockwise
 
     zarr = _zarr()
     path = Path(path)

@@ -1,7 +1,7 @@
 """GeoJSON that QuPath reads and writes: label images to features and back.
 
 Coordinates are image pixels in QuPath's frame (x right, y down, a pixel's corner at
-integers; see :mod:`napari_cellsparse.polygons`), so an exported object covers exactly its
+integers; see :mod:`napari_cellsparse.formats.polygons`), so an exported object covers exactly its
 pixels. Each object is one ``Feature`` (a ``Polygon``, or a ``MultiPolygon`` for an object
 in several parts; holes kept) whose ``properties`` carry QuPath's ``objectType`` and
 ``classification`` (name and colour), the object's ``label_id`` and its ``measurements``.
@@ -9,7 +9,7 @@ in several parts; holes kept) whose ``properties`` carry QuPath's ``objectType``
 Reading accepts QuPath exports (0.2 to 0.5 spellings), samapi and cellsparse-api responses:
 a ``FeatureCollection``, a list of features, or one feature. For sparse training, features
 classified ``Background`` become label 1 and every other object a cell id from 2, the
-annotation convention of :mod:`napari_cellsparse.labels`.
+annotation convention of :mod:`napari_cellsparse.core.sparse_labels`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import BadInputError
-from .labels import FIRST_CELL_ID
-from .limits import MAX_COORDINATE, MAX_LABEL_PIXELS, Bound
-from .paths import atomic_target
+from ..core.errors import BadInputError
+from ..core.limits import MAX_COORDINATE, MAX_LABEL_PIXELS, Bound
+from ..core.paths import atomic_target
+from ..core.sparse_labels import FIRST_CELL_ID
 from .polygons import Polygon, mask_polygons, rasterize, simplify_ring
 
 __all__ = [
@@ -204,7 +204,7 @@ def _feature_name(feature: Mapping[str, Any], index: int) -> str:
 
 def _feature_polygons(feature: Mapping[str, Any], index: int) -> list[Polygon]:
     """The (x, y) rings of feature number ``index``, refused unless every coordinate is a
-    finite number within :data:`~napari_cellsparse.limits.MAX_COORDINATE` and its
+    finite number within :data:`~napari_cellsparse.core.limits.MAX_COORDINATE` and its
     ``label_id``, if any, a whole number that fits a label image (int32)."""
     try:
         polygons = _geometry_polygons(feature.get("geometry"))

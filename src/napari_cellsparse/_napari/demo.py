@@ -1,4 +1,5 @@
-"""``python -m napari_cellsparse.demo``: napari with the plugin docked and sample data loaded.
+"""``python -m napari_cellsparse._napari.demo``: napari with the plugin docked and sample
+data loaded.
 
 ``--smoke PATH`` opens everything, saves a screenshot of the whole window to PATH and quits
 (for checks and docs).

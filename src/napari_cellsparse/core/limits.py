@@ -2,7 +2,7 @@
 
 Training settings, prediction settings and GeoJSON coordinates come from people (widgets,
 ``--set key=value``, HTTP bodies, files). A value outside these bounds is refused up front
-with a :class:`~napari_cellsparse.errors.BadInputError` that names the setting and the
+with a :class:`~napari_cellsparse.core.errors.BadInputError` that names the setting and the
 allowed range, before any data is prepared or any backend (PyTorch, TensorFlow) imported:
 never a crash deep inside scipy or torch, never a silent misuse (``batch_size=0``).
 The bounds are wide enough for any real use on a laptop or a workstation; the server's

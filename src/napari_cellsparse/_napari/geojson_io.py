@@ -3,7 +3,7 @@
 Opening gives a Labels layer (objects painted at full resolution; a file with
 ``Background`` objects becomes a sparse annotation, 1 = background, cells from 2) and a
 Shapes layer of the outlines. Saving writes a Labels layer's objects, or a Shapes layer's
-closed shapes, as QuPath-ready features (:mod:`napari_cellsparse.geojson`).
+closed shapes, as QuPath-ready features (:mod:`napari_cellsparse.formats.geojson`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadInputError
-from .geojson import features_to_labels, labels_to_features, read_features, write_features
-from .measure import table_measurements
+from ..core.errors import BadInputError
+from ..formats.geojson import features_to_labels, labels_to_features, read_features, write_features
+from ..scale.measure import table_measurements
 
 __all__ = ["SPARSE_KEY", "get_reader", "write_labels", "write_shapes"]
 

@@ -29,18 +29,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..counting import (
-    BACKEND,
-    BatchResult,
-    CounterConfig,
-    CountResult,
-)
-from ..devices import DEVICE_CHOICES
-from ..errors import BadInputError, CellsparseError
-from ..progress import Progress
-from ..settings_text import parse_settings
-from ..training import model_names
-from ..training.store import model_folder
+from ...core.devices import DEVICE_CHOICES
+from ...core.errors import BadInputError, CellsparseError
+from ...core.progress import Progress
+from ...core.settings_text import parse_settings
+from ...counting import BACKEND, BatchResult, CounterConfig, CountResult
+from ...models.store import model_folder
+from ...training import model_names
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
 from ._layers import refill_combo, show_layer

@@ -1,6 +1,6 @@
 """Block-wise instance segmentation: any segmenter over images larger than memory allows.
 
-The image is cut into blocks (:func:`~napari_cellsparse.tiling.block_grid`) whose cores tile
+The image is cut into blocks (:func:`~napari_cellsparse.core.tiling.block_grid`) whose cores tile
 it; each block is segmented with a halo of context around its core, and keeps only the
 objects whose centre lies in its core, with all of their pixels (halo included). So an
 object on a block border is neither cut (its owner saw it whole, when the halo is wider than
@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from skimage.measure import regionprops_table
 
-from .errors import BadInputError
-from .image_sources import ImageSource
-from .images import stretch
-from .paths import atomic_target
-from .progress import Progress, check_cancel
-from .tiling import Block, Region, block_grid
+from ..core.errors import BadInputError
+from ..core.images import stretch
+from ..core.paths import atomic_target
+from ..core.progress import Progress, check_cancel
+from ..core.tiling import Block, Region, block_grid
+from ..formats.image_sources import ImageSource
 
 if TYPE_CHECKING:
-    from .training.model import TrainedModel
+    from ..training.model import TrainedModel
 
 __all__ = [
     "BlockwiseResult",
@@ -163,7 +163,7 @@ def segment_blockwise(
 ) -> Generator[Progress, None, BlockwiseResult]:
     """Segment ``source`` block by block into ``out`` (default: a new in-memory array).
 
-    ``measure`` adds a per-object table (:func:`napari_cellsparse.measure.measure_objects`
+    ``measure`` adds a per-object table (:func:`napari_cellsparse.scale.measure.measure_objects`
     on each block's own objects, with the raw intensities); ``geojson`` the objects as
     GeoJSON features. Both are computed per block, never on the whole image.
     """
@@ -244,7 +244,7 @@ def _block_features(
     """GeoJSON features of one block's own objects (sorted ``ids``), in image coordinates,
     with their global ids and, given the block's ``table``, their measurements. The objects
     are numbered 1..K for the tracing, whatever their global ids."""
-    from .geojson import labels_to_features
+    from ..formats.geojson import labels_to_features
 
     local = np.zeros(written.shape, LABEL_DTYPE)
     present = written > 0
@@ -302,7 +302,7 @@ def segment_to_file(
     **options: Any,
 ) -> Generator[Progress, None, BlockwiseResult]:
     """:func:`segment_blockwise` into a file: ``.zarr`` (chunked), ``.ome.zarr`` (OME-Zarr
-    labels with a pyramid, :mod:`napari_cellsparse.ome_zarr_io`) or ``.tif`` (tiled).
+    labels with a pyramid, :mod:`napari_cellsparse.formats.ome_zarr`) or ``.tif`` (tiled).
 
     The labels go to a temporary zarr next to ``path``; a TIFF is then written from it tile
     row by tile row. ``path`` appears only once complete (temporary name, then rename), so
@@ -312,7 +312,7 @@ def segment_to_file(
     suffix = path.suffix.lower()
     if suffix not in (".zarr", ".tif", ".tiff"):
         raise BadInputError(f"Labels are written as .zarr, .ome.zarr or .tif, not {path.name}.")
-    from .ome_zarr_io import is_ome_zarr_path, segment_to_ome_zarr
+    from ..formats.ome_zarr import is_ome_zarr_path, segment_to_ome_zarr
 
     if is_ome_zarr_path(path):
         return (

@@ -1,6 +1,6 @@
 """The "Measure cells" dock widget: QuPath-style measurements of a Labels layer.
 
-Thin front end over :func:`~napari_cellsparse.measure.measure_objects`: the measuring runs
+Thin front end over :func:`~napari_cellsparse.scale.measure.measure_objects`: the measuring runs
 in a background worker; the table becomes the Labels layer's ``features`` (one row per
 object, its label in the ``index`` column, so napari shows a cell's values under the
 cursor) and can be saved as CSV or TSV. Each chosen image layer is one channel, named
@@ -29,9 +29,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import BadInputError, CellsparseError
-from ..measure import measure_objects
-from ..progress import Progress
+from ...core.errors import BadInputError, CellsparseError
+from ...core.progress import Progress
+from ...scale.measure import measure_objects
 from ._dock import DockWidget
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table

@@ -16,8 +16,8 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInputError
-from .image_sources import is_image_file
+from ..core.errors import BadInputError
+from ..formats.image_sources import is_image_file
 
 __all__ = [
     "COMPARTMENTS",

@@ -23,8 +23,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, WeightsError
-from ..paths import atomic_target, data_home
+from ..core.errors import BadInputError, WeightsError
+from ..core.paths import atomic_target, data_home
 
 __all__ = [
     "CONFIG_FILE",

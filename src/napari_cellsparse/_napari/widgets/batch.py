@@ -1,6 +1,7 @@
 """The "Batch" dock widget: a trained model over a large layer or a whole folder.
 
-Thin front end over :mod:`napari_cellsparse.blockwise` and :mod:`napari_cellsparse.batch`:
+Thin front end over :mod:`napari_cellsparse.scale.blockwise` and
+:mod:`napari_cellsparse.scale.batch`:
 
 * **Layer**: the chosen image layer is segmented block by block in a background worker
   (numpy, dask or zarr data alike); the result is a new Labels layer whose ``features`` are
@@ -30,8 +31,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import BadInputError, CellsparseError
-from ..training import BACKENDS, list_models, model_names
+from ...core.errors import BadInputError, CellsparseError
+from ...training import BACKENDS, list_models, model_names
 from ._dock import DockWidget
 from ._fields import folder_row, model_row
 from ._layers import compact_labels, layer_data, refill_combo, show_layer
@@ -40,8 +41,8 @@ from ._tables import save_table_as, show_table
 if TYPE_CHECKING:
     import napari
 
-    from ..batch import BatchSummary
-    from ..blockwise import BlockwiseResult
+    from ...scale.batch import BatchSummary
+    from ...scale.blockwise import BlockwiseResult
 
 __all__ = ["BatchWidget"]
 
@@ -239,7 +240,7 @@ class BatchWidget(DockWidget):
 
     # -- a folder ----------------------------------------------------------------------
     def _items(self) -> list[Any]:
-        from ..workspace import deepcell_items, folder_items
+        from ...scale.workspace import deepcell_items, folder_items
 
         source = self.input_edit.text().strip()
         if not source:
@@ -254,7 +255,7 @@ class BatchWidget(DockWidget):
 
     def run_folder(self) -> None:
         """Segment every image of the folder on Dask; finished images are skipped."""
-        from ..batch import BatchOptions
+        from ...scale.batch import BatchOptions
 
         try:
             folder = self._model_folder()
@@ -289,7 +290,7 @@ class BatchWidget(DockWidget):
 
     def open_results(self, limit: int = 8) -> list[str]:
         """Add the masks of the last batch to the viewer (read lazily), at most ``limit``."""
-        from ..image_sources import open_image
+        from ...formats.image_sources import open_image
 
         if self.state.summary is None:
             return []

@@ -13,7 +13,7 @@ builder's optional ``metadata`` is left out, so QuPath reads width, channels and
 from the image itself rather than from us.
 
 Layout of the folder: ``project.qpproj``, ``objects/<image>.geojson`` (the batch's
-features with their measurements, :mod:`napari_cellsparse.geojson`) and
+features with their measurements, :mod:`napari_cellsparse.formats.geojson`) and
 ``scripts/import_cellsparse_objects.groovy``; each entry's metadata names its GeoJSON file
 (key ``cellsparse.geojson``, relative to the project). The folder appears only once complete,
 and is refused when it holds anything else (e.g. QuPath's ``data/`` after a review).
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .errors import BadInputError
+from ..core.errors import BadInputError
+from ..core.paths import atomic_target
 from .geojson import read_features, write_features
-from .paths import atomic_target
 
 __all__ = [
     "QUPATH_VERSION",
@@ -144,7 +144,7 @@ def _entry(entry_id: int, image: ProjectImage, geojson: str, n_objects: int) -> 
 
 
 def _geojson_name(image: Path, used: set[str]) -> str:
-    from .workspace import image_stem
+    from ..scale.workspace import image_stem
 
     stem = image_stem(image)
     name, k = f"{stem}.geojson", 1

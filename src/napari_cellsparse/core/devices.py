@@ -12,7 +12,7 @@ DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 def available_devices() -> list[str]:
     """Devices torch can use here, best first (always ends with ``"cpu"``)."""
-    from ._lazy import import_torch
+    from .lazy import import_torch
 
     torch = import_torch()
     found = []

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import BadInputError, CellsparseError
+from ..core.progress import Progress, check_cancel, run_sync
+from ..formats.image_sources import open_image
 from .blockwise import ModelSegmenter, segment_to_file
-from .errors import BadInputError, CellsparseError
-from .image_sources import open_image
-from .progress import Progress, check_cancel, run_sync
 from .workspace import BatchItem
 
 __all__ = ["BatchOptions", "BatchSummary", "ItemResult", "process_item", "run_batch"]
@@ -83,7 +83,7 @@ class BatchSummary:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Save :meth:`to_dict` as JSON (atomically)."""
-        from .training.store import write_json
+        from ..models.store import write_json
 
         write_json(Path(path), self.to_dict())
         return Path(path)
@@ -98,8 +98,8 @@ _MODELS_LOCK = threading.Lock()
 
 def worker_model(folder: str | os.PathLike[str]) -> Any:
     """The model of ``folder``, loaded once per process (thread-safe)."""
-    from .training import load_model
-    from .training.store import METADATA_FILE, current_folder
+    from ..models.store import METADATA_FILE, current_folder
+    from ..training import load_model
 
     current = current_folder(Path(folder))
     meta = current / METADATA_FILE
@@ -154,7 +154,7 @@ def process_item(
 
             write_table(table, item.table)
         if item.geojson is not None:
-            from .geojson import write_features
+            from ..formats.geojson import write_features
 
             write_features(item.geojson, result.features)
         return ItemResult(
@@ -218,7 +218,7 @@ def run_batch(
     scheduler's workers; ``"none"`` runs in this process without Dask. ``resume`` skips
     images whose outputs all exist.
     """
-    from .training.store import METADATA_FILE, current_folder, read_json, resolve_model_folder
+    from ..models.store import METADATA_FILE, current_folder, read_json, resolve_model_folder
 
     started = time.perf_counter()
     folder = str(resolve_model_folder(model_folder))
@@ -270,7 +270,7 @@ def _on_dask(
     try:
         from distributed import Client, LocalCluster, wait
     except ImportError as err:
-        from .errors import BackendUnavailableError
+        from ..core.errors import BackendUnavailableError
 
         raise BackendUnavailableError("Dask distributed (module distributed)", "scale") from err
     cluster = None

@@ -23,7 +23,7 @@ here and one exported from QuPath can be read by the same script:
   (the cell without its nucleus), and ``Nucleus/Cell area ratio``; for example
   ``Nucleus: Area µm^2``, ``Cytoplasm: DAPI: Mean``, ``Cell: DAPI: Std.Dev.``.
 
-Centroids are in QuPath's frame (and the one of :mod:`napari_cellsparse.geojson`): the
+Centroids are in QuPath's frame (and the one of :mod:`napari_cellsparse.formats.geojson`): the
 pixel in column 0 spans x from 0 to 1, so its centre is x = 0.5; napari's (data) coordinate
 of a centroid is ``Centroid X px - 0.5``.
 
@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BadInputError
-from .images import numeric_image
-from .paths import atomic_target
+from ..core.errors import BadInputError
+from ..core.images import numeric_image
+from ..core.paths import atomic_target
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -346,7 +346,7 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 def table_measurements(table: pd.DataFrame) -> dict[int, dict[str, float]]:
     """The numeric measurements of each row, by ``Object ID`` (NaN values left out).
 
-    The form :func:`napari_cellsparse.geojson.labels_to_features` takes as ``measurements``.
+    The form :func:`napari_cellsparse.formats.geojson.labels_to_features` takes as ``measurements``.
     """
     from pandas.api.types import is_numeric_dtype
 
@@ -372,10 +372,10 @@ def measured_features(
     """GeoJSON features of ``labels`` carrying the rows of ``table`` as their measurements.
 
     ``offset`` is (y, x), as for :func:`measure_objects`; other ``options`` go to
-    :func:`~napari_cellsparse.geojson.labels_to_features` (classification, simplify, ...).
+    :func:`~napari_cellsparse.formats.geojson.labels_to_features` (classification, simplify, ...).
     Objects of ``labels`` that have no row in ``table`` are left out.
     """
-    from .geojson import labels_to_features
+    from ..formats.geojson import labels_to_features
 
     measurements = table_measurements(table)
     labels = _label_image(labels, "label image")

@@ -8,8 +8,8 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QLabel, QWidget
 
-from ..errors import BadInputError, CellsparseError
-from ..measure import write_table
+from ...core.errors import BadInputError, CellsparseError
+from ...scale.measure import write_table
 
 __all__ = ["save_table_as", "show_table"]
 

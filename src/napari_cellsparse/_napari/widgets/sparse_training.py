@@ -31,12 +31,12 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ..devices import DEVICE_CHOICES
-from ..errors import BackendUnavailableError, BadInputError, CellsparseError
-from ..progress import Progress
-from ..settings_text import parse_settings
-from ..training import BACKENDS, backend_class, model_names
-from ..training.store import model_folder
+from ...core.devices import DEVICE_CHOICES
+from ...core.errors import BackendUnavailableError, BadInputError, CellsparseError
+from ...core.progress import Progress
+from ...core.settings_text import parse_settings
+from ...models.store import model_folder
+from ...training import BACKENDS, backend_class, model_names
 from ._dock import DockWidget
 from ._fields import model_row
 from ._layers import compact_labels, refill_combo, show_layer
@@ -211,8 +211,8 @@ class SparseTrainingWidget(DockWidget):
 
     def _backend_steps(self, backend: str) -> None:
         """Show the chosen backend's default step count (about 3 minutes on a laptop CPU)."""
-        from ..errors import CellsparseError
-        from ..training.backend import backend_class
+        from ...core.errors import CellsparseError
+        from ...training.backend import backend_class
 
         try:
             self.steps_spin.setValue(int(backend_class(backend).default_config()["steps"]))

@@ -35,27 +35,27 @@ from qtpy.QtWidgets import (
 from scipy import ndimage as ndi
 from superqt import QCollapsible
 
-from .._geojson_io import SPARSE_KEY
-from ..devices import DEVICE_CHOICES
-from ..errors import BadInputError, CellsparseError
-from ..labels import next_free_id, writable
-from ..outlines import mask_outline
-from ..paths import data_home
-from ..progress import Progress
-from ..sam.automask import PRESETS as AUTOMASK_PRESETS
-from ..sam.automask import AutomaskParams
-from ..sam.embedding import EmbeddingCache
-from ..sam.large_images import TILE_ABOVE, needs_tiles
-from ..sam.upsample import PromptMask
-from ..sam.weights import MODEL_TYPES, download_weights, find_weights
+from ...core.devices import DEVICE_CHOICES
+from ...core.errors import BadInputError, CellsparseError
+from ...core.paths import data_home
+from ...core.progress import Progress
+from ...core.sparse_labels import next_free_id, writable
+from ...formats.outlines import mask_outline
+from ...sam.automask import PRESETS as AUTOMASK_PRESETS
+from ...sam.automask import AutomaskParams
+from ...sam.embedding import EmbeddingCache
+from ...sam.large_images import TILE_ABOVE, needs_tiles
+from ...sam.upsample import PromptMask
+from ...sam.weights import MODEL_TYPES, download_weights, find_weights
+from ..geojson_io import SPARSE_KEY
 from ._dock import DockWidget
 from ._layers import compact_labels, refill_combo, show_layer
 
 if TYPE_CHECKING:
     import napari
 
-    from ..sam.large_images import TiledImage
-    from ..sam.prompting import SamPrompter
+    from ...sam.large_images import TiledImage
+    from ...sam.prompting import SamPrompter
 
 __all__ = ["SamAnnotatorWidget"]
 
@@ -333,7 +333,7 @@ class SamAnnotatorWidget(DockWidget):
 
     def _prompter(self, spec: tuple[str, str, str], reuse: SamPrompter | None) -> Any:
         """Worker-side generator: ``reuse``, or SAM loaded per ``spec`` (model, weights, device)."""
-        from ..sam.prompting import SamPrompter
+        from ...sam.prompting import SamPrompter
 
         if reuse is not None:
             return reuse
@@ -375,7 +375,7 @@ class SamAnnotatorWidget(DockWidget):
             if tiling is None:
                 yield from prompter.set_image(np.asarray(image), channels)
                 return prompter, None
-            from ..sam.large_images import TiledImage
+            from ...sam.large_images import TiledImage
 
             yield Progress(0, 1, "reading the image's intensity range")
             return prompter, TiledImage(prompter, image, channels, *tiling)
@@ -414,8 +414,8 @@ class SamAnnotatorWidget(DockWidget):
         tiled = state.tiled if state.image_key == key and reuse is not None else None
 
         def job():
-            from ..sam.automask import generate_masks
-            from ..sam.large_images import TiledImage
+            from ...sam.automask import generate_masks
+            from ...sam.large_images import TiledImage
 
             prompter = yield from self._prompter(spec, reuse)
             if tiling is None:

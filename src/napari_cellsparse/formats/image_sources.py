@@ -20,9 +20,9 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from .errors import BadInputError, CellsparseError
-from .images import MAX_CHANNELS, percentile_ranges, sample_grid
-from .tiling import Region
+from ..core.errors import BadInputError, CellsparseError
+from ..core.images import MAX_CHANNELS, percentile_ranges, sample_grid
+from ..core.tiling import Region
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -179,7 +179,7 @@ def open_image(
     suffix = path.suffix.lower()
     with reading_image(path):
         if _is_ome_zarr(path):
-            from .ome_zarr_io import open_ome_zarr
+            from .ome_zarr import open_ome_zarr
 
             return open_ome_zarr(path, level, axes, label)
         if level:
@@ -197,7 +197,7 @@ def _is_ome_zarr(path: Path) -> bool:
     """Whether ``path`` is an OME-Zarr image (a zarr group with multiscales metadata)."""
     if not path.is_dir():
         return False
-    from .ome_zarr_io import is_ome_zarr
+    from .ome_zarr import is_ome_zarr
 
     return is_ome_zarr(path)
 

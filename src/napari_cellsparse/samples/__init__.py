@@ -1,0 +1,1 @@
+"""Sample images with known truth and their ready sparse annotation."""
