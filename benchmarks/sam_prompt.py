@@ -49,10 +49,11 @@ from scipy import ndimage
 
 from napari_cellsparse.core.images import to_rgb_uint8
 from napari_cellsparse.core.lazy import import_mobile_sam, import_torch
+from napari_cellsparse.core.masks import PromptMask
 from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.sam.embedding import EmbeddingCache
 from napari_cellsparse.sam.models import build_sam
-from napari_cellsparse.sam.prompting import PromptMask, SamPrompter
+from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.samples.generated import make_nuclei
 
 N_BATCH = 50  # boxes in the many-boxes comparison

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cellsparse.sam.upsample import PromptMask, upsample_logits
+from napari_cellsparse.core.masks import PromptMask
+from napari_cellsparse.sam.upsample import upsample_logits
 
 LOW = 256
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sam.upsample import PromptMask
+from .masks import PromptMask
 from .paths import atomic_target
 
 __all__ = ["FIRST_CELL_ID", "next_free_id", "paint_masks", "writable", "write_objects_csv"]

@@ -27,8 +27,9 @@ import numpy as np
 from ..core.errors import BadInputError
 from ..core.images import to_rgb_uint8
 from ..core.lazy import import_torch
+from ..core.masks import PromptMask
 from ..core.progress import Progress, check_cancel
-from .upsample import PromptMask, upsample_window
+from .upsample import upsample_window
 
 __all__ = ["PRESETS", "AutoMask", "AutomaskParams", "AutomaskResult", "generate_masks"]
 

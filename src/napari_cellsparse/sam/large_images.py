@@ -29,11 +29,11 @@ import numpy as np
 
 from ..core.errors import BadInputError
 from ..core.images import MAX_CHANNELS, intensity_ranges, to_rgb_uint8
+from ..core.masks import PromptMask
 from ..core.progress import Progress, check_cancel, nested, run_sync
 from ..core.tiling import Region, tile_grid
 from .automask import AutoMask, AutomaskParams, AutomaskResult, _nms, generate_masks
 from .prompting import SamPrompter, check_boxes
-from .upsample import PromptMask
 
 __all__ = ["TILE_ABOVE", "Region", "TiledImage", "merge_tile_masks", "needs_tiles", "tile_grid"]
 

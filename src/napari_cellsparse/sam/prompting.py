@@ -20,13 +20,14 @@ from ..core.devices import resolve_device
 from ..core.errors import BadInputError
 from ..core.images import to_rgb_uint8
 from ..core.lazy import import_torch
+from ..core.masks import PromptMask
 from ..core.progress import Progress, run_sync
 from .decoder import FastMaskDecoder, ImageContext
 from .embedding import EmbeddingCache, ImageEmbedding, compute_embedding, image_signature
 from .models import load_sam
-from .upsample import PromptMask, upsample_logits
+from .upsample import upsample_logits
 
-__all__ = ["PromptMask", "SamPrompter", "check_boxes"]
+__all__ = ["SamPrompter", "check_boxes"]
 
 log = logging.getLogger(__name__)
 

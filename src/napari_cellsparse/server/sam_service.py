@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..core.errors import BadInputError, CancelledError, WeightsError
+from ..core.masks import PromptMask
 from ..core.progress import Progress, run_sync
 from ..formats.geojson import polygons_to_geometry
 from ..formats.polygons import mask_polygons
@@ -31,7 +32,6 @@ from ..sam.embedding import EmbeddingCache
 from ..sam.fetch import DownloadPolicy, check_url
 from ..sam.large_images import TiledImage, needs_tiles
 from ..sam.registry import checkpoint_file, read_entries, register_entry
-from ..sam.upsample import PromptMask
 from ..sam.weights import CHECKPOINTS, MODEL_TYPES, download_weights, weights_dir
 from .bodies import OUTPUT_TYPES, SAMAutoMaskBody, SAMBody, SAMWeightsBody
 from .images import decode_image

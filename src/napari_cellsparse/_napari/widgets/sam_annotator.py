@@ -37,6 +37,7 @@ from superqt import QCollapsible
 
 from ...core.devices import DEVICE_CHOICES
 from ...core.errors import BadInputError, CellsparseError
+from ...core.masks import PromptMask
 from ...core.paths import data_home
 from ...core.progress import Progress
 from ...core.sparse_labels import next_free_id, writable
@@ -45,7 +46,6 @@ from ...sam.automask import PRESETS as AUTOMASK_PRESETS
 from ...sam.automask import AutomaskParams
 from ...sam.embedding import EmbeddingCache
 from ...sam.large_images import TILE_ABOVE, needs_tiles
-from ...sam.upsample import PromptMask
 from ...sam.weights import MODEL_TYPES, download_weights, find_weights
 from ..geojson_io import SPARSE_KEY
 from ._dock import DockWidget
