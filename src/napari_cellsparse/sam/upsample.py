@@ -10,6 +10,7 @@ only inside that window. For an object, that is a small box instead of the whole
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
