@@ -159,8 +159,8 @@ def _blobs(gray: np.ndarray, sigma: float, threshold: float) -> np.ndarray:
 
 def run_baseline(train: list, test: list, fraction: float, seed: int) -> dict[str, Any]:
     """blob_log, its sigma range and threshold tuned on the given points of the training set."""
+    from napari_cellsparse.core.images import normalize
     from napari_cellsparse.counting.evaluate import match_centres
-    from napari_cellsparse.training.model import normalize
 
     points, background = annotate(train, fraction, np.random.default_rng(seed))
     started = time.perf_counter()

@@ -240,8 +240,8 @@ def test_images_of_large_cells_are_read_again_for_small_ones() -> None:
 
 
 def test_diameter_is_read_at_the_given_points() -> None:
+    from napari_cellsparse.core.images import normalize
     from napari_cellsparse.counting.targets import points_diameter
-    from napari_cellsparse.training.model import normalize
 
     for radius in (5.0, 15.0):
         image, labels = make_nuclei((384, 384), n_objects=25, radius=(radius, radius), seed=3)
@@ -292,7 +292,7 @@ def test_every_given_point_is_an_equally_likely_crop_centre() -> None:
 
 
 def test_network_reads_the_scale_when_the_estimate_is_far_off(counter) -> None:
-    from napari_cellsparse.training.model import normalize
+    from napari_cellsparse.core.images import normalize
 
     image, labels = make_nuclei((256, 256), n_objects=30, radius=(5.0, 7.0), seed=4)
     normalized = normalize(image[..., None])

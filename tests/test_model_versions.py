@@ -79,13 +79,13 @@ def test_save_layout_and_two_versions_kept(first) -> None:
 
 
 def test_disk_full_during_a_save_keeps_the_previous_version(first, monkeypatch) -> None:
-    import napari_cellsparse.training.torch_network as torch_network
+    import napari_cellsparse.models.torch_io as torch_io
 
     def disk_full(net, folder: Path, filename: str) -> None:
         (Path(folder) / filename).write_bytes(b"half a file")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(torch_network, "save_state", disk_full)
+    monkeypatch.setattr(torch_io, "save_state", disk_full)
     image, ann, _, _ = first
     with pytest.raises(WeightsError, match="No space left on device") as caught:
         train("unet", image, ann, name="m", steps=2)
@@ -96,12 +96,12 @@ def test_disk_full_during_a_save_keeps_the_previous_version(first, monkeypatch) 
 
 
 def test_first_save_failing_leaves_nothing(monkeypatch) -> None:
-    import napari_cellsparse.training.torch_network as torch_network
+    import napari_cellsparse.models.torch_io as torch_io
 
     def denied(net, folder: Path, filename: str) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(torch_network, "save_state", denied)
+    monkeypatch.setattr(torch_io, "save_state", denied)
     image, ann = blobs()
     with pytest.raises(WeightsError, match="Nothing was saved"):
         train("unet", image, ann, name="fresh", steps=1, **TINY)
@@ -178,18 +178,18 @@ def test_diverged_first_training_saves_nothing(monkeypatch) -> None:
 
 KILLED_SAVE = """
 import os, signal
-import napari_cellsparse.training.torch_network as torch_network
+import napari_cellsparse.models.torch_io as torch_io
 from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training import train
 from napari_cellsparse.training.annotations import sparse_from_truth
 
-real = torch_network.save_state
+real = torch_io.save_state
 
 def save_then_die(net, folder, filename):
     real(net, folder, filename)
     os.kill(os.getpid(), signal.SIGKILL)
 
-torch_network.save_state = save_then_die
+torch_io.save_state = save_then_die
 image, truth = make_nuclei((128, 128), n_objects=16, radius=(7.0, 9.0), seed=1)
 train("unet", image, sparse_from_truth(image, truth, k=3, band=10), name="m", steps=2)
 """

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BadInputError
-from ..core.images import normalize_percentile
+from ..core.images import normalize, normalize_percentile
 from ..models.scale import rescale_image
 from ..training.inputs import prediction_slices
-from ..training.model import TrainedModel, normalize
+from ..training.model import TrainedModel
 
 __all__ = ["PackagedNetwork", "packaged_network", "raw_output", "test_image"]
 

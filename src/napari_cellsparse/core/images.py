@@ -10,8 +10,10 @@ import numpy as np
 from .errors import BadInputError
 
 __all__ = [
+    "as_list",
     "as_yxc",
     "intensity_ranges",
+    "normalize",
     "normalize_percentile",
     "numeric_image",
     "percentile_ranges",
@@ -150,3 +152,18 @@ def to_rgb_uint8(
     else:
         rgb[..., : converted.shape[-1]] = converted
     return rgb
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """The one normalisation of model inputs: per channel, 1st/99.8th percentile → 0/1."""
+    return normalize_percentile(image, axis=(0, 1))
+
+
+def as_list(arrays: np.ndarray | Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    """One array or a sequence of arrays → a non-empty list of arrays."""
+    if not isinstance(arrays, (list, tuple)):
+        return [np.asarray(arrays)]
+    items = [np.asarray(a) for a in arrays]
+    if not items:
+        raise BadInputError(f"No {what} given.")
+    return items

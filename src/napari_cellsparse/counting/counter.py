@@ -44,7 +44,7 @@ import numpy as np
 from skimage.transform import resize
 
 from ..core.errors import BadInputError, WeightsError
-from ..core.images import as_yxc
+from ..core.images import as_yxc, normalize
 from ..models.scale import foreground_diameter, foreground_mask, rescale_image, resize_labels
 from ..models.store import (
     CONFIG_FILE,
@@ -53,7 +53,6 @@ from ..models.store import (
     read_json,
     resolve_model_folder,
 )
-from ..training.model import normalize
 from .centres import cell_support, find_centres, snap_to_foreground
 
 __all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "load_counter"]
@@ -359,13 +358,13 @@ class Counter:
 
     def weights_finite(self) -> bool:
         """Whether every weight is a finite number (a diverged training is never saved)."""
-        from ..training.torch_network import state_finite
+        from ..models.torch_io import state_finite
 
         return state_finite(self.net)
 
     def save(self, folder: Path) -> None:
         """Write the weights into ``folder`` (config and metadata are written by training)."""
-        from ..training.torch_network import save_state
+        from ..models.torch_io import save_state
 
         folder.mkdir(parents=True, exist_ok=True)
         save_state(self.net, folder, WEIGHTS_FILE)
@@ -397,7 +396,7 @@ def _to_image_density(scaled: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def load_counter(name_or_path: str | Path, device: str | None = None) -> Counter:
     """A counter from the store by name, or from a model folder path."""
     from ..core.devices import resolve_device
-    from ..training.torch_network import load_state
+    from ..models.torch_io import load_state
     from .network import build_network
 
     folder = resolve_model_folder(name_or_path)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..training.sampling import augment_pair
+from ..models.augment import augment_pair
 
 __all__ = ["CountingData"]
 

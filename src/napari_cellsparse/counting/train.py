@@ -19,14 +19,12 @@ import numpy as np
 
 from ..core.devices import resolve_device
 from ..core.errors import BadInputError
-from ..core.images import as_yxc
+from ..core.images import as_list, as_yxc, normalize
 from ..core.limits import check_settings, check_training
 from ..core.progress import Progress, on_steps, run_sync
 from ..models.schedule import one_cycle
 from ..models.session import TrainingSession
 from ..models.store import model_folder
-from ..training.inputs import as_list
-from ..training.model import normalize
 from .counter import BACKEND, Counter, CounterConfig
 from .evaluate import match_centres
 from .patches import CountingData
@@ -87,7 +85,7 @@ def train_counter_iter(
     config = annotation.config
 
     from ..core.lazy import import_torch
-    from ..training.torch_network import load_state
+    from ..models.torch_io import load_state
     from .counter import WEIGHTS_FILE
     from .network import build_network
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BadInputError, WeightsError
+from ..core.images import as_list, normalize
 from ..core.limits import check_settings, check_training
 from ..core.progress import Progress, on_steps, run_sync
 from ..models.scale import foreground_diameter, rescale_image, resize_labels
@@ -30,8 +31,8 @@ from ..models.store import (
 )
 from .annotations import IGNORE, annotated_diameters
 from .backend import backend_class
-from .inputs import as_list, training_pairs
-from .model import MAX_SCALED_PIXELS, TrainedModel, normalize
+from .inputs import training_pairs
+from .model import MAX_SCALED_PIXELS, TrainedModel
 from .sampling import SparseDataset
 
 __all__ = ["load_model", "train", "train_iter"]

@@ -13,20 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.errors import BadInputError
-from ..core.images import MAX_CHANNELS, as_yxc
+from ..core.images import MAX_CHANNELS, as_list, as_yxc
 from .annotations import IGNORE, check_annotation, to_internal
 
-__all__ = ["as_list", "prediction_slices", "training_pairs"]
-
-
-def as_list(arrays: np.ndarray | Sequence[np.ndarray], what: str) -> list[np.ndarray]:
-    """One array or a sequence of arrays → a non-empty list of arrays."""
-    if not isinstance(arrays, (list, tuple)):
-        return [np.asarray(arrays)]
-    items = [np.asarray(a) for a in arrays]
-    if not items:
-        raise BadInputError(f"No {what} given.")
-    return items
+__all__ = ["prediction_slices", "training_pairs"]
 
 
 def _image_as_stack(image: np.ndarray, label_shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -16,21 +16,16 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import relabel_sequential
 
 from ..core.errors import BadInputError
-from ..core.images import normalize_percentile
+from ..core.images import normalize
 from ..core.limits import check_setting
 from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from .backend import Network
 from .inputs import prediction_slices
 
-__all__ = ["TrainedModel", "normalize"]
+__all__ = ["TrainedModel"]
 
 MIN_FACTOR, MAX_FACTOR = 1.0 / 16.0, 8.0
 MAX_SCALED_PIXELS = 200_000_000
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """The one normalisation of model inputs: per channel, 1st/99.8th percentile → 0/1."""
-    return normalize_percentile(image, axis=(0, 1))
 
 
 class TrainedModel:

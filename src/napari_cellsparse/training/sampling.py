@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from skimage.transform import resize
 
+from ..models.augment import augment_pair
 from .annotations import IGNORE
 
-__all__ = ["Batch", "SparseDataset", "augment_pair"]
+__all__ = ["Batch", "SparseDataset"]
 
 
 @dataclass
@@ -104,23 +105,3 @@ def _crop(
     img[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
     lab[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = labels[sy0:sy1, sx0:sx1]
     return img, lab
-
-
-def augment_pair(
-    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and 90° turns (same for both), then contrast, brightness and noise.
-
-    ``labels`` is anything laid out like the image's first two axes (class ids, or a stack of
-    target maps); only the image's intensities change.
-    """
-    k = int(rng.integers(4))
-    image, labels = np.rot90(image, k), np.rot90(labels, k)
-    if rng.random() < 0.5:
-        image, labels = image[:, ::-1], labels[:, ::-1]
-    contrast = np.exp(rng.uniform(np.log(0.6), np.log(1.5)))
-    brightness = rng.uniform(-0.15, 0.15)
-    image = image * contrast + brightness
-    if rng.random() < 0.3:
-        image = image + rng.normal(0.0, rng.uniform(0.0, 0.05), image.shape)
-    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(labels)

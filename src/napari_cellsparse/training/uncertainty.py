@@ -23,10 +23,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.errors import BadInputError
+from ..core.images import normalize
 from ..core.progress import Progress, check_cancel, run_sync
 from .annotations import IGNORE, to_internal
 from .inputs import prediction_slices
-from .model import TrainedModel, normalize
+from .model import TrainedModel
 
 __all__ = ["UncertaintyResult", "WherePlace", "uncertainty_iter", "where_to_annotate"]
 
