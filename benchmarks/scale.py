@@ -120,8 +120,8 @@ def make_image(side: int, seed0: int) -> tuple[Any, Any]:
 
 def train_model(steps: int) -> tuple[Any, dict[str, Any]]:
     from napari_cellsparse.samples.generated import make_nuclei
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
     from napari_cellsparse.training import train
-    from napari_cellsparse.training.annotations import sparse_from_truth
 
     image, truth = make_nuclei((192, 192), 30, radius=RADIUS, seed=1)
     sparse = sparse_from_truth(image, truth, k=8, band=10)

@@ -2,7 +2,7 @@
 
 Data: ``../shared/data/dsb2018/fluo`` relative to the repository root (``--data``). Every model
 is trained on sparse annotations made from the full masks of ``train/`` with
-:func:`napari_cellsparse.training.annotations.sparse_from_truth` and evaluated on all of
+:func:`napari_cellsparse.samples.sparse_annotation.sparse_from_truth` and evaluated on all of
 ``test/`` with ``stardist.matching.matching_dataset`` at IoU 0.5. Protocols (``--protocol``):
 
 * ``paper``: every training image, its k darkest and k brightest cells (``--k``, default
@@ -147,7 +147,7 @@ class Task:
 
 
 def make_task(protocol: str, k: int | None, train: Split, test: Split) -> Task:
-    from napari_cellsparse.training.annotations import sparse_from_truth
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 
     anns = [
         sparse_from_truth(i, m, k, BAND) for i, m in zip(train.images, train.masks, strict=True)
@@ -192,7 +192,7 @@ def median_area(mask: np.ndarray) -> float:
 
 
 def median_diameter(mask: np.ndarray) -> float:
-    from napari_cellsparse.training.annotations import equivalent_diameters
+    from napari_cellsparse.models.scale import equivalent_diameters
 
     d = equivalent_diameters(mask)
     return float(np.median(d)) if len(d) else float("nan")

@@ -261,8 +261,8 @@ def nuclei_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store holding one small U-Net, ``nuclei``, trained on 8 annotated cells of a
     synthetic image (about 16 px nuclei); shared by the block-wise and batch tests."""
     from napari_cellsparse.samples.generated import make_nuclei
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
     from napari_cellsparse.training import train
-    from napari_cellsparse.training.annotations import sparse_from_truth
 
     home = tmp_path_factory.mktemp("nuclei-home")
     image, truth = make_nuclei((192, 192), n_objects=30, radius=(7.0, 9.0), seed=1)

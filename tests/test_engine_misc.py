@@ -16,12 +16,8 @@ from napari_cellsparse.core.errors import BadInputError, CancelledError
 from napari_cellsparse.core.images import as_yxc, normalize_percentile, to_rgb_uint8
 from napari_cellsparse.core.masks import PromptMask
 from napari_cellsparse.core.progress import Progress, check_cancel, run_sync
-from napari_cellsparse.core.sparse_labels import (
-    FIRST_CELL_ID,
-    next_free_id,
-    paint_masks,
-    write_objects_csv,
-)
+from napari_cellsparse.core.sparse_labels import FIRST_CELL_ID, next_free_id, paint_masks
+from napari_cellsparse.formats.tables import write_objects_csv
 from napari_cellsparse.samples.catalog import load_sample, read_boxes, sample_file
 from napari_cellsparse.samples.generated import make_nuclei
 

@@ -56,8 +56,8 @@ def test_automask_on_cuda_batches_and_finds_the_cpus_objects(vit_t_checkpoint) -
 
 
 def test_unet_trains_on_cuda_and_loads_on_the_cpu() -> None:
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
     from napari_cellsparse.training import load_model, train
-    from napari_cellsparse.training.annotations import sparse_from_truth
 
     image, truth = _nuclei()
     annotation = sparse_from_truth(image, truth, k=4)

@@ -19,15 +19,15 @@ from napari_cellsparse import cli
 from napari_cellsparse._napari.geojson_io import read_layers
 from napari_cellsparse.core.errors import BadInputError
 from napari_cellsparse.core.limits import MAX_BATCH_SIZE, MAX_PATCH_SIZE, MIN_PATCH_SIZE
-from napari_cellsparse.core.sparse_labels import write_objects_csv
 from napari_cellsparse.core.tiling import Region
 from napari_cellsparse.counting import train_counter
 from napari_cellsparse.counting.batch import read_points_csv
 from napari_cellsparse.formats.geojson import features_to_labels, read_features
 from napari_cellsparse.formats.image_sources import open_image, read_image_file
+from napari_cellsparse.formats.tables import write_objects_csv
 from napari_cellsparse.samples.catalog import load_sample, read_boxes
+from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.training import models_dir, train
-from napari_cellsparse.training.annotations import sparse_from_truth
 from napari_cellsparse.training.backend import BACKENDS
 from napari_cellsparse.worker import jobs
 
@@ -437,9 +437,7 @@ def test_a_failed_cli_write_leaves_the_previous_results(
         Path(path).write_text("id,centroid_y\n2,")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(
-        "napari_cellsparse.core.sparse_labels.write_objects_csv", half_then_full_disk
-    )
+    monkeypatch.setattr("napari_cellsparse.formats.tables.write_objects_csv", half_then_full_disk)
     labels = np.zeros((20, 20), np.int32)
     labels[2:8, 2:8] = 2
     with pytest.raises(BadInputError, match="No space left on device"):

@@ -14,7 +14,8 @@ import tifffile
 from napari_cellsparse.core.errors import BadInputError
 from napari_cellsparse.formats.geojson import labels_to_features, read_features, write_features
 from napari_cellsparse.formats.image_sources import pixel_size_from_tiff
-from napari_cellsparse.scale.measure import measure_objects, measured_features, write_table
+from napari_cellsparse.formats.tables import write_table
+from napari_cellsparse.scale.measure import measure_objects, measured_features
 
 # A 3x4 rectangle (rows 1-3, columns 2-5) of label 7 on an 8x10 image whose pixel value is
 # 10 * row + column, so the object's pixels are 12..15, 22..25 and 32..35.

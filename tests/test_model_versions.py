@@ -30,8 +30,8 @@ from napari_cellsparse.models.store import (
     current_folder,
 )
 from napari_cellsparse.samples.generated import make_nuclei
+from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.training import list_models, load_model, models_dir, train
-from napari_cellsparse.training.annotations import sparse_from_truth
 
 TINY = {"base_filters": 8, "depth": 2, "patch_size": 64, "batch_size": 2}
 
@@ -181,7 +181,7 @@ import os, signal
 import napari_cellsparse.models.torch_io as torch_io
 from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.training import train
-from napari_cellsparse.training.annotations import sparse_from_truth
+from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 
 real = torch_io.save_state
 

@@ -34,11 +34,11 @@ from napari_cellsparse.sam.fetch import DownloadPolicy
 from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.sam.weights import CHECKPOINTS, weights_dir
 from napari_cellsparse.samples.generated import LabelOracle, OracleDecoder, make_nuclei
+from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.server.app import create_app
 from napari_cellsparse.server.guards import LOOPBACK_HOSTS
 from napari_cellsparse.server.images import decode_image, encode_png
 from napari_cellsparse.server.sam_service import SamService
-from napari_cellsparse.training.annotations import sparse_from_truth
 
 BOX = [40, 50, 90, 100]
 PRIVATE_OK = DownloadPolicy(allow_private=True)

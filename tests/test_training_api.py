@@ -17,11 +17,12 @@ from stardist.matching import matching
 
 from napari_cellsparse.core.errors import BackendUnavailableError, BadInputError, WeightsError
 from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.core.sparse_labels import to_internal
 from napari_cellsparse.models.scale import rescale_image, resize_labels
 from napari_cellsparse.models.store import current_folder
 from napari_cellsparse.samples.generated import make_nuclei
+from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.training import list_models, load_model, train
-from napari_cellsparse.training.annotations import sparse_from_truth, to_internal
 from napari_cellsparse.training.inputs import prediction_slices, training_pairs
 from napari_cellsparse.training.unet import unet_loss, unet_targets
 

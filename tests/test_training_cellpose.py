@@ -23,8 +23,8 @@ from scipy import ndimage as ndi
 from napari_cellsparse.core.errors import WeightsError
 from napari_cellsparse.core.images import normalize_percentile
 from napari_cellsparse.core.lazy import import_torch
+from napari_cellsparse.core.sparse_labels import IGNORE, to_internal
 from napari_cellsparse.samples.generated import make_nuclei
-from napari_cellsparse.training.annotations import IGNORE, to_internal
 from napari_cellsparse.training.backend import backend_class
 from napari_cellsparse.training.cellpose_backend import (
     WEIGHTS_FILE,

@@ -18,8 +18,8 @@ from napari_cellsparse.core.errors import BadInputError, TrainingDivergedError
 from napari_cellsparse.core.progress import Progress, run_sync
 from napari_cellsparse.models.session import TrainingSession
 from napari_cellsparse.samples.generated import make_nuclei
+from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.training import list_models, models_dir, train_iter
-from napari_cellsparse.training.annotations import sparse_from_truth
 
 TINY = {"base_filters": 8, "depth": 2, "patch_size": 64, "batch_size": 2}
 COUNTER = {"encoder_depth": 3, "decoder_width": 8, "patch_size": 64, "batch_size": 2}

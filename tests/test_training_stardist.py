@@ -24,8 +24,8 @@ from scipy import ndimage as ndi
 
 from _subprocess import assert_raised, outcome, run_in_subprocess, value_of
 from napari_cellsparse.core.errors import BackendUnavailableError, BadInputError, WeightsError
+from napari_cellsparse.core.sparse_labels import IGNORE, to_internal
 from napari_cellsparse.samples.generated import make_nuclei
-from napari_cellsparse.training.annotations import IGNORE, to_internal
 from napari_cellsparse.training.backend import backend_class
 from napari_cellsparse.training.evaluate import annotated_f1
 from napari_cellsparse.training.sampling import Batch, SparseDataset

@@ -17,8 +17,8 @@ from napari_cellsparse.core.errors import BadInputError, CancelledError
 from napari_cellsparse.core.paths import HOME_ENV
 from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.samples.generated import make_nuclei
+from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.training import train
-from napari_cellsparse.training.annotations import sparse_from_truth
 from napari_cellsparse.training.uncertainty import (
     N_VIEWS,
     _unview,

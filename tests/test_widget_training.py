@@ -33,7 +33,7 @@ def _tiny(widget, steps: int = 6, preview: int = 3, name: str = "tiny") -> None:
 def trainer(make_napari_viewer):
     from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
     from napari_cellsparse.samples.generated import make_nuclei
-    from napari_cellsparse.training.annotations import sparse_from_truth
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 
     viewer = make_napari_viewer()
     image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)
@@ -158,8 +158,8 @@ def test_predict_writes_labels_and_outlines(trainer, make_napari_viewer):
 
 def test_annotation_stack_trains_per_slice(trainer):
     from napari_cellsparse.samples.generated import make_nuclei
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
     from napari_cellsparse.training import list_models
-    from napari_cellsparse.training.annotations import sparse_from_truth
 
     viewer, widget = trainer
     made = [make_nuclei((96, 96), 5, (6.0, 10.0), seed=s) for s in range(3)]

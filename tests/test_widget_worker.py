@@ -40,7 +40,7 @@ def _installed(backend: str) -> bool:
 def shown(make_napari_viewer):
     from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
     from napari_cellsparse.samples.generated import make_nuclei
-    from napari_cellsparse.training.annotations import sparse_from_truth
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 
     viewer = make_napari_viewer(show=True)
     image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)

@@ -38,7 +38,7 @@ def host(tmp_path):
 @pytest.fixture(scope="module")
 def sample():
     from napari_cellsparse.samples.generated import make_nuclei
-    from napari_cellsparse.training.annotations import sparse_from_truth
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 
     image, truth = make_nuclei((96, 96), n_objects=6, radius=(6.0, 10.0), seed=1)
     return image, sparse_from_truth(image, truth, k=2, band=6)

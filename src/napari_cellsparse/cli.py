@@ -91,7 +91,7 @@ def _write_labels(
 
     from .core.errors import BadInputError
     from .core.paths import atomic_target
-    from .core.sparse_labels import write_objects_csv
+    from .formats.tables import write_objects_csv
 
     tif = out / f"{stem}_labels.tif"
     table = out / f"{stem}_objects.csv"
@@ -139,7 +139,7 @@ def _read_annotation(spec: str) -> np.ndarray:
     """An annotation file, or ``sample:NAME`` for the sample's ready sparse annotation."""
     if spec.startswith("sample:"):
         from .samples.catalog import load_sample
-        from .training.annotations import sparse_from_truth
+        from .samples.sparse_annotation import sparse_from_truth
 
         sample = load_sample(spec.split(":", 1)[1])
         return sparse_from_truth(sample.image, sample.labels, k=4)
@@ -214,7 +214,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     """Measure every object of a label image (QuPath-style table, optional GeoJSON)."""
     from .formats.geojson import write_features
     from .formats.image_sources import pixel_size_from_tiff
-    from .scale.measure import measure_objects, measured_features, write_table
+    from .formats.tables import write_table
+    from .scale.measure import measure_objects, measured_features
 
     labels, _ = _read_image(args.labels)
     image = _read_image(args.image)[0] if args.image else None

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BadInputError
+from ..core.sparse_labels import SPARSE_KEY
 from ..formats.geojson import features_to_labels, labels_to_features, read_features, write_features
-from ..scale.measure import table_measurements
+from ..formats.tables import table_measurements
 
-__all__ = ["SPARSE_KEY", "get_reader", "write_labels", "write_shapes"]
+__all__ = ["get_reader", "write_labels", "write_shapes"]
 
 # Layer metadata flag of a sparse annotation (1 = background): exported as Background.
-SPARSE_KEY = "sparse_annotation"
 SUFFIXES = (".geojson", ".geo.json")
 ELLIPSE_VERTICES = 64
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.sparse_labels import SPARSE_KEY
 from ..samples.catalog import Sample, load_sample
-from .geojson_io import SPARSE_KEY
 
 __all__ = ["generated_nuclei", "stardist_nuclei"]
 
@@ -16,7 +16,7 @@ SPARSE_LAYER = "Sparse annotation (from ground truth)"
 def sparse_annotation_layer(sample: Sample) -> tuple[Any, dict[str, Any], str]:
     """A ready sparse annotation (4 darkest + 4 brightest cells, background band), made by
     the project's code from the sample's ground truth so a new user can press Train at once."""
-    from ..training.annotations import sparse_from_truth
+    from ..samples.sparse_annotation import sparse_from_truth
 
     return (
         sparse_from_truth(sample.image, sample.labels, k=4),

@@ -1,24 +1,38 @@
-"""Writing objects into a sparse annotation without losing what is already there.
+"""The sparse-annotation convention, in one place: its values, its conversion, and writing
+objects into an annotation without losing what is already there.
 
-Convention (shared with cellsparse-api): ``0`` = not annotated, ``1`` = background,
-``2, 3, ...`` = one id per cell. A new object takes the next free id and is painted only
-over unannotated or background pixels: cells already annotated are never overwritten.
+In a napari annotation Labels layer ``0`` means *not annotated* (ignored by every loss),
+``1`` means *background* and ``2, 3, …`` are one id per annotated cell — the upload format of
+cellsparse-api. The engine works on the internal form ``-1`` ignore / ``0`` background /
+``> 0`` cells, which is also what upstream StarDist understands (negative labels are left out
+of its losses). A new object takes the next free id and is painted only over unannotated or
+background pixels: cells already annotated are never overwritten. A Labels layer holding an
+annotation says so in its metadata under :data:`SPARSE_KEY` (GeoJSON files keep it too).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
+from .errors import BadInputError
 from .masks import PromptMask
-from .paths import atomic_target
 
-__all__ = ["FIRST_CELL_ID", "next_free_id", "paint_masks", "writable", "write_objects_csv"]
+__all__ = [
+    "FIRST_CELL_ID",
+    "IGNORE",
+    "SPARSE_KEY",
+    "check_annotation",
+    "next_free_id",
+    "paint_masks",
+    "to_internal",
+    "writable",
+]
 
 FIRST_CELL_ID = 2
+IGNORE = -1
+SPARSE_KEY = "sparse_annotation"
 
 
 def next_free_id(labels: np.ndarray) -> int:
@@ -54,56 +68,33 @@ def paint_masks(
     return ids
 
 
-def write_objects_csv(
-    path: str | Path,
-    labels: np.ndarray,
-    scores: dict[int, float] | None = None,
-    background_id: int | None = None,
-) -> int:
-    """One row per object of ``labels`` (id, centroid y/x, area, bbox, score); returns rows.
-
-    0 is never an object; ``background_id=1`` also skips label 1, for label images in the
-    annotation convention (1 = painted background, cells from 2). Written atomically: an
-    interrupted write never leaves a half table under ``path``.
-    """
-    from skimage.measure import regionprops
-
-    scores = scores or {}
-    rows = 0
-    with atomic_target(path) as temp, open(temp, "w", newline="") as handle:
-        out = csv.writer(handle)
-        out.writerow(
-            [
-                "id",
-                "centroid_y",
-                "centroid_x",
-                "area",
-                "bbox_y0",
-                "bbox_x0",
-                "bbox_y1",
-                "bbox_x1",
-                "score",
-            ]
+def to_internal(annotation: np.ndarray) -> np.ndarray:
+    """Layer convention (0 ignore / 1 background / 2+ cells) → int32 (-1 / 0 / 1+)."""
+    data = np.asarray(annotation)
+    if data.dtype == bool or not np.issubdtype(data.dtype, np.integer):
+        raise BadInputError(
+            f"Annotations must be an integer Labels layer, not {data.dtype} "
+            "(0 = not annotated, 1 = background, 2, 3, ... = one id per cell)."
         )
-        ids = labels.astype(np.int32)
-        if background_id is not None:
-            ids = np.where(ids == background_id, 0, ids)
-        for region in regionprops(ids):
-            cy, cx = region.centroid
-            y0, x0, y1, x1 = region.bbox
-            score = scores.get(region.label)
-            out.writerow(
-                [
-                    region.label,
-                    f"{cy:.2f}",
-                    f"{cx:.2f}",
-                    int(region.area),
-                    y0,
-                    x0,
-                    y1,
-                    x1,
-                    "" if score is None else f"{score:.4f}",
-                ]
-            )
-            rows += 1
-    return rows
+    if data.size and data.min() < 0:
+        raise BadInputError("Annotations must not contain negative values.")
+    return data.astype(np.int32) - 1
+
+
+def check_annotation(image_shape: tuple[int, ...], internal: np.ndarray, what: str) -> None:
+    """Raise a clear error when an annotation cannot teach anything, or does not fit its image."""
+    if tuple(internal.shape) != tuple(image_shape):
+        raise BadInputError(
+            f"{what}: the annotation has shape {tuple(internal.shape)} but the image has "
+            f"{tuple(image_shape)}; they must cover the same pixels."
+        )
+    if not (internal > 0).any():
+        raise BadInputError(
+            f"{what}: no annotated cell. Paint at least one cell with a label of 2 or more "
+            "(1 is background, 0 is not annotated)."
+        )
+    if not (internal == 0).any():
+        raise BadInputError(
+            f"{what}: no background. Paint some background around the cells with label 1, "
+            "so the model learns what is not a cell."
+        )

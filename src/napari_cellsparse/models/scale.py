@@ -22,7 +22,14 @@ from scipy import ndimage as ndi
 from skimage.filters import gaussian, threshold_otsu
 from skimage.transform import resize
 
-__all__ = ["foreground_diameter", "foreground_mask", "rescale_image", "resize_labels"]
+__all__ = [
+    "annotated_diameters",
+    "equivalent_diameters",
+    "foreground_diameter",
+    "foreground_mask",
+    "rescale_image",
+    "resize_labels",
+]
 
 MIN_REGION_AREA = 9
 
@@ -80,3 +87,16 @@ def foreground_diameter(image: np.ndarray, polarity: float = 1.0) -> float | Non
     if not keep.any():
         return None
     return float(np.median(2.0 * inscribed[keep]))
+
+
+def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
+    """Diameter of the disc with each object's area, for every object id > 0 (float64)."""
+    ids = np.asarray(labels)
+    counts = np.bincount(ids[ids > 0].ravel())
+    areas = counts[counts > 0]
+    return np.sqrt(4.0 * areas / np.pi)
+
+
+def annotated_diameters(internal: np.ndarray) -> np.ndarray:
+    """Equivalent diameters of the annotated cells of an internal-form annotation."""
+    return equivalent_diameters(np.where(internal > 0, internal, 0))

@@ -150,7 +150,7 @@ def process_item(
             if item.table is not None and paired:
                 table = _paired_table(item, source, options)
         if item.table is not None:
-            from .measure import write_table
+            from ..formats.tables import write_table
 
             write_table(table, item.table)
         if item.geojson is not None:

@@ -251,7 +251,7 @@ def _block_features(
     local[present] = np.searchsorted(ids, written[present]) + 1
     measurements = None
     if table is not None:
-        from .measure import table_measurements
+        from ..formats.tables import table_measurements
 
         by_id = table_measurements(table)
         measurements = {k: by_id[int(g)] for k, g in enumerate(ids, start=1) if int(g) in by_id}

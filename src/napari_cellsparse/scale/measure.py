@@ -36,16 +36,14 @@ has NaN nucleus columns, and its whole area is cytoplasm.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.errors import BadInputError
 from ..core.images import numeric_image
-from ..core.paths import atomic_target
+from ..formats.tables import table_measurements
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,8 +51,6 @@ if TYPE_CHECKING:
 __all__ = [
     "measure_objects",
     "measured_features",
-    "table_measurements",
-    "write_table",
 ]
 
 UM = "µm"
@@ -320,45 +316,6 @@ def measure_objects(
 
 
 # -- writing ------------------------------------------------------------------------------------
-
-SEPARATORS = {".tsv": "\t", ".txt": "\t", ".csv": ","}
-
-
-def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``table`` as TSV (``.tsv``/``.txt``) or CSV (``.csv``), UTF-8, atomically.
-
-    Missing values are written ``NaN``, as QuPath writes them.
-    """
-    path = Path(path)
-    separator = SEPARATORS.get(path.suffix.lower())
-    if separator is None:
-        raise BadInputError(
-            f"Save the table as .csv or .tsv (tab-separated), not '{path.suffix or path.name}'."
-        )
-    try:
-        with atomic_target(path) as tmp:
-            table.to_csv(tmp, sep=separator, index=False, na_rep="NaN", encoding="utf-8")
-    except OSError as err:
-        raise BadInputError(f"Could not write the table {path}: {err}") from err
-    return path
-
-
-def table_measurements(table: pd.DataFrame) -> dict[int, dict[str, float]]:
-    """The numeric measurements of each row, by ``Object ID`` (NaN values left out).
-
-    The form :func:`napari_cellsparse.formats.geojson.labels_to_features` takes as ``measurements``.
-    """
-    from pandas.api.types import is_numeric_dtype
-
-    numeric = [c for c in table.columns if c != "Object ID" and is_numeric_dtype(table[c])]
-    result: dict[int, dict[str, float]] = {}
-    for object_id, values in zip(
-        table["Object ID"].to_numpy(), table[numeric].to_numpy(dtype=np.float64), strict=True
-    ):
-        result[int(object_id)] = {
-            name: float(v) for name, v in zip(numeric, values, strict=True) if np.isfinite(v)
-        }
-    return result
 
 
 def measured_features(

@@ -20,7 +20,8 @@ from ..core.errors import BadInputError, WeightsError
 from ..core.images import as_list, normalize
 from ..core.limits import check_settings, check_training
 from ..core.progress import Progress, on_steps, run_sync
-from ..models.scale import foreground_diameter, rescale_image, resize_labels
+from ..core.sparse_labels import IGNORE
+from ..models.scale import annotated_diameters, foreground_diameter, rescale_image, resize_labels
 from ..models.store import (
     CONFIG_FILE,
     METADATA_FILE,
@@ -29,7 +30,6 @@ from ..models.store import (
     read_json,
     resolve_model_folder,
 )
-from .annotations import IGNORE, annotated_diameters
 from .backend import backend_class
 from .inputs import training_pairs
 from .model import MAX_SCALED_PIXELS, TrainedModel

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .annotations import IGNORE
+from ..core.sparse_labels import IGNORE
 
 __all__ = ["annotated_counts", "annotated_f1"]
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.errors import BadInputError
 from ..core.images import MAX_CHANNELS, as_list, as_yxc
-from .annotations import IGNORE, check_annotation, to_internal
+from ..core.sparse_labels import IGNORE, check_annotation, to_internal
 
 __all__ = ["prediction_slices", "training_pairs"]
 

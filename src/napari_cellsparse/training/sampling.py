@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from skimage.transform import resize
 
+from ..core.sparse_labels import IGNORE
 from ..models.augment import augment_pair
-from .annotations import IGNORE
 
 __all__ = ["Batch", "SparseDataset"]
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..core.errors import BadInputError, WeightsError
-from .annotations import IGNORE
+from ..core.sparse_labels import IGNORE
 from .backend import Network
 from .evaluate import annotated_f1
 from .sampling import Batch, SparseDataset

@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 from ..core.errors import BadInputError
 from ..core.images import normalize
 from ..core.progress import Progress, check_cancel, run_sync
-from .annotations import IGNORE, to_internal
+from ..core.sparse_labels import IGNORE, to_internal
 from .inputs import prediction_slices
 from .model import TrainedModel
 

@@ -16,8 +16,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.lazy import import_torch
+from ..core.sparse_labels import IGNORE
 from ..models.schedule import one_cycle
-from .annotations import IGNORE
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork

@@ -9,7 +9,7 @@ from typing import Any
 from qtpy.QtWidgets import QFileDialog, QLabel, QWidget
 
 from ...core.errors import BadInputError, CellsparseError
-from ...scale.measure import write_table
+from ...formats.tables import write_table
 
 __all__ = ["save_table_as", "show_table"]
 

@@ -40,14 +40,13 @@ from ...core.errors import BadInputError, CellsparseError
 from ...core.masks import PromptMask
 from ...core.paths import data_home
 from ...core.progress import Progress
-from ...core.sparse_labels import next_free_id, writable
+from ...core.sparse_labels import SPARSE_KEY, next_free_id, writable
 from ...formats.outlines import mask_outline
 from ...sam.automask import PRESETS as AUTOMASK_PRESETS
 from ...sam.automask import AutomaskParams
 from ...sam.embedding import EmbeddingCache
 from ...sam.large_images import TILE_ABOVE, needs_tiles
 from ...sam.weights import MODEL_TYPES, download_weights, find_weights
-from ..geojson_io import SPARSE_KEY
 from ._dock import DockWidget
 from ._layers import compact_labels, refill_combo, show_layer
 
