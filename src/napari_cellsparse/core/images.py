@@ -12,6 +12,7 @@ from .errors import BadInputError
 __all__ = [
     "as_list",
     "as_yxc",
+    "guess_axes",
     "intensity_ranges",
     "normalize",
     "normalize_percentile",
@@ -23,6 +24,42 @@ __all__ = [
 ]
 
 MAX_CHANNELS = 4
+
+
+def guess_axes(shape: Sequence[int], n_channels: int | None = None) -> str:
+    """The axes of an image whose shape leaves no doubt, or a clear error.
+
+    Without ``n_channels`` (an image file): YX, or up to :data:`MAX_CHANNELS` channels last
+    (YXC) or first (CYX) beside larger spatial axes. With the channel count of the model that
+    will read it: channels must match it, and a single-channel model also reads a stack (ZYX)
+    and a multi-channel one a stack of channels-last planes (ZYXC).
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3 and n_channels is None:
+        if shape[-1] <= MAX_CHANNELS < min(shape[:2]):
+            return "YXC"
+        if shape[0] <= MAX_CHANNELS < min(shape[1:]):
+            return "CYX"
+    elif len(shape) == 3:
+        if shape[-1] == n_channels and shape[-1] <= MAX_CHANNELS and n_channels > 1:
+            return "YXC"
+        if shape[0] == n_channels > 1 and shape[-1] > MAX_CHANNELS:
+            return "CYX"
+        if n_channels == 1 and shape[-1] > MAX_CHANNELS:
+            return "ZYX"
+    if len(shape) == 4 and n_channels is not None and n_channels > 1 and shape[-1] == n_channels:
+        return "ZYXC"
+    if n_channels is None:
+        raise BadInputError(
+            f"Cannot tell the axes of an image of shape {shape}: expected a 2D image (YX) "
+            f"or one with up to {MAX_CHANNELS} channels (YXC or CYX)."
+        )
+    raise BadInputError(
+        f"Cannot tell the axes of an image of shape {shape} for a {n_channels}-channel "
+        "model; pass axes, e.g. axes='ZYX' for a stack or axes='YXC' for channels last."
+    )
 
 
 def normalize_percentile(

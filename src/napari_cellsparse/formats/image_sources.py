@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..core.errors import BadInputError, CellsparseError
-from ..core.images import MAX_CHANNELS, percentile_ranges, sample_grid
+from ..core.images import MAX_CHANNELS, guess_axes, percentile_ranges, sample_grid
 from ..core.tiling import Region
 
 __all__ = [
@@ -71,7 +71,7 @@ class ImageSource:
         origin: str | os.PathLike[str] | None = None,
     ) -> None:
         shape = tuple(int(n) for n in array.shape)
-        axes = (axes or _guess_axes(shape)).upper()
+        axes = (axes or guess_axes(shape)).upper()
         if sorted(axes) not in (["X", "Y"], ["C", "X", "Y"]) or len(axes) != len(shape):
             raise BadInputError(
                 f"Block-wise processing needs a 2D image (YX, YXC or CYX); got shape {shape} "
@@ -144,19 +144,6 @@ class ImageSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _guess_axes(shape: Sequence[int]) -> str:
-    if len(shape) == 2:
-        return "YX"
-    if len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
-        return "YXC"
-    if len(shape) == 3 and shape[0] <= MAX_CHANNELS < min(shape[1:]):
-        return "CYX"
-    raise BadInputError(
-        f"Cannot tell the axes of an image of shape {tuple(shape)}: expected a 2D image (YX) "
-        f"or one with up to {MAX_CHANNELS} channels (YXC or CYX)."
-    )
 
 
 def open_image(

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from ..core.errors import BadInputError
+from ..core.images import MAX_CHANNELS
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "encode_png"]
 
@@ -68,7 +69,11 @@ def decode_image(
                 _check_size(tuple(series.keyframe.chunks), f"{field}'s tile", max_pixels)
                 # Channels first (QuPath writes CYX; an unnamed first axis of up to four
                 # planes is channels too): the engine takes them last.
-                if len(shape) == 3 and series.axes[0] in "CSQI" and shape[0] <= 4 < shape[-1]:
+                if (
+                    len(shape) == 3
+                    and series.axes[0] in "CSQI"
+                    and shape[0] <= MAX_CHANNELS < shape[-1]
+                ):
                     return np.moveaxis(series.asarray(), 0, -1)
                 return series.asarray()
         except BadInputError:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.errors import BadInputError
-from ..core.images import MAX_CHANNELS, as_list, as_yxc
+from ..core.images import MAX_CHANNELS, as_list, as_yxc, guess_axes
 from ..core.sparse_labels import IGNORE, check_annotation, to_internal
 
 __all__ = ["prediction_slices", "training_pairs"]
@@ -89,7 +89,7 @@ def prediction_slices(
     if data.size == 0:
         raise BadInputError("The image is empty.")
     if axes is None:
-        axes = _guess_axes(data.shape, n_channels)
+        axes = guess_axes(data.shape, n_channels)
     axes = axes.upper()
     if len(axes) != data.ndim or set(axes) - set("TZCYX") or len(set(axes)) != len(axes):
         raise BadInputError(
@@ -111,22 +111,3 @@ def prediction_slices(
     label_shape = data.shape[:-1]
     flat = data.reshape((-1, *data.shape[-3:]))
     return [as_yxc(s) for s in flat], tuple(label_shape)
-
-
-def _guess_axes(shape: tuple[int, ...], n_channels: int) -> str:
-    """The axes of an image whose shape leaves no doubt, or a clear error."""
-    if len(shape) == 2:
-        return "YX"
-    if len(shape) == 3:
-        if shape[-1] == n_channels and shape[-1] <= MAX_CHANNELS and n_channels > 1:
-            return "YXC"
-        if shape[0] == n_channels > 1 and shape[-1] > MAX_CHANNELS:
-            return "CYX"
-        if n_channels == 1 and shape[-1] > MAX_CHANNELS:
-            return "ZYX"
-    if len(shape) == 4 and n_channels > 1 and shape[-1] == n_channels:
-        return "ZYXC"
-    raise BadInputError(
-        f"Cannot tell the axes of an image of shape {tuple(shape)} for a {n_channels}-channel "
-        "model; pass axes, e.g. axes='ZYX' for a stack or axes='YXC' for channels last."
-    )
