@@ -99,7 +99,7 @@ def _image(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 def _reference(sam: Any, params: dict[str, Any], clock: Clock, oracle: Any = None) -> Any:
     from segment_anything import SamAutomaticMaskGenerator
 
-    from napari_cellsparse.samples.generated import oracle_predict_torch
+    from napari_cellsparse._testing import oracle_predict_torch
 
     generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **params)
     predictor = generator.predictor
@@ -120,8 +120,8 @@ def _unwrap(sam: Any) -> None:
 def _ours(sam: Any, clock: Clock, oracle: Any = None) -> Any:
     import napari_cellsparse.sam.automask as automask
     import napari_cellsparse.sam.prompting as prompting
+    from napari_cellsparse._testing import OracleDecoder
     from napari_cellsparse.sam.prompting import SamPrompter
-    from napari_cellsparse.samples.generated import OracleDecoder
 
     device = next(sam.parameters()).device
     prompter = SamPrompter(sam, "bench", batch_size=1 if device.type == "cpu" else 16)
@@ -190,10 +190,10 @@ def speed(size: int, device: str) -> dict[str, Any]:
 def same(params: dict[str, Any], device: str) -> dict[str, Any]:
     import torch
 
+    from napari_cellsparse._testing import LabelOracle
     from napari_cellsparse.core.images import to_rgb_uint8
     from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.automask import generate_masks
-    from napari_cellsparse.samples.generated import LabelOracle
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     image, labels = _image(512, 150)

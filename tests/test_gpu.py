@@ -38,10 +38,10 @@ def test_sam_box_masks_on_cuda_match_the_cpu(vit_t_checkpoint) -> None:
 
 
 def test_automask_on_cuda_batches_and_finds_the_cpus_objects(vit_t_checkpoint) -> None:
+    from napari_cellsparse._testing import LabelOracle, OracleDecoder
     from napari_cellsparse.core.progress import run_sync
     from napari_cellsparse.sam.automask import generate_masks
     from napari_cellsparse.sam.prompting import SamPrompter
-    from napari_cellsparse.samples.generated import LabelOracle, OracleDecoder
 
     image, labels = _nuclei()
     found = {}

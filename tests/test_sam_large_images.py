@@ -19,13 +19,14 @@ pytest.importorskip("segment_anything")
 from scipy import ndimage as ndi
 from skimage.draw import ellipse
 
+from napari_cellsparse._testing import RegionOracleDecoder
 from napari_cellsparse.core.errors import BadInputError, CancelledError
 from napari_cellsparse.core.images import intensity_ranges, to_rgb_uint8
 from napari_cellsparse.core.progress import Progress, run_sync
 from napari_cellsparse.sam.embedding import EmbeddingCache
 from napari_cellsparse.sam.large_images import Region, TiledImage, tile_grid
 from napari_cellsparse.sam.prompting import SamPrompter
-from napari_cellsparse.samples.generated import RegionOracleDecoder, make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 
 TILE, OVERLAP = 256, 16
 

@@ -27,13 +27,14 @@ pytest.importorskip("torch")
 from fastapi.testclient import TestClient
 
 from _live import live_server
+from napari_cellsparse._testing import LabelOracle, OracleDecoder
 from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.formats.geojson import features_to_labels
 from napari_cellsparse.sam.automask import generate_masks
 from napari_cellsparse.sam.fetch import DownloadPolicy
 from napari_cellsparse.sam.prompting import SamPrompter
 from napari_cellsparse.sam.weights import CHECKPOINTS, weights_dir
-from napari_cellsparse.samples.generated import LabelOracle, OracleDecoder, make_nuclei
+from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.server.app import create_app
 from napari_cellsparse.server.guards import LOOPBACK_HOSTS

@@ -247,7 +247,7 @@ def test_download_button_fetches_weights_and_reports_failures(
 
 def test_automask_layers_and_keeping_objects(annotator):
     """Automask (label-oracle decoder: random weights decode noise) -> layers -> annotation."""
-    from napari_cellsparse.samples.generated import LabelOracle, OracleDecoder
+    from napari_cellsparse._testing import LabelOracle, OracleDecoder
 
     viewer, widget, truth = annotator
     annotation = viewer.add_labels(np.zeros((256, 256), dtype=np.int32), name="my cells")
@@ -292,7 +292,8 @@ def test_large_image_is_prompted_tile_by_tile(make_napari_viewer, vit_t_checkpoi
     import dask.array as da
 
     from napari_cellsparse._napari.widgets.sam_annotator import SamAnnotatorWidget
-    from napari_cellsparse.samples.generated import RegionOracleDecoder, make_nuclei
+    from napari_cellsparse._testing import RegionOracleDecoder
+    from napari_cellsparse.samples.generated import make_nuclei
 
     viewer = make_napari_viewer()
     image, truth = make_nuclei(shape=(640, 640), n_objects=40, radius=(8.0, 12.0), seed=4)
