@@ -14,9 +14,13 @@ from skimage.measure import label
 from napari_cellsparse.core.errors import BadInputError, CancelledError
 from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.formats.image_sources import ImageSource, open_image
-from napari_cellsparse.formats.ome_zarr import pyramid_shapes, segment_to_ome_zarr
+from napari_cellsparse.formats.ome_zarr import pyramid_shapes
 from napari_cellsparse.samples.generated import make_nuclei
-from napari_cellsparse.scale.blockwise import segment_blockwise, segment_to_file
+from napari_cellsparse.scale.blockwise import (
+    segment_blockwise,
+    segment_to_file,
+    segment_to_ome_zarr,
+)
 
 pytest.importorskip("ome_zarr")
 

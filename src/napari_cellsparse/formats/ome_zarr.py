@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,13 @@ from .image_sources import ImageSource
 
 __all__ = [
     "OME_ZARR_SUFFIX",
+    "LabelPyramid",
     "is_ome_zarr",
     "is_ome_zarr_path",
+    "open_label_level",
     "open_ome_zarr",
     "pyramid_shapes",
-    "segment_to_ome_zarr",
+    "writing_label_pyramid",
 ]
 
 OME_ZARR_SUFFIX = ".ome.zarr"
@@ -147,27 +150,40 @@ def _write_metadata(group: Any, levels: int, pixel_size: float | None, name: str
     add_metadata(group, {"image-label": {"version": fmt.version}}, fmt=fmt)
 
 
-def segment_to_ome_zarr(
-    source: ImageSource,
-    segment: Any,
+class LabelPyramid:
+    """An OME-Zarr label image being written: the caller fills ``level0``, then :meth:`finish`
+    computes the other levels and writes the metadata."""
+
+    def __init__(self, group: Any, arrays: list[Any], chunk: int) -> None:
+        self.group, self.arrays, self.chunk = group, arrays, chunk
+
+    @property
+    def level0(self) -> Any:
+        return self.arrays[0]
+
+    def finish(
+        self, pixel_size: float | None, cancel: threading.Event | None, what: str
+    ) -> Generator[Progress, None, None]:
+        """Every further level from the one before, then the NGFF metadata."""
+        levels = len(self.arrays)
+        for k in range(1, levels):
+            _downsample_level(self.arrays[k - 1], self.arrays[k], self.chunk, cancel)
+            yield Progress(k, levels - 1, f"{what}: pyramid level {k}")
+        _write_metadata(self.group, levels, pixel_size, LABELS_NAME)
+
+
+@contextmanager
+def writing_label_pyramid(
     path: str | os.PathLike[str],
-    block: int = 1024,
-    halo: int = 64,
-    cancel: threading.Event | None = None,
+    shape: tuple[int, int],
+    block: int,
+    dtype: Any,
     min_side: int = PYRAMID_MIN_SIDE,
-    **options: Any,
-) -> Generator[Progress, None, Any]:
-    """:func:`~napari_cellsparse.scale.blockwise.segment_blockwise` into an OME-Zarr label image.
-
-    Returns the block-wise result, its ``labels`` the level-0 array (read-only).
-    """
-    from ..scale.blockwise import LABEL_DTYPE, segment_blockwise
-
+) -> Iterator[LabelPyramid]:
+    """A :class:`LabelPyramid` at ``path``, which appears only if the block completes."""
     zarr = _zarr()
     path = Path(path)
     chunk = max(16, min(block, 4096))
-    shapes = pyramid_shapes(source.shape, min_side)
-    pixel_size = options.get("pixel_size") or source.pixel_size
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -177,23 +193,20 @@ def segment_to_ome_zarr(
         arrays = [
             group.create_array(
                 str(k),
-                shape=shape,
-                chunks=(min(chunk, shape[0]), min(chunk, shape[1])),
-                dtype=LABEL_DTYPE,
+                shape=level,
+                chunks=(min(chunk, level[0]), min(chunk, level[1])),
+                dtype=dtype,
                 fill_value=0,
                 dimension_names=["y", "x"],
             )
-            for k, shape in enumerate(shapes)
+            for k, level in enumerate(pyramid_shapes(shape, min_side))
         ]
-        result = yield from segment_blockwise(
-            source, segment, arrays[0], block, halo, cancel=cancel, **options
-        )
-        for k in range(1, len(arrays)):
-            _downsample_level(arrays[k - 1], arrays[k], chunk, cancel)
-            yield Progress(k, len(arrays) - 1, f"{source.name}: pyramid level {k}")
-        _write_metadata(group, len(arrays), pixel_size, LABELS_NAME)
-    result.labels = zarr.open_array(str(path / "0"), mode="r")
-    return result
+        yield LabelPyramid(group, arrays, chunk)
+
+
+def open_label_level(path: str | os.PathLike[str], level: int = 0) -> Any:
+    """One level of a written label pyramid, read-only."""
+    return _zarr().open_array(str(Path(path) / str(level)), mode="r")
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -36,6 +36,12 @@ from ..core.paths import atomic_target
 from ..core.progress import Progress, check_cancel
 from ..core.tiling import Block, Region, block_grid
 from ..formats.image_sources import ImageSource
+from ..formats.ome_zarr import (
+    PYRAMID_MIN_SIDE,
+    is_ome_zarr_path,
+    open_label_level,
+    writing_label_pyramid,
+)
 
 if TYPE_CHECKING:
     from ..training.model import TrainedModel
@@ -47,6 +53,7 @@ __all__ = [
     "create_labels_array",
     "segment_blockwise",
     "segment_to_file",
+    "segment_to_ome_zarr",
 ]
 
 Segmenter = Callable[[np.ndarray], np.ndarray]
@@ -312,8 +319,6 @@ def segment_to_file(
     suffix = path.suffix.lower()
     if suffix not in (".zarr", ".tif", ".tiff"):
         raise BadInputError(f"Labels are written as .zarr, .ome.zarr or .tif, not {path.name}.")
-    from ..formats.ome_zarr import is_ome_zarr_path, segment_to_ome_zarr
-
     if is_ome_zarr_path(path):
         return (
             yield from segment_to_ome_zarr(
@@ -341,4 +346,28 @@ def segment_to_file(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.labels = path
+    return result
+
+
+def segment_to_ome_zarr(
+    source: ImageSource,
+    segment: Any,
+    path: str | os.PathLike[str],
+    block: int = 1024,
+    halo: int = 64,
+    cancel: threading.Event | None = None,
+    min_side: int = PYRAMID_MIN_SIDE,
+    **options: Any,
+) -> Generator[Progress, None, BlockwiseResult]:
+    """:func:`segment_blockwise` into an OME-Zarr label image with a pyramid.
+
+    Returns the block-wise result, its ``labels`` the level-0 array (read-only).
+    """
+    with writing_label_pyramid(path, source.shape, block, LABEL_DTYPE, min_side) as pyramid:
+        result = yield from segment_blockwise(
+            source, segment, pyramid.level0, block, halo, cancel=cancel, **options
+        )
+        pixel_size = options.get("pixel_size") or source.pixel_size
+        yield from pyramid.finish(pixel_size, cancel, source.name)
+    result.labels = open_label_level(path)
     return result
