@@ -27,6 +27,7 @@ from ..core.tiling import Region
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageSource",
+    "image_stem",
     "is_image_file",
     "open_image",
     "pixel_size_from_tiff",
@@ -368,3 +369,12 @@ def _tiff_pixel_size(tif: Any) -> float | None:
         if size is not None:
             return size
     return _resolution_pixel_size(tif.pages.first, tif.imagej_metadata)
+
+
+def image_stem(path: Path) -> str:
+    """A file name without its image extension (``a.ome.tif`` -> ``a``)."""
+    name = path.name
+    for ending in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return path.stem

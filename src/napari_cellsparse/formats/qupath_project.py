@@ -34,6 +34,7 @@ from urllib.parse import quote
 from ..core.errors import BadInputError
 from ..core.paths import atomic_target
 from .geojson import read_features, write_features
+from .image_sources import image_stem
 
 __all__ = [
     "QUPATH_VERSION",
@@ -144,8 +145,6 @@ def _entry(entry_id: int, image: ProjectImage, geojson: str, n_objects: int) -> 
 
 
 def _geojson_name(image: Path, used: set[str]) -> str:
-    from ..scale.workspace import image_stem
-
     stem = image_stem(image)
     name, k = f"{stem}.geojson", 1
     while name in used:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import BadInputError
-from ..formats.image_sources import is_image_file
+from ..formats.image_sources import image_stem, is_image_file
 
 __all__ = [
     "COMPARTMENTS",
@@ -25,7 +25,6 @@ __all__ = [
     "BatchItem",
     "deepcell_items",
     "folder_items",
-    "image_stem",
 ]
 
 COMPARTMENTS = {"nucleus": "_NucleusMask.tiff", "whole-cell": "_WholeCellMask.tiff"}
@@ -50,15 +49,6 @@ class BatchItem:
     def done(self) -> bool:
         """Whether every output exists (outputs appear only once complete)."""
         return all(p.exists() for p in self.outputs)
-
-
-def image_stem(path: Path) -> str:
-    """A file name without its image extension (``a.ome.tif`` -> ``a``)."""
-    name = path.name
-    for ending in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(ending):
-            return name[: -len(ending)]
-    return path.stem
 
 
 def _images(folder: Path, pattern: str) -> list[Path]:
