@@ -18,13 +18,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("bioimageio.core")
 
-from napari_cellsparse.bioimage_io import export_model
 from napari_cellsparse.cli import main
 from napari_cellsparse.core.errors import BadInputError
 from napari_cellsparse.core.paths import HOME_ENV
 from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.training import load_model, train
+from napari_cellsparse.training.bioimage_io import export_model
 
 SPARSE_DOI = "10.1101/2023.06.13.544786"
 

@@ -200,7 +200,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .bioimage_io import export_model
+    from .training.bioimage_io import export_model
 
     image = _read_image(args.image)[0] if args.image else None
     out = export_model(

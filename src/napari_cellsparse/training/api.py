@@ -158,7 +158,7 @@ def train(
 def load_model(name_or_path: str | Path, device: str | None = None) -> TrainedModel:
     """A model from the store by name, from a model folder path, or from a bioimage.io
     package (``.zip``) exported by this plugin (its declared weights, our post-processing)."""
-    from ..bioimage_io.load import is_package, load_package
+    from .bioimage_io.load import is_package, load_package
 
     if is_package(name_or_path):
         return load_package(name_or_path, device)

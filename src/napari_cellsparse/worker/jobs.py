@@ -332,7 +332,7 @@ def export_bioimageio(
     diameter: float | None = None,
 ) -> Job:
     """Write stored model ``name`` as a bioimage.io package at ``out``; returns the path."""
-    from ..bioimage_io import export_model
+    from ..training.bioimage_io import export_model
 
     yield Progress(0, 1, f"Exporting {name!r} to bioimage.io")
     path = export_model(name, out, image=image, diameter=diameter)

@@ -13,9 +13,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import BackendUnavailableError, BadInputError
-from ..training.backend import backend_class
-from ..training.model import TrainedModel
+from ...core.errors import BackendUnavailableError, BadInputError
+from ..backend import backend_class
+from ..model import TrainedModel
 from .export import CONFIG_KEY
 
 __all__ = ["is_package", "load_package"]
@@ -28,7 +28,8 @@ def is_package(path: str | Path) -> bool:
 
 
 def load_package(path: str | Path, device: str | None = None) -> TrainedModel:
-    """The model of a package written by :func:`~napari_cellsparse.bioimage_io.export_model`."""
+    """The model of a package written by
+    :func:`~napari_cellsparse.training.bioimage_io.export_model`."""
     path = Path(path).expanduser()
     if not zipfile.is_zipfile(path):
         raise BadInputError(f"{path} is not a zip file, so not a bioimage.io package.")

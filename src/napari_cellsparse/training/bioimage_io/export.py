@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import BackendUnavailableError, BadInputError, WeightsError
-from ..core.paths import atomic_target
-from ..training.api import load_model
-from ..training.model import TrainedModel
+from ...core.errors import BackendUnavailableError, BadInputError, WeightsError
+from ...core.paths import atomic_target
+from ..api import load_model
+from ..model import TrainedModel
 from .documents import citations, training_summary, write_cover, write_readme
 from .networks import PackagedNetwork, packaged_network, raw_output, test_image
 

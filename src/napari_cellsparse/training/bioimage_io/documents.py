@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.images import normalize_percentile
-from ..training.model import TrainedModel
+from ...core.images import normalize_percentile
+from ..model import TrainedModel
 from .networks import PackagedNetwork
 
 __all__ = ["CITATIONS", "citations", "training_summary", "write_cover", "write_readme"]

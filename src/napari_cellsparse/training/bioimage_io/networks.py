@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import BadInputError
-from ..core.images import normalize, normalize_percentile
-from ..models.scale import rescale_image
-from ..training.inputs import prediction_slices
-from ..training.model import TrainedModel
+from ...core.errors import BadInputError
+from ...core.images import normalize, normalize_percentile
+from ...models.scale import rescale_image
+from ..inputs import prediction_slices
+from ..model import TrainedModel
 
 __all__ = ["PackagedNetwork", "packaged_network", "raw_output", "test_image"]
 
@@ -53,7 +53,7 @@ def packaged_network(model: TrainedModel) -> PackagedNetwork:
     """The package's view of ``model``'s network; BadInputError for a backend not exported."""
     config = model.config
     if model.backend == "unet":
-        from ..training import unet_architecture
+        from .. import unet_architecture
 
         grid, depth = int(config["grid"]), int(config["depth"])
         return PackagedNetwork(
@@ -73,7 +73,7 @@ def packaged_network(model: TrainedModel) -> PackagedNetwork:
             ),
         )
     if model.backend == "cellpose":
-        from ..training import cellpose_architecture
+        from .. import cellpose_architecture
 
         return PackagedNetwork(
             architecture=Path(cellpose_architecture.__file__),
@@ -107,7 +107,7 @@ def test_image(
     """
     target = float(model.config["target_diameter"])
     if image is None:
-        from ..samples.generated import make_nuclei
+        from ...samples.generated import make_nuclei
 
         radius = target / 2.0
         yx, _ = make_nuclei((TEST_SIZE, TEST_SIZE), 20, (0.85 * radius, 1.1 * radius), seed=0)
@@ -135,7 +135,7 @@ def test_image(
 def raw_output(net: Any, raw: np.ndarray) -> np.ndarray:
     """The network's output for a raw (1, C, Y, X) input normalised as the package declares
     (per channel, percentiles 1 and 99.8 over Y and X: our one normalisation)."""
-    from ..core.lazy import import_torch
+    from ...core.lazy import import_torch
 
     torch = import_torch()
     normalized = normalize_percentile(raw, axis=(2, 3))
