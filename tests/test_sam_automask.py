@@ -19,6 +19,7 @@ pytest.importorskip("segment_anything")
 
 from segment_anything import SamAutomaticMaskGenerator
 
+from napari_cellsparse._testing import LabelOracle, OracleDecoder, oracle_predict_torch
 from napari_cellsparse.core.errors import BadInputError, CancelledError
 from napari_cellsparse.core.images import to_rgb_uint8
 from napari_cellsparse.core.progress import run_sync
@@ -29,12 +30,7 @@ from napari_cellsparse.sam.automask import (
     generate_masks,
 )
 from napari_cellsparse.sam.prompting import SamPrompter
-from napari_cellsparse.samples.generated import (
-    LabelOracle,
-    OracleDecoder,
-    make_nuclei,
-    oracle_predict_torch,
-)
+from napari_cellsparse.samples.generated import make_nuclei
 
 
 @pytest.fixture(scope="module")
