@@ -17,6 +17,7 @@ import tifffile
 
 from napari_cellsparse import cli
 from napari_cellsparse._napari.geojson_io import read_layers
+from napari_cellsparse.cli._common import write_labels
 from napari_cellsparse.core.errors import BadInputError
 from napari_cellsparse.core.limits import MAX_BATCH_SIZE, MAX_PATCH_SIZE, MIN_PATCH_SIZE
 from napari_cellsparse.core.tiling import Region
@@ -417,7 +418,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_cli_label_outputs_are_written_whole(tmp_path: Path, capsys) -> None:
     labels = np.zeros((40, 40), np.int32)
     labels[5:15, 5:15], labels[20:30, 22:35] = 2, 3
-    cli._write_labels(tmp_path, "x", labels, {2: 0.5})
+    write_labels(tmp_path, "x", labels, {2: 0.5})
     assert np.array_equal(tifffile.imread(tmp_path / "x_labels.tif"), labels)
     rows = (tmp_path / "x_objects.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("2,") and rows[1].endswith(",0.5000")
@@ -441,7 +442,7 @@ def test_a_failed_cli_write_leaves_the_previous_results(
     labels = np.zeros((20, 20), np.int32)
     labels[2:8, 2:8] = 2
     with pytest.raises(BadInputError, match="No space left on device"):
-        cli._write_labels(tmp_path, "x", labels, {})
+        write_labels(tmp_path, "x", labels, {})
     assert (tmp_path / "x_labels.tif").read_bytes() == b"previous labels"
     assert (tmp_path / "x_objects.csv").read_text() == "previous table\n"
     assert _leftovers(tmp_path) == []

@@ -49,7 +49,13 @@ def test_wheel_contents(tmp_path: Path) -> None:
             wheel.read("napari_cellsparse/sample_data/nuclei_boxes.csv")
             == (REPO / "sample_data" / "nuclei_boxes.csv").read_bytes()
         )
-        for module in ("__init__.py", "cli.py", "sam/prompting.py", "sam/weights.py"):
+        for module in (
+            "__init__.py",
+            "cli/__init__.py",
+            "cli/__main__.py",
+            "sam/prompting.py",
+            "sam/weights.py",
+        ):
             assert f"napari_cellsparse/{module}" in names
         assert not any(name.startswith(("tests/", "src/")) for name in names)
         dist_info = next(n.split("/")[0] for n in names if ".dist-info/" in n)
