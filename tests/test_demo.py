@@ -10,9 +10,15 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+
+import napari_cellsparse
+
+MANIFEST = Path(napari_cellsparse.__file__).parent / "napari.yaml"
 
 SCRIPT = textwrap.dedent(
     """
@@ -47,6 +53,8 @@ def test_demo_docks_every_widget_and_shows_the_whole_image():
     facts = json.loads(done.stdout.strip().splitlines()[-1])
     expected = {"SAM annotator", "Sparse training", "Cell counting", "Batch", "Measure cells"}
     assert expected <= set(facts["names"])
+    manifest = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
+    assert facts["names"] == [w["display_name"] for w in manifest["contributions"]["widgets"]]
     assert facts["docked"] == len(facts["names"])
     assert all(f"{name} (napari-cellsparse)" in facts["docks"] for name in facts["names"])
     visible = np.asarray(facts["canvas"]) / facts["zoom"]  # (height, width) in image pixels

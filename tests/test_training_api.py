@@ -213,6 +213,27 @@ def test_stack_prediction_has_unique_ids_across_slices(trained) -> None:
         model.predict(image, diameter=-3)
 
 
+def test_predict_iter_reports_each_slice_and_stops_when_cancelled(trained) -> None:
+    from napari_cellsparse.core.errors import CancelledError
+    from napari_cellsparse.core.progress import run_sync
+
+    model, image, _, _, _ = trained
+    stack = np.stack([image, image[::-1], image.T])
+    events = []
+    pred = run_sync(model.predict_iter(stack, axes="ZYX"), events.append)
+    np.testing.assert_array_equal(pred, model.predict(stack, axes="ZYX"))
+    assert [(e.step, e.total, e.message) for e in events] == [
+        (k, 3, f"Predicting slice {k + 1}/3") for k in range(3)
+    ]
+    assert [e.message for e in model.predict_iter(image)] == ["Predicting"]
+    stop = threading.Event()
+    work = model.predict_iter(stack, axes="ZYX", cancel=stop)
+    next(work)
+    stop.set()
+    with pytest.raises(CancelledError):
+        next(work)
+
+
 def test_cancel_stops_at_the_next_step_and_saves() -> None:
     image, truth = blobs()
     stop = threading.Event()

@@ -234,6 +234,33 @@ def test_bad_inputs_are_messages_not_crashes(make_napari_viewer, monkeypatch):
     np.testing.assert_array_equal(empty.data[5:10, 5:10], 2)
 
 
+def test_buttons_report_refusals_through_the_shared_guard(make_napari_viewer, monkeypatch):
+    """A click (Qt hands the slot a ``checked`` flag unless it takes none) on each action
+    of an empty viewer is one message in the status line and one notification."""
+    from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
+
+    shown = _errors(monkeypatch)
+    widget = SparseTrainingWidget(make_napari_viewer())
+    widget.runner.synchronous = True
+    buttons = {
+        widget.add_pair_button: "No image layer",
+        widget.train_button: "No image layer",
+        widget.predict_button: "No image layer to predict on",
+        widget.where_button: "No image layer to predict on",
+        widget.export_button: "No trained model yet",
+    }
+    for button, expected in buttons.items():
+        before = len(shown)
+        button.click()
+        assert expected in widget.status.text(), widget.status.text()
+        assert len(shown) == before + 1 and expected in shown[-1]
+    widget.runner.worker = "running"  # a job of this widget runs: actions only say so
+    widget.export_button.click()
+    assert widget.status.text() == "Still working; press Stop or wait."
+    assert len(shown) == len(buttons)
+    widget.runner.worker = None
+
+
 def test_docked_through_napari_trains_on_the_sample(make_napari_viewer):
     """Docked by napari the widget sees a proxy viewer; the sample's annotation is auto-picked."""
     viewer = make_napari_viewer()

@@ -8,6 +8,8 @@ of the model store.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from skimage.segmentation import relabel_sequential
 from ..core.errors import BadInputError
 from ..core.images import normalize
 from ..core.limits import check_setting
+from ..core.progress import Progress, check_cancel, run_sync
 from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from .backend import Network
 from .inputs import prediction_slices
@@ -73,16 +76,31 @@ class TrainedModel:
 
         ``diameter`` (pixels) of the cells in ``image``; None estimates it per slice. Ids are
         unique across a stack. ``min_area`` drops smaller objects. The diameters used are in
-        ``self.info["last_diameters"]``.
+        ``self.info["last_diameters"]``. :meth:`predict_iter` does it with progress and cancel.
         """
+        return run_sync(self.predict_iter(image, diameter, axes=axes, min_area=min_area))
+
+    def predict_iter(
+        self,
+        image: np.ndarray,
+        diameter: float | None = None,
+        axes: str | None = None,
+        min_area: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> Generator[Progress, None, np.ndarray]:
+        """:meth:`predict` as a progress generator: one event per slice (a stack's slices are
+        numbered); ``cancel`` is checked before each slice."""
         if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
             raise BadInputError(f"The diameter must be a positive number, got {diameter!r}.")
         check_setting("min_area", min_area)
         slices, label_shape = prediction_slices(image, self.n_channels, axes)
-        out = np.zeros((len(slices), *label_shape[-2:]), np.int32)
+        n = len(slices)
+        out = np.zeros((n, *label_shape[-2:]), np.int32)
         used = []
         offset = 0
         for k, raw in enumerate(slices):
+            check_cancel(cancel)
+            yield Progress(k, n, f"Predicting slice {k + 1}/{n}" if n > 1 else "Predicting")
             labels, d = self.predict_slice(raw, diameter)
             if min_area > 0:
                 labels = remove_small_objects(labels, min_size=min_area)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BadInputError
-from ..core.progress import Progress, check_cancel
+from ..core.progress import Progress
 
 __all__ = ["JOBS", "JobContext"]
 
@@ -135,7 +135,13 @@ def predict(
 ) -> Job:
     """Labels of an image (2D or a stack, slice by slice), with their object count."""
     model = yield from _segmentation_model(ctx, name, device)
-    labels = yield from _predict_stack(model, image, rgb, diameter, min_area, ctx.cancel)
+    labels = yield from model.predict_iter(
+        np.asarray(image),
+        diameter,
+        axes=_axes(model, image, rgb),
+        min_area=min_area,
+        cancel=ctx.cancel,
+    )
     return {
         "labels": labels,
         "objects": int(np.count_nonzero(np.bincount(labels.ravel())[1:])) if labels.size else 0,
@@ -181,34 +187,12 @@ def _segmentation_model(ctx: JobContext, name: str, device: str) -> Job:
     return _cached(ctx, "segmentation", key, lambda: load_model(name, device))
 
 
-def _predict_stack(
-    model: Any,
-    data: np.ndarray,
-    rgb: bool,
-    diameter: float | None,
-    min_area: int,
-    cancel: threading.Event,
-) -> Job:
-    """Labels of a 2D image or, slice by slice (progress, cancel), of a stack."""
-    stacked = np.ndim(data) == (4 if rgb else 3) and (rgb or model.n_channels == 1)
-    axes = "YXC" if rgb else None
-    if not stacked:
-        yield Progress(0, 1, "Predicting")
-        return model.predict(np.asarray(data), diameter, axes=axes, min_area=min_area)
-    n = int(data.shape[0])
-    if n == 0:
-        raise BadInputError("The image stack is empty.")
-    out: np.ndarray | None = None
-    offset = 0
-    for z in range(n):
-        check_cancel(cancel)
-        yield Progress(z, n, f"Predicting slice {z + 1}/{n}")
-        plane = model.predict(np.asarray(data[z]), diameter, axes=axes, min_area=min_area)
-        if out is None:
-            out = np.zeros((n, *plane.shape), np.int32)
-        out[z] = np.where(plane > 0, plane + offset, 0)
-        offset = max(offset, int(out[z].max()))
-    return out
+def _axes(model: Any, data: np.ndarray, rgb: bool) -> str | None:
+    """The axes of a napari image for ``model``: RGB is channels last; a stack of a one-channel
+    model (or of RGB) is predicted slice by slice; otherwise the model guesses."""
+    if np.ndim(data) == (4 if rgb else 3) and (rgb or model.n_channels == 1):
+        return "ZYXC" if rgb else "ZYX"
+    return "YXC" if rgb else None
 
 
 def train_counter(

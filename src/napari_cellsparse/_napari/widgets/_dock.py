@@ -7,27 +7,67 @@ layers come and go. Model jobs go to the worker process with ``self.runner.run_i
 errors become one message with ``self.runner.report``. When the widget closes, is taken out
 of its dock (napari's x) or is destroyed with the viewer's window, its job is stopped and it
 leaves the shared model worker (the last one to leave ends the process).
+
+What a user starts (a button's method) is decorated with :func:`guarded`: the
+:class:`~napari_cellsparse.core.errors.CellsparseError` it raises (a missing layer, a bad
+setting) becomes the one message of ``self.runner.report`` (status line and notification).
+:func:`when_idle` also refuses, in the status line, while the widget's job runs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QLabel, QPushButton, QWidget
 
+from ...core.errors import CellsparseError
 from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DockWidget"]
+__all__ = ["DockWidget", "guarded", "when_idle"]
+
+R = TypeVar("R")
+
+
+def guarded(method: Callable[..., R]) -> Callable[..., R | None]:
+    """A user action whose refusal (a :class:`CellsparseError`) is reported, not raised.
+
+    The wrapper takes keyword options only: Qt hands a slot with positional parameters the
+    button's ``checked`` flag, so ``clicked.connect(widget.action)`` calls it with none."""
+
+    @functools.wraps(method)
+    def run(self: DockWidget, **options: Any) -> R | None:
+        try:
+            return method(self, **options)
+        except CellsparseError as err:
+            self.runner.report(err)
+            return None
+
+    return run
+
+
+def when_idle(method: Callable[..., R]) -> Callable[..., R | None]:
+    """A :func:`guarded` action that only says ``busy_text`` while the widget's job runs."""
+
+    def idle(self: DockWidget, **options: Any) -> R | None:
+        if self.runner.busy:
+            self.status.setText(self.busy_text)
+            return None
+        return method(self, **options)
+
+    return guarded(functools.wraps(method)(idle))
 
 
 class DockWidget(QWidget):
     """Base of the plugin's dock widgets (see the module docstring)."""
 
     hint = ""  # the status line's first text: what to do first
+    busy_text = "Still working; press Stop or wait."  # a user action while a job runs
     stop_button: QPushButton | None = None
 
     def __init__(self, napari_viewer: napari.Viewer, state: Any) -> None:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-__all__ = ["folder_row", "model_row"]
+__all__ = ["folder_row", "model_row", "training_controls"]
 
 
 def folder_row(edit: QLineEdit, parent: QWidget, title: str) -> QHBoxLayout:
@@ -35,3 +45,27 @@ def model_row(combo: QComboBox, refresh: Callable[[], object]) -> QHBoxLayout:
     row.addWidget(combo, 1)
     row.addWidget(button)
     return row
+
+
+def training_controls(widget: Any, stop_tip: str) -> QVBoxLayout:
+    """Train, Stop and Reset in a row over a progress bar: the controls both training widgets
+    share, made as ``widget``'s ``train_button`` (calls ``widget.train``), ``stop_button``
+    (its tool tip ``stop_tip``), ``reset_button`` (calls ``widget.reset``) and
+    ``progress_bar``."""
+    widget.train_button = QPushButton("Train")
+    widget.train_button.clicked.connect(widget.train)
+    widget.stop_button = QPushButton("Stop")
+    widget.stop_button.setToolTip(stop_tip)
+    widget.reset_button = QPushButton("Reset")
+    widget.reset_button.setToolTip("The next training starts from scratch.")
+    widget.reset_button.clicked.connect(widget.reset)
+    row = QHBoxLayout()
+    for button in (widget.train_button, widget.stop_button, widget.reset_button):
+        row.addWidget(button)
+    widget.progress_bar = QProgressBar()
+    widget.progress_bar.setRange(0, 1)
+    widget.progress_bar.setValue(0)
+    controls = QVBoxLayout()
+    controls.addLayout(row)
+    controls.addWidget(widget.progress_bar)
+    return controls

@@ -7,7 +7,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compact_labels", "layer_data", "refill_combo", "show_layer"]
+from ...core.errors import BadInputError
+
+__all__ = [
+    "compact_labels",
+    "image_2d",
+    "layer_data",
+    "mask_of",
+    "points_yx",
+    "refill_combo",
+    "show_layer",
+]
 
 
 def show_layer(viewer: Any, kind: str, data: Any, name: str, **properties: Any) -> Any:
@@ -98,3 +108,36 @@ def compact_labels(labels: Any, viewer: Any = None) -> Any:
         if top <= np.iinfo(dtype).max:
             return labels.astype(dtype, copy=False)
     return labels
+
+
+def mask_of(layer: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean mask from a Labels layer (1 = background in a sparse annotation, else any
+    label) or a Shapes layer (inside any shape)."""
+    if type(layer).__name__ == "Shapes":
+        if not len(layer.data):
+            return np.zeros(shape, bool)
+        return np.asarray(layer.to_masks(mask_shape=shape)).any(0)
+    data = np.asarray(layer.data)
+    if data.shape[-2:] != shape:
+        raise BadInputError(
+            f"The layer '{layer.name}' {data.shape} does not cover the image {shape}."
+        )
+    data = data.reshape(-1, *shape)[0] if data.ndim > 2 else data
+    return data == 1 if data.max() > 1 else data > 0
+
+
+def points_yx(points: Any, image: Any) -> np.ndarray:
+    """The points' (y, x) in the image's pixel coordinates (scale and translate applied)."""
+    data = np.asarray(points.data, np.float64).reshape(-1, points.ndim)[:, -2:]
+    world = data * np.asarray(points.scale[-2:]) + np.asarray(points.translate[-2:])
+    return (world - np.asarray(image.translate[-2:])) / np.asarray(image.scale[-2:])
+
+
+def image_2d(layer: Any) -> np.ndarray:
+    """A 2D image (YX, or YXC for RGB) from an Image layer, with a clear error for stacks."""
+    data = layer_data(layer)
+    if data.ndim != (3 if layer.rgb else 2):
+        raise BadInputError(
+            f"'{layer.name}' is not a 2D image (shape {data.shape}); count one slice at a time."
+        )
+    return np.asarray(data)

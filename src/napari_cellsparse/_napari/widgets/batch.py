@@ -31,9 +31,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...core.errors import BadInputError, CellsparseError
+from ...core.errors import BadInputError
 from ...training import BACKENDS, list_models, model_names
-from ._dock import DockWidget
+from ._dock import DockWidget, guarded
 from ._fields import folder_row, model_row
 from ._layers import compact_labels, layer_data, refill_combo, show_layer
 from ._tables import save_table_as, show_table
@@ -178,17 +178,14 @@ class BatchWidget(DockWidget):
         return self.diameter_spin.value() or None
 
     # -- a layer -----------------------------------------------------------------------
+    @guarded
     def run_layer(self) -> None:
         """Segment the chosen image layer block-wise into a new Labels layer with features."""
-        try:
-            folder = self._model_folder()
-            name = self.image_combo.currentText()
-            if name not in self.viewer.layers:
-                raise BadInputError("Choose an image layer to segment.")
-            layer = self.viewer.layers[name]
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        folder = self._model_folder()
+        name = self.image_combo.currentText()
+        if name not in self.viewer.layers:
+            raise BadInputError("Choose an image layer to segment.")
+        layer = self.viewer.layers[name]
         scale = tuple(layer.scale[-2:])
         kwargs = {
             "model": folder,
@@ -253,16 +250,13 @@ class BatchWidget(DockWidget):
             raise BadInputError("Choose a results folder.")
         return folder_items(source, output, pattern)
 
+    @guarded
     def run_folder(self) -> None:
         """Segment every image of the folder on Dask; finished images are skipped."""
         from ...scale.batch import BatchOptions
 
-        try:
-            folder = self._model_folder()
-            items = self._items()
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        folder = self._model_folder()
+        items = self._items()
         text = self.scheduler_edit.text().strip()
         kwargs = {
             "items": items,

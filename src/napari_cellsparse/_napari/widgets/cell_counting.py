@@ -19,10 +19,8 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -36,9 +34,9 @@ from ...core.settings_text import parse_settings
 from ...counting import BACKEND, BatchResult, CounterConfig, CountResult
 from ...models.store import model_folder
 from ...training import model_names
-from ._dock import DockWidget
-from ._fields import folder_row, model_row
-from ._layers import refill_combo, show_layer
+from ._dock import DockWidget, when_idle
+from ._fields import folder_row, model_row, training_controls
+from ._layers import image_2d, mask_of, points_yx, refill_combo, show_layer
 
 if TYPE_CHECKING:
     import napari
@@ -58,39 +56,6 @@ class CountingState:
     reset_next: bool = False
     stopping: bool = False  # Stop was pressed during the running job
     last_count: float | None = None
-
-
-def _mask_of(layer: Any, shape: tuple[int, int]) -> np.ndarray:
-    """A boolean mask from a Labels layer (1 = background in a sparse annotation, else any
-    label) or a Shapes layer (inside any shape)."""
-    if isinstance(layer, Shapes):
-        if not len(layer.data):
-            return np.zeros(shape, bool)
-        return np.asarray(layer.to_masks(mask_shape=shape)).any(0)
-    data = np.asarray(layer.data)
-    if data.shape[-2:] != shape:
-        raise BadInputError(
-            f"The layer '{layer.name}' {data.shape} does not cover the image {shape}."
-        )
-    data = data.reshape(-1, *shape)[0] if data.ndim > 2 else data
-    return data == 1 if data.max() > 1 else data > 0
-
-
-def _points_yx(points: Points, image: Image) -> np.ndarray:
-    """The points' (y, x) in the image's pixel coordinates (scale and translate applied)."""
-    data = np.asarray(points.data, np.float64).reshape(-1, points.ndim)[:, -2:]
-    world = data * np.asarray(points.scale[-2:]) + np.asarray(points.translate[-2:])
-    return (world - np.asarray(image.translate[-2:])) / np.asarray(image.scale[-2:])
-
-
-def _image_2d(layer: Image) -> np.ndarray:
-    """A 2D image (YX, or YXC for RGB) from an Image layer, with a clear error for stacks."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    if data.ndim != (3 if layer.rgb else 2):
-        raise BadInputError(
-            f"'{layer.name}' is not a 2D image (shape {data.shape}); count one slice at a time."
-        )
-    return np.asarray(data)
 
 
 class CellCountingWidget(DockWidget):
@@ -141,21 +106,9 @@ class CellCountingWidget(DockWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("Settings", self.settings_edit)
 
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(self.train)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip(
-            "Stop after the current step (training: the counter so far is saved)."
+        controls = training_controls(
+            self, "Stop after the current step (training: the counter so far is saved)."
         )
-        self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("The next training starts from scratch.")
-        self.reset_button.clicked.connect(self.reset)
-        run_row = QHBoxLayout()
-        for button in (self.train_button, self.stop_button, self.reset_button):
-            run_row.addWidget(button)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
 
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("A trained counter from the model store")
@@ -183,8 +136,7 @@ class CellCountingWidget(DockWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(run_row)
-        layout.addWidget(self.progress_bar)
+        layout.addLayout(controls)
         layout.addLayout(count_form)
         layout.addWidget(self.status)
         layout.addStretch()
@@ -219,8 +171,8 @@ class CellCountingWidget(DockWidget):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Copies of the chosen image, points (y, x), background and complete-region masks."""
         image_layer = self._layer(self.image_combo, "an image layer")
-        image = _image_2d(image_layer)
-        points = _points_yx(
+        image = image_2d(image_layer)
+        points = points_yx(
             self._layer(self.points_combo, "a Points layer of cell centres"), image_layer
         )
         if not len(points):
@@ -231,24 +183,18 @@ class CellCountingWidget(DockWidget):
             masks.append(
                 None
                 if chosen in ("", NONE)
-                else _mask_of(self.viewer.layers[chosen], image.shape[:2])
+                else mask_of(self.viewer.layers[chosen], image.shape[:2])
             )
         return image, points, masks[0], masks[1]
 
     # -- training ----------------------------------------------------------------------
+    @when_idle
     def train(self) -> None:
         """Train (or continue training) the named counter, in a worker."""
-        if self.runner.busy:
-            self.status.setText("Still working; press Stop or wait.")
-            return
-        try:
-            name = self.name_edit.text().strip()
-            model_folder(name)
-            image, points, background, regions = self.training_inputs()
-            settings = parse_settings(self.settings_edit.text())
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        name = self.name_edit.text().strip()
+        model_folder(name)
+        image, points, background, regions = self.training_inputs()
+        settings = parse_settings(self.settings_edit.text())
         steps, device, reset = (
             self.steps_spin.value(),
             self.device_combo.currentText(),
@@ -338,18 +284,12 @@ class CellCountingWidget(DockWidget):
             raise BadInputError("No trained counter yet: press Train first.")
         return name
 
+    @when_idle
     def count(self) -> None:
         """Count the chosen image: density and centres layers, the count in the widget."""
-        if self.runner.busy:
-            self.status.setText("Still working; press Stop or wait.")
-            return
-        try:
-            name = self._counter_name()
-            layer = self._layer(self.count_image_combo, "an image to count")
-            image = _image_2d(layer)
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        name = self._counter_name()
+        layer = self._layer(self.count_image_combo, "an image to count")
+        image = image_2d(layer)
         kwargs = {"name": name, "device": self.device_combo.currentText(), "image": image}
         self.runner.run_in_worker(
             "count",
@@ -390,20 +330,14 @@ class CellCountingWidget(DockWidget):
         self.count_label.setText(f"Count: {result.count:.1f}  ({len(result.centres)} centres)")
         self.status.setText(f"Counted '{layer.name}' with '{counter}'.")
 
+    @when_idle
     def count_folder(self) -> None:
         """Count every image of the chosen folder; write counts.json, counts.csv and PNGs."""
-        if self.runner.busy:
-            self.status.setText("Still working; press Stop or wait.")
-            return
-        try:
-            name = self._counter_name()
-            folder = Path(self.folder_edit.text().strip()).expanduser()
-            if not self.folder_edit.text().strip() or not folder.is_dir():
-                raise BadInputError("Choose a folder of images to count.")
-            out = Path(self.out_edit.text().strip() or folder / "counts").expanduser()
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        name = self._counter_name()
+        folder = Path(self.folder_edit.text().strip()).expanduser()
+        if not self.folder_edit.text().strip() or not folder.is_dir():
+            raise BadInputError("Choose a folder of images to count.")
+        out = Path(self.out_edit.text().strip() or folder / "counts").expanduser()
         self.state.stopping = False
         kwargs = {
             "name": name,

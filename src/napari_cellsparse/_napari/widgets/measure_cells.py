@@ -29,10 +29,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...core.errors import BadInputError, CellsparseError
+from ...core.errors import BadInputError
 from ...core.progress import Progress
 from ...scale.measure import measure_objects
-from ._dock import DockWidget
+from ._dock import DockWidget, when_idle
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
 
@@ -74,6 +74,7 @@ class MeasureCellsWidget(DockWidget):
     """Dock widget: choose a Labels layer (and images, nuclei); Measure; Save table."""
 
     hint = "Choose a Labels layer of cells, then Measure."
+    busy_text = "Still measuring; wait for it."
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer, MeasureState())
@@ -155,27 +156,21 @@ class MeasureCellsWidget(DockWidget):
         return [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.name in names]
 
     # -- measuring ---------------------------------------------------------------------
+    @when_idle
     def measure(self) -> None:
         """Measure the chosen Labels layer in a worker; the table becomes its features."""
-        if self.runner.busy:
-            self.status.setText("Still measuring; wait for it.")
-            return
-        try:
-            layer = self._labels_layer(self.labels_combo.currentText(), "cell")
-            nuclei_name = self.nuclei_combo.currentText()
-            nuclei = None
-            if nuclei_name and nuclei_name != NONE:
-                nuclei = np.array(self._labels_layer(nuclei_name, "nucleus").data, copy=True)
-            planes, names = _channels(self.chosen_images())
-            for plane, channel in zip(planes, names, strict=True):
-                if tuple(plane.shape) != tuple(layer.data.shape):
-                    raise BadInputError(
-                        f"The image '{channel}' {tuple(plane.shape)} does not cover the same "
-                        f"pixels as '{layer.name}' {tuple(layer.data.shape)}."
-                    )
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        layer = self._labels_layer(self.labels_combo.currentText(), "cell")
+        nuclei_name = self.nuclei_combo.currentText()
+        nuclei = None
+        if nuclei_name and nuclei_name != NONE:
+            nuclei = np.array(self._labels_layer(nuclei_name, "nucleus").data, copy=True)
+        planes, names = _channels(self.chosen_images())
+        for plane, channel in zip(planes, names, strict=True):
+            if tuple(plane.shape) != tuple(layer.data.shape):
+                raise BadInputError(
+                    f"The image '{channel}' {tuple(plane.shape)} does not cover the same "
+                    f"pixels as '{layer.name}' {tuple(layer.data.shape)}."
+                )
         labels = np.array(layer.data, copy=True)  # the user may keep painting
         pixel_size = self.pixel_spin.value() or None
         name = layer.name

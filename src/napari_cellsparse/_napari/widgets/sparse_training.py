@@ -18,13 +18,8 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLineEdit,
-    QListWidget,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -36,11 +31,12 @@ from ...core.errors import BackendUnavailableError, BadInputError, CellsparseErr
 from ...core.progress import Progress
 from ...core.settings_text import parse_settings
 from ...models.store import model_folder
-from ...training import BACKENDS, backend_class, model_names
-from ._dock import DockWidget
-from ._fields import model_row
-from ._layers import compact_labels, refill_combo, show_layer
-from ._layers import layer_data as _layer_data
+from ...training import BACKENDS, backend_class
+from ._dock import DockWidget, when_idle
+from ._fields import training_controls
+from ._layers import compact_labels, layer_data, refill_combo, show_layer
+from ._training_pairs import TrainingPairs
+from ._training_predict import PREVIEW, PredictionPanel
 from .loss_plot import LossPlot
 
 if TYPE_CHECKING:
@@ -48,11 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SparseTrainingWidget"]
 
-PREVIEW = "Training preview"
-PREDICTION = "{} prediction"
-WHERE_NEXT = "{} where to annotate next"
-PLACES = "{} places to annotate"
-TOP_PLACES = 10
 BACKEND_EXTRAS = {"stardist": "stardist", "cellpose": "cellpose", "unet": "sam"}
 
 
@@ -70,8 +61,9 @@ class TrainingState:
     preview_z: int | None = None  # stack slice the training preview shows
 
 
-class SparseTrainingWidget(DockWidget):
-    """Dock widget: pick image/annotation pairs and a backend; train, stop, reset, predict."""
+class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
+    """Dock widget: pick image/annotation pairs and a backend; train, stop, reset, predict
+    (the pairs in :mod:`._training_pairs`, the prediction side in :mod:`._training_predict`)."""
 
     hint = "Paint a few cells (2, 3, ...) and some background (1), then Train."
 
@@ -91,21 +83,6 @@ class SparseTrainingWidget(DockWidget):
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
-        self.add_pair_button = QPushButton("Add pair")
-        self.add_pair_button.clicked.connect(self.add_pair)
-        self.remove_pair_button = QPushButton("Remove")
-        self.remove_pair_button.clicked.connect(self.remove_pair)
-        self.pairs_list = QListWidget()
-        self.pairs_list.setMaximumHeight(70)
-        self.pairs_list.setToolTip(
-            "Image/annotation pairs to train on; when empty, the pair chosen above is used."
-        )
-        pair_row = QHBoxLayout()
-        pair_row.addWidget(self.add_pair_button)
-        pair_row.addWidget(self.remove_pair_button)
-
         self.backend_combo = QComboBox()
         self.backend_combo.addItems(list(BACKENDS))
         self.name_edit = QLineEdit("sparse-model")
@@ -114,10 +91,7 @@ class SparseTrainingWidget(DockWidget):
         self.backend_combo.currentTextChanged.connect(self._backend_steps)
         self._backend_steps(self.backend_combo.currentText())
         form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Annotation", self.labels_combo)
-        form.addRow(pair_row)
-        form.addRow(self.pairs_list)
+        self._build_pairs(form)
         form.addRow("Backend", self.backend_combo)
         form.addRow("Model name", self.name_edit)
         form.addRow("Steps", self.steps_spin)
@@ -147,62 +121,17 @@ class SparseTrainingWidget(DockWidget):
         self.advanced = QCollapsible("Advanced")
         self.advanced.addWidget(inner)
 
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(self.train)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip("Stop after the current step; the model so far is saved.")
-        self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("The next training starts from scratch.")
-        self.reset_button.clicked.connect(self.reset)
-        run_row = QHBoxLayout()
-        for button in (self.train_button, self.stop_button, self.reset_button):
-            run_row.addWidget(button)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
+        controls = training_controls(
+            self, "Stop after the current step; the model so far is saved."
+        )
         self.loss_plot = LossPlot()
 
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("A trained model from the model store")
-        models = model_row(self.model_combo, self._refresh_models)
-        self.predict_image_combo = QComboBox()
-        self.predict_diameter_spin = QDoubleSpinBox()
-        self.predict_diameter_spin.setRange(0.0, 10_000.0)
-        self.predict_diameter_spin.setDecimals(1)
-        self.predict_diameter_spin.setSpecialValueText("auto")
-        self.predict_diameter_spin.setToolTip("Cell diameter in pixels; auto estimates it.")
-        self.min_area_spin = QSpinBox()
-        self.min_area_spin.setRange(0, 1_000_000)
-        self.min_area_spin.setSpecialValueText("off")
-        self.min_area_spin.setToolTip("Objects smaller than this many pixels are dropped.")
-        predict_form = QFormLayout()
-        predict_form.addRow("Model", models)
-        predict_form.addRow("Predict on", self.predict_image_combo)
-        predict_form.addRow("Diameter", self.predict_diameter_spin)
-        predict_form.addRow("Min area", self.min_area_spin)
-        self.predict_button = QPushButton("Predict")
-        self.predict_button.clicked.connect(self.predict)
-        self.where_button = QPushButton("Where to annotate next")
-        self.where_button.setToolTip(
-            "Where the model is least sure: 8 predictions under flips and turns compared; "
-            "the top 10 places are numbered."
-        )
-        self.where_button.clicked.connect(self.where_next)
-        self.export_button = QPushButton("Export…")
-        self.export_button.setToolTip(
-            "Write the model as a bioimage.io package (.zip) for deepImageJ, ilastik, QuPath."
-        )
-        self.export_button.clicked.connect(lambda: self.export())
-        predict_row = QHBoxLayout()
-        predict_row.addWidget(self.predict_button)
-        predict_row.addWidget(self.where_button)
-        predict_row.addWidget(self.export_button)
+        predict_form, predict_row = self._build_prediction()
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.advanced)
-        layout.addLayout(run_row)
-        layout.addWidget(self.progress_bar)
+        layout.addLayout(controls)
         layout.addWidget(self.loss_plot)
         layout.addLayout(predict_form)
         layout.addLayout(predict_row)
@@ -211,9 +140,6 @@ class SparseTrainingWidget(DockWidget):
 
     def _backend_steps(self, backend: str) -> None:
         """Show the chosen backend's default step count (about 3 minutes on a laptop CPU)."""
-        from ...core.errors import CellsparseError
-        from ...training.backend import backend_class
-
         try:
             self.steps_spin.setValue(int(backend_class(backend).default_config()["steps"]))
         except (CellsparseError, ImportError):  # an unavailable backend keeps the value
@@ -231,14 +157,6 @@ class SparseTrainingWidget(DockWidget):
         return spin
 
     # -- layers ------------------------------------------------------------------------
-    def _layer_by_uid(self, uid: str) -> Any:
-        # napari hands plugins a proxy viewer whose layers are new wrapper objects on every
-        # access, so layers are identified by their stable unique id, not by ``id()``.
-        for layer in self.viewer.layers:
-            if layer.unique_id == uid:
-                return layer
-        return None
-
     def _refresh_layers(self, _event: Any = None) -> None:
         images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
         labels = [
@@ -251,94 +169,7 @@ class SparseTrainingWidget(DockWidget):
             (self.predict_image_combo, images, images[:1]),
         ):
             refill_combo(combo, names, best[0] if best else None)
-        uids = {ly.unique_id for ly in self.viewer.layers}
-        self.state.pairs = [p for p in self.state.pairs if p[0] in uids and p[1] in uids]
-        self._show_pairs()
-
-    def _show_pairs(self) -> None:
-        self.pairs_list.clear()
-        for image_uid, labels_uid in self.state.pairs:
-            image, labels = self._layer_by_uid(image_uid), self._layer_by_uid(labels_uid)
-            if image is not None and labels is not None:
-                self.pairs_list.addItem(f"{image.name}  ←  {labels.name}")
-
-    def _chosen_pair(self) -> tuple[Image, Labels]:
-        """The image and annotation layers chosen in the combo boxes (checked)."""
-        image_name, labels_name = self.image_combo.currentText(), self.labels_combo.currentText()
-        if not image_name or image_name not in self.viewer.layers:
-            raise BadInputError("No image layer: open an image first (File > Open Sample).")
-        if not labels_name or labels_name not in self.viewer.layers:
-            raise BadInputError(
-                "No annotation layer: add a Labels layer and paint some cells (2, 3, ...) and "
-                "background (1); 0 means not annotated."
-            )
-        image, labels = self.viewer.layers[image_name], self.viewer.layers[labels_name]
-        self._check_pair(image, labels)
-        return image, labels
-
-    def _check_pair(self, image: Image, labels: Labels) -> None:
-        ishape, lshape = tuple(_layer_data(image).shape), tuple(labels.data.shape)
-        if len(lshape) not in (2, 3):
-            raise BadInputError(
-                f"The annotation '{labels.name}' has shape {lshape}; it must be 2D (YX) or a "
-                "stack (ZYX)."
-            )
-        fits = ishape == lshape or (
-            len(ishape) == len(lshape) + 1 and lshape in (ishape[:-1], ishape[1:])
-        )
-        if not fits:
-            raise BadInputError(
-                f"The annotation '{labels.name}' {lshape} does not match the image "
-                f"'{image.name}' {ishape}; they must cover the same pixels."
-            )
-
-    def add_pair(self) -> None:
-        """Add the image/annotation chosen above to the training pairs."""
-        try:
-            image, labels = self._chosen_pair()
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
-        pair = (image.unique_id, labels.unique_id)
-        if pair not in self.state.pairs:
-            self.state.pairs.append(pair)
-        self._show_pairs()
-        self.status.setText(f"{len(self.state.pairs)} pair(s) to train on.")
-
-    def remove_pair(self) -> None:
-        """Remove the selected pair (the last one when none is selected)."""
-        if not self.state.pairs:
-            return
-        row = self.pairs_list.currentRow()
-        del self.state.pairs[row if 0 <= row < len(self.state.pairs) else -1]
-        self._show_pairs()
-        self.status.setText(f"{len(self.state.pairs)} pair(s) to train on.")
-
-    def training_layers(self) -> list[tuple[Image, Labels]]:
-        """The pairs to train on: the list, or the chosen pair when the list is empty."""
-        if not self.state.pairs:
-            return [self._chosen_pair()]
-        pairs = []
-        for image_uid, labels_uid in self.state.pairs:
-            image, labels = self._layer_by_uid(image_uid), self._layer_by_uid(labels_uid)
-            if image is None or labels is None:
-                raise BadInputError("A layer of a training pair was removed; remove that pair.")
-            self._check_pair(image, labels)
-            pairs.append((image, labels))
-        return pairs
-
-    def _current_slice(self, image: Image, labels: Labels) -> tuple[np.ndarray, int | None]:
-        """The first pair's image in the current view as YX or YXC, and its z (stacks)."""
-        data = _layer_data(image)
-        z = None
-        if labels.data.ndim == 3:
-            world = labels.world_to_data(self.viewer.dims.point)
-            z = int(np.clip(round(float(world[0])), 0, labels.data.shape[0] - 1))
-            data = data[:, z] if data.shape[1:] == labels.data.shape else data[z]
-        data = np.asarray(data)
-        if data.ndim == 3 and data.shape[-1] > 4 >= data.shape[0]:
-            data = np.moveaxis(data, 0, -1)  # CYX → YXC
-        return data, z
+        self._keep_present_pairs()
 
     # -- training ----------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
@@ -366,29 +197,23 @@ class SparseTrainingWidget(DockWidget):
             ) from err
         return backend
 
+    @when_idle
     def train(self) -> None:
         """Train (or continue training) the named model on the pairs, in a worker."""
-        if self.runner.busy:
-            self.status.setText("Still working; press Stop or wait.")
-            return
-        try:
-            backend = self._backend()
-            name = self.name_edit.text().strip()
-            model_folder(name)
-            settings = self._settings()
-            layers = self.training_layers()
-            images = [_layer_data(img) for img, _ in layers]
-            # Copies: the user may keep painting while the worker trains.
-            annotations = [np.array(lab.data, copy=True) for _, lab in layers]
-            if not any((a > 1).any() for a in annotations):
-                raise BadInputError(
-                    "The annotation is empty: paint some cells (labels 2, 3, ...) and some "
-                    "background (label 1) first."
-                )
-            preview, z = self._current_slice(*layers[0])
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        backend = self._backend()
+        name = self.name_edit.text().strip()
+        model_folder(name)
+        settings = self._settings()
+        layers = self.training_layers()
+        images = [layer_data(img) for img, _ in layers]
+        # Copies: the user may keep painting while the worker trains.
+        annotations = [np.array(lab.data, copy=True) for _, lab in layers]
+        if not any((a > 1).any() for a in annotations):
+            raise BadInputError(
+                "The annotation is empty: paint some cells (labels 2, 3, ...) and some "
+                "background (label 1) first."
+            )
+        preview, z = self._current_slice(*layers[0])
         steps, every = self.steps_spin.value(), self.preview_spin.value()
         device, reset = self.device_combo.currentText(), self.state.reset_next
         self.state.step, self.state.preview_z, self.state.cells = 0, z, 0
@@ -519,166 +344,4 @@ class SparseTrainingWidget(DockWidget):
             head = f"Trained '{name}' for {done} step(s)"
         self.status.setText(
             f"{head} ({summary['backend']} on {device}; {total} step(s) in all). Press Predict."
-        )
-
-    # -- prediction ----------------------------------------------------------------------
-    def _refresh_models(self, select: str | None = None) -> None:
-        """Fill the model list with the store's segmentation models (no counters)."""
-        refill_combo(self.model_combo, model_names(BACKENDS), select=select)
-
-    def _prediction_inputs(self) -> tuple[str, str, Image] | None:
-        """The chosen model, image name and image layer; None (reported) when missing."""
-        if self.runner.busy:
-            self.status.setText("Still working; press Stop or wait.")
-            return None
-        name = self.model_combo.currentText()
-        image_name = self.predict_image_combo.currentText()
-        if not image_name or image_name not in self.viewer.layers:
-            self.runner.report(BadInputError("No image layer to predict on: open an image first."))
-            return None
-        if not name:
-            self.runner.report(BadInputError("No trained model yet: press Train first."))
-            return None
-        self.state.stopping = False
-        return name, image_name, self.viewer.layers[image_name]
-
-    def predict(self) -> None:
-        """Predict the chosen image with the chosen model (a Labels layer of outlines)."""
-        chosen = self._prediction_inputs()
-        if chosen is None:
-            return
-        name, image_name, image = chosen
-        kwargs = {
-            "name": name,
-            "device": self.device_combo.currentText(),
-            "image": np.asarray(_layer_data(image)),
-            "rgb": bool(image.rgb),
-            "diameter": self.predict_diameter_spin.value() or None,
-            "min_area": self.min_area_spin.value(),
-        }
-
-        def done(result: dict[str, Any]) -> None:
-            self._predicted(image_name, image, name, result)
-
-        self.runner.run_in_worker("predict", kwargs, done, f"Predicting {image_name}")
-
-    def where_next(self) -> None:
-        """Show where the chosen model is least sure on the chosen 2D image: a map and the
-        top places, numbered; the chosen annotation's painted pixels are left out."""
-        chosen = self._prediction_inputs()
-        if chosen is None:
-            return
-        name, image_name, image = chosen
-        data = np.asarray(_layer_data(image))
-        labels_name = self.labels_combo.currentText()
-        painted = image_name == self.image_combo.currentText() and labels_name in self.viewer.layers
-        labels = self.viewer.layers[labels_name].data if painted else None
-        known = labels if labels is not None and labels.shape == data.shape[:2] else None
-        kwargs = {
-            "name": name,
-            "device": self.device_combo.currentText(),
-            "image": data,
-            "rgb": bool(image.rgb),
-            "diameter": self.predict_diameter_spin.value() or None,
-            "annotation": np.asarray(known) if known is not None else None,
-        }
-
-        def done(result: Any) -> None:
-            self._show_where_next(image_name, image, result)
-
-        self.runner.run_in_worker("where_next", kwargs, done, f"Comparing 8 views of {image_name}")
-
-    def _show_where_next(self, image_name: str, image: Image, result: Any) -> None:
-        """The disagreement map (magma, added on top) and its top places, numbered."""
-        where = {"scale": image.scale[-2:], "translate": image.translate[-2:]}
-        show_layer(
-            self.viewer,
-            "image",
-            result.map,
-            WHERE_NEXT.format(image_name),
-            colormap="magma",
-            blending="additive",
-            contrast_limits=(0.0, 1.0),
-            **where,
-        )
-        top = result.places[:TOP_PLACES]
-        show_layer(
-            self.viewer,
-            "points",
-            np.array([[p.y, p.x] for p in top], float).reshape(-1, 2),
-            PLACES.format(image_name),
-            features={"rank": np.arange(1, len(top) + 1)},
-            text={"string": "{rank}", "color": "cyan", "anchor": "upper_left"},
-            face_color="transparent",
-            border_color="cyan",
-            size=12,
-            **where,
-        )
-        self.status.setText(
-            f"{len(result.places)} place(s) where the model is unsure in '{image_name}'; the "
-            f"top {len(top)} are numbered. Annotate there and train again."
-        )
-
-    def export(self, path: str | None = None) -> None:
-        """Export the chosen model as a bioimage.io package (asks where unless ``path``).
-
-        The test input is the chosen 2D grayscale image when there is one (at its diameter
-        setting), otherwise synthetic cells at the model's scale."""
-        if self.runner.busy:
-            self.status.setText("Still working; press Stop or wait.")
-            return
-        name = self.model_combo.currentText()
-        if not name:
-            self.runner.report(BadInputError("No trained model yet: press Train first."))
-            return
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Export to bioimage.io", f"{name}.zip", "bioimage.io packages (*.zip)"
-            )
-            if not path:
-                return
-        image_name = self.predict_image_combo.currentText()
-        image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None  # noqa: SIM401 (a LayerList has no get)
-        data = np.asarray(_layer_data(image)) if image is not None else None
-        kwargs = {
-            "name": name,
-            "out": str(path),
-            "image": data if data is not None and data.ndim == 2 else None,
-            "diameter": self.predict_diameter_spin.value() or None,
-        }
-
-        def done(written: str) -> None:
-            self.status.setText(f"Exported '{name}' to {written} (bioimage.io model package).")
-
-        self.runner.run_in_worker("export_bioimageio", kwargs, done, f"Exporting {name}")
-
-    def _predicted(self, image_name: str, image: Image, model: str, result: dict[str, Any]) -> None:
-        """Show a prediction as one Labels layer drawn as outlines (contours): for hundreds
-        of objects a Shapes layer of polygons stalled the viewer for a third of a second; a
-        small integer type is drawn faster still. Fill it from napari's layer controls. The
-        training preview, when there is one, becomes the prediction layer."""
-        labels = compact_labels(result["labels"], self.viewer)
-        nd = labels.ndim
-        name = PREDICTION.format(image_name)
-        layers = self.viewer.layers
-        if name not in layers and PREVIEW in layers and isinstance(layers[PREVIEW], Labels):
-            # The prediction supersedes the training preview: it takes over that layer
-            # rather than lying on top of it (and napari builds no new layer: ~0.17 s).
-            layers[PREVIEW].name = name
-        layer = show_layer(
-            self.viewer,
-            "labels",
-            labels,
-            name,
-            scale=image.scale[-nd:],
-            translate=image.translate[-nd:],
-            opacity=0.7,
-        )
-        layer.contour = 1
-        n = int(result["objects"])
-        diameters = result["diameters"]
-        shown = f", diameter {np.median(diameters):.1f} px" if diameters else ""
-        self.status.setText(
-            f"Predicted {n} object(s) in '{image_name}' with '{model}' "
-            f"({result['backend']} on {result['device']}{shown})."
         )
