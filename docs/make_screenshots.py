@@ -30,7 +30,7 @@ STEPS = 150  # enough for the sample's 60 nuclei; a real training uses the backe
 
 def _stand_in_boxes(prompter, truth):
     """Run the real decoder, then return the ground-truth object under each box."""
-    from napari_cellsparse.sam.upsample import PromptMask
+    from napari_cellsparse.core.masks import PromptMask
 
     real = prompter.boxes
 

@@ -28,7 +28,7 @@ __all__ = ["CONFIG_KEY", "export_model"]
 
 CONFIG_KEY = "napari_cellsparse"  # our entry in the package's config
 INPUT_ID, OUTPUT_ID = "raw", "output"
-PERCENTILES = (1.0, 99.8)  # napari_cellsparse.training.model.normalize
+PERCENTILES = (1.0, 99.8)  # napari_cellsparse.core.images.normalize
 DEFAULT_LICENSE = "CC-BY-4.0"
 DEFAULT_AUTHOR = "napari-cellsparse user"
 
