@@ -16,7 +16,7 @@ from napari_cellsparse.formats.geojson import (
     read_features,
     write_features,
 )
-from napari_cellsparse.formats.polygons import mask_polygons, rasterize, ring_area
+from napari_cellsparse.formats.polygons import mask_outline, mask_polygons, rasterize, ring_area
 from napari_cellsparse.samples.generated import make_nuclei
 
 
@@ -180,3 +180,28 @@ def test_sparse_annotation_exports_its_background() -> None:
     ] == ["Background"]
     back = features_to_labels(features, shape=(20, 20)).labels
     np.testing.assert_array_equal(back, annotation)
+
+
+def test_mask_outline_is_the_largest_part_on_pixel_edges_in_napari_frame() -> None:
+    """The Shapes outline comes from the same tracer as GeoJSON: filled in napari's frame
+    (pixel centres at integers) it gives back the largest part's pixels exactly."""
+    from skimage.draw import polygon2mask
+
+    yy, xx = np.mgrid[:40, :40]
+    mask = (yy - 20) ** 2 + (xx - 18) ** 2 < 90
+    mask[2, 2] = True  # a one-pixel part: smaller, not outlined
+    outline = mask_outline(mask, tolerance=0.0)
+    assert np.array_equal(polygon2mask(mask.shape, outline), mask & ~(yy + xx == 4))
+    simple = mask_outline(mask)
+    assert 3 <= len(simple) < len(outline)
+    shifted = mask_outline(mask, (100, 7))
+    assert np.allclose(shifted, simple + np.array([100.0, 7.0]))
+    single = np.zeros((5, 5), bool)
+    single[1, 3] = True
+    assert sorted(map(tuple, mask_outline(single))) == [
+        (0.5, 2.5),
+        (0.5, 3.5),
+        (1.5, 2.5),
+        (1.5, 3.5),
+    ]
+    assert mask_outline(np.zeros((4, 4), bool)) is None

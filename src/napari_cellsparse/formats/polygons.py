@@ -6,7 +6,8 @@ polygon covers exactly its pixels, and :func:`rasterize` (a pixel belongs to a p
 its centre is inside) gives the same pixels back. Rings follow GeoJSON's rule in these
 coordinates: the exterior counter-clockwise (positive shoelace area), holes clockwise.
 Pixels count as connected through their sides (4-connectivity), so two parts that touch
-only at a corner are two polygons.
+only at a corner are two polygons. :func:`mask_outline` gives the same outline in napari's
+frame (row, col; pixel centres at integers) for a Shapes layer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Polygon", "mask_polygons", "rasterize", "ring_area", "simplify_ring"]
+__all__ = [
+    "Polygon",
+    "mask_outline",
+    "mask_polygons",
+    "rasterize",
+    "ring_area",
+    "simplify_ring",
+]
 
 # One polygon: its exterior ring, then its holes; each ring N x 2 (x, y), not closed.
 Polygon = list[np.ndarray]
@@ -100,3 +108,20 @@ def rasterize(
             inside[rr, cc] = i == 0
         out |= inside
     return out
+
+
+def mask_outline(
+    mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.5
+) -> np.ndarray | None:
+    """The outer boundary of the largest part of ``mask`` as an ``N x 2`` (y, x) polygon in
+    napari's frame, shifted by ``offset`` = (y, x); None for an empty mask.
+
+    The exterior ring of :func:`mask_polygons` (on pixel edges), simplified by ``tolerance``
+    where that keeps a polygon (a one-pixel part keeps its exact square).
+    """
+    polygons = mask_polygons(mask)
+    if not polygons:
+        return None
+    largest = max(polygons, key=lambda rings: sum(ring_area(r) for r in rings))
+    exterior = simplify_ring(largest[0], tolerance)
+    return exterior[:, ::-1] - 0.5 + np.asarray(offset, dtype=float)

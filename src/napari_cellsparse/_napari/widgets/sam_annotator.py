@@ -41,7 +41,7 @@ from ...core.masks import PromptMask
 from ...core.paths import data_home
 from ...core.progress import Progress
 from ...core.sparse_labels import SPARSE_KEY, next_free_id, writable
-from ...formats.outlines import mask_outline
+from ...formats.polygons import mask_outline
 from ...sam.automask import PRESETS as AUTOMASK_PRESETS
 from ...sam.automask import AutomaskParams
 from ...sam.embedding import EmbeddingCache
