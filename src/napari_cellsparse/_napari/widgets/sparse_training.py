@@ -215,7 +215,7 @@ class SparseTrainingWidget(DockWidget):
         from ...training.backend import backend_class
 
         try:
-            self.steps_spin.setValue(int(backend_class(backend).default_config()["steps"]))
+            self.steps_spin.setValue(backend_class(backend).config_class().steps)
         except (CellsparseError, ImportError):  # an unavailable backend keeps the value
             return
 
