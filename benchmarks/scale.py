@@ -144,8 +144,8 @@ def train_model(steps: int) -> tuple[Any, dict[str, Any]]:
         "patch_size": 64,
         "batch_size": 4,
         "train_s": round(time.perf_counter() - started, 1),
-        "target_diameter": model.config.get("target_diameter"),
-        "train_diameter": model.config.get("train_diameter"),
+        "target_diameter": model.config.target_diameter,
+        "train_diameter": model.scale.train_diameter,
         "folder": str(model.folder),
     }
     return model, info

@@ -259,10 +259,10 @@ def default_steps(backend: str) -> int:
 
     if backend == "stock":
         try:
-            return int(backend_class("stardist").default_config()["steps"])
+            return backend_class("stardist").config_class().steps
         except Exception:
             return int(COMMON_DEFAULTS["steps"])
-    return int(backend_class(backend).default_config()["steps"])
+    return backend_class(backend).config_class().steps
 
 
 def check_backend(backend: str) -> None:
@@ -335,7 +335,7 @@ def run_ours(backend: str, task: Task, steps: int) -> dict[str, Any]:
         diam_ratio_median=summary(ratios)["median"],
         diam_ratio_min=summary(ratios)["min"],
         diam_ratio_max=summary(ratios)["max"],
-        train_diameter=r4(model.config.get("train_diameter")),
+        train_diameter=r4(model.scale.train_diameter),
         device=str(model.network.device),
     )
     return row

@@ -93,7 +93,7 @@ def test_reimported_package_predicts_identically(backend, request, monkeypatch) 
     loaded = load_model(package, device="cpu")
     # The network is rebuilt from the package's architecture file, not from this package.
     assert not type(loaded.network.net).__module__.startswith("napari_cellsparse")
-    assert loaded.backend == model.backend and loaded.config == model.config
+    assert loaded.backend == model.backend and loaded.settings() == model.settings()
     other, _ = make_nuclei((112, 144), n_objects=10, radius=(9.0, 11.0), seed=5)
     for img in (image, other):
         np.testing.assert_array_equal(loaded.predict(img), model.predict(img))
@@ -140,11 +140,11 @@ def test_package_holds_raw_tensors_scale_metadata_and_only_dois(unet) -> None:
     assert (scale.kwargs.min_percentile, scale.kwargs.max_percentile) == (1.0, 99.8)
     assert [str(a) for a in scale.kwargs.axes] == ["y", "x"]
     assert test_out.shape == (1, 3, *test_in.shape[2:]) and test_out.min() < 0
-    d = round(model.config["target_diameter"])
+    d = round(model.config.target_diameter)
     assert f"cells must be about {d} pixels across" in texts["README.md"]
     assert any(str(c.doi) == SPARSE_DOI for c in descr.cite)
     ours = descr.config.model_extra["napari_cellsparse"]
-    assert ours["config"]["centre_threshold"] == model.config["centre_threshold"]
+    assert ours["config"]["centre_threshold"] == model.thresholds.centre_threshold
     assert ours["training"]["steps"] == 20 and ours["training"]["images"] == 1
     assert ours["training"]["annotated_cells"] == 6
 

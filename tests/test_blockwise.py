@@ -181,7 +181,7 @@ def test_trained_model_block_wise_finds_the_whole_image_objects(unet) -> None:
     image, truth = make_nuclei((420, 380), n_objects=70, radius=(7.0, 9.0), seed=5)
     source = open_image(image)
     segmenter = ModelSegmenter(unet, source)
-    assert segmenter.diameter == pytest.approx(unet.config["train_diameter"], rel=0.3)
+    assert segmenter.diameter == pytest.approx(unet.scale.train_diameter, rel=0.3)
     whole = unet.predict(image, diameter=segmenter.diameter)
     result = run_sync(segment_blockwise(source, segmenter, block=128, halo=segmenter.halo))
     assert result.blocks == 12 and result.cut_objects == 0

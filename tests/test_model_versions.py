@@ -32,6 +32,7 @@ from napari_cellsparse.models.store import (
 from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
 from napari_cellsparse.training import list_models, load_model, models_dir, train
+from napari_cellsparse.training.stored import THRESHOLDS_FILE
 
 TINY = {"base_filters": 8, "depth": 2, "patch_size": 64, "batch_size": 2}
 
@@ -216,7 +217,7 @@ def test_one_folder_models_load_list_and_continue(first) -> None:
     new = models_dir() / "m"
     old = models_dir() / "old"
     old.mkdir()
-    for name in ("unet.pt", CONFIG_FILE):
+    for name in ("unet.pt", CONFIG_FILE, THRESHOLDS_FILE):
         shutil.copy(current_folder(new) / name, old / name)
     meta = json.loads((current_folder(new) / METADATA_FILE).read_text())
     (old / METADATA_FILE).write_text(json.dumps({**meta, "name": "old"}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +195,7 @@ def test_new_image_at_another_scale_is_rescaled_automatically(trained) -> None:
     big = rescale_image(image[..., None].astype(np.float32), 2.0)[..., 0]
     big_truth = resize_labels(truth, big.shape)
     pred = model.predict(big)
-    train_d = model.config["train_diameter"]
+    train_d = model.scale.train_diameter
     assert model.info["last_diameters"][0] == pytest.approx(2 * train_d, rel=0.25)
     assert matching(big_truth, pred, thresh=0.5).f1 >= 0.7
     model.predict(big, diameter=train_d)  # a diameter given by the user is used as it is
@@ -265,7 +266,7 @@ def test_training_again_continues_unless_reset() -> None:
     first = train("unet", image, ann, name="again", steps=4, **TINY)
     second = train("unet", image, ann, name="again", steps=3)
     assert second.info["steps"] == 7 and len(second.info["sessions"]) == 2
-    assert second.config["base_filters"] == 8  # the stored architecture is kept
+    assert second.config.base_filters == 8  # the stored architecture is kept
     assert not np.array_equal(
         first.network.net.head.weight.detach().numpy(),
         second.network.net.head.weight.detach().numpy(),
@@ -368,15 +369,14 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
     assert np.bincount(labels.ravel())[1:].max() <= 4 * np.bincount(truth.ravel())[1:].max()
 
     model = load_model("sample-unet")
-    assert (model.config["centre_threshold"], model.config["foreground_threshold"]) == (0.5, 0.5)
-    capped = model.config["max_size_factor"] = 0.8  # narrower than most cells: they go
+    assert (model.thresholds.centre_threshold, model.thresholds.foreground_threshold) == (0.5, 0.5)
+    capped = 0.8  # narrower than most cells: they go
+    model.network.config = replace(model.config, max_size_factor=capped)
     areas = np.bincount(model.predict(load_sample("nuclei").image).ravel())[1:]
     kept = areas[areas > 0]
     assert 0 < len(kept) < int(labels.max())
     widest = (
-        model.config["widest_cell"]
-        * model.info["last_diameters"][0]
-        / model.config["target_diameter"]
+        model.scale.widest_cell * model.info["last_diameters"][0] / model.config.target_diameter
     )
     assert kept.max() <= np.pi / 4 * (capped * widest * 1.2) ** 2  # resizing back rounds up
 

@@ -33,6 +33,7 @@ from napari_cellsparse.training.cellpose_backend import (
     cellpose_targets,
     erase_cells,
 )
+from napari_cellsparse.training.config import CellposeConfig
 from napari_cellsparse.training.sampling import Batch, SparseDataset
 
 torch = import_torch()
@@ -59,7 +60,7 @@ def one_torch_thread() -> Iterator[None]:
 
 
 def small_network(**overrides: Any) -> CellposeNetwork:
-    config = {**CellposeNetwork.default_config(), **SMALL, **overrides}
+    config = CellposeConfig.from_settings(**{**SMALL, **overrides})
     network = CellposeNetwork(config, 1, "cpu")
     network.build()
     return network
@@ -82,7 +83,7 @@ def sparse_nuclei(
 
 def test_backend_registered_and_lazy() -> None:
     assert backend_class("cellpose") is CellposeNetwork
-    assert CellposeNetwork.default_config()["target_diameter"] == 30.0
+    assert CellposeNetwork.config_class().target_diameter == 30.0
     code = (
         "import sys, json\n"
         "import napari_cellsparse.training.cellpose_backend\n"
@@ -191,8 +192,10 @@ def test_sparse_training_segments_synthetic_nuclei(tmp_path: Path) -> None:
     data = SparseDataset([image], [internal])
     losses = [info["loss"] for info in network.train_steps(data, 60, np.random.default_rng(0))]
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
-    network.config.update(network.tune(data))
-    assert network.config["tuned_annotated_f1"] >= 0.8
+    config = network.config
+    tuned = network.tune(data)
+    assert network.config is config and network.thresholds is tuned  # thresholds kept apart
+    assert network.thresholds.tuned_annotated_f1 >= 0.8
     pred = network.predict_scaled(image)
     assert pred.dtype == np.int32 and pred.shape == truth.shape
     assert matching(truth, pred, thresh=0.5).f1 >= 0.7
@@ -200,7 +203,7 @@ def test_sparse_training_segments_synthetic_nuclei(tmp_path: Path) -> None:
     # Save/load round trip: identical predictions, also on an odd-sized tiled image.
     network.save(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == list(CellposeNetwork.weight_files)
-    loaded = CellposeNetwork(dict(network.config), 1, "cpu")
+    loaded = CellposeNetwork(network.config, 1, "cpu", network.thresholds)
     loaded.load(tmp_path)
     odd = np.ascontiguousarray(np.concatenate([image, image[:37]], axis=0)[:, :150])
     assert np.array_equal(loaded.predict_scaled(image), pred)

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_MIN_AREA",
     "MAX_PATCH_SIZE",
     "MAX_SEED",
+    "MAX_SIZE_FACTOR",
     "MAX_STEPS",
     "MAX_TARGET_DIAMETER",
     "MIN_PATCH_SIZE",
@@ -44,6 +45,7 @@ MAX_BATCH_SIZE = 256
 MAX_STEPS = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 MAX_TARGET_DIAMETER = 1000.0  # px at the training scale
+MAX_SIZE_FACTOR = 100.0  # an object 100x wider than any annotated cell is no cell
 MAX_DIAMETER = 10_000.0  # px: a cell diameter in an image (prediction, counting)
 MAX_MIN_AREA = 100_000_000  # px: an object larger than this is larger than any image read
 MAX_COORDINATE = 1_000_000.0  # px: GeoJSON coordinates (whole slides are ~200,000 px wide)
@@ -109,6 +111,8 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "steps": _int(0, MAX_STEPS),
         "seed": _int(0, MAX_SEED),
         "target_diameter": Bound(0.0, MAX_TARGET_DIAMETER, above=True),
+        # times the widest annotated cell (0: keep every predicted object)
+        "max_size_factor": Bound(0.0, MAX_SIZE_FACTOR),
         # prediction
         "diameter": Bound(0.0, MAX_DIAMETER),  # 0: estimate it (the counter's setting)
         "min_area": Bound(0.0, MAX_MIN_AREA),

@@ -18,12 +18,11 @@ import numpy as np
 
 from ..core.errors import BadInputError, WeightsError
 from ..core.images import as_list, normalize
-from ..core.limits import check_settings, check_training
+from ..core.limits import check_training
 from ..core.progress import Progress, on_steps, run_sync
 from ..core.sparse_labels import IGNORE
 from ..models.scale import annotated_diameters, foreground_diameter, rescale_image, resize_labels
 from ..models.store import (
-    CONFIG_FILE,
     METADATA_FILE,
     current_folder,
     model_folder,
@@ -31,9 +30,11 @@ from ..models.store import (
     resolve_model_folder,
 )
 from .backend import backend_class
+from .config import ObjectScale, TrainingConfig
 from .inputs import training_pairs
 from .model import MAX_SCALED_PIXELS, TrainedModel
 from .sampling import SparseDataset
+from .stored import THRESHOLDS_FILE, read_stored, settings_for, write_thresholds
 
 __all__ = ["load_model", "train", "train_iter"]
 
@@ -53,6 +54,7 @@ def train_iter(
     preview_every: int = 0,
     updates: Callable[[], list[np.ndarray] | None] | None = None,
     update_every: int = 25,
+    config: TrainingConfig | None = None,
     **settings: Any,
 ) -> Generator[Progress, None, TrainedModel]:
     """Train (or continue training) model ``name``; see :func:`train`.
@@ -63,8 +65,11 @@ def train_iter(
     goes on from the current weights on the new annotation, and that step's
     ``info["annotation"]`` has its ``cells`` and ``trusted_pixels`` (the first step's has the
     starting ones); an update that cannot be used is reported in ``info["annotation_error"]``.
-    Other keyword ``settings`` override config entries (``patch_size``, ``batch_size``,
-    ``learning_rate``, ``target_diameter``, backend keys).
+    ``config`` is the backend's configuration (e.g. a
+    :class:`~napari_cellsparse.training.config.UNetConfig`); without it, the defaults, or a
+    continued model's stored configuration. Other keyword ``settings`` override its entries
+    (``patch_size``, ``batch_size``, ``learning_rate``, ``target_diameter``, backend keys) or
+    set the starting thresholds (``prob_thresh``...), which ``tune()`` replaces.
     """
     from ..models.session import TrainingSession  # models.session imports this package
 
@@ -73,29 +78,27 @@ def train_iter(
     folder = model_folder(name)
     pairs = training_pairs(images, labels)
     n_channels = int(pairs[0][0].shape[-1])
-    unknown = set(settings) - set(cls.default_config())
-    if unknown:
-        raise BadInputError(
-            f"Unknown setting(s) for {backend}: {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(cls.default_config()))}."
-        )
+    settings_for(cls, settings, config=config)  # unknown names refused before any work
     session = TrainingSession(folder, backend, n_channels, reset)
-    config = {**cls.default_config(), **(session.previous_config or {}), **settings}
-    check_settings(config)  # a stored model's config, too
-    total = int(steps if steps is not None else config["steps"])
+    stored = session.previous_config or {}
+    if session.source is not None and (session.source / THRESHOLDS_FILE).is_file():
+        stored = {**stored, **read_json(session.source / THRESHOLDS_FILE)}
+    config, thresholds = settings_for(cls, settings, stored, config)  # a stored one, too
+    total = int(steps if steps is not None else config.steps)
 
     yield Progress(0, total, "Preparing the training data")
-    annotation = _Annotation(images, labels, pairs, config)
-    network = cls(config, n_channels, device)
+    annotation = _Annotation(images, labels, pairs, config.target_diameter)
+    network = cls(config, n_channels, device, thresholds)
     if session.source is None:
         network.build()
     else:
         network.load(session.source)
-    rng = session.rng(int(config["seed"]))
-    model = TrainedModel(network, folder, session.meta)
+    rng = session.rng(config.seed)
+    model = TrainedModel(network, folder, session.meta, annotation.scale)
 
     def add_preview(done: int, info: dict[str, Any]) -> None:
         if preview is not None and preview_every and (done % preview_every == 0 or done == total):
+            model.scale = annotation.scale
             info["preview"] = model.predict(preview)
 
     stepper = network.train_steps(annotation.dataset, total, rng) if total else iter(())
@@ -103,7 +106,7 @@ def train_iter(
         stepper,
         total,
         f"Training {backend}",
-        float(config["learning_rate"]),
+        config.learning_rate,
         cancel=cancel,
         updates=updates,
         update_every=update_every,
@@ -111,18 +114,24 @@ def train_iter(
         figures=annotation.figures(),
         extra=add_preview,
     )
-    session.check_weights(network.weights_finite(), float(config["learning_rate"]))
+    session.check_weights(network.weights_finite(), config.learning_rate)
     yield Progress(session.done, total, "Tuning thresholds on the annotated pixels")
-    config.update(network.tune(annotation.dataset))
+    network.tune(annotation.dataset)
+    model.scale = annotation.scale
     pairs = annotation.pairs
     record = session.record(
         images=[list(p[0].shape) for p in pairs],
         annotated_cells=annotation.figures()["cells"],
     )
+
+    def save(version: Path) -> None:
+        network.save(version)
+        write_thresholds(version, network.thresholds)
+
     session.save(
         record,
-        {**config, "n_channels": n_channels},
-        network.save,
+        model.settings().config_file(),
+        save,
         images=len(pairs),
         n_channels=n_channels,
         device=str(network.device),
@@ -165,7 +174,6 @@ def load_model(name_or_path: str | Path, device: str | None = None) -> TrainedMo
     folder = resolve_model_folder(name_or_path)
     files = current_folder(folder)
     meta = read_json(files / METADATA_FILE)
-    config = read_json(files / CONFIG_FILE)
     backend = meta.get("backend")
     if not isinstance(backend, str):
         raise WeightsError(f"{files / METADATA_FILE} does not say which backend made it.")
@@ -175,14 +183,10 @@ def load_model(name_or_path: str | Path, device: str | None = None) -> TrainedMo
             "with napari_cellsparse.counting.load_counter (or the Cell counting widget)."
         )
     cls = backend_class(backend)
-    try:
-        n_channels = int(config.pop("n_channels"))
-        full = {**cls.default_config(), **config}
-        network = cls(full, n_channels, device)
-    except (KeyError, TypeError, ValueError) as err:
-        raise WeightsError(f"{files / CONFIG_FILE} is damaged ({err}).") from err
+    stored = read_stored(cls, files)
+    network = cls(stored.config, stored.n_channels, device, stored.thresholds)
     network.load(files)
-    return TrainedModel(network, folder, {**meta, "stopped_early": False})
+    return TrainedModel(network, folder, {**meta, "stopped_early": False}, stored.scale)
 
 
 class _Annotation:
@@ -193,14 +197,13 @@ class _Annotation:
         images: np.ndarray | Sequence[np.ndarray],
         labels: np.ndarray | Sequence[np.ndarray],
         pairs: list[tuple[np.ndarray, np.ndarray]],
-        config: dict[str, Any],
+        target_diameter: float,
     ) -> None:
         self.images = images
         self.labels = as_list(labels, "annotations")
         self.pairs = pairs
-        self.config = config
-        self.dataset, calibration = _prepare(pairs, config)
-        config.update(calibration)
+        self.target_diameter = target_diameter
+        self.dataset, self.scale = _prepare(pairs, target_diameter)
 
     def figures(self) -> dict[str, int]:
         """Annotated cells and the image pixels the loss trusts (cells and background)."""
@@ -225,21 +228,19 @@ class _Annotation:
         if all(np.array_equal(a, b) for a, b in zip(labels, self.labels, strict=True)):
             return None
         pairs = training_pairs(self.images, labels)
-        dataset, calibration = _prepare(pairs, self.config)
+        dataset, self.scale = _prepare(pairs, self.target_diameter)
         self.dataset.replace(dataset)
-        self.config.update(calibration)
         self.labels, self.pairs = labels, pairs
         return self.figures()
 
 
 def _prepare(
-    pairs: list[tuple[np.ndarray, np.ndarray]], config: dict[str, Any]
-) -> tuple[SparseDataset, dict[str, Any]]:
+    pairs: list[tuple[np.ndarray, np.ndarray]], target: float
+) -> tuple[SparseDataset, ObjectScale]:
     """Normalise and rescale every pair to the training scale; measure the object scale."""
     per_image = [annotated_diameters(lab) for _, lab in pairs]
     all_d = np.concatenate(per_image)
     train_d = float(np.median(all_d))
-    target = float(config["target_diameter"])
     normalized = [normalize(img) for img, _ in pairs]
     masks = [lab for _, lab in pairs]
     inside = np.concatenate([n[m > 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
@@ -265,10 +266,10 @@ def _prepare(
         scaled = rescale_image(norm, factor)
         images.append(scaled)
         labels.append(resize_labels(lab, scaled.shape[:2]))
-    calibration = {
-        "train_diameter": train_d,
-        "polarity": polarity,
-        "diameter_calibration": float(np.median(ratios)) if ratios else 1.0,
-        "widest_cell": widest,  # at the training scale
-    }
-    return SparseDataset(images, labels), calibration
+    scale = ObjectScale(
+        train_diameter=train_d,
+        polarity=polarity,
+        diameter_calibration=float(np.median(ratios)) if ratios else 1.0,
+        widest_cell=widest,  # at the training scale
+    )
+    return SparseDataset(images, labels), scale

@@ -4,6 +4,8 @@ A backend is a :class:`Network` subclass: it builds fresh weights, trains one st
 on crops from a :class:`~napari_cellsparse.training.sampling.SparseDataset` (its losses must
 ignore label ``-1``), tunes its thresholds on the annotated pixels only, predicts instance
 labels for an image already at training scale, and saves/loads its weights in a model folder.
+Its settings are a frozen :mod:`~napari_cellsparse.training.config` configuration, and what
+``tune()`` finds is a :class:`~napari_cellsparse.training.config.Thresholds` kept apart.
 Everything else (annotation conversion, scale, stacks, the model store, progress and cancel)
 is shared code in :mod:`napari_cellsparse.training.api`, so adding a backend touches neither
 the widgets nor the CLI: add a module and one line to :data:`BACKENDS`.
@@ -16,31 +18,20 @@ import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ..core.errors import BackendUnavailableError, BadInputError
+from .config import Thresholds, TrainingConfig
 from .sampling import SparseDataset
 
-__all__ = ["BACKENDS", "COMMON_DEFAULTS", "Network", "backend_class"]
+__all__ = ["BACKENDS", "Network", "backend_class"]
 
 BACKENDS: dict[str, str] = {
     "unet": "napari_cellsparse.training.unet:UNetNetwork",
     "stardist": "napari_cellsparse.training.stardist_backend:StarDistNetwork",
     "cellpose": "napari_cellsparse.training.cellpose_backend:CellposeNetwork",
-}
-
-COMMON_DEFAULTS: dict[str, Any] = {
-    "target_diameter": 24.0,
-    "patch_size": 128,
-    "batch_size": 8,
-    "learning_rate": 1e-3,
-    "steps": 600,
-    "seed": 0,
-    # Objects wider than this many times the widest annotated cell are left out of
-    # predictions (background grown into one object, merged clumps); 0 keeps them all.
-    "max_size_factor": 2.0,
 }
 
 
@@ -51,18 +42,25 @@ class Network(ABC):
     title: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = "all"
-    defaults: ClassVar[dict[str, Any]] = {}
+    config_class: ClassVar[type[TrainingConfig]] = TrainingConfig
+    thresholds_class: ClassVar[type[Thresholds]] = Thresholds
     weight_files: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: dict[str, Any], n_channels: int, device: str | None) -> None:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        n_channels: int,
+        device: str | None,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{self.name} takes a {self.config_class.__name__}, not {config!r}")
         self.config = config
+        self.thresholds = thresholds if thresholds is not None else self.thresholds_class()
+        if not isinstance(self.thresholds, self.thresholds_class):
+            raise TypeError(f"{self.name} takes {self.thresholds_class.__name__}, not {thresholds}")
         self.n_channels = n_channels
         self.device = device
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """The shared defaults overlaid with this backend's own."""
-        return {**COMMON_DEFAULTS, **cls.defaults}
 
     @abstractmethod
     def build(self) -> None:
@@ -74,9 +72,15 @@ class Network(ABC):
     ) -> Iterator[dict[str, float]]:
         """Train ``steps`` optimiser steps; yield a dict holding at least ``loss`` after each."""
 
-    def tune(self, data: SparseDataset) -> dict[str, Any]:
-        """Tune post-processing thresholds on annotated pixels; return config updates."""
-        return {}
+    def tune(self, data: SparseDataset) -> Thresholds:
+        """Tune the post-processing thresholds on the annotated pixels: the network predicts
+        with them from now on (its configuration stays as it is); returns them."""
+        self.thresholds = self.find_thresholds(data)
+        return self.thresholds
+
+    def find_thresholds(self, data: SparseDataset) -> Thresholds:
+        """The thresholds scoring best on the annotated pixels (default: those in use)."""
+        return self.thresholds
 
     @abstractmethod
     def predict_scaled(self, image: np.ndarray) -> np.ndarray:

@@ -22,13 +22,15 @@ step on a 2-core CPU, and no worse after a few hundred steps from scratch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE
+from .config import CellposeConfig, CellposeThresholds
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
@@ -142,20 +144,10 @@ class CellposeNetwork(TorchNetwork):
     title = "Cellpose (PyTorch)"
     requires = ("cellpose", "torch")
     extra = "cellpose"
-    defaults: ClassVar[dict[str, Any]] = {
-        "steps": 200,  # about 3 minutes of training on a 2-core laptop CPU
-        "target_diameter": 30.0,
-        "nbase": [16, 32, 64, 128],
-        "learning_rate": 2e-3,
-        "weight_decay": 1e-5,
-        "warmup_steps": 20,
-        "cellprob_threshold": 0.0,
-        "flow_threshold": 0.4,
-        "niter": 200,
-        "min_size": 15,
-        "tile_size": 256,
-        "erase_cells": 0.5,
-    }
+    config_class = CellposeConfig
+    thresholds_class = CellposeThresholds
+    config: CellposeConfig
+    thresholds: CellposeThresholds
     weight_files = (WEIGHTS_FILE,)
 
     # -- weights ---------------------------------------------------------------------------
@@ -163,8 +155,8 @@ class CellposeNetwork(TorchNetwork):
     def _architecture(self) -> Any:
         from cellpose.resnet_torch import CPnet
 
-        nbase = [int(self.n_channels), *(int(c) for c in self.config["nbase"])]
-        return CPnet(nbase, 3, 3, diam_mean=float(self.config["target_diameter"]))
+        nbase = [int(self.n_channels), *self.config.nbase]
+        return CPnet(nbase, 3, 3, diam_mean=self.config.target_diameter)
 
     # -- training --------------------------------------------------------------------------
 
@@ -177,8 +169,8 @@ class CellposeNetwork(TorchNetwork):
             torch = import_torch()
             self.optimizer = torch.optim.AdamW(
                 self.net.parameters(),
-                lr=float(self.config["learning_rate"]),
-                weight_decay=float(self.config["weight_decay"]),
+                lr=self.config.learning_rate,
+                weight_decay=self.config.weight_decay,
             )
         return self.optimizer
 
@@ -214,15 +206,15 @@ class CellposeNetwork(TorchNetwork):
         """AdamW with a linear warm-up, then constant, halved for the last 10 % of steps."""
         if self.net is None:
             self.build()
-        base_lr = float(self.config["learning_rate"])
-        warmup = min(int(self.config["warmup_steps"]), max(steps // 5, 1))
-        patch, batch_size = int(self.config["patch_size"]), int(self.config["batch_size"])
+        base_lr = self.config.learning_rate
+        warmup = min(self.config.warmup_steps, max(steps // 5, 1))
+        patch, batch_size = self.config.patch_size, self.config.batch_size
         for step in range(steps):
             lr = base_lr * min(1.0, (step + 1) / warmup)
             if step >= 0.9 * steps and steps >= 50:
                 lr = base_lr / 2
             batch = data.sample_batch(rng, batch_size, patch)
-            erase_cells(batch.images, batch.labels, rng, float(self.config["erase_cells"]))
+            erase_cells(batch.images, batch.labels, rng, self.config.erase_cells)
             for group in self._optimizer().param_groups:
                 group["lr"] = lr
             loss = self.train_batch(batch.images, batch.labels)
@@ -246,7 +238,7 @@ class CellposeNetwork(TorchNetwork):
         h, w = image.shape[:2]
         y1, y2, x1, x2 = transforms.get_pad_yx(h, w)
         padded = np.pad(np.moveaxis(image, -1, 0), ((0, 0), (y1, y2), (x1, x2)))
-        tile = max(16, int(self.config["tile_size"]) // 16 * 16)
+        tile = max(16, self.config.tile_size // 16 * 16)
         tiles, ysub, xsub, ly, lx = transforms.make_tiles(padded, bsize=tile, tile_overlap=0.1)
         tiles = tiles.reshape(-1, *tiles.shape[-3:])
         out = np.empty((len(tiles), 3, *tiles.shape[-2:]), np.float32)
@@ -274,10 +266,10 @@ class CellposeNetwork(TorchNetwork):
         masks = compute_masks(
             flows,
             cellprob,
-            niter=int(self.config["niter"]),
+            niter=self.config.niter,
             cellprob_threshold=float(cellprob_threshold),
             flow_threshold=float(flow_threshold),
-            min_size=int(self.config["min_size"] if min_size is None else min_size),
+            min_size=self.config.min_size if min_size is None else int(min_size),
             device=torch.device(self._flow_device()),
         )
         return np.asarray(masks).astype(np.int32)
@@ -286,10 +278,10 @@ class CellposeNetwork(TorchNetwork):
         """Instance labels (int32) of a normalised YXC image at training scale."""
         flows, cellprob = self.network_output(image)
         return self._masks(
-            flows, cellprob, self.config["cellprob_threshold"], self.config["flow_threshold"]
+            flows, cellprob, self.thresholds.cellprob_threshold, self.thresholds.flow_threshold
         )
 
-    def tune(self, data: SparseDataset) -> dict[str, Any]:
+    def find_thresholds(self, data: SparseDataset) -> CellposeThresholds:
         """Thresholds maximising the annotated F1; the network runs once per image.
 
         Settings within one annotated cell's worth of the best F1 count as equal; of those,
@@ -300,12 +292,12 @@ class CellposeNetwork(TorchNetwork):
 
         torch = import_torch()
         device = torch.device(self._flow_device())
-        margin = int(np.ceil(1.5 * float(self.config["target_diameter"])))
+        margin = int(np.ceil(1.5 * self.config.target_diameter))
         crops = []
         pixels = 0
         # Images in a seeded order until the budget of judged pixels is spent: the flow
         # dynamics dominate the cost, and a few hundred annotated cells judge as well as all.
-        order = np.random.default_rng(int(self.config["seed"])).permutation(len(data.images))
+        order = np.random.default_rng(self.config.seed).permutation(len(data.images))
         for index in order:
             if pixels >= TUNE_PIXELS:
                 break
@@ -323,8 +315,8 @@ class CellposeNetwork(TorchNetwork):
             prob = np.where(near, cellprob[ys, xs], np.float32(-1e4))
             crops.append((np.ascontiguousarray(flows[:, ys, xs]), prob, labels[ys, xs]))
         if not crops:
-            return {}
-        min_size = int(self.config["min_size"])
+            return self.thresholds
+        min_size = self.config.min_size
         truths = [lab for _, _, lab in crops]
         scores: list[tuple[float, float, float]] = []  # (F1, cellprob, flow threshold)
         for cp in CELLPROB_GRID:
@@ -341,10 +333,10 @@ class CellposeNetwork(TorchNetwork):
                 scores.append((annotated_f1(preds, truths), cp, ft))
         best = max(f1 for f1, _, _ in scores)
         if best <= 0.0:
-            return {"tuned_annotated_f1": 0.0}
+            return replace(self.thresholds, tuned_annotated_f1=0.0)
         # A few annotated cells make F1 steps of about 1 / cells; differences below one cell
         # are noise, so among those settings take the one nearest upstream's (0, 0.4).
         n_cells = sum(len(np.unique(lab[lab > 0])) for lab in truths)
         near = [s for s in scores if s[0] >= best - 1.0 / max(n_cells, 1) - 1e-9]
         f1, cp, ft = min(near, key=lambda s: (_distance_to_default(s[1], s[2]), -s[0]))
-        return {"cellprob_threshold": cp, "flow_threshold": ft, "tuned_annotated_f1": f1}
+        return CellposeThresholds(cellprob_threshold=cp, flow_threshold=ft, tuned_annotated_f1=f1)

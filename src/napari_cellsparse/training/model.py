@@ -23,7 +23,9 @@ from ..core.limits import check_setting
 from ..core.progress import Progress, check_cancel, run_sync
 from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from .backend import Network
+from .config import ObjectScale, Thresholds, TrainingConfig
 from .inputs import prediction_slices
+from .stored import StoredSettings
 
 __all__ = ["TrainedModel"]
 
@@ -34,10 +36,13 @@ MAX_SCALED_PIXELS = 200_000_000
 class TrainedModel:
     """A model from the store (or just trained): ``predict`` gives int32 instance labels."""
 
-    def __init__(self, network: Network, folder: Path | None, info: dict[str, Any]) -> None:
+    def __init__(
+        self, network: Network, folder: Path | None, info: dict[str, Any], scale: ObjectScale
+    ) -> None:
         self.network = network
         self.folder = folder
         self.info = info
+        self.scale = scale
 
     @property
     def name(self) -> str:
@@ -48,8 +53,18 @@ class TrainedModel:
         return self.network.name
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config(self) -> TrainingConfig:
+        """The frozen configuration the network was built and trained with."""
         return self.network.config
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The post-processing thresholds in use (those ``tune()`` found)."""
+        return self.network.thresholds
+
+    def settings(self) -> StoredSettings:
+        """Everything the model's files hold besides weights and metadata."""
+        return StoredSettings(self.config, self.thresholds, self.scale, self.n_channels)
 
     @property
     def n_channels(self) -> int:
@@ -60,10 +75,10 @@ class TrainedModel:
 
     def estimate_diameter(self, normalized: np.ndarray) -> float:
         """Typical cell diameter (pixels) of a normalised YXC slice, calibrated on training."""
-        found = foreground_diameter(normalized, float(self.config.get("polarity", 1.0)))
+        found = foreground_diameter(normalized, self.scale.polarity)
         if found is None:
-            return float(self.config["train_diameter"])
-        return found * float(self.config.get("diameter_calibration", 1.0))
+            return self.scale.train_diameter
+        return found * self.scale.diameter_calibration
 
     def predict(
         self,
@@ -123,7 +138,7 @@ class TrainedModel:
         """Labels of one YXC slice already normalised (e.g. with the ranges of a whole
         slide, for one block of it) whose cells are ``diameter`` pixels wide."""
         d = float(diameter)
-        factor = float(np.clip(self.config["target_diameter"] / d, MIN_FACTOR, MAX_FACTOR))
+        factor = float(np.clip(self.config.target_diameter / d, MIN_FACTOR, MAX_FACTOR))
         if normalized.shape[0] * normalized.shape[1] * factor**2 > MAX_SCALED_PIXELS:
             raise BadInputError(
                 f"At diameter {d:.1f} px this image would be rescaled to "
@@ -137,8 +152,7 @@ class TrainedModel:
     def _without_oversized(self, labels: np.ndarray) -> np.ndarray:
         """``labels`` (training scale) without objects wider than ``max_size_factor`` times
         the widest annotated cell: none of the annotation's shapes looks like them."""
-        widest = float(self.config.get("widest_cell", 0.0))
-        factor = float(self.config.get("max_size_factor", 0.0))
+        widest, factor = self.scale.widest_cell, self.config.max_size_factor
         if widest <= 0 or factor <= 0 or not labels.any():
             return labels
         largest_area = np.pi / 4.0 * (factor * widest) ** 2

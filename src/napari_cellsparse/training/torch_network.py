@@ -11,6 +11,7 @@ from ..core.devices import resolve_device
 from ..core.lazy import import_torch
 from ..models import torch_io
 from .backend import Network
+from .config import Thresholds, TrainingConfig
 
 __all__ = ["TorchNetwork"]
 
@@ -18,8 +19,14 @@ __all__ = ["TorchNetwork"]
 class TorchNetwork(Network):
     """A backend whose network is a ``torch.nn.Module`` kept in ``weight_files[0]``."""
 
-    def __init__(self, config: dict[str, Any], n_channels: int, device: str | None) -> None:
-        super().__init__(config, n_channels, device)
+    def __init__(
+        self,
+        config: TrainingConfig,
+        n_channels: int,
+        device: str | None,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        super().__init__(config, n_channels, device, thresholds)
         self.device = resolve_device(device)
         self.net: Any = None
         self.optimizer: Any = None
@@ -29,10 +36,10 @@ class TorchNetwork(Network):
         """A fresh module of this config's architecture (on the CPU)."""
 
     def build(self) -> None:
-        """Fresh weights seeded by ``config["seed"]``, leaving torch's global RNG as it was."""
+        """Fresh weights seeded by ``config.seed``, leaving torch's global RNG as it was."""
         torch = import_torch()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.config["seed"]))
+            torch.manual_seed(self.config.seed)
             self.net = self._architecture().to(self.device)
         self.optimizer = None
 

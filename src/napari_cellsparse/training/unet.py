@@ -10,7 +10,7 @@ watershed into the cell (border + centre) region.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -18,6 +18,7 @@ from scipy import ndimage as ndi
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE
 from ..models.schedule import one_cycle
+from .config import UNetConfig, UNetThresholds
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
@@ -77,25 +78,18 @@ class UNetNetwork(TorchNetwork):
     title = "3-class U-Net (PyTorch)"
     requires = ("torch",)
     extra = "sam"
-    defaults: ClassVar[dict[str, Any]] = {
-        "steps": 1000,  # about 3 minutes of training on a 2-core laptop CPU
-        "base_filters": 16,
-        "depth": 3,
-        "grid": 2,
-        "border_width": 2,
-        "dice_weight": 1.0,
-        "learning_rate": 2e-3,
-        "centre_threshold": 0.5,
-        "foreground_threshold": 0.5,
-    }
+    config_class = UNetConfig
+    thresholds_class = UNetThresholds
+    config: UNetConfig
+    thresholds: UNetThresholds
     weight_files = (WEIGHTS_FILE,)
 
     def _architecture(self) -> Any:
         return _build_unet(
             self.n_channels,
-            int(self.config["base_filters"]),
-            int(self.config["depth"]),
-            int(self.config["grid"]),
+            self.config.base_filters,
+            self.config.depth,
+            self.config.grid,
         )
 
     def train_steps(
@@ -104,17 +98,17 @@ class UNetNetwork(TorchNetwork):
         torch = import_torch()
         if self.optimizer is None:
             self.optimizer = torch.optim.AdamW(
-                self.net.parameters(), lr=float(self.config["learning_rate"]), weight_decay=1e-4
+                self.net.parameters(), lr=self.config.learning_rate, weight_decay=1e-4
             )
-        schedule = one_cycle(torch, self.optimizer, float(self.config["learning_rate"]), steps, 0.1)
-        patch, batch_size = int(self.config["patch_size"]), int(self.config["batch_size"])
+        schedule = one_cycle(torch, self.optimizer, self.config.learning_rate, steps, 0.1)
+        patch, batch_size = self.config.patch_size, self.config.batch_size
         for _ in range(steps):
             batch = data.sample_batch(rng, batch_size, patch)
-            targets = unet_targets(batch.labels, int(self.config["border_width"]))
+            targets = unet_targets(batch.labels, self.config.border_width)
             x = torch.from_numpy(np.moveaxis(batch.images, -1, 1)).to(self.device)
             t = torch.from_numpy(targets).to(self.device)
             self.net.train()
-            loss = unet_loss(self.net(x), t, t != IGNORE, float(self.config["dice_weight"]))
+            loss = unet_loss(self.net(x), t, t != IGNORE, self.config.dice_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -125,7 +119,7 @@ class UNetNetwork(TorchNetwork):
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities (3, Y, X) of a normalised YXC image at training scale."""
         torch = import_torch()
-        multiple = int(self.config["grid"]) * 2 ** int(self.config["depth"])
+        multiple = self.config.grid * 2**self.config.depth
         h, w = image.shape[:2]
         ph, pw = (-h) % multiple, (-w) % multiple
         padded = np.pad(
@@ -145,17 +139,17 @@ class UNetNetwork(TorchNetwork):
         seeds, n = ndi.label((prob[CENTRE] > centre) & cell_region)
         if n == 0:
             return np.zeros(prob.shape[1:], np.int32)
-        min_seed = max(2, int((0.15 * float(self.config["target_diameter"])) ** 2))
+        min_seed = max(2, int((0.15 * self.config.target_diameter) ** 2))
         sizes = np.bincount(seeds.ravel())
         seeds[sizes[seeds] < min_seed] = 0
         return watershed(-prob[CENTRE], seeds, mask=cell_region).astype(np.int32)
 
-    def tune(self, data: SparseDataset) -> dict[str, Any]:
+    def find_thresholds(self, data: SparseDataset) -> UNetThresholds:
         """The threshold pair with the best F1 on the annotated pixels; among equal scores the
         pair nearest the defaults. A few annotated cells often score several pairs alike,
         and the loosest of them grows cells into the unannotated background."""
         probs = [self.probabilities(img) for img in data.images]
-        default = (self.defaults["centre_threshold"], self.defaults["foreground_threshold"])
+        default = (UNetThresholds.centre_threshold, UNetThresholds.foreground_threshold)
         pairs = sorted(
             ((c, f) for c in (0.3, 0.4, 0.5, 0.6, 0.7) for f in (0.4, 0.5, 0.6)),
             key=lambda pair: abs(pair[0] - default[0]) + abs(pair[1] - default[1]),
@@ -165,16 +159,12 @@ class UNetNetwork(TorchNetwork):
             f1 = annotated_f1([self.instances(p, centre, foreground) for p in probs], data.labels)
             if f1 > best[0] + 1e-9:
                 best = (f1, centre, foreground)
-        return {
-            "centre_threshold": best[1],
-            "foreground_threshold": best[2],
-            "tuned_annotated_f1": best[0],
-        }
+        return UNetThresholds(
+            centre_threshold=best[1], foreground_threshold=best[2], tuned_annotated_f1=best[0]
+        )
 
     def predict_scaled(self, image: np.ndarray) -> np.ndarray:
         prob = self.probabilities(image)
         return self.instances(
-            prob,
-            float(self.config["centre_threshold"]),
-            float(self.config["foreground_threshold"]),
+            prob, self.thresholds.centre_threshold, self.thresholds.foreground_threshold
         )

@@ -141,7 +141,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
     def _backend_steps(self, backend: str) -> None:
         """Show the chosen backend's default step count (about 3 minutes on a laptop CPU)."""
         try:
-            self.steps_spin.setValue(int(backend_class(backend).default_config()["steps"]))
+            self.steps_spin.setValue(backend_class(backend).config_class().steps)
         except (CellsparseError, ImportError):  # an unavailable backend keeps the value
             return
 

@@ -56,8 +56,8 @@ def training_summary(model: TrainedModel) -> dict[str, Any]:
         "sessions": len(sessions),
         "created": info.get("created"),
         "updated": info.get("updated"),
-        "train_diameter_px": model.config.get("train_diameter"),
-        "tuned_annotated_f1": model.config.get("tuned_annotated_f1"),
+        "train_diameter_px": model.scale.train_diameter,
+        "tuned_annotated_f1": model.thresholds.tuned_annotated_f1,
     }
 
 
@@ -65,19 +65,10 @@ def write_readme(
     path: Path, model: TrainedModel, network: PackagedNetwork, summary: dict[str, Any]
 ) -> None:
     """The package's README.md: input, expected object scale, output, training, validation."""
-    d = float(model.config["target_diameter"])
+    d = model.config.target_diameter
     trained = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.items() if v is not None)
     cites = "\n".join(f"- {text} doi:{doi}" for text, doi in citations(model.backend))
-    thresholds = {
-        k: model.config[k]
-        for k in (
-            "centre_threshold",
-            "foreground_threshold",
-            "cellprob_threshold",
-            "flow_threshold",
-        )
-        if k in model.config
-    }
+    thresholds = {k: v for k, v in model.thresholds.as_dict().items() if k != "tuned_annotated_f1"}
     text = f"""# {model.name} ({model.backend}, trained with napari-cellsparse)
 
 A {model.backend} model trained from a few annotated cells (sparse annotation: unannotated

@@ -136,7 +136,7 @@ def _describe(
         )
         for a in ("y", "x")
     ]
-    d = float(model.config["target_diameter"])
+    d = model.config.target_diameter
     inputs = m.InputTensorDescr(
         id=m.TensorId(INPUT_ID),
         description=f"raw image; cells about {d:.0f} px across (rescale before use)",
@@ -185,7 +185,7 @@ def _describe(
         "backend": model.backend,
         "n_channels": model.n_channels,
         "target_diameter": d,
-        "config": {k: v for k, v in model.config.items()},
+        "config": model.settings().flat(),
         "training": summary,
         "metadata": {
             k: model.info.get(k)

@@ -16,6 +16,7 @@ from typing import Any
 from ...core.errors import BackendUnavailableError, BadInputError
 from ..backend import backend_class
 from ..model import TrainedModel
+from ..stored import StoredSettings
 from .export import CONFIG_KEY
 
 __all__ = ["is_package", "load_package"]
@@ -51,9 +52,11 @@ def load_package(path: str | Path, device: str | None = None) -> TrainedModel:
     ours = _our_config(descr, path)
     backend = str(ours["backend"])
     cls = backend_class(backend)
-    config = {**cls.default_config(), **ours["config"]}
-    config.pop("n_channels", None)
-    network = cls(config, int(ours["n_channels"]), device)
+    try:
+        stored = StoredSettings.from_flat(cls, {**ours["config"], "n_channels": ours["n_channels"]})
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadInputError(f"{path} has a damaged {CONFIG_KEY!r} config ({err}).") from err
+    network = cls(stored.config, stored.n_channels, device, stored.thresholds)
     weights = descr.weights.pytorch_state_dict
     if weights is None:
         raise BadInputError(f"{path} has no PyTorch state dict weights.")
@@ -64,7 +67,7 @@ def load_package(path: str | Path, device: str | None = None) -> TrainedModel:
         "package": str(path),
         "stopped_early": False,
     }
-    return TrainedModel(network, None, info)
+    return TrainedModel(network, None, info, stored.scale)
 
 
 def _our_config(descr: Any, path: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 from ...core.errors import BadInputError
 from ...core.images import normalize, normalize_percentile
 from ...models.scale import rescale_image
+from ..config import CellposeConfig, UNetConfig
 from ..inputs import prediction_slices
 from ..model import TrainedModel
 
@@ -52,16 +53,16 @@ class PackagedNetwork:
 def packaged_network(model: TrainedModel) -> PackagedNetwork:
     """The package's view of ``model``'s network; BadInputError for a backend not exported."""
     config = model.config
-    if model.backend == "unet":
+    if isinstance(config, UNetConfig):
         from .. import unet_architecture
 
-        grid, depth = int(config["grid"]), int(config["depth"])
+        grid, depth = config.grid, config.depth
         return PackagedNetwork(
             architecture=Path(unet_architecture.__file__),
             callable="UNet",
             kwargs={
                 "n_channels": model.n_channels,
-                "base_filters": int(config["base_filters"]),
+                "base_filters": config.base_filters,
                 "depth": depth,
                 "grid": grid,
             },
@@ -72,17 +73,17 @@ def packaged_network(model: TrainedModel) -> PackagedNetwork:
                 "channel axis gives probabilities)."
             ),
         )
-    if model.backend == "cellpose":
+    if isinstance(config, CellposeConfig):
         from .. import cellpose_architecture
 
         return PackagedNetwork(
             architecture=Path(cellpose_architecture.__file__),
             callable="CellposeNet",
             kwargs={
-                "nbase": [model.n_channels, *(int(c) for c in config["nbase"])],
+                "nbase": [model.n_channels, *config.nbase],
                 "nout": 3,
                 "size": 3,
-                "diam_mean": float(config["target_diameter"]),
+                "diam_mean": config.target_diameter,
             },
             step=16,
             output_channels=("flow_y", "flow_x", "cell_probability"),
@@ -105,13 +106,13 @@ def test_image(
     From ``image`` (its first 2D slice, rescaled so its cells, ``diameter`` pixels wide or
     estimated, get the training diameter; centre crop), or synthetic nuclei of that size.
     """
-    target = float(model.config["target_diameter"])
+    target = model.config.target_diameter
     if image is None:
         from ...samples.generated import make_nuclei
 
         radius = target / 2.0
         yx, _ = make_nuclei((TEST_SIZE, TEST_SIZE), 20, (0.85 * radius, 1.1 * radius), seed=0)
-        if float(model.config.get("polarity", 1.0)) < 0:
+        if model.scale.polarity < 0:
             yx = yx.max() - yx
         raw = np.repeat(yx[..., None], model.n_channels, axis=-1).astype(np.float32)
     else:

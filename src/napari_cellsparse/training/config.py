@@ -1,0 +1,212 @@
+"""The frozen configuration of every training backend, its tuned thresholds and object scale.
+
+A configuration holds what a person chooses (steps, crop and batch size, learning rate, seed,
+augmentation, the backend's network shape); it is made once, checked against the bounds of
+:mod:`napari_cellsparse.core.limits`, and never changed (``dataclasses.replace`` gives a new
+one). What training *finds* is kept apart: the post-processing thresholds that ``tune()``
+picks (:class:`Thresholds`, saved as ``thresholds.json`` beside ``config.json``) and the
+object scale measured on the annotation (:class:`ObjectScale`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from ..core.errors import BadInputError
+from ..core.limits import check_settings
+
+__all__ = [
+    "CellposeConfig",
+    "CellposeThresholds",
+    "ObjectScale",
+    "StarDistConfig",
+    "StarDistThresholds",
+    "Thresholds",
+    "TrainingConfig",
+    "UNetConfig",
+    "UNetThresholds",
+]
+
+_F = TypeVar("_F", bound="_Frozen")
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    """``value`` (already checked) in the type of the field's ``default``: JSON and typed
+    settings give lists and floats where the field holds a tuple or an int."""
+    if value is None:
+        return value
+    if isinstance(default, tuple):
+        return tuple(int(v) for v in value)
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """JSON's form of a field: tuples become lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    """Named fields with defaults, made from settings by name, written as plain JSON."""
+
+    kind: ClassVar[str] = "training"
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The names of the fields, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_settings(cls: type[_F], **settings: Any) -> _F:
+        """Defaults overridden by ``settings``; BadInputError naming an unknown setting or
+        one outside its bounds (:data:`~napari_cellsparse.core.limits.SETTING_BOUNDS`)."""
+        known = cls.names()
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise BadInputError(
+                f"Unknown setting(s) for {cls.kind}: {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}."
+            )
+        check_settings(settings)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        return cls(**{k: _coerce(defaults[k], v) for k, v in settings.items()})
+
+    @classmethod
+    def from_stored(cls: type[_F], stored: Mapping[str, Any]) -> _F:
+        """The fields found in ``stored`` (a model's JSON files, which hold other keys too)."""
+        return cls.from_settings(**{k: v for k, v in stored.items() if k in cls.names()})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field by name, as plain JSON values."""
+        return {name: _plain(getattr(self, name)) for name in self.names()}
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Frozen):
+    """What every backend is trained with."""
+
+    target_diameter: float = 24.0  # px: the cells are rescaled to this width for training
+    patch_size: int = 128
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    steps: int = 600
+    seed: int = 0
+    # Objects wider than this many times the widest annotated cell are left out of
+    # predictions (background grown into one object, merged clumps); 0 keeps them all.
+    max_size_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class UNetConfig(TrainingConfig):
+    """The 3-class U-Net: its size, target border and Dice weight."""
+
+    kind: ClassVar[str] = "unet"
+    steps: int = 1000  # about 3 minutes of training on a 2-core laptop CPU
+    learning_rate: float = 2e-3
+    base_filters: int = 16
+    depth: int = 3
+    grid: int = 2
+    border_width: int = 2
+    dice_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CellposeConfig(TrainingConfig):
+    """Cellpose's CPnet: channel widths, optimiser, flow dynamics, tiling, cell erasing."""
+
+    kind: ClassVar[str] = "cellpose"
+    steps: int = 200  # about 3 minutes of training on a 2-core laptop CPU
+    target_diameter: float = 30.0
+    learning_rate: float = 2e-3
+    nbase: tuple[int, ...] = (16, 32, 64, 128)
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    niter: int = 200
+    min_size: int = 15
+    tile_size: int = 256
+    erase_cells: float = 0.5  # augmentation: the share of crops whose cells are painted over
+
+
+@dataclass(frozen=True)
+class StarDistConfig(TrainingConfig):
+    """Upstream StarDist's network shape, and the pretrained model to start from (if any).
+
+    Upstream's network size: a 16-filter variant was 2.8x faster per step on a 2-core CPU but
+    clearly worse for the same training time (real nuclei, sparse annotation: F1 0.76 after
+    600 steps vs 0.84 after 300 of these). Upstream's rate (3e-4) is made for 40,000 steps;
+    1e-3 learns much faster in the few hundred steps a CPU can afford.
+    """
+
+    kind: ClassVar[str] = "stardist"
+    steps: int = 280  # about 3 minutes of training on a 2-core laptop CPU
+    learning_rate: float = 1e-3
+    n_rays: int = 32
+    grid: tuple[int, ...] = (2, 2)
+    unet_n_depth: int = 3
+    unet_n_filter_base: int = 32
+    net_conv_after_unet: int = 128
+    pretrained: str | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds(_Frozen):
+    """Post-processing thresholds found by ``tune()``, and the annotated F1 they scored
+    (None: not tuned yet)."""
+
+    tuned_annotated_f1: float | None = None
+
+
+@dataclass(frozen=True)
+class UNetThresholds(Thresholds):
+    """Centre seeds and the cell region of the U-Net's class probabilities."""
+
+    kind: ClassVar[str] = "unet"
+    centre_threshold: float = 0.5
+    foreground_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class CellposeThresholds(Thresholds):
+    """Upstream Cellpose's cell probability and flow-consistency thresholds."""
+
+    kind: ClassVar[str] = "cellpose"
+    cellprob_threshold: float = 0.0
+    flow_threshold: float = 0.4
+
+
+@dataclass(frozen=True)
+class StarDistThresholds(Thresholds):
+    """Upstream StarDist's object probability and NMS overlap thresholds."""
+
+    kind: ClassVar[str] = "stardist"
+    prob_thresh: float = 0.5
+    nms_thresh: float = 0.4
+
+
+@dataclass(frozen=True)
+class ObjectScale:
+    """The object scale measured on the annotation: the cells' median diameter (px), their
+    polarity (1: brighter than the background), how the automatic estimate relates to it, and
+    the widest cell at the training scale (px)."""
+
+    train_diameter: float
+    polarity: float = 1.0
+    diameter_calibration: float = 1.0
+    widest_cell: float = 0.0
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> ObjectScale:
+        """The scale kept in a model's ``config.json`` (KeyError/ValueError when damaged)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{k: float(stored[k]) for k in names if k in stored})
+
+    def as_dict(self) -> dict[str, float]:
+        """Every field by name."""
+        return dataclasses.asdict(self)
