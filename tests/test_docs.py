@@ -44,3 +44,22 @@ def test_every_relative_link_resolves(page: Path):
         if not path.exists() or (path.suffix == ".md" and anchor not in _anchors(path) | {""}):
             broken.append(link)
     assert not broken, f"{page.name}: {broken}"
+
+
+IMPORT = re.compile(r"^\s*from (napari_cellsparse[\w.]*) import ([\w, ]+)$", re.M)
+
+
+def test_every_import_the_docs_show_works():
+    """The Python the README and the guide show imports what it names from where it says."""
+    import importlib
+
+    shown = {
+        (m, n.strip())
+        for p in PAGES
+        for m, names in IMPORT.findall(p.read_text("utf-8"))
+        for n in names.split(",")
+        if n.strip()
+    }
+    assert len(shown) >= 10
+    missing = [f"{m}.{n}" for m, n in sorted(shown) if not hasattr(importlib.import_module(m), n)]
+    assert not missing
