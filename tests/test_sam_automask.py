@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from napari_cellsparse.core.images import to_rgb_uint8
 from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.sam.automask import (
     AutoMask,
+    AutomaskGenerator,
     AutomaskParams,
     AutomaskResult,
     generate_masks,
@@ -195,3 +197,96 @@ def test_labels_resolve_overlaps_by_score_and_drop_fragments() -> None:
     assert labels[15, 15] == 2 and (labels == 2).sum() == 400
     assert labels[50, 41] == 3 and (labels == 3).sum() == 14 * 4 and labels[41, 41] == 0
     assert labels[44, 35] == 4 and (labels == 4).sum() == 2 * 21
+
+
+def _counting_prompter(model, calls: list[str]) -> SamPrompter:
+    """A prompter on the real decoder that records each decoder call by name."""
+    prompter = SamPrompter(model, "test")
+    for name in ("embed_prompts", "decode_scores", "decode_masks"):
+        original = getattr(prompter.decoder, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(prompter.decoder, name, counted)
+    return prompter
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1], ids=["whole", "crop1"])
+def test_threshold_changes_decode_nothing_and_match_a_fresh_run(
+    vit_t_model, nuclei, crop_n_layers
+) -> None:
+    """Set-up decodes the grid once; new thresholds re-filter the kept candidates, giving the
+    objects (same records, same pixels) of a fresh full run with those thresholds."""
+    image, _ = nuclei
+    calls: list[str] = []
+    grid = {"points_per_side": 6, "crop_n_layers": crop_n_layers}
+    generator = AutomaskGenerator(_counting_prompter(vit_t_model, calls), grid)
+    run_sync(generator.initialize(image))
+    decoded = len(calls)
+    assert calls.count("decode_masks") > 0
+    kept = [c for crop in generator.crops for c in crop.candidates]
+    iou = np.median([c.iou for c in kept])
+    stability = np.nanmedian([c.stability for c in kept])
+    # Random weights decode image-sized noise masks: NMS off (1.0) keeps the filters visible.
+    off = {"box_nms_thresh": 1.0, "crop_nms_thresh": 1.0}
+    settings = [
+        {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, **off},
+        {"pred_iou_thresh": iou, "stability_score_thresh": 0.0, **off},
+        {"pred_iou_thresh": 0.0, "stability_score_thresh": stability, **off},
+        {"pred_iou_thresh": iou, "stability_score_thresh": stability, "min_mask_region_area": 30},
+    ]
+    fresh_prompter = SamPrompter(vit_t_model, "test")  # its own decoder; embeddings cached
+    counts = []
+    for thresholds in settings:
+        params = {**grid, **thresholds}
+        result = generator.generate(params)
+        assert len(calls) == decoded, "a threshold change ran the decoder"
+        fresh = run_sync(generate_masks(fresh_prompter, image, params))
+        assert _summary(result.records()) == _summary(fresh.records())
+        for ours, theirs in zip(result.masks, fresh.masks, strict=True):
+            np.testing.assert_array_equal(ours.full(), theirs.full())
+        counts.append(len(result))
+    assert counts[0] == len(kept) > counts[1] > 0  # the thresholds do filter
+    assert len(set(counts)) > 2
+
+
+def test_a_grid_change_or_a_threshold_under_the_floor_needs_a_new_set_up(
+    vit_t_model, nuclei
+) -> None:
+    image, _ = nuclei
+    calls: list[str] = []
+    prompter = _counting_prompter(vit_t_model, calls)
+    with pytest.raises(BadInputError, match="initialize"):
+        AutomaskGenerator(prompter).generate()
+    chosen = AutomaskParams(points_per_side=4, pred_iou_thresh=0.5)
+    one_run = AutomaskGenerator(prompter, chosen, keep_all=False)
+    run_sync(one_run.initialize(image))
+    assert one_run.covers(replace(chosen, pred_iou_thresh=0.6, box_nms_thresh=0.2))
+    for other in (
+        replace(chosen, pred_iou_thresh=0.4),  # its candidates were never kept
+        replace(chosen, points_per_side=5),
+        replace(chosen, stability_score_offset=2.0),
+    ):
+        assert not one_run.covers(other)
+        with pytest.raises(BadInputError, match="set-up again"):
+            one_run.generate(other)
+
+
+def test_the_kept_candidates_are_packed_windows(vit_t_model, nuclei) -> None:
+    """Memory: one bit per pixel of each candidate's window, never a full image per point."""
+    image, labels = nuclei
+    prompter = SamPrompter(vit_t_model, "test")
+    prompter.decoder = OracleDecoder(prompter.decoder, LabelOracle(labels))
+    generator = AutomaskGenerator(prompter, {"points_per_side": 16})
+    run_sync(generator.initialize(image))
+    kept = [c for crop in generator.crops for c in crop.candidates]
+    assert len(kept) > 100
+    window_pixels = sum(c.window[0] * c.window[1] for c in kept)
+    assert window_pixels < 0.5 * len(kept) * image.size  # objects' windows, not the image
+    assert generator.nbytes < window_pixels / 8 + 64 * len(kept)
+    objects = [c for c in kept if c.window != (0, 0)]  # points on background find nothing
+    assert len(objects) > 50
+    for c in objects[:20]:
+        assert c.mask().sum() > 0 and c.bits.nbytes == -(-c.window[0] * c.window[1] // 8)

@@ -217,7 +217,7 @@ def test_download_button_fetches_weights_and_reports_failures(
     import hashlib
     import shutil
 
-    from napari_cellsparse._napari.widgets import sam_annotator
+    from napari_cellsparse._napari.widgets.sam_annotator import widget as sam_annotator
     from napari_cellsparse.sam.weights import weights_dir
 
     _, widget, _ = annotator
@@ -285,6 +285,49 @@ def test_automask_layers_and_keeping_objects(annotator):
     assert len(added) >= n - 1 and min(added) == 8
     annotation.undo()
     np.testing.assert_array_equal(annotation.data, before)
+
+
+def test_automask_threshold_changes_filter_again_without_decoding(annotator):
+    """Only thresholds changed: the kept candidates are filtered again and nothing is
+    decoded; a new grid, or new pixels in the image, decode again."""
+    from napari_cellsparse._testing import LabelOracle, OracleDecoder
+
+    viewer, widget, truth = annotator
+    widget.compute_embedding()
+    prompter = widget.state.prompter
+    oracle = LabelOracle(truth)
+    decoded: list[int] = []
+
+    def counting(points):
+        decoded.append(len(points))
+        return oracle(points)
+
+    prompter.decoder = OracleDecoder(prompter.decoder, counting)
+    widget.automask_spins["points_per_side"].setValue(16)
+    widget.run_automask()
+    assert sum(decoded) == 16 * 16, widget.status.text()
+    setup = widget.state.automask
+    everything = int(viewer.layers["SAM automask"].data.max())
+    assert everything >= 8
+
+    # The oracle's best IoU prediction is 0.96: above it nothing passes.
+    widget.automask_spins["pred_iou_thresh"].setValue(0.97)
+    widget.automask_spins["box_nms_thresh"].setValue(0.5)
+    widget.run_automask()
+    assert int(viewer.layers["SAM automask"].data.max()) == 0, widget.status.text()
+    widget.automask_spins["pred_iou_thresh"].setValue(0.88)
+    widget.automask_spins["box_nms_thresh"].setValue(0.7)
+    widget.run_automask()
+    assert int(viewer.layers["SAM automask"].data.max()) == everything
+    assert sum(decoded) == 16 * 16 and widget.state.automask is setup
+
+    widget.automask_spins["points_per_side"].setValue(12)
+    widget.run_automask()
+    assert sum(decoded) == 16 * 16 + 12 * 12
+    viewer.layers["nuclei"].data = viewer.layers["nuclei"].data[::-1].copy()
+    widget.run_automask()
+    assert sum(decoded) == 16 * 16 + 2 * 12 * 12
+    assert widget.state.automask is not setup
 
 
 def test_large_image_is_prompted_tile_by_tile(make_napari_viewer, vit_t_checkpoint):

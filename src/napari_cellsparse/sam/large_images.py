@@ -32,7 +32,7 @@ from ..core.images import MAX_CHANNELS, intensity_ranges, to_rgb_uint8
 from ..core.masks import PromptMask
 from ..core.progress import Progress, check_cancel, nested, run_sync
 from ..core.tiling import Region, tile_grid
-from .automask import AutoMask, AutomaskParams, AutomaskResult, _nms, generate_masks
+from .automask import AutoMask, AutomaskParams, AutomaskResult, generate_masks, nms
 from .prompting import SamPrompter, check_boxes
 
 __all__ = ["TILE_ABOVE", "Region", "TiledImage", "merge_tile_masks", "needs_tiles", "tile_grid"]
@@ -381,5 +381,5 @@ def merge_tile_masks(
     for i, m in enumerate(masks):
         groups.setdefault(root(i), []).append(m)
     merged = [_union(members) for members in groups.values()]
-    keep = _nms([m.box() for m in merged], [m.predicted_iou for m in merged], nms_thresh)
+    keep = nms([m.box() for m in merged], [m.predicted_iou for m in merged], nms_thresh)
     return [merged[i] for i in keep]

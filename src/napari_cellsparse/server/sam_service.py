@@ -27,7 +27,7 @@ from ..core.masks import PromptMask
 from ..core.progress import Progress, run_sync
 from ..formats.geojson import polygons_to_geometry
 from ..formats.polygons import mask_polygons
-from ..sam.automask import AutoMask, AutomaskParams, _nms, generate_masks
+from ..sam.automask import AutoMask, AutomaskParams, generate_masks, nms
 from ..sam.embedding import EmbeddingCache
 from ..sam.fetch import DownloadPolicy, check_url
 from ..sam.large_images import TiledImage, needs_tiles
@@ -107,7 +107,7 @@ def _per_point(masks: list[AutoMask], output_type: str, thresh: float) -> list[A
             scores = [-float(m.area) for m in group]
         else:
             scores = [m.predicted_iou for m in group]
-        kept.extend(group[i] for i in _nms([m.box() for m in group], scores, thresh))
+        kept.extend(group[i] for i in nms([m.box() for m in group], scores, thresh))
     order = {id(m): i for i, m in enumerate(masks)}
     return sorted(kept, key=lambda m: order[id(m)])
 
