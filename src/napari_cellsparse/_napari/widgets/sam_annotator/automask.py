@@ -26,10 +26,11 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ....core.errors import BadInputError, CellsparseError
+from ....core.errors import BadInputError
 from ....core.progress import Progress
 from ....sam.automask_params import AUTOMASK_BOUNDS, PRESETS, AutomaskParams
 from ....sam.automask_result import label_masks
+from .._dock import guarded
 from .._layers import compact_labels, show_layer
 from .state import AUTOMASK, AUTOMASK_OUTLINES
 
@@ -109,14 +110,11 @@ class AutomaskPanel:
             {name: spin.value() for name, spin in self.automask_spins.items()}
         )
 
+    @guarded
     def run_automask(self) -> None:
         """Every object SAM finds on the current slice, as new layers (in a worker)."""
-        try:
-            target = self._target()
-            params = self.automask_params()
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        target = self._target()
+        params = self.automask_params()
         image, channels, reuse, state = target.image, target.channels, target.reuse, self.state
         key, tiling = target.key, target.tiling
         tiled = state.tiled if state.image_key == key and reuse is not None else None
@@ -170,6 +168,7 @@ class AutomaskPanel:
             f"'{AUTOMASK}', then add the rest to the annotation."
         )
 
+    @guarded
     def keep_automask(self) -> None:
         """Copy the objects of the automask layer into the annotation as new objects.
 
@@ -178,12 +177,8 @@ class AutomaskPanel:
         if AUTOMASK not in self.viewer.layers:
             self.runner.report(BadInputError("Run Automask first."))
             return
-        try:
-            image, _, prefix = self._image()
-            labels = self._annotation(image)
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        image, _, prefix = self._image()
+        labels = self._annotation(image)
         automask = np.asarray(self.viewer.layers[AUTOMASK].data)
         if automask.shape != labels.data.shape[len(prefix) :]:
             self.runner.report(BadInputError("The automask layer does not match the annotation."))

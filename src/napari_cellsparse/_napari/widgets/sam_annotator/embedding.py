@@ -17,6 +17,7 @@ from napari.layers import Image
 from ....core.errors import BadInputError, CellsparseError
 from ....core.progress import Progress
 from ....sam.large_images import needs_tiles
+from .._dock import guarded
 
 if TYPE_CHECKING:
     import napari
@@ -152,13 +153,10 @@ class EmbeddingMixin:
         key = self._image_key(layer, prefix)
         return Target(layer, image, prefix, channels, spec, key, self._tiling(image), reuse)
 
+    @guarded
     def compute_embedding(self) -> None:
         """Load the model if needed and embed the current image slice (in a worker)."""
-        try:
-            target = self._target()
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        target = self._target()
         spec, tiling, state = target.spec, target.tiling, self.state
 
         def job():

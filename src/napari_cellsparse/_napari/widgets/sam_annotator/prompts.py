@@ -17,6 +17,7 @@ from ....core.errors import BadInputError, CellsparseError
 from ....core.masks import PromptMask
 from ....core.sparse_labels import SPARSE_KEY, next_free_id, writable
 from ....formats.polygons import mask_outline
+from .._dock import guarded
 from .state import ANNOTATION, OUTLINES, POINTS, PREVIEW, PROMPTS
 
 if TYPE_CHECKING:
@@ -133,13 +134,10 @@ class PromptsMixin:
         self.state.pending_boxes.extend(new)
         self._process_pending()
 
+    @guarded
     def segment_all_boxes(self) -> None:
         """Segment every rectangle of the prompts layer again (new objects for each)."""
-        try:
-            shapes = self.prompts_layer()
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        shapes = self.prompts_layer()
         self.state.pending_boxes = [
             s for s, t in zip(shapes.data, shapes.shape_type, strict=True) if t == "rectangle"
         ]
@@ -221,16 +219,13 @@ class PromptsMixin:
             preview.data[mask.slices][mask.mask] = 1
         preview.refresh()
 
+    @guarded
     def commit_points(self) -> None:
         """Write the point-prompt preview as a new object and clear the points."""
         if self.state.preview is None:
             show_info("Nothing to commit: add a positive point on an object first.")
             return
-        try:
-            self._write([self.state.preview])
-        except CellsparseError as err:
-            self.runner.report(err)
-            return
+        self._write([self.state.preview])
         self.viewer.layers[POINTS].data = np.zeros((0, self.viewer.layers[POINTS].ndim))
         self._set_preview(None)
 
