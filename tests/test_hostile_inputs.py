@@ -289,9 +289,11 @@ def test_train_counter_refuses_bad_settings(settings: dict, message: str) -> Non
 
 
 def test_predict_refuses_a_bad_min_area() -> None:
+    from napari_cellsparse.training.config import ObjectScale
     from napari_cellsparse.training.model import TrainedModel
 
-    model = TrainedModel(network=None, folder=None, info={})  # type: ignore[arg-type]
+    scale = ObjectScale(train_diameter=16.0)
+    model = TrainedModel(network=None, folder=None, info={}, scale=scale)  # type: ignore[arg-type]
     for min_area in (-1, float("inf"), float("nan")):
         with pytest.raises(BadInputError, match="min_area must be a number from 0"):
             model.predict(IMAGE, min_area=min_area)  # type: ignore[arg-type]
