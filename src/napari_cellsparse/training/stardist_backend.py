@@ -335,6 +335,18 @@ class StarDistNetwork(Network):
         """Write the Keras weights to ``folder/stardist.weights.h5`` (atomically)."""
         save_weights(self._require_model().keras_model, folder)
 
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        """A network of this config holding ``weights`` (a bioimage.io package's); WeightsError
+        if they belong to a differently shaped network."""
+        model = self._new_model()
+        try:
+            model.keras_model.set_weights(weights)
+        except ValueError as err:
+            raise WeightsError(
+                f"The weights do not fit this StarDist configuration ({err})."
+            ) from err
+        self.model = model
+
     def load(self, folder: Path) -> None:
         """Rebuild the network from the config and read its weights; WeightsError if unusable."""
         path = Path(folder) / WEIGHTS_FILE

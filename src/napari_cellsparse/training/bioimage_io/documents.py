@@ -34,6 +34,11 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "cellular segmentation. Nature Methods 18, 100-106 (2021).",
         "10.1038/s41592-020-01018-x",
     ),
+    "stardist": (
+        "Schmidt U, Weigert M, Broaddus C, Myers G. Cell detection with star-convex polygons. "
+        "MICCAI 2018, LNCS 11071, 265-273.",
+        "10.1007/978-3-030-00934-2_30",
+    ),
 }
 COVER_SIDE = 256
 
@@ -66,6 +71,7 @@ def write_readme(
 ) -> None:
     """The package's README.md: input, expected object scale, output, training, validation."""
     d = model.config.target_diameter
+    axes = "batch, y, x, channel" if network.channel_last else "batch, channel, y, x"
     trained = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.items() if v is not None)
     cites = "\n".join(f"- {text} doi:{doi}" for text, doi in citations(model.backend))
     thresholds = {k: v for k, v in model.thresholds.as_dict().items() if k != "tuned_annotated_f1"}
@@ -75,7 +81,7 @@ A {model.backend} model trained from a few annotated cells (sparse annotation: u
 pixels were left out of the loss) in the napari plugin napari-cellsparse.
 
 ## Input
-A 2D image with {model.n_channels} channel(s), raw intensities (axes batch, channel, y, x).
+A 2D image with {model.n_channels} channel(s), raw intensities (axes {axes}).
 The package declares the normalisation the model was trained with: per channel, the 1st and
 99.8th intensity percentiles of the image are mapped to 0 and 1 (`scale_range`). Height and
 width must be multiples of {network.step} pixels.
@@ -106,7 +112,11 @@ the model on images of your own with complete annotations before relying on it.
 
 
 def write_cover(path: Path, raw: np.ndarray, output: np.ndarray, backend: str) -> None:
-    """A 2:1 PNG: the test input (normalised) beside the network's output on it."""
+    """A 2:1 PNG: the test input (normalised) beside the network's output on it.
+
+    ``raw`` is (1, C, Y, X); ``output`` (1, K, Y', X'): class logits (U-Net), Cellpose flows,
+    or StarDist's probability and distances at its grid points.
+    """
     import imageio.v3 as iio
     from skimage.color import hsv2rgb
     from skimage.transform import resize
@@ -122,6 +132,10 @@ def write_cover(path: Path, raw: np.ndarray, output: np.ndarray, backend: str) -
         angle = (np.arctan2(out[0], out[1]) + np.pi) / (2 * np.pi)
         value = 1.0 / (1.0 + np.exp(-out[2]))
         rgb_out = hsv2rgb(np.stack([angle, np.ones_like(angle), value], axis=-1))
+    elif backend == "stardist":
+        reach = out[1:].mean(axis=0)
+        reach = reach / max(float(reach.max()), 1e-6)
+        rgb_out = np.clip(np.stack([out[0], reach * out[0], np.zeros_like(reach)], axis=-1), 0, 1)
     else:
         e = np.exp(out - out.max(axis=0, keepdims=True))
         prob = e / e.sum(axis=0, keepdims=True)

@@ -1,7 +1,8 @@
 """Export a trained model as a bioimage.io model package (model spec 0.5, a zip).
 
 The description is built with ``bioimageio.spec``'s classes and packaged by it: PyTorch state
-dict weights with a torch-only architecture file, TorchScript, a raw test input whose declared
+dict weights with a torch-only architecture file and TorchScript (U-Net, Cellpose) or a Keras v3
+file and a TensorFlow SavedModel bundle (StarDist), a raw test input whose declared
 preprocessing is our normalisation, the network's raw output on it, the object scale in the
 README and config, a cover image, the training summary and the citations. The zip is written
 under a temporary name and renamed, so a failed export leaves nothing behind.
@@ -22,6 +23,7 @@ from ...core.paths import atomic_target
 from ..api import load_model
 from ..model import TrainedModel
 from .documents import citations, training_summary, write_cover, write_readme
+from .keras_package import grid_values, write_weights
 from .networks import PackagedNetwork, packaged_network, raw_output, test_image
 
 __all__ = ["CONFIG_KEY", "export_model"]
@@ -98,74 +100,54 @@ def _describe(
     license: str,
 ) -> Any:
     """The model description, with every file it names written into ``work``."""
-    import torch
     from bioimageio.spec.model import v0_5 as m
 
-    state = {k: v.detach().cpu() for k, v in model.network.net.state_dict().items()}
-    net = network.module(state)
-    output = raw_output(net, raw)
     files = {
-        "architecture": work / f"{network.callable.lower()}_architecture.py",
-        "state": work / "weights.pt",
-        "torchscript": work / "weights_torchscript.pt",
         "input": work / "test_input.npy",
         "output": work / "test_output.npy",
         "readme": work / "README.md",
         "cover": work / "cover.png",
+    }
+    if network.channel_last:
+        raw = np.ascontiguousarray(np.moveaxis(raw, 1, -1))
+        weights, output, framework = _keras_weights(m, model, raw, work)
+        grid = tuple(int(g) for g in model.config.grid)
+        cover_output = grid_values(output, grid)[None]
+    else:
+        weights, output, framework = _torch_weights(m, model, network, raw, work)
+        cover_output = output
+    np.save(files["input"], raw)
+    np.save(files["output"], output)
+    summary = training_summary(model)
+    write_readme(files["readme"], model, network, summary)
+    channel_first_raw = np.moveaxis(raw, -1, 1) if network.channel_last else raw
+    write_cover(files["cover"], channel_first_raw, cover_output, model.backend)
+    inputs, outputs = _tensors(m, model, network, files)
+    return _model_descr(
+        m, model, files, inputs, outputs, weights, summary, framework, author, license
+    )
+
+
+def _torch_weights(
+    m: Any, model: TrainedModel, network: PackagedNetwork, raw: np.ndarray, work: Path
+) -> tuple[Any, np.ndarray, str]:
+    """PyTorch state dict (with its torch-only architecture file) and TorchScript weights."""
+    import torch
+
+    state = {k: v.detach().cpu() for k, v in model.network.net.state_dict().items()}
+    net = network.module(state)
+    output = raw_output(net, raw)
+    assert network.architecture is not None
+    files = {
+        "architecture": work / f"{network.callable.lower()}_architecture.py",
+        "state": work / "weights.pt",
+        "torchscript": work / "weights_torchscript.pt",
     }
     shutil.copyfile(network.architecture, files["architecture"])
     torch.save(net.state_dict(), files["state"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, not gone
         torch.jit.save(torch.jit.script(net), str(files["torchscript"]))
-    np.save(files["input"], raw)
-    np.save(files["output"], output)
-    summary = training_summary(model)
-    write_readme(files["readme"], model, network, summary)
-    write_cover(files["cover"], raw, output, model.backend)
-
-    step = network.step
-    space_in = [
-        m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=step, step=step))
-        for a in ("y", "x")
-    ]
-    space_out = [
-        m.SpaceOutputAxis(
-            id=m.AxisId(a),
-            size=m.SizeReference(tensor_id=m.TensorId(INPUT_ID), axis_id=m.AxisId(a)),
-        )
-        for a in ("y", "x")
-    ]
-    d = model.config.target_diameter
-    inputs = m.InputTensorDescr(
-        id=m.TensorId(INPUT_ID),
-        description=f"raw image; cells about {d:.0f} px across (rescale before use)",
-        axes=[
-            m.BatchAxis(),
-            m.ChannelAxis(channel_names=[f"channel{c}" for c in range(model.n_channels)]),
-            *space_in,
-        ],
-        test_tensor=m.FileDescr(source=files["input"]),
-        preprocessing=[
-            m.ScaleRangeDescr(
-                kwargs=m.ScaleRangeKwargs(
-                    axes=[m.AxisId("y"), m.AxisId("x")],
-                    min_percentile=PERCENTILES[0],
-                    max_percentile=PERCENTILES[1],
-                )
-            )
-        ],
-    )
-    outputs = m.OutputTensorDescr(
-        id=m.TensorId(OUTPUT_ID),
-        description=network.output_description,
-        axes=[
-            m.BatchAxis(),
-            m.ChannelAxis(channel_names=list(network.output_channels)),
-            *space_out,
-        ],
-        test_tensor=m.FileDescr(source=files["output"]),
-    )
     torch_version = m.Version(torch.__version__.split("+")[0])
     weights = m.WeightsDescr(
         pytorch_state_dict=m.PytorchStateDictWeightsDescr(
@@ -181,6 +163,94 @@ def _describe(
             source=files["torchscript"], pytorch_version=torch_version, parent="pytorch_state_dict"
         ),
     )
+    return weights, output, "pytorch"
+
+
+def _keras_weights(
+    m: Any, model: TrainedModel, raw: np.ndarray, work: Path
+) -> tuple[Any, np.ndarray, str]:
+    """StarDist: the Keras v3 file (the trained weights) and a SavedModel converted from it."""
+    files, output = write_weights(model, raw, work)
+    import keras
+    import tensorflow as tf
+
+    tf_version = m.Version(tf.__version__.split("+")[0])
+    weights = m.WeightsDescr(
+        keras_v3=m.KerasV3WeightsDescr(
+            source=files["keras_v3"],
+            keras_version=m.Version(keras.__version__),
+            backend=("tensorflow", tf_version),
+        ),
+        tensorflow_saved_model_bundle=m.TensorflowSavedModelBundleWeightsDescr(
+            source=files["tensorflow_saved_model_bundle"],
+            tensorflow_version=tf_version,
+            parent="keras_v3",
+        ),
+    )
+    return weights, output, "tensorflow"
+
+
+def _tensors(
+    m: Any, model: TrainedModel, network: PackagedNetwork, files: dict[str, Path]
+) -> tuple[Any, Any]:
+    """The input (raw image, our normalisation declared) and output tensor descriptions."""
+    step = network.step
+    space_in = [
+        m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=step, step=step))
+        for a in ("y", "x")
+    ]
+    space_out = [
+        m.SpaceOutputAxis(
+            id=m.AxisId(a),
+            size=m.SizeReference(tensor_id=m.TensorId(INPUT_ID), axis_id=m.AxisId(a)),
+        )
+        for a in ("y", "x")
+    ]
+    channels_in = m.ChannelAxis(channel_names=[f"channel{c}" for c in range(model.n_channels)])
+    channels_out = m.ChannelAxis(channel_names=list(network.output_channels))
+    if network.channel_last:
+        axes_in, axes_out = [*space_in, channels_in], [*space_out, channels_out]
+    else:
+        axes_in, axes_out = [channels_in, *space_in], [channels_out, *space_out]
+    d = model.config.target_diameter
+    inputs = m.InputTensorDescr(
+        id=m.TensorId(INPUT_ID),
+        description=f"raw image; cells about {d:.0f} px across (rescale before use)",
+        axes=[m.BatchAxis(), *axes_in],
+        test_tensor=m.FileDescr(source=files["input"]),
+        preprocessing=[
+            m.ScaleRangeDescr(
+                kwargs=m.ScaleRangeKwargs(
+                    axes=[m.AxisId("y"), m.AxisId("x")],
+                    min_percentile=PERCENTILES[0],
+                    max_percentile=PERCENTILES[1],
+                )
+            )
+        ],
+    )
+    outputs = m.OutputTensorDescr(
+        id=m.TensorId(OUTPUT_ID),
+        description=network.output_description,
+        axes=[m.BatchAxis(), *axes_out],
+        test_tensor=m.FileDescr(source=files["output"]),
+    )
+    return inputs, outputs
+
+
+def _model_descr(
+    m: Any,
+    model: TrainedModel,
+    files: dict[str, Path],
+    inputs: Any,
+    outputs: Any,
+    weights: Any,
+    summary: dict[str, Any],
+    framework: str,
+    author: str,
+    license: str,
+) -> Any:
+    """The package's description around its tensors and weights: text, citations, config."""
+    d = model.config.target_diameter
     ours = {
         "backend": model.backend,
         "n_channels": model.n_channels,
@@ -209,7 +279,7 @@ def _describe(
             "instance-segmentation",
             "2d",
             model.backend,
-            "pytorch",
+            framework,
         ],
         inputs=[inputs],
         outputs=[outputs],

@@ -1,8 +1,10 @@
 """Load a bioimage.io package exported by this plugin back as a model that predicts labels.
 
-The network comes from the package's declared PyTorch state dict weights and architecture
-file, rebuilt by ``bioimageio.core`` as any consumer would (not from a copy of our model
-folder); the post-processing settings come from the package's config. Like every
+The network comes from the package's declared weights (not from a copy of our model folder):
+U-Net and Cellpose from the PyTorch state dict and architecture file, rebuilt by
+``bioimageio.core`` as any consumer would; StarDist from the Keras v3 file, whose nested
+StarDist network gives its weights to upstream StarDist (so its NMS runs as before). The
+post-processing settings come from the package's config. Like every
 ``pytorch_state_dict`` package, loading runs the package's architecture code: load packages
 you trust.
 """
@@ -35,11 +37,10 @@ def load_package(path: str | Path, device: str | None = None) -> TrainedModel:
     if not zipfile.is_zipfile(path):
         raise BadInputError(f"{path} is not a zip file, so not a bioimage.io package.")
     try:
-        from bioimageio.core.backends.pytorch_backend import load_torch_model
         from bioimageio.spec import InvalidDescr, load_model_description
     except ImportError as err:
         raise BackendUnavailableError(
-            "bioimage.io packages (bioimageio.core)", "bioimageio", err
+            "bioimage.io packages (bioimageio.spec)", "bioimageio", err
         ) from err
     try:
         descr = load_model_description(path, perform_io_checks=False)
@@ -57,10 +58,12 @@ def load_package(path: str | Path, device: str | None = None) -> TrainedModel:
     except (KeyError, TypeError, ValueError) as err:
         raise BadInputError(f"{path} has a damaged {CONFIG_KEY!r} config ({err}).") from err
     network = cls(stored.config, stored.n_channels, device, stored.thresholds)
-    weights = descr.weights.pytorch_state_dict
-    if weights is None:
-        raise BadInputError(f"{path} has no PyTorch state dict weights.")
-    network.net = load_torch_model(weights, load_state=True, devices=[str(network.device)]).eval()
+    if backend == "stardist":
+        from .keras_package import load_stardist_weights
+
+        load_stardist_weights(descr, network, path)
+    else:
+        _load_torch(descr, network, path)
     info = {
         **ours.get("metadata", {}),
         "name": descr.name,
@@ -68,6 +71,20 @@ def load_package(path: str | Path, device: str | None = None) -> TrainedModel:
         "stopped_early": False,
     }
     return TrainedModel(network, None, info, stored.scale)
+
+
+def _load_torch(descr: Any, network: Any, path: Path) -> None:
+    """Give ``network`` the module ``bioimageio.core`` builds from the declared state dict."""
+    try:
+        from bioimageio.core.backends.pytorch_backend import load_torch_model
+    except ImportError as err:
+        raise BackendUnavailableError(
+            "bioimage.io packages (bioimageio.core)", "bioimageio", err
+        ) from err
+    weights = descr.weights.pytorch_state_dict
+    if weights is None:
+        raise BadInputError(f"{path} has no PyTorch state dict weights.")
+    network.net = load_torch_model(weights, load_state=True, devices=[str(network.device)]).eval()
 
 
 def _our_config(descr: Any, path: Path) -> dict[str, Any]:

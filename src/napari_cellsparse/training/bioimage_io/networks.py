@@ -1,13 +1,15 @@
 """What a bioimage.io package says about each backend's network, and its test tensors.
 
-A package carries the raw network: its architecture file (torch only), its state dict and a
-TorchScript copy, and the tensors it maps (raw image in, class logits or Cellpose flows out).
+A package carries the raw network and the tensors it maps: for U-Net and Cellpose, an
+architecture file (torch only), its state dict and a TorchScript copy (raw image in, class
+logits or Cellpose flows out, channel first); for StarDist, the Keras network (raw image in,
+object probability and ray distances out, channel last, as published StarDist packages).
 The instance post-processing stays ours; its settings travel in the package's config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +18,38 @@ import numpy as np
 from ...core.errors import BadInputError
 from ...core.images import normalize, normalize_percentile
 from ...models.scale import rescale_image
-from ..config import CellposeConfig, UNetConfig
+from ..config import CellposeConfig, StarDistConfig, UNetConfig
 from ..inputs import prediction_slices
 from ..model import TrainedModel
 
 __all__ = ["PackagedNetwork", "packaged_network", "raw_output", "test_image"]
 
 TEST_SIZE = 256  # the test input's largest side, in pixels at the training scale
-EXPORTABLE = ("unet", "cellpose")
+EXPORTABLE = ("unet", "cellpose", "stardist")
 
 
 @dataclass(frozen=True)
 class PackagedNetwork:
     """The network of one model as a bioimage.io package describes it."""
 
-    architecture: Path  # a source file that imports only torch
-    callable: str
-    kwargs: dict[str, Any]
     step: int  # input height and width must be multiples of this
     output_channels: tuple[str, ...]
     output_description: str  # at most 128 characters (the spec's limit)
+    framework: str = "pytorch"  # "pytorch" (channel first) or "keras" (channel last)
+    architecture: Path | None = None  # pytorch: a source file that imports only torch
+    callable: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channel_last(self) -> bool:
+        """Whether the tensors' channel axis comes last (Keras) rather than after the batch."""
+        return self.framework == "keras"
 
     def module(self, state: dict[str, Any]) -> Any:
-        """A fresh module of this architecture holding ``state`` (on the CPU, eval mode)."""
+        """A fresh module of this (PyTorch) architecture holding ``state`` (CPU, eval mode)."""
         import importlib.util
+
+        assert self.architecture is not None, "only PyTorch networks have an architecture file"
 
         spec = importlib.util.spec_from_file_location("_cellsparse_arch", self.architecture)
         assert spec is not None and spec.loader is not None
@@ -91,6 +101,19 @@ def packaged_network(model: TrainedModel) -> PackagedNetwork:
                 "Cellpose flows dy, dx (times 5) and cell-probability logit; "
                 "cellpose.dynamics.compute_masks makes instances."
             ),
+        )
+    if isinstance(config, StarDistConfig):
+        return PackagedNetwork(
+            step=max(config.grid) * 2**config.unet_n_depth,
+            output_channels=(
+                "probability",
+                *(f"distance{r}" for r in range(config.n_rays)),
+            ),
+            output_description=(
+                "StarDist object probability, then the ray distances (grid upsampled as in "
+                "export_TF); stardist NMS makes instances."
+            ),
+            framework="keras",
         )
     raise BadInputError(
         f"Models of the {model.backend!r} backend cannot be exported to bioimage.io yet; "
