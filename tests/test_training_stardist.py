@@ -423,3 +423,164 @@ def test_missing_or_damaged_weights(trained: dict[str, Any]) -> None:
     damaged = value_of(trained["damaged"])
     for case in ("missing", "truncated", "garbage", "other"):
         assert_raised(damaged[case], WeightsError, match=WEIGHTS_FILE)
+
+
+# -- bioimage.io export and import (one child process) ------------------------------------
+
+EXPORT_STEPS = 200
+SPARSE_DOI = "10.1101/2023.06.13.544786"
+STARDIST_DOI = "10.1007/978-3-030-00934-2_30"
+
+
+def _refuse_remote_connections() -> None:
+    """In the child: every connection that leaves this machine fails (an offline test)."""
+    import socket
+
+    connect = socket.socket.connect
+
+    def local_only(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
+            raise OSError(f"test is offline: connection to {address} refused")
+        return connect(self, address)
+
+    socket.socket.connect = local_only  # type: ignore[method-assign]
+
+
+def _child_export_and_reload(folder: str) -> dict[str, Any]:
+    """Train a small StarDist, export it, run bioimage.io's checks on the package (offline),
+    delete the model folder and load the package back; arrays go to ``folder``."""
+    import shutil
+    import zipfile
+
+    from bioimageio.core import test_model
+    from bioimageio.spec import load_description, load_model_description
+
+    from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
+    from napari_cellsparse.training import load_model, train
+    from napari_cellsparse.training.bioimage_io import export_model
+
+    import_tf()
+    _refuse_remote_connections()
+    out = Path(folder)
+    image, truth = make_nuclei((128, 128), n_objects=14, radius=(7.0, 9.0), seed=1)
+    annotation = sparse_from_truth(image, truth, k=5, band=8)
+    settings = {**SMALL, "batch_size": 4}
+    model = train(
+        "stardist", image, annotation, name="tiny-stardist", steps=EXPORT_STEPS, **settings
+    )
+    package = export_model(model.name, out / "stardist.zip", image=image)
+
+    validation = load_description(package)
+    summary = test_model(package, devices=["cpu"])
+    descr = load_model_description(package, perform_io_checks=False)
+    with zipfile.ZipFile(package) as z:
+        names = sorted(z.namelist())
+        np.save(out / "test_input.npy", np.load(z.open("test_input.npy")))
+        np.save(out / "test_output.npy", np.load(z.open("test_output.npy")))
+        texts = {n: z.read(n).decode() for n in names if n.endswith((".yaml", ".md"))}
+
+    other, _ = make_nuclei((112, 144), n_objects=10, radius=(9.0, 11.0), seed=5)
+    scaled = normalise(make_nuclei((96, 96), 6, radius=(7.0, 9.0), seed=2)[0])
+    expected = [model.predict(image), model.predict(other), *model.network.probabilities(scaled)]
+    assert model.folder is not None
+    shutil.rmtree(model.folder)  # the package alone, not our model folder
+    loaded = load_model(package, device="cpu")
+    again = [loaded.predict(image), loaded.predict(other), *loaded.network.probabilities(scaled)]
+    save_arrays(out / "expected.npz", expected)
+    save_arrays(out / "again.npz", again)
+    ours = descr.config.model_extra["napari_cellsparse"]
+    return {
+        "validation": validation.validation_summary.status,
+        "status": summary.status,
+        "details": [[d.name, d.status] for d in summary.details],
+        "names": names,
+        "texts": texts,
+        "input_axes": [str(a.id) for a in descr.inputs[0].axes],
+        "output_axes": [str(a.id) for a in descr.outputs[0].axes],
+        "preprocessing": [
+            [
+                p.id,
+                p.kwargs.min_percentile,
+                p.kwargs.max_percentile,
+                [str(a) for a in p.kwargs.axes],
+            ]
+            for p in descr.inputs[0].preprocessing
+            if p.id == "scale_range"
+        ],
+        "weights": sorted(k for k, v in descr.weights if v is not None),
+        "dois": [str(c.doi) for c in descr.cite],
+        "ours": ours,
+        "thresholds": model.thresholds.as_dict(),
+        "loaded_thresholds": loaded.thresholds.as_dict(),
+        "grid": list(model.config.grid),
+        "n_rays": model.config.n_rays,
+        "diameter": model.config.target_diameter,
+        "package_info": loaded.info.get("package"),
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What :func:`_child_export_and_reload` returned and wrote (a model store of its own)."""
+    pytest.importorskip("bioimageio.core")
+    from napari_cellsparse.core.paths import HOME_ENV
+
+    folder = tmp_path_factory.mktemp("stardist-export")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(folder / "home"))
+        result = run_in_subprocess(_child_export_and_reload, str(folder))
+    return {"folder": folder, **result}
+
+
+def test_export_passes_bioimageio_core_model_test_offline(exported: dict[str, Any]) -> None:
+    assert exported["validation"] == "valid-format"
+    details = dict(map(tuple, exported["details"]))
+    failed = [name for name, status in details.items() if status == "failed"]
+    assert exported["status"] == "passed", failed
+    for weights in ("keras_v3", "tensorflow_saved_model_bundle"):
+        assert details[f"Reproduce test outputs from test inputs ({weights})"] == "passed"
+        assert (
+            details[
+                f"Run {weights} inference for inputs with batch_size: 2 and size parameter n: 2"
+            ]
+            == "passed"
+        )
+
+
+def test_export_holds_the_raw_stardist_output_as_published_packages(exported) -> None:
+    assert exported["weights"] == ["keras_v3", "tensorflow_saved_model_bundle"]
+    assert {"rdf.yaml", "README.md", "cover.png", "stardist.keras", "tf_saved_model.zip"} <= set(
+        exported["names"]
+    )
+    assert exported["input_axes"] == ["batch", "y", "x", "channel"]
+    assert exported["output_axes"] == ["batch", "y", "x", "channel"]
+    assert exported["preprocessing"] == [["scale_range", 1.0, 99.8, ["y", "x"]]]
+    folder = exported["folder"]
+    test_in, test_out = np.load(folder / "test_input.npy"), np.load(folder / "test_output.npy")
+    n_rays, (gy, gx) = exported["n_rays"], exported["grid"]
+    assert test_in.max() > 10 and test_in.shape[0] == 1 and test_in.shape[-1] == 1
+    assert test_out.shape == (1, *test_in.shape[1:3], 1 + n_rays)
+    # Probability in [0, 1] at the grid points and zero between them; distances repeated.
+    prob, dist = test_out[0, ..., 0], test_out[0, ..., 1:]
+    assert prob.min() >= 0 and prob.max() <= 1 and prob[::gy, ::gx].max() > 0.5
+    assert np.all(prob[1::gy] == 0) and np.all(prob[:, 1::gx] == 0)
+    np.testing.assert_array_equal(dist[1::gy], dist[::gy])  # the height is a multiple of gy
+    d = round(exported["diameter"])
+    assert f"cells must be about {d} pixels across" in exported["texts"]["README.md"]
+    for text in exported["texts"].values():
+        assert "http://" not in text and "https://" not in text
+    assert {SPARSE_DOI, STARDIST_DOI} <= set(exported["dois"])
+    ours = exported["ours"]
+    assert ours["backend"] == "stardist" and ours["training"]["steps"] == EXPORT_STEPS
+    assert ours["config"]["prob_thresh"] == exported["thresholds"]["prob_thresh"]
+
+
+def test_export_reimported_from_the_package_predicts_identically(exported) -> None:
+    folder = exported["folder"]
+    expected, again = load_arrays(folder / "expected.npz"), load_arrays(folder / "again.npz")
+    assert expected[0].max() >= 5  # the model finds cells: the comparison means something
+    for a, b in zip(expected, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert exported["loaded_thresholds"] == exported["thresholds"]
+    assert exported["package_info"] == str(folder / "stardist.zip")

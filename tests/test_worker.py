@@ -289,3 +289,35 @@ def test_where_next_returns_the_map_and_places_through_the_worker(host, sample):
     assert result.map[:, :200].any() and result.diameter == 16.0
     scores = [p.score for p in result.places]
     assert scores == sorted(scores, reverse=True) and all(p.x < 200 for p in result.places)
+
+
+def test_export_job_writes_a_stardist_package_in_the_worker(host, sample, tmp_path):
+    """StarDist's export (TensorFlow) runs in the worker: the package comes back valid, a bad
+    output path is a BadInputError with nothing written, and TensorFlow never loads here."""
+    import importlib.util
+    import zipfile
+
+    if (
+        importlib.util.find_spec("stardist") is None
+        or importlib.util.find_spec("tensorflow") is None
+    ):
+        pytest.skip("StarDist / TensorFlow are not installed")
+    pytest.importorskip("bioimageio.spec")
+    from bioimageio.spec import load_model_description
+
+    small = {"n_rays": 8, "unet_n_depth": 2, "unet_n_filter_base": 8, "net_conv_after_unet": 16}
+    kwargs = _train_kwargs(sample, 5, name="tiny-sd", backend="stardist")
+    kwargs["settings"] = {**small, "patch_size": 64, "batch_size": 2}
+    run_sync(host.run("train", kwargs, "training"))
+    out = tmp_path / "sd.zip"
+    job = {"name": "tiny-sd", "out": str(out), "image": sample[0]}
+    assert run_sync(host.run("export_bioimageio", job, "export")) == str(out)
+    descr = load_model_description(out, perform_io_checks=False)
+    assert descr.weights.keras_v3 is not None
+    assert descr.weights.tensorflow_saved_model_bundle is not None
+    assert descr.config.model_extra["napari_cellsparse"]["backend"] == "stardist"
+    assert {"stardist.keras", "tf_saved_model.zip"} <= set(zipfile.ZipFile(out).namelist())
+    with pytest.raises(BadInputError, match=r"\.zip"):
+        run_sync(host.run("export_bioimageio", {**job, "out": str(tmp_path / "x.tar")}, "export"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".zip", ".tar")) == ["sd.zip"]
+    assert "tensorflow" not in sys.modules
