@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -463,6 +464,7 @@ def _child_export_and_reload(folder: str) -> dict[str, Any]:
     import_tf()
     _refuse_remote_connections()
     out = Path(folder)
+    os.chdir(out)  # bioimageio.core unzips SavedModel weights below the working directory
     image, truth = make_nuclei((128, 128), n_objects=14, radius=(7.0, 9.0), seed=1)
     annotation = sparse_from_truth(image, truth, k=5, band=8)
     settings = {**SMALL, "batch_size": 4}
