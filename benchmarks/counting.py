@@ -10,6 +10,11 @@ centroids of the true nuclei, each moved by a uniform random offset of up to 3 p
 * ``fluo_100``: the same with every point;
 * ``histo_25``: ``histo/`` (RGB brightfield): the first 10 images (file-name order) train with
   25 % of the points, the other 6 test;
+* ``user`` (issue 25's user story: what a person clicks): the first 6 images of
+  ``fluo/train/`` (file-name order) with 25 % of their noisy points (about 50) and the painted
+  background; evaluate on every image of ``fluo/test/``;
+* ``histo_user``: the same on ``histo/`` (16 RGB images of 256x320 in ``images/`` and
+  ``masks/``, no split of its own): the first 6 train, the other 10 test;
 * ``baseline_fluo_25``: scikit-image's ``blob_log`` on the normalised images, its scale and
   threshold tuned on the fluo training images' given points (the F1 of given points found vs.
   blobs on the painted background, as the counter tunes its peak threshold), count = blobs.
@@ -17,13 +22,23 @@ centroids of the true nuclei, each moved by a uniform random offset of up to 3 p
 Per run: ``count_true`` / ``count_pred`` (sums over the test images), ``rel_count_error``
 (|sum pred - sum true| / sum true), ``mean_abs_rel_error_per_image``, ``loc_f1`` (detected
 centres vs. exact true centroids, Hungarian matching, a true positive within 5 px, pooled over
-the test images), ``train_s`` (wall time of ``train_counter``, or of the baseline's tuning).
-The counter is trained with its default settings through the public API. The fluo_25 counter
-also counts ``fluo/test/images`` with the batch API (``count_folder``) into ``--batch-out``.
-Prints one JSON object; ``--out`` also writes it. Run from the repository root::
+the test images), ``train_s`` (wall time of ``train_counter``, or of the baseline's tuning),
+``count_s_per_mpx`` (wall time of counting the test images per megapixel), ``loadavg_start`` /
+``loadavg_end`` and ``torch_threads``. The counter is trained with its default settings
+through the public API. The fluo_25 counter also counts ``fluo/test/images`` with the batch API
+(``count_folder``) into ``--batch-out``.
+
+``--seeds 0,1,2`` repeats every run per seed (default: ``--seed``): the seed draws which points
+are given and their jitter, and is the counter's training seed (unless ``--set seed=...``).
+The process uses the widgets' model worker's thread counts (``--threads`` overrides them).
+Each run prints one JSON line (``run``, ``seed`` and its figures) when it ends; the last line
+is one JSON object: ``runs``, ``summary`` (per run name: mean, min, max and spread over the
+seeds of ``rel_count_error``, ``mean_abs_rel_error_per_image``, ``loc_f1`` and ``train_s``),
+``settings`` and ``machine``; ``--out`` also writes it. Run from the repository root::
 
     .venv/bin/python benchmarks/counting.py --out benchmarks/results/counting.json
     .venv/bin/python benchmarks/counting.py --only fluo_25 --steps 50
+    .venv/bin/python benchmarks/counting.py --only user histo_user --seeds 0,1,2
     .venv/bin/python benchmarks/counting.py --merge a.json b.json --out all.json
 """
 
@@ -41,9 +56,20 @@ from typing import Any
 
 import numpy as np
 
+from bench_common import (
+    load_now,
+    megapixels,
+    over_seeds,
+    parse_seeds,
+    torch_threads,
+    use_worker_threads,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / ".." / "shared" / "data" / "dsb2018"
-RUNS = ("fluo_25", "fluo_100", "histo_25", "baseline_fluo_25")
+RUNS = ("fluo_25", "fluo_100", "histo_25", "baseline_fluo_25", "user", "histo_user")
+USER_IMAGES = 6  # training images of the user story
+SUMMARY_KEYS = ("rel_count_error", "mean_abs_rel_error_per_image", "loc_f1", "train_s")
 NOISE_PX = 3.0
 BACKGROUND_PX = 15.0
 MATCH_PX = 5.0
@@ -112,6 +138,8 @@ def run_counter(
     from napari_cellsparse.counting import train_counter
 
     points, background = annotate(train, fraction, np.random.default_rng(seed))
+    settings = {"seed": seed, **settings}  # the training seed follows the run's unless set
+    load_start = load_now()
     started = time.perf_counter()
 
     def report(step: int, total: int, info: dict) -> None:
@@ -132,11 +160,18 @@ def run_counter(
         **settings,
     )
     train_s = time.perf_counter() - started
+    started = time.perf_counter()
     results = [counter.count(img) for _, img, _ in test]
+    count_s = time.perf_counter() - started
     figures = score([r.centres for r in results], [r.count for r in results], test)
     session = counter.info["sessions"][-1]
     figures.update(
         train_s=round(train_s, 1),
+        count_s_per_mpx=round(count_s / megapixels([img for _, img, _ in test]), 4),
+        train_seed=settings["seed"],
+        torch_threads=torch_threads(),
+        loadavg_start=load_start,
+        loadavg_end=load_now(),
         steps=session["steps"],
         given_points=int(sum(len(p) for p in points)),
         train_diameter=counter.config.train_diameter,
@@ -163,6 +198,7 @@ def run_baseline(train: list, test: list, fraction: float, seed: int) -> dict[st
     from napari_cellsparse.counting.evaluate import match_centres
 
     points, background = annotate(train, fraction, np.random.default_rng(seed))
+    load_start = load_now()
     started = time.perf_counter()
     grays = [normalize(np.atleast_3d(img)).mean(-1) for _, img, _ in train]
     best: tuple[float, float, float] = (-1.0, 3.0, 0.1)
@@ -183,30 +219,57 @@ def run_baseline(train: list, test: list, fraction: float, seed: int) -> dict[st
     _, sigma, threshold = best
     found = [_blobs(normalize(np.atleast_3d(img)).mean(-1), sigma, threshold) for _, img, _ in test]
     figures = score(found, [len(f) for f in found], test)
-    figures.update(train_s=round(train_s, 1), sigma=sigma, threshold=threshold)
+    figures.update(
+        train_s=round(train_s, 1),
+        sigma=sigma,
+        threshold=threshold,
+        loadavg_start=load_start,
+        loadavg_end=load_now(),
+    )
     print(f"baseline: {json.dumps(figures)}", file=sys.stderr, flush=True)
     return figures
 
 
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per run name: its seeds and the mean, min, max and spread of the figures over them."""
+    names = dict.fromkeys(row["run"] for row in runs)
+    return {
+        name: {
+            "seeds": [row.get("seed") for row in runs if row["run"] == name],
+            **{
+                key: over_seeds([row.get(key) for row in runs if row["run"] == name])
+                for key in SUMMARY_KEYS
+            },
+        }
+        for name in names
+    }
+
+
+def write(result: dict[str, Any], out: Path | None) -> None:
+    """The final object as the last stdout line, and indented in ``out``."""
+    print(json.dumps(result), flush=True)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
 def merge(files: list[Path], out: Path | None, note: str) -> int:
-    """One JSON from runs made in separate processes (e.g. in parallel): every run's
-    sub-object, and each file's machine and settings under ``processes``."""
-    result: dict[str, Any] = {}
+    """One JSON from runs made in separate processes (e.g. in parallel): every run, the
+    summary over all of them, and each file's machine and settings under ``processes``.
+    Files of the earlier layout (one object per run name, one seed) are read too."""
+    runs: list[dict[str, Any]] = []
     processes = []
     for path in files:
         data = json.loads(path.read_text(encoding="utf-8"))
         processes.append(
             {"file": path.name, "machine": data.get("machine"), "settings": data.get("settings")}
         )
-        result.update({k: v for k, v in data.items() if k in RUNS})
-    result["processes"] = processes
+        runs += data.get("runs", [])
+        runs += [{"run": k, **v} for k, v in data.items() if k in RUNS]
+    result: dict[str, Any] = {"runs": runs, "summary": summarise(runs), "processes": processes}
     if note:
         result["note"] = note
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
+    write(result, out)
     return 0
 
 
@@ -217,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps (default: the counter's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", help="comma list of seeds, every run repeated per seed (default: --seed)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch / OpenMP threads (default: the widgets' worker's)"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--batch-out", type=Path, default=REPO / "out" / "counting_fluo_test")
     parser.add_argument("--note", default="", help="a note stored in the JSON")
@@ -226,9 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out, args.note)
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    except ValueError as err:
+        parser.error(str(err))
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     if not (args.data / "fluo" / "train" / "images").is_dir():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
+    threads = use_worker_threads(args.threads)  # before torch is imported
+    load_start = load_now()
     os.environ["NAPARI_CELLSPARSE_HOME"] = tempfile.mkdtemp(prefix="counting-bench-")
     settings: dict[str, Any] = {
         k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)
@@ -242,40 +319,57 @@ def main(argv: list[str] | None = None) -> int:
         "fluo_25": (fluo_train, fluo_test, 0.25),
         "fluo_100": (fluo_train, fluo_test, 1.0),
         "histo_25": (histo[:10], histo[10:], 0.25),
+        "user": (fluo_train[:USER_IMAGES], fluo_test, 0.25),
+        "histo_user": (histo[:USER_IMAGES], histo[USER_IMAGES:], 0.25),
     }
-    result: dict[str, Any] = {}
-    for run in args.only or RUNS:
-        if run == "baseline_fluo_25":
-            result[run] = run_baseline(fluo_train, fluo_test, 0.25, args.seed)
-            continue
-        train, test, fraction = plan[run]
-        result[run], counter = run_counter(run, train, test, fraction, args.seed, settings)
-        if run == "fluo_25":
-            from napari_cellsparse.counting import count_folder
-
-            batch = count_folder(counter, args.data / "fluo" / "test" / "images", args.batch_out)
-            result[run]["batch_outputs"] = [str(p) for p in batch.outputs]
-            result[run]["batch_overlay_example"] = (
-                str(batch.overlays[0]) if batch.overlays else None
-            )
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        for run in args.only or RUNS:
+            if run == "baseline_fluo_25":
+                figures = run_baseline(fluo_train, fluo_test, 0.25, seed)
+            else:
+                train, test, fraction = plan[run]
+                figures, counter = run_counter(run, train, test, fraction, seed, settings)
+                if run == "fluo_25":
+                    figures.update(batch(counter, args.data, args.batch_out))
+            row = {"run": run, "seed": seed, **figures}
+            print(json.dumps(row), flush=True)
+            runs.append(row)
     import torch
 
-    result["machine"] = {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    result: dict[str, Any] = {
+        "runs": runs,
+        "summary": summarise(runs),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "loadavg_start": load_start,
+            "loadavg_end": load_now(),
+        },
+        "settings": {
+            **settings,
+            "seeds": seeds,
+            "threads": threads,
+            "user_images": USER_IMAGES,
+        },
     }
-    result["settings"] = settings
     if args.note:
         result["note"] = args.note
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+    write(result, args.out)
     return 0
+
+
+def batch(counter: Any, data: Path, out: Path) -> dict[str, Any]:
+    """Count ``fluo/test/images`` with the batch API into ``out``."""
+    from napari_cellsparse.counting import count_folder
+
+    done = count_folder(counter, data / "fluo" / "test" / "images", out)
+    return {
+        "batch_outputs": [str(p) for p in done.outputs],
+        "batch_overlay_example": str(done.overlays[0]) if done.overlays else None,
+    }
 
 
 if __name__ == "__main__":

@@ -10,6 +10,16 @@ is trained on sparse annotations made from the full masks of ``train/`` with
   (Sugawara 2023);
 * ``full``: every cell of every training image, background everywhere else (k = "full");
 * ``user``: the first 3 training images in file-name order, 10 cells each (k = 5) plus the band;
+* ``histo_user``: the same on ``../histo`` (``--histo``): 16 RGB brightfield images of 256x320
+  with their masks in ``images/`` and ``masks/`` (no train/test split of its own); the first 3
+  in file-name order train (k = 5 by grey mean, the band), the other 13 test;
+* ``next10``: the user story (its run is reported as ``user``), then "where to annotate next"
+  (``training.uncertainty.where_to_annotate``) on each of the 3 training images: the ground-truth
+  cells under the 10 top-ranked places of the 3 images (see ``next10.py``) are added with their
+  band, and the model is trained again from scratch (``reset=True``, same steps, same seed)
+  (``next10_map``); against 10 unannotated cells drawn at random with the run's seed
+  (``next10_random``). Each reports ``gain`` = its F1 - the user story's F1 of the same seed.
+  Not for ``stock`` (no map);
 * ``sample``: StarDist's own 2D nuclei image (``stardist.data.test_image_nuclei_2d``), left
   half for training (k from ``--k``), right half for testing (protocol "stardist_sample").
 
@@ -18,21 +28,36 @@ Backends (``--backend``): ``unet``, ``stardist``, ``cellpose`` through the publi
 ``stock``: upstream ``StarDist2D`` (Config2D defaults, n_channel_in=1, 128x128 patches, no
 augmentation, ``csbdeep.utils.normalize(img, 1, 99.8)``, default thresholds, no rescaling, no
 threshold optimisation; a one-image validation set because it needs one) on the same labels
-(0 -> -1 ignored, 1 -> 0 background, 2+ -> cells). Every k of a backend gets the same step
-budget: ``--steps``, else the backend's default config steps (stock: the stardist backend's).
+(0 -> -1 ignored, 1 -> 0 background, 2+ -> cells; ``n_channel_in`` 3 for the RGB histology).
+Every k of a backend gets the same step budget: ``--steps``, else the backend's default config
+steps (stock: the stardist backend's).
+
+``--seeds 0,1,2`` repeats every run per seed: the training seed (``seed=`` of ``train()``; stock:
+Keras's and its patch sampling) and next10's random draw. Every row has its ``seed``; the final
+object's ``summary`` gives per backend x protocol x k the mean, min, max and spread (max - min)
+of ``f1`` (and ``pq``, ``train_s``, ``predict_s_per_mpx``) over the seeds, and ``next10`` per
+backend the gains per seed with their mean and spread.
+
+The process runs with the thread counts of the widgets' model worker (``worker/host.py``: all
+cores but one, OMP/MKL/OpenBLAS/TensorFlow env, passive OpenMP wait), or ``--threads``;
+``settings.threads`` records them and each row its ``torch_threads``. Each row has the load
+averages at its start and end (``loadavg_start``/``loadavg_end``).
 
 ``train_s``: wall time of ``train()`` (data preparation, steps, threshold tuning, saving);
 ``train_loop_s``: the API's ``model.info["train_s"]`` (steps and tuning); ``tune_save_s``: from
 the last step to the return of ``train()``. ``f1``/``precision``/``recall``/``pq`` are over all
-test images; ``same_scale_f1`` over the test images whose median nucleus area is within 0.5-2x
-the median area of the annotated training cells. ``diam_ratio_*``: estimated diameter / true
-median equivalent diameter, per test image. Each run prints one JSON line on stdout when it
-ends; the last line is one JSON object with every run and the machine. Everything else goes
+test images; ``predict_s`` the wall time of predicting every test image and
+``predict_s_per_mpx`` that per megapixel of test image; ``same_scale_f1`` over the test images
+whose median nucleus area is within 0.5-2x the median area of the annotated training cells.
+``diam_ratio_*``: estimated diameter / true median equivalent diameter, per test image. Each
+run prints one JSON line on stdout when it ends; the last line is one JSON object with every
+run, the summary, the settings and the machine. Everything else goes
 to stderr. Models are saved in a temporary ``NAPARI_CELLSPARSE_HOME``, removed at the end. Run
 from the repository root::
 
     .venv/bin/python benchmarks/sparse_training.py --out benchmarks/results/sparse_training.json
     .venv/bin/python benchmarks/sparse_training.py --backend unet --protocol user --steps 5
+    .venv/bin/python benchmarks/sparse_training.py --backend cellpose --protocol next10 --seeds 0,1
     .venv/bin/python benchmarks/sparse_training.py --selfcheck
 """
 
@@ -55,13 +80,25 @@ from typing import IO, Any
 
 import numpy as np
 
+import next10
+from bench_common import (
+    load_now,
+    megapixels,
+    over_seeds,
+    parse_seeds,
+    torch_threads,
+    use_worker_threads,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / ".." / "shared" / "data" / "dsb2018" / "fluo"
 BACKENDS = ("unet", "stardist", "cellpose", "stock")
-PROTOCOLS = ("paper", "full", "user", "sample")
+HISTO = DATA.parent / "histo"
+PROTOCOLS = ("paper", "full", "user", "histo_user", "next10", "sample")
 PAPER_KS = (1, 2, 4, 8)
 BAND = 12  # px of background painted around the kept cells
 USER_IMAGES, USER_K = 3, 5
+NEXT_CELLS = 10  # cells next10 adds, by the map or at random
 IOU = 0.5
 SAME_SCALE = (0.5, 2.0)
 STOCK_PATCH = (128, 128)
@@ -133,13 +170,15 @@ def load_sample() -> tuple[Split, Split]:
 
 @dataclass
 class Task:
-    """One training set: the protocol, k, the images and their annotations (0/1/2+)."""
+    """One training set: the protocol, k, the images, their annotations (0/1/2+) and their
+    full masks (where next10 finds the cells it adds)."""
 
     protocol: str
     k: int | str
     images: list[np.ndarray]
     annotations: list[np.ndarray]
     test: Split
+    truths: list[np.ndarray]
 
     @property
     def key(self) -> str:
@@ -152,24 +191,33 @@ def make_task(protocol: str, k: int | None, train: Split, test: Split) -> Task:
     anns = [
         sparse_from_truth(i, m, k, BAND) for i, m in zip(train.images, train.masks, strict=True)
     ]
-    return Task(protocol, "full" if k is None else k, list(train.images), anns, test)
+    k_name = "full" if k is None else k
+    return Task(protocol, k_name, list(train.images), anns, test, list(train.masks))
 
 
-def build_tasks(protocols: list[str], ks: list[int], data: Path) -> list[Task]:
-    """The training sets asked for, in the order paper, full, user, sample."""
+def head(split: Split, n: int) -> tuple[Split, Split]:
+    """The first ``n`` images of a split and the rest."""
+    first = Split(split.names[:n], split.images[:n], split.masks[:n])
+    return first, Split(split.names[n:], split.images[n:], split.masks[n:])
+
+
+def build_tasks(protocols: list[str], ks: list[int], data: Path, histo: Path = HISTO) -> list[Task]:
+    """The training sets asked for, in the order paper, full, user (also next10's start),
+    histo_user, sample."""
     tasks: list[Task] = []
-    if {"paper", "full", "user"} & set(protocols):
+    if {"paper", "full", "user", "next10"} & set(protocols):
         train, test = load_split(data / "train"), load_split(data / "test")
         log(f"{len(train.names)} training and {len(test.names)} test images from {data}")
         if "paper" in protocols:
             tasks += [make_task("paper", k, train, test) for k in ks]
         if "full" in protocols:
             tasks.append(make_task("full", None, train, test))
-        if "user" in protocols:
-            first = Split(
-                train.names[:USER_IMAGES], train.images[:USER_IMAGES], train.masks[:USER_IMAGES]
-            )
-            tasks.append(make_task("user", USER_K, first, test))
+        if {"user", "next10"} & set(protocols):
+            tasks.append(make_task("user", USER_K, head(train, USER_IMAGES)[0], test))
+    if "histo_user" in protocols:
+        first, rest = head(load_split(histo), USER_IMAGES)
+        log(f"histology: {len(first.names)} training and {len(rest.names)} test images")
+        tasks.append(make_task("histo_user", USER_K, first, rest))
     if "sample" in protocols:
         left, right = load_sample()
         tasks += [make_task("stardist_sample", k, left, right) for k in ks]
@@ -277,24 +325,37 @@ def check_backend(backend: str) -> None:
         backend_class(backend)
 
 
-def base_row(backend: str, task: Task, steps: int) -> dict[str, Any]:
+def base_row(backend: str, task: Task, steps: int, seed: int) -> dict[str, Any]:
     area = float(np.median(cell_areas(task.annotations)))
     return {
         "backend": backend,
         "protocol": task.protocol,
         "k": task.k,
+        "seed": seed,
         "steps": steps,
+        "loadavg_start": load_now(),
         "n_train_images": len(task.images),
         "n_train_cells": len(cell_areas(task.annotations)),
         "train_median_area": r4(area),
     }
 
 
-def run_ours(backend: str, task: Task, steps: int) -> dict[str, Any]:
-    """Train one of our backends through the public API and evaluate it."""
+def timing(test: Split, predict_s: float) -> dict[str, Any]:
+    """Prediction time, per megapixel of test image, threads and the load at the run's end."""
+    return {
+        "predict_s": round(predict_s, 2),
+        "predict_s_per_mpx": r4(predict_s / megapixels(test.images)),
+        "torch_threads": torch_threads(),
+        "loadavg_end": load_now(),
+    }
+
+
+def run_ours(backend: str, task: Task, steps: int, seed: int) -> tuple[dict[str, Any], Any]:
+    """Train one of our backends through the public API and evaluate it; the row and the
+    trained model."""
     from napari_cellsparse.training import train
 
-    row = base_row(backend, task, steps)
+    row = base_row(backend, task, steps, seed)
     every = max(steps // 10, 1)
     last_step = [0.0]
 
@@ -313,6 +374,7 @@ def run_ours(backend: str, task: Task, steps: int) -> dict[str, Any]:
         progress=progress,
         cancel=threading.Event(),
         reset=True,
+        seed=seed,
     )
     end = time.perf_counter()
     train_s = end - start
@@ -331,14 +393,45 @@ def run_ours(backend: str, task: Task, steps: int) -> dict[str, Any]:
         tune_save_s=round(end - last_step[0], 2) if last_step[0] else None,
         final_loss=r4(sessions[-1].get("final_loss")),
         **evaluate(task.test, preds, row["train_median_area"]),
-        predict_s=round(predict_s, 2),
         diam_ratio_median=summary(ratios)["median"],
         diam_ratio_min=summary(ratios)["min"],
         diam_ratio_max=summary(ratios)["max"],
         train_diameter=r4(model.scale.train_diameter),
         device=str(model.network.device),
+        **timing(task.test, predict_s),
     )
-    return row
+    return row, model
+
+
+def run_next10(
+    backend: str, task: Task, base: dict[str, Any], model: Any, steps: int, seed: int
+) -> list[dict[str, Any]]:
+    """From the user story's model: 10 cells chosen by the map, then 10 at random; each
+    added to the annotation, trained afresh with the same budget and seed, and evaluated."""
+    rows = []
+    start = time.perf_counter()
+    by_map, seen = next10.by_map(model, task.images, task.annotations, task.truths, NEXT_CELLS)
+    map_s = time.perf_counter() - start
+    at_random = next10.at_random(
+        task.annotations, task.truths, NEXT_CELLS, np.random.default_rng(seed)
+    )
+    for arm, chosen in (("map", by_map), ("random", at_random)):
+        anns = [
+            next10.add_cells(a, t, ids, BAND)
+            for a, t, ids in zip(task.annotations, task.truths, chosen, strict=True)
+        ]
+        grown = Task(f"next10_{arm}", task.k, task.images, anns, task.test, task.truths)
+        log(f"{backend} {grown.key} seed {seed}: {sum(map(len, chosen))} cells added")
+        row, _ = run_ours(backend, grown, steps, seed)
+        row.update(
+            added_cells=[len(c) for c in chosen],
+            base_f1=base.get("f1"),
+            gain=r4(row["f1"] - base["f1"]) if None not in (row["f1"], base.get("f1")) else None,
+        )
+        if arm == "map":
+            row.update(map_s=round(map_s, 2), **seen)
+        rows.append(row)
+    return rows
 
 
 def stock_labels(annotation: np.ndarray) -> np.ndarray:
@@ -352,17 +445,18 @@ def epochs_for(steps: int) -> tuple[int, int]:
     return steps // per, per
 
 
-def run_stock(task: Task, steps: int) -> dict[str, Any]:
+def run_stock(task: Task, steps: int, seed: int) -> dict[str, Any]:
     """Upstream StarDist2D, default config, trained on the same sparse labels."""
     import keras
     from csbdeep.utils import normalize
     from stardist.models import Config2D, StarDist2D
 
-    row = base_row("stock", task, steps)
-    keras.utils.set_random_seed(SEED)
+    row = base_row("stock", task, steps, seed)
+    keras.utils.set_random_seed(seed)
     x = [normalize(img, 1, 99.8).astype(np.float32) for img in task.images]
     y = [stock_labels(a) for a in task.annotations]
-    config = Config2D(n_channel_in=1, train_patch_size=STOCK_PATCH, train_tensorboard=False)
+    channels = int(x[0].shape[-1]) if x[0].ndim == 3 else 1
+    config = Config2D(n_channel_in=channels, train_patch_size=STOCK_PATCH, train_tensorboard=False)
     model = StarDist2D(config, name="stock", basedir=None)
     fit = model.keras_model.fit
 
@@ -374,7 +468,7 @@ def run_stock(task: Task, steps: int) -> dict[str, Any]:
     log(f"stock {task.key}: {epochs} epoch(s) x {per_epoch} steps")
     start = time.perf_counter()
     history = model.train(
-        x, y, validation_data=(x[:1], y[:1]), epochs=epochs, steps_per_epoch=per_epoch, seed=SEED
+        x, y, validation_data=(x[:1], y[:1]), epochs=epochs, steps_per_epoch=per_epoch, seed=seed
     )
     train_s = time.perf_counter() - start
     preds = []
@@ -391,10 +485,10 @@ def run_stock(task: Task, steps: int) -> dict[str, Any]:
         train_s=round(train_s, 2),
         final_loss=r4(losses[-1]),
         **evaluate(task.test, preds, row["train_median_area"]),
-        predict_s=round(predict_s, 2),
         diam_ratio_median=None,
         thresholds={"prob": model.thresholds.prob, "nms": model.thresholds.nms},
         batch_size=config.train_batch_size,
+        **timing(task.test, predict_s),
     )
     return row
 
@@ -402,7 +496,7 @@ def run_stock(task: Task, steps: int) -> dict[str, Any]:
 # -- self-check ----------------------------------------------------------------------------
 
 
-def selfcheck(data: Path) -> dict[str, Any]:
+def selfcheck(data: Path, histo: Path = HISTO) -> dict[str, Any]:
     """The F1 plumbing and the annotations, without training anything."""
     checks: dict[str, bool] = {}
     test = load_split(data / "test")
@@ -430,7 +524,7 @@ def selfcheck(data: Path) -> dict[str, Any]:
     shifted = [np.roll(m, 40, axis=1) for m in test.masks]
     checks["shifted_prediction_worse"] = evaluate(test, shifted, area)["f1"] < 0.5
 
-    tasks = build_tasks(["paper", "full", "user", "sample"], [2], data)
+    tasks = build_tasks(["paper", "full", "user", "histo_user", "sample"], [2], data, histo)
     by_key = {t.key: t for t in tasks}
     paper, full, user = by_key["paper-k2"], by_key["full-kfull"], by_key["user-k5"]
     train = load_split(data / "train")
@@ -461,7 +555,73 @@ def selfcheck(data: Path) -> dict[str, Any]:
     )
     checks["sample_halves"] = by_key["stardist_sample-k2"].test.images[0].shape[1] > 0
     checks["epochs_for"] = epochs_for(600) == (6, 100) and epochs_for(5) == (1, 5)
+    checks.update(check_histo_and_next10(by_key["histo_user-k5"], user, load_split(histo)))
     return {"selfcheck": all(checks.values()), "checks": checks}
+
+
+def check_histo_and_next10(histo_task: Task, user: Task, histo: Split) -> dict[str, bool]:
+    """histo_user's split and annotations; next10's random draw and added cells."""
+    checks = {
+        "histo_user_3_train_13_test": len(histo_task.images) == USER_IMAGES
+        and len(histo_task.test.images) == len(histo.names) - USER_IMAGES
+        and histo_task.test.images[0].shape == histo.images[USER_IMAGES].shape
+        and all(
+            len(np.unique(a[a >= 2])) == min(2 * USER_K, int(m.max()))
+            for a, m in zip(histo_task.annotations, histo.masks[:USER_IMAGES], strict=True)
+        )
+    }
+    picks = next10.at_random(user.annotations, user.truths, NEXT_CELLS, np.random.default_rng(SEED))
+    again = next10.at_random(user.annotations, user.truths, NEXT_CELLS, np.random.default_rng(SEED))
+    known = [
+        next10.annotated_truth_ids(a, t) for a, t in zip(user.annotations, user.truths, strict=True)
+    ]
+    checks["next10_random_10_new_cells_seeded"] = (
+        sum(map(len, picks)) == NEXT_CELLS
+        and picks == again
+        and all(not set(p) & k for p, k in zip(picks, known, strict=True))
+    )
+    grown = [
+        next10.add_cells(a, t, ids, BAND)
+        for a, t, ids in zip(user.annotations, user.truths, picks, strict=True)
+    ]
+    checks["next10_adds_cells_keeps_the_rest"] = all(
+        len(np.unique(g[g >= 2])) == len(np.unique(a[a >= 2])) + len(ids)
+        and ((a == 0) | (g == a)).all()
+        and set(ids) == next10.annotated_truth_ids(g, t) - next10.annotated_truth_ids(a, t)
+        and not (g[t == 0] >= 2).any()
+        and not ((g == 1) & (t > 0)).any()
+        for a, g, t, ids in zip(user.annotations, grown, user.truths, picks, strict=True)
+    )
+    return checks
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per backend x protocol x k: F1, PQ, train_s and predict_s_per_mpx over the seeds;
+    per backend, next10's gains per seed with their mean and spread."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in runs:
+        if "error" not in row:
+            groups.setdefault(f"{row['backend']}/{row['protocol']}-k{row['k']}", []).append(row)
+    table = {
+        key: {
+            "seeds": [row["seed"] for row in rows],
+            **{
+                name: over_seeds([row.get(name) for row in rows])
+                for name in ("f1", "pq", "train_s", "predict_s_per_mpx")
+            },
+        }
+        for key, rows in groups.items()
+    }
+    gains: dict[str, Any] = {}
+    for row in runs:
+        if "error" not in row and row["protocol"] in ("next10_map", "next10_random"):
+            arm = "gain_" + row["protocol"].removeprefix("next10_")
+            per = gains.setdefault(row["backend"], {"gain_map": {}, "gain_random": {}})
+            per[arm][str(row["seed"])] = row["gain"]
+    for per in gains.values():
+        for arm in ("gain_map", "gain_random"):
+            per[f"{arm}_over_seeds"] = over_seeds(list(per[arm].values()))
+    return {"f1_over_seeds": table, "next10": gains}
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -519,8 +679,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="repeatable or comma list (default: all): 'paper' (k darkest + k brightest "
         "cells of every training image, 12 px background band, one run per --k), 'full' "
         "(every cell, background everywhere else), 'user' (first 3 training images, k=5), "
-        "'sample' (StarDist's test_image_nuclei_2d, left half train, right half test, one run "
-        "per --k; reported as 'stardist_sample')",
+        "'histo_user' (first 3 of the histology images, k=5; test: the other 13), 'next10' "
+        "(the user story, then + 10 cells by the where-to-annotate map vs + 10 random, "
+        "each retrained from scratch), 'sample' (StarDist's test_image_nuclei_2d, left half "
+        "train, right half test, one run per --k; reported as 'stardist_sample')",
     )
     parser.add_argument(
         "--k", default=",".join(map(str, PAPER_KS)), help="comma list of k (default 1,2,4,8)"
@@ -532,7 +694,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="training steps for every run (default: each "
         "backend's default config steps; stock: the stardist backend's)",
     )
+    parser.add_argument(
+        "--seeds",
+        default=str(SEED),
+        help="comma list of seeds; every run is repeated per seed (training seed and "
+        "next10's random cells; default 0)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="thread count for torch / OpenMP / TensorFlow (default: the widgets' worker's, "
+        "all cores but one)",
+    )
     parser.add_argument("--data", type=Path, default=DATA, help="the dsb2018 fluo folder")
+    parser.add_argument(
+        "--histo", type=Path, default=HISTO, help="the dsb2018 histo folder (histo_user)"
+    )
     parser.add_argument("--out", type=Path, help="also write the final JSON object here")
     parser.add_argument(
         "--selfcheck", action="store_true", help="check the F1 plumbing and annotations, then exit"
@@ -553,17 +731,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--k must be a comma list of positive integers")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    try:
+        args.seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(str(err))
     args.data = args.data.resolve()
+    args.histo = args.histo.resolve()
     return args
+
+
+def run_task(
+    backend: str, task: Task, steps: int, seed: int, with_next10: bool, runs: list[dict[str, Any]]
+) -> None:
+    """One task's run, and next10's two after the user story when asked; each row is
+    printed and added to ``runs`` as it ends."""
+
+    def done(row: dict[str, Any]) -> None:
+        emit(row)
+        runs.append(row)
+
+    log(f"{backend} {task.key} seed {seed}: training {steps} steps")
+    next10_too = with_next10 and task.protocol == "user"
+    if backend == "stock":
+        done(run_stock(task, steps, seed))
+        if next10_too:
+            done(
+                {
+                    "backend": backend,
+                    "protocol": "next10",
+                    "k": task.k,
+                    "seed": seed,
+                    "error": "stock has no where-to-annotate map",
+                    "skipped": True,
+                }
+            )
+        return
+    row, model = run_ours(backend, task, steps, seed)
+    done(row)
+    if next10_too:
+        for grown in run_next10(backend, task, row, model, steps, seed):
+            done(grown)
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     began, load_start = time.perf_counter(), os.getloadavg()
     if args.selfcheck:
-        result = selfcheck(args.data)
+        result = selfcheck(args.data, args.histo)
         result["machine"] = machine_info(began, load_start)
         return result
-    tasks = build_tasks(args.protocol, args.k, args.data)
+    tasks = build_tasks(args.protocol, args.k, args.data, args.histo)
+    with_next10 = "next10" in args.protocol
     runs: list[dict[str, Any]] = []
     for backend in args.backend:
         try:
@@ -574,25 +793,25 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             emit(row)
             runs.append(row)
             continue
-        for task in tasks:
-            log(f"{backend} {task.key}: training {steps} steps")
-            try:
-                row = (
-                    run_stock(task, steps) if backend == "stock" else run_ours(backend, task, steps)
-                )
-            except Exception as err:
-                log(traceback.format_exc())
-                row = {
-                    "backend": backend,
-                    "protocol": task.protocol,
-                    "k": task.k,
-                    "steps": steps,
-                    "error": f"{type(err).__name__}: {err}",
-                }
-            emit(row)
-            runs.append(row)
+        for seed in args.seeds:
+            for task in tasks:
+                try:
+                    run_task(backend, task, steps, seed, with_next10, runs)
+                except Exception as err:
+                    log(traceback.format_exc())
+                    row = {
+                        "backend": backend,
+                        "protocol": task.protocol,
+                        "k": task.k,
+                        "seed": seed,
+                        "steps": steps,
+                        "error": f"{type(err).__name__}: {err}",
+                    }
+                    emit(row)
+                    runs.append(row)
     return {
         "runs": runs,
+        "summary": summarise(runs),
         "settings": {
             "data": str(args.data),
             "backends": args.backend,
@@ -603,6 +822,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "iou": IOU,
             "same_scale": list(SAME_SCALE),
             "user": {"images": USER_IMAGES, "k": USER_K},
+            "histo": str(args.histo),
+            "seeds": args.seeds,
+            "next10_cells": NEXT_CELLS,
+            "threads": args.thread_settings,
             "stock": {"train_patch_size": list(STOCK_PATCH), "normalize": [1, 99.8]},
         },
         "machine": machine_info(began, load_start),
@@ -612,6 +835,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     global _OUT
     args = parse_args(argv)
+    args.thread_settings = use_worker_threads(args.threads)  # before torch / TF are imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # leave GPU memory to torch too
     # Only JSON goes to stdout: anything else written there (Keras, C code) goes to stderr.
