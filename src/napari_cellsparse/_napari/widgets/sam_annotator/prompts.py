@@ -145,7 +145,7 @@ class PromptsMixin:
         self.state.boxes_done = len(shapes.data)
         self._process_pending()
 
-    def _target(self) -> Promptable:
+    def _answering(self) -> Promptable:
         """What the prompts go to: the large image tile by tile, or the prompter."""
         target = self.state.tiled or self.state.prompter
         if target is None:
@@ -170,7 +170,7 @@ class PromptsMixin:
             ):
                 return  # back here once the tiles these boxes need are embedded
             self.state.pending_boxes = []
-            masks = self._target().boxes(boxes)
+            masks = self._answering().boxes(boxes)
             written = self._write(masks)
         except CellsparseError as err:
             self.state.pending_boxes = []
@@ -203,7 +203,7 @@ class PromptsMixin:
                 [tiled.region_for_points(xy, positive)], self._update_preview
             ):
                 return
-            self._set_preview(self._target().points(xy, positive))
+            self._set_preview(self._answering().points(xy, positive))
         except CellsparseError as err:
             self.status.setText(str(err))  # live preview: no pop-up for every point
 
