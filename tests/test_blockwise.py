@@ -14,7 +14,9 @@ from napari_cellsparse.core.errors import BadInputError, CancelledError
 from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.core.tiling import block_grid
 from napari_cellsparse.formats.image_sources import open_image, pixel_size_from_tiff
+from napari_cellsparse.scale.block_measure import BlockMeasurements
 from napari_cellsparse.scale.blockwise import (
+    BlockObjects,
     ModelSegmenter,
     create_labels_array,
     segment_blockwise,
@@ -197,36 +199,66 @@ def test_block_measurements_and_geojson_equal_those_of_the_whole_image() -> None
     from napari_cellsparse.scale.measure import measure_objects
 
     image, n = border_image()
+    source = open_image(image)
+    sink = BlockMeasurements(source, features=True, pixel_size=0.5)
     result = run_sync(
-        segment_blockwise(
-            open_image(image),
-            threshold_segmenter,
-            block=100,
-            halo=24,
-            measure=True,
-            geojson=True,
-            pixel_size=0.5,
-        )
+        segment_blockwise(source, threshold_segmenter, block=100, halo=24, sinks=[sink])
     )
     whole = measure_objects(result.labels, image, pixel_size=0.5, image_name="image")
-    table = result.table.sort_values("Object ID").reset_index(drop=True)
+    table = sink.table.sort_values("Object ID").reset_index(drop=True)
     assert len(table) == n and list(table.columns) == list(whole.columns)
     numeric = [c for c in whole.columns if c != "Image"]
     np.testing.assert_allclose(table[numeric].to_numpy(float), whole[numeric].to_numpy(float))
     expected = {
         f["properties"]["label_id"]: f["geometry"] for f in labels_to_features(result.labels)
     }
-    found = {f["properties"]["label_id"]: f["geometry"] for f in result.features}
+    found = {f["properties"]["label_id"]: f["geometry"] for f in sink.features}
     assert found == expected
-    by_id = {f["properties"]["label_id"]: f["properties"]["measurements"] for f in result.features}
+    by_id = {f["properties"]["label_id"]: f["properties"]["measurements"] for f in sink.features}
     row = whole.iloc[3]
     assert by_id[int(row["Object ID"])]["Area µm^2"] == pytest.approx(row["Area µm^2"])
 
 
 def test_an_image_without_objects_gives_an_empty_table_with_its_columns() -> None:
     blank = np.full((150, 120), 20, np.uint16)
+    source = open_image(blank)
+    sink = BlockMeasurements(source)
     result = run_sync(
-        segment_blockwise(open_image(blank), threshold_segmenter, block=64, halo=8, measure=True)
+        segment_blockwise(source, threshold_segmenter, block=64, halo=8, sinks=[sink])
     )
     assert result.n_objects == 0 and not result.labels.any()
-    assert len(result.table) == 0 and "Channel 1: Mean" in result.table.columns
+    assert len(sink.table) == 0 and "Channel 1: Mean" in sink.table.columns
+
+
+class RecordingSink:
+    """A sink that keeps every block it is handed, and the labels it is finished with."""
+
+    def __init__(self) -> None:
+        self.blocks: list[BlockObjects] = []
+        self.finished: list[object] = []
+
+    def add(self, objects: BlockObjects) -> None:
+        self.blocks.append(objects)
+
+    def finish(self, labels: object) -> None:
+        self.finished.append(labels)
+
+
+def test_each_object_reaches_the_sinks_once_in_its_owning_block() -> None:
+    image, n = border_image()
+    sinks = [RecordingSink(), RecordingSink()]
+    result = run_sync(
+        segment_blockwise(open_image(image), threshold_segmenter, block=100, halo=24, sinks=sinks)
+    )
+    first, second = sinks
+    assert first.finished == [result.labels] and second.finished == [result.labels]
+    assert [b.region for b in first.blocks] == [b.region for b in second.blocks]
+    handed = np.concatenate([b.ids for b in first.blocks])
+    assert handed.tolist() == list(range(1, n + 1))  # every object once, in block order
+    for objects in first.blocks:
+        assert objects.ids.tolist() == sorted(objects.ids.tolist())
+        window = result.labels[objects.region.slices]
+        assert objects.labels.shape == window.shape == objects.pixels.shape[:2]
+        mine = np.isin(window, objects.ids)
+        np.testing.assert_array_equal(objects.labels, np.where(mine, window, 0))
+        np.testing.assert_array_equal(objects.pixels[..., 0], image[objects.region.slices])

@@ -6,6 +6,7 @@ the encoder resizes each tile to 1024 as it would a 1024 tile of a real slide.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import threading
 from pathlib import Path
@@ -25,7 +26,7 @@ from napari_cellsparse.core.images import intensity_ranges, to_rgb_uint8
 from napari_cellsparse.core.progress import Progress, run_sync
 from napari_cellsparse.sam.embedding import EmbeddingCache
 from napari_cellsparse.sam.large_images import Region, TiledImage, tile_grid
-from napari_cellsparse.sam.prompting import SamPrompter
+from napari_cellsparse.sam.prompting import Promptable, SamPrompter
 from napari_cellsparse.samples.generated import make_nuclei
 
 TILE, OVERLAP = 256, 16
@@ -310,3 +311,16 @@ def test_region_overlap() -> None:
     a, b = Region(0, 0, 10, 10), Region(5, 5, 20, 20)
     assert a.overlap(b) == Region(5, 5, 10, 10)
     assert a.overlap(Region(10, 0, 20, 10)) is None
+
+
+@pytest.mark.parametrize("kind", [SamPrompter, TiledImage])
+def test_the_prompter_and_a_tiled_image_answer_prompts_alike(kind: type) -> None:
+    """Both are :class:`Promptable`, with the protocol's parameters and defaults, so front
+    ends hand prompts to either."""
+    assert issubclass(kind, Promptable)
+    for name in ("boxes", "points", "prompt"):
+        expected = inspect.signature(getattr(Promptable, name)).parameters
+        found = inspect.signature(getattr(kind, name)).parameters
+        assert [(p.name, p.default) for p in found.values()] == [
+            (p.name, p.default) for p in expected.values()
+        ], name

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from .errors import BadInputError
 
-__all__ = ["DEVICE_CHOICES", "available_devices", "resolve_device"]
+__all__ = ["ALWAYS_AVAILABLE", "available_devices", "resolve_device"]
 
-# What a user may ask for; ``auto`` picks the best available (:func:`resolve_device`).
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+# What a user may always ask for, before torch says what else there is: ``auto`` picks the
+# best available (:func:`resolve_device`).
+ALWAYS_AVAILABLE: tuple[str, ...] = ("auto", "cpu")
 
 
 def available_devices() -> list[str]:

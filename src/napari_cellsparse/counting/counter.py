@@ -35,7 +35,6 @@ centre yet (:meth:`Counter._small_cells`).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from ..models.store import (
     resolve_model_folder,
 )
 from .centres import cell_support, find_centres, snap_to_foreground
+from .config import CounterConfig
 
 __all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "load_counter"]
 
@@ -66,73 +66,6 @@ SCALE_PEAK_FLOOR = 0.1
 SCALE_MARGIN = 1.25
 SMALL_CELLS_BELOW = 0.5  # scale factor at or below which small cells are looked for
 MAX_GATED = 1.0 / 3.0  # a foreground that would drop more of the density missed cells
-
-
-@dataclass(frozen=True)
-class CounterConfig:
-    """Everything needed to rebuild a counter's network and read its output (JSON round-trip)."""
-
-    encoder: str = "resnet18"
-    encoder_depth: int = 4
-    decoder_width: int = 8
-    patch_size: int = 96
-    batch_size: int = 8
-    learning_rate: float = 3e-3
-    mse_weight: float = 1.0
-    steps: int = 650  # under 3 minutes on a 2-core laptop CPU
-    seed: int = 0
-    diameter: float = 0.0  # the training images' cell diameter in pixels; 0 = estimate
-    target_diameter: float = 16.0  # cell diameter at the canonical scale
-    sigma: float = 0.0  # of the Gaussians at the canonical scale; 0 = a third of the radius
-    neighbourhood: float = 1.5  # trusted disc around a point, in cell radii
-    probable_background: float = 0.5  # loss weight of the image's dark space (0 = off)
-    density_cut: float = 0.05
-    count_scale: float = 1.0  # set at training: centres / density mass on the training images
-    peak_threshold: float = 0.3
-    test_time_augmentation: bool = True  # heat map = mean over the 8 flips/turns
-    foreground_gate: bool = True  # peaks and density count only near the image's foreground
-    snap_to_foreground: bool = True  # centres move to the centroid of their cell's pixels
-    small_cells: bool = True  # images read at half scale or less are read again at twice it
-    min_distance: float = 0.0  # between centres at the canonical scale; 0 = a cell radius
-    polarity: float = 1.0  # set at training: +1 bright cells, -1 dark cells
-    diameter_calibration: float = 1.0  # set at training: given diameter / estimated
-    train_diameter: float = 0.0  # set at training: median diameter of the training images
-    diameter_range: tuple[float, float] = (0.0, 0.0)  # set at training: of the training images
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CounterConfig:
-        """A config from JSON, ignoring keys it does not know (clear error for bad values)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "diameter_range" in values:
-            values["diameter_range"] = tuple(float(v) for v in values["diameter_range"])
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise BadInputError(f"Bad counter settings ({err}).") from err
-
-    def with_settings(self, **settings: Any) -> CounterConfig:
-        """A copy with ``settings`` applied; unknown names are a clear error."""
-        unknown = set(settings) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(self))
-            raise BadInputError(
-                f"Unknown counter setting(s): {', '.join(sorted(unknown))}; known: {known}."
-            )
-        return dataclasses.replace(self, **settings)
-
-    @property
-    def radius(self) -> float:
-        """Cell radius at the canonical scale."""
-        return self.target_diameter / 2.0
-
-    @property
-    def separation(self) -> float:
-        """Least distance between two centres at the canonical scale (default: a radius)."""
-        return self.min_distance or max(2.0, self.radius)
 
 
 @dataclass

@@ -180,7 +180,7 @@ class AutomaskGenerator:
         embedding: the candidates passing the floor, in crop coordinates, in decoding order."""
         torch = import_torch()
         prompter, params, multimask = self.prompter, self.params, self.multimask
-        emb, ctx = prompter._require_image()
+        emb, ctx = prompter.require_image()
         size = emb.original_size
         thresh = float(prompter.sam.mask_threshold)
         low = thresh - params.stability_score_offset
@@ -192,7 +192,7 @@ class AutomaskGenerator:
             check_cancel(cancel)
             for start in range(0, len(batch), sub):
                 pts = batch[start : start + sub]
-                coords = prompter._to_input_frame(pts)[:, None, :]
+                coords = prompter.to_input_frame(pts)[:, None, :]
                 labels = torch.ones((len(pts), 1), dtype=torch.int, device=coords.device)
                 sparse = prompter.decoder.embed_prompts(coords, labels)
                 queries, keys, iou = prompter.decoder.decode_scores(ctx, sparse, multimask)

@@ -3,7 +3,9 @@
 :class:`SamPrompter` holds a loaded SAM model, the fast decoder and an embedding cache.
 ``set_image`` (a progress generator) computes or fetches the image embedding; ``boxes`` and
 ``points`` then decode prompts against it. Coordinates are image pixels, boxes are
-``x0, y0, x1, y1`` (samapi's order) and points ``x, y``.
+``x0, y0, x1, y1`` (samapi's order) and points ``x, y``. :class:`Promptable` is what it
+shares with :class:`~napari_cellsparse.sam.large_images.TiledImage`, so front ends prompt
+either alike.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,7 +29,7 @@ from .embedding import EmbeddingCache, ImageEmbedding, compute_embedding, image_
 from .models import load_sam
 from .upsample import upsample_logits
 
-__all__ = ["SamPrompter", "check_boxes"]
+__all__ = ["Promptable", "SamPrompter", "check_boxes"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,33 @@ def check_boxes(boxes: Any, shape: tuple[int, int]) -> np.ndarray:
             "draw a box around the whole object."
         )
     return out
+
+
+@runtime_checkable
+class Promptable(Protocol):
+    """What answers box and point prompts in image pixels: a :class:`SamPrompter` with its
+    image set, or a :class:`~napari_cellsparse.sam.large_images.TiledImage` (a large image,
+    tile by tile)."""
+
+    def boxes(self, boxes: Any, multimask: bool = False) -> list[PromptMask]:
+        """One object per box (``x0, y0, x1, y1``)."""
+        ...
+
+    def points(
+        self, points: Any, labels: Any, box: Any | None = None, multimask: bool = True
+    ) -> PromptMask:
+        """One object from positive (1) and negative (0) points ``x, y``."""
+        ...
+
+    def prompt(
+        self,
+        points: Any | None = None,
+        labels: Any | None = None,
+        box: Any | None = None,
+        multimask: bool = False,
+    ) -> list[PromptMask]:
+        """Every mask SAM proposes for one prompt (points, a box or both)."""
+        ...
 
 
 class SamPrompter:
@@ -138,14 +167,18 @@ class SamPrompter:
         self.embedding = embedding
         self._context = self.decoder.prepare(embedding.features.to(self.device))
 
-    def _require_image(self) -> tuple[ImageEmbedding, ImageContext]:
+    def require_image(self) -> tuple[ImageEmbedding, ImageContext]:
+        """The current image's embedding and decoder context (for code decoding its own
+        prompts, such as the automask grid); :class:`BadInputError` when none is set."""
         if self.embedding is None or self._context is None:
             raise BadInputError("No image is set: compute the image embedding first.")
         return self.embedding, self._context
 
     # -- prompts -------------------------------------------------------------------------
-    def _to_input_frame(self, coords: np.ndarray) -> Any:
-        emb, _ = self._require_image()
+    def to_input_frame(self, coords: np.ndarray) -> Any:
+        """Image-pixel ``x, y`` coordinates (any shape ending in 2) as a float32 tensor on
+        the model's device, in the frame of the resized encoder input the decoder expects."""
+        emb, _ = self.require_image()
         torch = import_torch()
         h, w = emb.original_size
         scale = np.array([emb.input_size[1] / w, emb.input_size[0] / h])
@@ -154,14 +187,14 @@ class SamPrompter:
 
     def decode_boxes(self, boxes: np.ndarray, multimask: bool = False) -> tuple[Any, Any]:
         """Low-resolution logits (N x M x 256 x 256) and IoU predictions (N x M) of boxes."""
-        emb, ctx = self._require_image()
+        emb, ctx = self.require_image()
         torch = import_torch()
         if np.asarray(boxes).size == 0:
             count = 3 if multimask else 1
             empty = torch.zeros((0, count, 256, 256), device=self.device)
             return empty, torch.zeros((0, count), device=self.device)
         boxes = check_boxes(boxes, emb.original_size)
-        frame_boxes = self._to_input_frame(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+        frame_boxes = self.to_input_frame(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
         logits, ious = [], []
         for start in range(0, len(frame_boxes), self.batch_size):
             sparse = self.decoder.embed_prompts(boxes=frame_boxes[start : start + self.batch_size])
@@ -207,7 +240,7 @@ class SamPrompter:
             logits, iou = self.decode_boxes(np.asarray(box, dtype=np.float64), multimask)
         else:
             logits, iou = self._decode_points(points, labels, box, multimask)
-        emb, _ = self._require_image()
+        emb, _ = self.require_image()
         out = []
         for j in range(logits.shape[1]):
             window, y0, x0 = upsample_logits(logits[0, j], emb.input_size, emb.original_size)
@@ -218,7 +251,7 @@ class SamPrompter:
         self, points: Any, labels: Any, box: Any | None, multimask: bool
     ) -> tuple[Any, Any]:
         """Checked point prompt (plus optional box) to logits and IoU predictions (1 x M)."""
-        emb, ctx = self._require_image()
+        emb, ctx = self.require_image()
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         lab = np.asarray(labels).reshape(-1)
         if len(pts) == 0 or len(pts) != len(lab):
@@ -236,16 +269,16 @@ class SamPrompter:
         frame_box = None
         if box is not None:
             checked = check_boxes(box, emb.original_size)
-            frame_box = self._to_input_frame(checked.reshape(-1, 2, 2)).reshape(-1, 4)
+            frame_box = self.to_input_frame(checked.reshape(-1, 2, 2)).reshape(-1, 4)
         sparse = self.decoder.embed_prompts(
-            points=self._to_input_frame(pts)[None],
+            points=self.to_input_frame(pts)[None],
             labels=torch.as_tensor(lab, dtype=torch.int64, device=self.device)[None],
             boxes=frame_box,
         )
         return self.decoder.decode(ctx, sparse, multimask)
 
     def _to_mask(self, logits: Any, iou: Any) -> PromptMask:
-        emb, _ = self._require_image()
+        emb, _ = self.require_image()
         best = int(iou.argmax())
         window, y0, x0 = upsample_logits(logits[best], emb.input_size, emb.original_size)
         return PromptMask(window, y0, x0, float(iou[best]), emb.original_size)

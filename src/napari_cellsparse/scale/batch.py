@@ -22,11 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..core.errors import BadInputError, CellsparseError
 from ..core.progress import Progress, check_cancel, run_sync
 from ..formats.image_sources import open_image
+from .block_measure import BlockMeasurements, PairedMeasurements
 from .blockwise import ModelSegmenter, segment_to_file
 from .workspace import BatchItem
 
@@ -111,11 +110,6 @@ def worker_model(folder: str | os.PathLike[str]) -> Any:
         return _MODELS[key]
 
 
-def _read_labels(path: Path) -> np.ndarray:
-    with open_image(path) as source:
-        return source.read_all()[..., 0]
-
-
 def process_item(
     item: BatchItem, model_folder: str, options: BatchOptions = BatchOptions()
 ) -> ItemResult:
@@ -131,8 +125,8 @@ def process_item(
         with open_image(item.image, level=options.level) as source:
             segmenter = ModelSegmenter(model, source, options.diameter)
             halo = options.halo if options.halo is not None else segmenter.halo
-            partner = item.nuclei or item.cells
-            paired = partner is not None and partner.exists()
+            table_sink, features_sink = _sinks(item, source, options)
+            sinks = list(dict.fromkeys(s for s in (table_sink, features_sink) if s is not None))
             result = run_sync(
                 segment_to_file(
                     source,
@@ -140,23 +134,18 @@ def process_item(
                     item.labels,
                     options.block,
                     halo,
-                    measure=item.table is not None and not paired,
-                    geojson=item.geojson is not None,
+                    sinks=sinks,
                     pixel_size=options.pixel_size,
-                    channel_names=options.channel_names,
                 )
             )
-            table = result.table
-            if item.table is not None and paired:
-                table = _paired_table(item, source, options)
-        if item.table is not None:
+        if table_sink is not None:
             from ..formats.tables import write_table
 
-            write_table(table, item.table)
-        if item.geojson is not None:
+            write_table(table_sink.table, item.table)
+        if features_sink is not None:
             from ..formats.geojson import write_features
 
-            write_features(item.geojson, result.features)
+            write_features(item.geojson, features_sink.features)
         return ItemResult(
             str(item.image),
             "done",
@@ -170,26 +159,28 @@ def process_item(
         )
 
 
-def _paired_table(item: BatchItem, source: Any, options: BatchOptions) -> Any:
-    """Nucleus / Cytoplasm / Cell measurements of the new mask and its partner (whole
-    images in memory: int32 labels and the raw image of one field of view or slide)."""
-    from .measure import measure_objects
-
-    made = _read_labels(item.labels)
-    other = _read_labels(item.nuclei or item.cells)  # type: ignore[arg-type]
-    cells, nuclei = (made, other) if item.nuclei is not None else (other, made)
-    if cells.shape != nuclei.shape:
-        raise BadInputError(
-            f"The nucleus and whole-cell masks of {item.image.name} differ in shape "
-            f"({nuclei.shape} and {cells.shape})."
-        )
-    return measure_objects(
-        cells,
-        source.read_all(),
-        nuclei=nuclei,
-        pixel_size=options.pixel_size if options.pixel_size is not None else source.pixel_size,
-        channel_names=options.channel_names,
-        image_name=source.name,
+def _sinks(
+    item: BatchItem, source: Any, options: BatchOptions
+) -> tuple[BlockMeasurements | PairedMeasurements | None, BlockMeasurements | None]:
+    """The sinks of one image's outputs: its table (per block, or paired with a partner
+    mask when one exists) and its GeoJSON features (measured when the table is per block)."""
+    common: dict[str, Any] = {
+        "pixel_size": options.pixel_size,
+        "channel_names": options.channel_names,
+    }
+    partner = item.nuclei or item.cells
+    if item.table is not None and partner is not None and partner.exists():
+        made = "cells" if item.nuclei is not None else "nuclei"
+        paired = PairedMeasurements(source, partner, made, **common)
+        features = BlockMeasurements(source, table=False, features=True, **common)
+        return paired, (features if item.geojson is not None else None)
+    if item.table is None and item.geojson is None:
+        return None, None
+    blocks = BlockMeasurements(
+        source, table=item.table is not None, features=item.geojson is not None, **common
+    )
+    return (blocks if item.table is not None else None), (
+        blocks if item.geojson is not None else None
     )
 
 

@@ -9,6 +9,11 @@ matches segmenting the whole image at once. Ids are given in block order and are
 over the image. The output is written block by block into any array that slices (numpy,
 zarr); files are written to a temporary name and renamed when complete.
 
+What else a run makes of its objects (measurements, GeoJSON features: see
+:mod:`napari_cellsparse.scale.block_measure`) goes through :class:`BlockSink` objects: each
+finished block hands its new objects to every sink, which keeps what it needs, so this
+module knows nothing of tables or file formats.
+
 Memory grows with the block size, not the image size: one block of input (image dtype),
 its float32 model input and its labels are in memory at a time. Models see one
 normalisation (the percentiles of the whole image, sampled) and one cell diameter for all
@@ -23,9 +28,9 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from skimage.measure import regionprops_table
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
     from ..training.model import TrainedModel
 
 __all__ = [
+    "BlockObjects",
+    "BlockSink",
     "BlockwiseResult",
     "ModelSegmenter",
     "Segmenter",
@@ -71,9 +78,32 @@ class BlockwiseResult:
     n_objects: int
     blocks: int
     cut_objects: int = 0
-    table: Any = None
-    features: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BlockObjects:
+    """One finished block's own objects, as a :class:`BlockSink` receives them.
+
+    ``labels`` is the window ``region`` of the output (the block with its halo) holding only
+    this block's objects, under their global ``ids`` (sorted), 0 elsewhere; ``pixels`` the
+    raw image window (YXC, the image's dtype) they were segmented from.
+    """
+
+    labels: np.ndarray
+    ids: np.ndarray
+    region: Region
+    pixels: np.ndarray
+
+
+class BlockSink(Protocol):
+    """Accumulates what it wants of a block-wise run, block by block."""
+
+    def add(self, objects: BlockObjects) -> None:
+        """Take one block's new objects (called only for blocks that found some)."""
+
+    def finish(self, labels: Any) -> None:
+        """The run is complete: ``labels`` is the whole output array (still readable)."""
 
 
 class ModelSegmenter:
@@ -162,17 +192,13 @@ def segment_blockwise(
     out: Any | None = None,
     block: int = 1024,
     halo: int = 64,
-    measure: bool = False,
-    geojson: bool = False,
-    pixel_size: float | None = None,
-    channel_names: Sequence[str] | None = None,
+    sinks: Sequence[BlockSink] = (),
     cancel: threading.Event | None = None,
 ) -> Generator[Progress, None, BlockwiseResult]:
     """Segment ``source`` block by block into ``out`` (default: a new in-memory array).
 
-    ``measure`` adds a per-object table (:func:`napari_cellsparse.scale.measure.measure_objects`
-    on each block's own objects, with the raw intensities); ``geojson`` the objects as
-    GeoJSON features. Both are computed per block, never on the whole image.
+    Each block's new objects go to every one of ``sinks`` (:meth:`BlockSink.add`), and each
+    sink's :meth:`BlockSink.finish` is called once the labels are complete.
     """
     started = time.perf_counter()
     if out is None:
@@ -182,9 +208,6 @@ def segment_blockwise(
     blocks = block_grid(source.shape, block, halo)
     next_id = 1
     cut_objects = 0
-    tables: list[Any] = []
-    features: list[dict[str, Any]] = []
-    pixel_size = pixel_size if pixel_size is not None else source.pixel_size
     yield Progress(0, len(blocks), f"{source.name}: {len(blocks)} block(s)")
     for k, blk in enumerate(blocks, start=1):
         check_cancel(cancel)
@@ -208,64 +231,15 @@ def segment_blockwise(
             region[free] = mine[free]
             out[blk.outer.slices] = region
             written = np.where(np.isin(region, new_ids), region, 0)
-            block_table = None
-            if measure:
-                from .measure import measure_objects
-
-                block_table = measure_objects(
-                    written,
-                    pixels,
-                    pixel_size=pixel_size,
-                    channel_names=channel_names,
-                    offset=(blk.outer.y0, blk.outer.x0),
-                    image_name=source.name,
-                    ids=new_ids.tolist(),
-                )
-                tables.append(block_table)
-            if geojson:
-                features.extend(_block_features(written, new_ids, blk.outer, block_table))
+            objects = BlockObjects(written, new_ids, blk.outer, pixels)
+            for sink in sinks:
+                sink.add(objects)
         yield Progress(k, len(blocks), f"{source.name}: block {k}/{len(blocks)}")
-    table = None
-    if measure and tables:
-        import pandas as pd
-
-        table = pd.concat(tables, ignore_index=True)
-    elif measure:  # no objects: an empty table with the columns a table would have
-        from .measure import measure_objects
-
-        table = measure_objects(
-            np.zeros((2, 2), LABEL_DTYPE),
-            np.zeros((2, 2, source.n_channels), source.dtype),
-            pixel_size=pixel_size,
-            channel_names=channel_names,
-            image_name=source.name,
-        )
+    for sink in sinks:
+        sink.finish(out)
     return BlockwiseResult(
-        out, next_id - 1, len(blocks), cut_objects, table, features, time.perf_counter() - started
+        out, next_id - 1, len(blocks), cut_objects, time.perf_counter() - started
     )
-
-
-def _block_features(
-    written: np.ndarray, ids: np.ndarray, outer: Region, table: Any = None
-) -> list[dict]:
-    """GeoJSON features of one block's own objects (sorted ``ids``), in image coordinates,
-    with their global ids and, given the block's ``table``, their measurements. The objects
-    are numbered 1..K for the tracing, whatever their global ids."""
-    from ..formats.geojson import labels_to_features
-
-    local = np.zeros(written.shape, LABEL_DTYPE)
-    present = written > 0
-    local[present] = np.searchsorted(ids, written[present]) + 1
-    measurements = None
-    if table is not None:
-        from ..formats.tables import table_measurements
-
-        by_id = table_measurements(table)
-        measurements = {k: by_id[int(g)] for k, g in enumerate(ids, start=1) if int(g) in by_id}
-    found = labels_to_features(local, measurements=measurements, offset=(outer.x0, outer.y0))
-    for feature in found:
-        feature["properties"]["label_id"] = int(ids[feature["properties"]["label_id"] - 1])
-    return found
 
 
 def write_tiff_tiled(labels: Any, path: Path, tile: int = TIFF_TILE) -> Path:
@@ -306,14 +280,17 @@ def segment_to_file(
     block: int = 1024,
     halo: int = 64,
     cancel: threading.Event | None = None,
-    **options: Any,
+    sinks: Sequence[BlockSink] = (),
+    pixel_size: float | None = None,
+    min_side: int = PYRAMID_MIN_SIDE,
 ) -> Generator[Progress, None, BlockwiseResult]:
     """:func:`segment_blockwise` into a file: ``.zarr`` (chunked), ``.ome.zarr`` (OME-Zarr
     labels with a pyramid, :mod:`napari_cellsparse.formats.ome_zarr`) or ``.tif`` (tiled).
 
     The labels go to a temporary zarr next to ``path``; a TIFF is then written from it tile
     row by tile row. ``path`` appears only once complete (temporary name, then rename), so
-    an interrupted run leaves no file that looks finished.
+    an interrupted run leaves no file that looks finished. ``pixel_size`` and ``min_side``
+    are those of an OME-Zarr's pyramid (:func:`segment_to_ome_zarr`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -322,16 +299,14 @@ def segment_to_file(
     if is_ome_zarr_path(path):
         return (
             yield from segment_to_ome_zarr(
-                source, segment, path, block, halo, cancel=cancel, **options
+                source, segment, path, block, halo, cancel, min_side, sinks, pixel_size
             )
         )
     chunk = min(block, 4096)
     if suffix == ".zarr":
         with atomic_target(path) as store:
             out = create_labels_array(source.shape, store, chunk)
-            result = yield from segment_blockwise(
-                source, segment, out, block, halo, cancel=cancel, **options
-            )
+            result = yield from segment_blockwise(source, segment, out, block, halo, sinks, cancel)
         import zarr
 
         result.labels = zarr.open_array(str(path), mode="r")
@@ -339,9 +314,7 @@ def segment_to_file(
     scratch = path.with_name(f".{path.name}.{os.getpid()}.blocks.zarr")
     try:
         out = create_labels_array(source.shape, scratch, chunk)
-        result = yield from segment_blockwise(
-            source, segment, out, block, halo, cancel=cancel, **options
-        )
+        result = yield from segment_blockwise(source, segment, out, block, halo, sinks, cancel)
         write_tiff_tiled(out, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -357,17 +330,19 @@ def segment_to_ome_zarr(
     halo: int = 64,
     cancel: threading.Event | None = None,
     min_side: int = PYRAMID_MIN_SIDE,
-    **options: Any,
+    sinks: Sequence[BlockSink] = (),
+    pixel_size: float | None = None,
 ) -> Generator[Progress, None, BlockwiseResult]:
-    """:func:`segment_blockwise` into an OME-Zarr label image with a pyramid.
+    """:func:`segment_blockwise` into an OME-Zarr label image with a pyramid, its scale
+    ``pixel_size`` µm (default: the image's).
 
     Returns the block-wise result, its ``labels`` the level-0 array (read-only).
     """
     with writing_label_pyramid(path, source.shape, block, LABEL_DTYPE, min_side) as pyramid:
         result = yield from segment_blockwise(
-            source, segment, pyramid.level0, block, halo, cancel=cancel, **options
+            source, segment, pyramid.level0, block, halo, sinks, cancel
         )
-        pixel_size = options.get("pixel_size") or source.pixel_size
+        pixel_size = pixel_size or source.pixel_size
         yield from pyramid.finish(pixel_size, cancel, source.name)
     result.labels = open_label_level(path)
     return result

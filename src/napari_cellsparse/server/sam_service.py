@@ -18,7 +18,7 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from ..sam.registry import checkpoint_file, read_entries, register_entry
 from ..sam.weights import CHECKPOINTS, MODEL_TYPES, download_weights, weights_dir
 from .bodies import OUTPUT_TYPES, SAMAutoMaskBody, SAMBody, SAMWeightsBody
 from .images import decode_image
+
+if TYPE_CHECKING:
+    from ..sam.prompting import Promptable, SamPrompter
 
 __all__ = ["ProgressBoard", "SamService", "mask_features"]
 
@@ -123,7 +126,7 @@ class SamService:
         self._download_lock = threading.Lock()  # one weights download at a time
         self._cancel_lock = threading.Lock()
         self._downloads: set[threading.Event] = set()  # cancel flags of running downloads
-        self._prompters: dict[tuple[str, str], Any] = {}
+        self._prompters: dict[tuple[str, str], SamPrompter] = {}
         self._tiled: tuple[str, TiledImage] | None = None  # the last large image
 
     # -- weights ---------------------------------------------------------------------------
@@ -203,7 +206,7 @@ class SamService:
     def _run(self, work: Generator[Progress, None, T]) -> T:
         return run_sync(work, progress=self.progress.update)
 
-    def _prompter(self, model_type: str, checkpoint_url: str | None) -> Any:
+    def _prompter(self, model_type: str, checkpoint_url: str | None) -> SamPrompter:
         from ..sam.prompting import SamPrompter
 
         model_type = _model_type(model_type)
@@ -214,11 +217,15 @@ class SamService:
             self._prompters = {key: SamPrompter.load(model_type, weights, self.device, self.cache)}
         return self._prompters[key]
 
-    def _source(self, prompter: Any, image: np.ndarray) -> Any:
+    def _source(self, prompter: SamPrompter, image: np.ndarray) -> Promptable:
         """The prompter with ``image`` set, or a tiled view of it when it is large."""
         if not needs_tiles(image.shape):
             self._run(prompter.set_image(image))
             return prompter
+        return self._tiled_image(prompter, image)
+
+    def _tiled_image(self, prompter: SamPrompter, image: np.ndarray) -> TiledImage:
+        """A large image's tiled view, kept for the next request on the same image."""
         signature = prompter.signature(image)
         if (
             self._tiled is None
@@ -266,8 +273,8 @@ class SamService:
         with self.lock:
             prompter = self._prompter(body.type, body.checkpoint_url)
             if needs_tiles(image.shape):
-                source = self._source(prompter, image)
-                result = self._run(source.automask(params, multimask=multimask))
+                tiled = self._tiled_image(prompter, image)
+                result = self._run(tiled.automask(params, multimask=multimask))
             else:
                 result = self._run(generate_masks(prompter, image, params, multimask=multimask))
         masks = _per_point(result.masks, output_type, params.box_nms_thresh)

@@ -268,25 +268,26 @@ def segment_layer(
     diameter: float | None,
     pixel_size: float | None,
 ) -> Job:
-    """Segment an image block by block, with per-object measurements (a ``BlockwiseResult``)."""
+    """Segment an image block by block, with per-object measurements: the
+    ``BlockwiseResult`` and its table."""
     from ..formats.image_sources import open_image
     from ..scale.batch import worker_model
+    from ..scale.block_measure import BlockMeasurements
     from ..scale.blockwise import ModelSegmenter, segment_blockwise
 
     source = open_image(image, axes="YXC" if rgb else None, name=name)
     yield Progress(0, 1, "Loading the model")
     segmenter = ModelSegmenter(worker_model(model), source, diameter)
-    return (
-        yield from segment_blockwise(
-            source,
-            segmenter,
-            block=block,
-            halo=segmenter.halo,
-            measure=True,
-            pixel_size=pixel_size,
-            cancel=ctx.cancel,
-        )
+    measurements = BlockMeasurements(source, pixel_size=pixel_size)
+    result = yield from segment_blockwise(
+        source,
+        segmenter,
+        block=block,
+        halo=segmenter.halo,
+        sinks=[measurements],
+        cancel=ctx.cancel,
     )
+    return result, measurements.table
 
 
 def batch(

@@ -197,15 +197,16 @@ class BatchWidget(DockWidget):
             "pixel_size": float(scale[-1]) if scale[-1] != 1.0 else None,
         }
 
-        def done(result: BlockwiseResult) -> None:
-            self._show_layer_result(name, scale, result)
+        def done(answer: tuple[BlockwiseResult, Any]) -> None:
+            self._show_layer_result(name, scale, *answer)
 
         self.runner.run_in_worker(
             "segment_layer", kwargs, done, f"Segmenting '{name}' block by block"
         )
 
-    def _show_layer_result(self, name: str, scale: tuple, result: BlockwiseResult) -> None:
-        table = result.table
+    def _show_layer_result(
+        self, name: str, scale: tuple, result: BlockwiseResult, table: Any
+    ) -> None:
         labels_name = f"{name} labels"
         labels = compact_labels(result.labels, self.viewer)
         layer = show_layer(self.viewer, "labels", labels, labels_name, scale=scale)

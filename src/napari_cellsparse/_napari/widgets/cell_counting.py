@@ -27,13 +27,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...core.devices import DEVICE_CHOICES
 from ...core.errors import BadInputError, CellsparseError
 from ...core.progress import Progress
 from ...core.settings_text import parse_settings
 from ...counting import BACKEND, BatchResult, CounterConfig, CountResult
 from ...models.store import model_folder
 from ...training import model_names
+from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import folder_row, model_row, training_controls
 from ._layers import image_2d, mask_of, points_yx, refill_combo, show_layer
@@ -90,8 +90,7 @@ class CellCountingWidget(DockWidget):
         self.diameter_spin.setDecimals(1)
         self.diameter_spin.setSpecialValueText("auto")
         self.diameter_spin.setToolTip("Typical cell diameter in pixels; auto estimates it.")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICE_CHOICES))
+        self.device_combo = DeviceCombo()
         self.settings_edit = QLineEdit()
         self.settings_edit.setPlaceholderText("e.g. patch_size=96, encoder_depth=3")
         self.settings_edit.setToolTip("Other counter settings (CounterConfig fields).")

@@ -26,12 +26,12 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ...core.devices import DEVICE_CHOICES
 from ...core.errors import BackendUnavailableError, BadInputError, CellsparseError
 from ...core.progress import Progress
 from ...core.settings_text import parse_settings
 from ...models.store import model_folder
 from ...training import BACKENDS, backend_class
+from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import training_controls
 from ._layers import compact_labels, layer_data, refill_combo, show_layer
@@ -100,8 +100,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
         self.batch_spin = self._default_spin(QSpinBox(), 256, 1)
         self.lr_spin = self._default_spin(QDoubleSpinBox(), 1.0, 1e-4, decimals=5)
         self.diameter_spin = self._default_spin(QDoubleSpinBox(), 1000.0, 1.0, decimals=1)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICE_CHOICES))
+        self.device_combo = DeviceCombo()
         self.preview_spin = QSpinBox()
         self.preview_spin.setRange(0, 1_000_000)
         self.preview_spin.setValue(25)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import napari
     from qtpy.QtWidgets import QComboBox, QLabel, QRadioButton
 
+    from ....sam.prompting import Promptable
     from .._worker import JobRunner
     from .state import SamState
 
@@ -144,6 +145,13 @@ class PromptsMixin:
         self.state.boxes_done = len(shapes.data)
         self._process_pending()
 
+    def _answering(self) -> Promptable:
+        """What the prompts go to: the large image tile by tile, or the prompter."""
+        target = self.state.tiled or self.state.prompter
+        if target is None:
+            raise BadInputError("No image is set: compute the image embedding first.")
+        return target
+
     def _process_pending(self) -> None:
         if not self.state.pending_boxes:
             return
@@ -162,7 +170,7 @@ class PromptsMixin:
             ):
                 return  # back here once the tiles these boxes need are embedded
             self.state.pending_boxes = []
-            masks = (tiled or self.state.prompter).boxes(boxes)
+            masks = self._answering().boxes(boxes)
             written = self._write(masks)
         except CellsparseError as err:
             self.state.pending_boxes = []
@@ -195,7 +203,7 @@ class PromptsMixin:
                 [tiled.region_for_points(xy, positive)], self._update_preview
             ):
                 return
-            self._set_preview((tiled or self.state.prompter).points(xy, positive))
+            self._set_preview(self._answering().points(xy, positive))
         except CellsparseError as err:
             self.status.setText(str(err))  # live preview: no pop-up for every point
 

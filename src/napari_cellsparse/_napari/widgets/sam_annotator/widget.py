@@ -28,10 +28,10 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ....core.devices import DEVICE_CHOICES
 from ....core.errors import CellsparseError
 from ....sam.large_images import TILE_ABOVE
 from ....sam.weights import MODEL_TYPES, download_weights, find_weights
+from .._devices import DeviceCombo
 from .._dock import DockWidget
 from .._layers import refill_combo
 from .automask import AutomaskPanel
@@ -68,8 +68,7 @@ class SamAnnotatorWidget(AutomaskPanel, PromptsMixin, EmbeddingMixin, DockWidget
         self.model_combo = QComboBox()
         self.model_combo.addItems(list(MODEL_TYPES))
         self.model_combo.setCurrentText("vit_t")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICE_CHOICES))
+        self.device_combo = DeviceCombo()
         self.weights_edit = QLineEdit()
         self.model_combo.currentTextChanged.connect(self._show_weights_hint)
         self._show_weights_hint()
