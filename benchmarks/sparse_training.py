@@ -303,13 +303,13 @@ def summary(values: list[float]) -> dict[str, float | None]:
 def default_steps(backend: str) -> int:
     """The backend's default config steps (stock: the stardist backend's)."""
     from napari_cellsparse.training import backend_class
-    from napari_cellsparse.training.backend import COMMON_DEFAULTS
+    from napari_cellsparse.training.config import TrainingConfig
 
     if backend == "stock":
         try:
             return backend_class("stardist").config_class().steps
         except Exception:
-            return int(COMMON_DEFAULTS["steps"])
+            return TrainingConfig().steps
     return backend_class(backend).config_class().steps
 
 
