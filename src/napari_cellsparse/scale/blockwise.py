@@ -230,10 +230,11 @@ def segment_blockwise(
             free = (mine > 0) & (region == 0)
             region[free] = mine[free]
             out[blk.outer.slices] = region
-            written = np.where(np.isin(region, new_ids), region, 0)
-            objects = BlockObjects(written, new_ids, blk.outer, pixels)
-            for sink in sinks:
-                sink.add(objects)
+            if sinks:  # the block's own objects, alone (others may share its window)
+                written = np.where(np.isin(region, new_ids), region, 0)
+                objects = BlockObjects(written, new_ids, blk.outer, pixels)
+                for sink in sinks:
+                    sink.add(objects)
         yield Progress(k, len(blocks), f"{source.name}: block {k}/{len(blocks)}")
     for sink in sinks:
         sink.finish(out)

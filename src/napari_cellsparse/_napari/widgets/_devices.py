@@ -67,15 +67,12 @@ def ask_devices() -> None:
     def ask() -> Generator[Progress, None, list[str]]:
         return (yield from shared_host().run("devices", {}, DESCRIPTION))
 
-    def answered(devices: list[str]) -> None:
-        learn(devices)
-
     def failed(err: BaseException) -> None:  # keep auto and cpu; the next opening asks again
         log.warning("could not list the devices: %s", err)
 
     worker = create_worker(
         ask,
-        _connect={"returned": answered, "errored": failed, "finished": _ASKING.clear},
+        _connect={"returned": learn, "errored": failed, "finished": _ASKING.clear},
     )
     _ASKING.append(worker)
 
