@@ -55,3 +55,18 @@ def test_an_answer_reaches_every_open_combo_without_duplicates(fresh, qtbot) -> 
     learn(["cuda", "cpu"])
     for combo in combos:
         assert [combo.itemText(i) for i in range(combo.count())] == ["auto", "cpu", "cuda"]
+
+
+def test_an_answer_skips_combos_whose_widget_was_deleted(fresh, qtbot) -> None:
+    """A widget closed earlier (its Qt object gone, the Python wrapper still referenced)."""
+    from qtpy import sip
+
+    from napari_cellsparse._napari.widgets._devices import DeviceCombo, learn
+
+    gone, kept = DeviceCombo(), DeviceCombo()
+    qtbot.addWidget(kept)
+    sip.delete(gone)
+    learn(["cuda", "cpu"])
+    assert [kept.itemText(i) for i in range(kept.count())] == ["auto", "cpu", "cuda"]
+    with pytest.raises(RuntimeError):
+        gone.count()

@@ -11,10 +11,10 @@ process.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Generator
 from typing import Any
 
+from qtpy.QtCore import QObject, Signal, Slot
 from qtpy.QtWidgets import QComboBox, QWidget
 
 from ...core.devices import ALWAYS_AVAILABLE
@@ -28,7 +28,21 @@ DESCRIPTION = "Looking for devices"
 
 _ANSWER: list[list[str]] = []  # the worker's devices, once it answered (this session)
 _ASKING: list[Any] = []  # the thread worker asking, while it runs
-_COMBOS: weakref.WeakSet[DeviceCombo] = weakref.WeakSet()
+
+
+class _Answers(QObject):
+    """Tells the device combos that the worker answered; Qt drops a combo once it is deleted."""
+
+    learned = Signal()
+
+
+_NEWS: list[_Answers] = []  # made with the first combo (a QObject needs Qt loaded)
+
+
+def _news() -> _Answers:
+    if not _NEWS:
+        _NEWS.append(_Answers())
+    return _NEWS[0]
 
 
 def known_devices() -> list[str]:
@@ -43,13 +57,14 @@ class DeviceCombo(QComboBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.addItems(known_devices())
-        _COMBOS.add(self)
+        _news().learned.connect(self.add_known)
 
     def showPopup(self) -> None:
         """Open the list, asking the worker for its devices the first time (not blocking)."""
         ask_devices()
         super().showPopup()
 
+    @Slot()
     def add_known(self) -> None:
         """Add the devices learned since this combo was made (the choice is kept)."""
         have = {self.itemText(i) for i in range(self.count())}
@@ -80,5 +95,4 @@ def ask_devices() -> None:
 def learn(devices: list[str]) -> None:
     """Keep the worker's ``devices`` for this session and add them to every device combo."""
     _ANSWER[:] = [list(devices)]
-    for combo in list(_COMBOS):
-        combo.add_known()
+    _news().learned.emit()
