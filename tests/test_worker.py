@@ -86,8 +86,13 @@ def test_large_arrays_round_trip_through_files_that_are_then_removed(host):
     assert list(scratch.iterdir()) == []  # every array file was removed
 
 
-def test_a_failed_start_leaves_no_files(tmp_path):
+def test_a_failed_start_leaves_no_files(tmp_path, monkeypatch):
+    import gc
+
     from napari_cellsparse.worker import transport
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the log folder should be")
@@ -98,6 +103,8 @@ def test_a_failed_start_leaves_no_files(tmp_path):
         run_sync(host.run("echo", {"value": 1}, "echo"))
     assert set(base.glob("cellsparse-worker-*")) == before
     assert not host.alive and host._scratch is None
+    gc.collect()  # nothing left to clean up later (the listener's socket went with its folder)
+    assert [u.exc_value for u in unraisable] == []
 
 
 def test_engine_errors_cross_unchanged_and_the_worker_goes_on(host, sample):

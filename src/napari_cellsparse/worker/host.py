@@ -122,6 +122,21 @@ class WorkerHost:
             address, family = str(self._scratch / "s"), "AF_UNIX"
         authkey = secrets.token_bytes(32)
         listener = Listener(address, family, authkey=authkey)
+        try:  # closed on every path: its finalizer would unlink a socket in a removed folder
+            self._spawn(address, authkey)
+            accepted = self._accept(listener)
+        finally:
+            listener.close()
+        if not accepted:
+            raise WorkerCrashedError("The model worker process could not start." + self._log_tail())
+        self._conn = accepted[0]
+        kind, _pid = self._conn.recv()
+        if kind != "ready":
+            raise WorkerCrashedError(f"The model worker answered {kind!r} instead of 'ready'.")
+        self._killed = False
+
+    def _spawn(self, address: str, authkey: bytes) -> None:
+        """Start the worker's process, its output appended to the worker log."""
         path = self.log_path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and path.stat().st_size > LOG_MAX_BYTES:
@@ -141,20 +156,17 @@ class WorkerHost:
         assert self.process.stdin is not None
         self.process.stdin.write(authkey.hex().encode() + b"\n")
         self.process.stdin.close()
+
+    def _accept(self, listener: Listener) -> list[Connection]:
+        """The worker's connection (one item), or none when it died or took too long."""
         accepted: list[Connection] = []
         thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
         thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S
+        assert self.process is not None
         while thread.is_alive() and self.process.poll() is None and time.monotonic() < deadline:
             thread.join(POLL_S)
-        listener.close()
-        if not accepted:
-            raise WorkerCrashedError("The model worker process could not start." + self._log_tail())
-        self._conn = accepted[0]
-        kind, _pid = self._conn.recv()
-        if kind != "ready":
-            raise WorkerCrashedError(f"The model worker answered {kind!r} instead of 'ready'.")
-        self._killed = False
+        return accepted
 
     def stop(self, timeout: float = 3.0) -> None:
         """End the worker: politely when idle, at once when a job runs; remove its files."""
