@@ -79,6 +79,46 @@ def test_a_folder_runs_skips_finished_images_and_opens_results(
     assert errors == []
 
 
+def test_a_folder_to_ome_zarr_masks_and_a_qupath_project(widget, tmp_path: Path, errors) -> None:
+    import json
+
+    from stardist.matching import matching
+
+    from napari_cellsparse.formats.ome_zarr import open_ome_zarr
+
+    viewer, w = widget
+    (tmp_path / "in").mkdir()
+    truths = {}
+    for k in range(2):
+        image, truths[f"g{k}"] = make_nuclei(
+            (160, 160), n_objects=12, radius=(7.0, 9.0), seed=30 + k
+        )
+        tifffile.imwrite(tmp_path / "in" / f"g{k}.tif", image)
+    (tmp_path / "in" / "broken.tif").write_bytes(b"II*\x00 broken")
+    w.input_edit.setText(str(tmp_path / "in"))
+    w.output_edit.setText(str(tmp_path / "out"))
+    w.scheduler_edit.setText("none")
+    w.mask_combo.setCurrentText("ome-zarr")
+    w.project_check.setChecked(True)
+    w.run_folder()
+    assert errors == []
+    assert "2 done" in w.status.text() and "1 image(s) left out" in w.status.text()
+    for name, truth in truths.items():
+        labels = np.asarray(open_ome_zarr(tmp_path / "out" / f"{name}_labels.ome.zarr").array)
+        assert matching(truth, labels.squeeze(), thresh=0.5).f1 >= 0.8
+    project = json.loads((tmp_path / "out" / "qupath" / "project.qpproj").read_text())
+    assert sorted(e["imageName"] for e in project["images"]) == ["g0.tif", "g1.tif"]
+    assert sorted(w.open_results()) == ["g0_labels", "g1_labels"]
+    assert viewer.layers["g0_labels"].data.shape[-2:] == (160, 160)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "qupath").mkdir()
+    (tmp_path / "elsewhere" / "qupath" / "mine.txt").write_text("a user's file")
+    w.output_edit.setText(str(tmp_path / "elsewhere"))
+    w.run_folder()  # refused before any work: the project folder holds someone's files
+    assert errors and "not empty" in errors[-1]
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["qupath"]
+
+
 def test_bad_choices_give_messages_not_crashes(widget, errors, monkeypatch, tmp_path) -> None:
     viewer, w = widget
     w.run_layer()

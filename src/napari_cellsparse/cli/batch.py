@@ -138,11 +138,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_project(folder: str, items: Any, summary: Any) -> None:
     """The QuPath project of the images that have results; the others are named."""
-    from ..formats.qupath_project import batch_project_images, write_qupath_project
+    from ..formats.qupath_project import write_batch_project
 
-    images, left_out = batch_project_images(items, summary)
-    if images:
-        path = write_qupath_project(folder, images)
-        print(f"QuPath project with {len(images)} image(s): {path}")
+    path, left_out = write_batch_project(folder, items, summary)
+    if path is not None:
+        print(f"QuPath project with {len(items) - len(left_out)} image(s): {path}")
     if left_out:
         print(f"not in the QuPath project (no results): {', '.join(left_out)}")

@@ -42,6 +42,7 @@ __all__ = [
     "batch_project_images",
     "check_project_folder",
     "java_file_uri",
+    "write_batch_project",
     "write_qupath_project",
 ]
 
@@ -204,3 +205,12 @@ def batch_project_images(
         else:
             left_out.append(Path(item.image).name)
     return images, left_out
+
+
+def write_batch_project(
+    folder: str | os.PathLike[str], items: Sequence[Any], summary: Any
+) -> tuple[Path | None, list[str]]:
+    """The QuPath project of a batch's images that have results (None when none has), and
+    the names of the images left out."""
+    images, left_out = batch_project_images(items, summary)
+    return (write_qupath_project(folder, images) if images else None), left_out

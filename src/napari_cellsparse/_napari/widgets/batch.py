@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from napari.layers import Image
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -32,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import BadInputError
+from ...scale.workspace import MASK_SUFFIXES
 from ...training import BACKENDS, list_models, model_names
 from ._dock import DockWidget, guarded
 from ._fields import folder_row, model_row
@@ -56,6 +58,8 @@ class BatchState:
     table: Any = None
     table_layer: str = ""
     summary: BatchSummary | None = None
+    items: list[Any] = field(default_factory=list)
+    project: Path | None = None  # where the last batch's QuPath project goes (None: not asked)
     opened: list[str] = field(default_factory=list)
 
 
@@ -131,6 +135,17 @@ class BatchWidget(DockWidget):
         )
         self.compartment_combo = QComboBox()
         self.compartment_combo.addItems(["nucleus", "whole-cell"])
+        self.mask_combo = QComboBox()
+        self.mask_combo.addItems(list(MASK_SUFFIXES))
+        self.mask_combo.setToolTip(
+            "Folder layout: masks as tiled TIFF, zarr, or OME-Zarr labels with a pyramid "
+            "(QuPath and napari-ome-zarr open those)."
+        )
+        self.project_check = QCheckBox("Write a QuPath project (Output/qupath)")
+        self.project_check.setToolTip(
+            "One entry per image with its objects; run the project's import script in QuPath "
+            "(Automate > Project scripts) for every image at once."
+        )
         self.pattern_edit = QLineEdit("*")
         self.scheduler_edit = QLineEdit()
         self.scheduler_edit.setPlaceholderText(f"{LOCAL} (or tcp://host:8786, or none)")
@@ -148,6 +163,8 @@ class BatchWidget(DockWidget):
         form.addRow("Output", folder_row(self.output_edit, tab, "Results"))
         form.addRow("Layout", self.layout_combo)
         form.addRow("Model segments", self.compartment_combo)
+        form.addRow("Masks as", self.mask_combo)
+        form.addRow(self.project_check)
         form.addRow("Name filter", self.pattern_edit)
         form.addRow("Dask scheduler", self.scheduler_edit)
         form.addRow("Local workers", self.workers_spin)
@@ -249,7 +266,7 @@ class BatchWidget(DockWidget):
         output = self.output_edit.text().strip()
         if not output:
             raise BadInputError("Choose a results folder.")
-        return folder_items(source, output, pattern)
+        return folder_items(source, output, pattern, self.mask_combo.currentText())
 
     @guarded
     def run_folder(self) -> None:
@@ -258,6 +275,7 @@ class BatchWidget(DockWidget):
 
         folder = self._model_folder()
         items = self._items()
+        project = self._project_folder(items)
         text = self.scheduler_edit.text().strip()
         kwargs = {
             "items": items,
@@ -266,26 +284,56 @@ class BatchWidget(DockWidget):
             "scheduler": None if text in ("", LOCAL) else text,
             "workers": self.workers_spin.value(),
         }
+        self.state.items, self.state.project = items, project
         self.runner.run_in_worker(
             "batch", kwargs, self._show_summary, f"Batch of {len(items)} image(s)"
         )
 
+    def _project_folder(self, items: list[Any]) -> Path | None:
+        """Where the QuPath project goes (checked before the batch starts), None if unasked:
+        ``qupath`` beside the results."""
+        from ...formats.qupath_project import check_project_folder
+
+        if not self.project_check.isChecked() or not items:
+            return None
+        if self.layout_combo.currentText() == "deepcell":
+            base = Path(self.input_edit.text().strip())
+        else:
+            base = Path(self.output_edit.text().strip())
+        return check_project_folder(base / "qupath")
+
     def _show_summary(self, summary: BatchSummary) -> None:
         self.state.summary = summary
+        project_line = self._write_project(summary)
         done, skipped, failed = (summary.of(s) for s in ("done", "skipped", "failed"))
         lines = [
             f"{len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed "
             f"in {summary.seconds:.1f} s on {summary.scheduler}."
         ]
+        lines += [project_line] if project_line else []
         lines += [f"{Path(r.image).name}: {r.error}" for r in failed[:10]]
         self.status.setText("\n".join(lines))
         self.open_button.setEnabled(bool(done or skipped))
         if failed:
             show_info(f"{len(failed)} image(s) failed; the others are done. See the widget.")
 
+    def _write_project(self, summary: BatchSummary) -> str:
+        """Write the QuPath project if asked; the status line saying where (or why not)."""
+        from ...formats.qupath_project import write_batch_project
+
+        if self.state.project is None:
+            return ""
+        try:
+            path, left_out = write_batch_project(self.state.project, self.state.items, summary)
+        except BadInputError as err:
+            return f"No QuPath project: {err}"
+        if path is None:
+            return "No QuPath project: no image has results."
+        return f"QuPath project: {path} ({len(left_out)} image(s) left out)."
+
     def open_results(self, limit: int = 8) -> list[str]:
         """Add the masks of the last batch to the viewer (read lazily), at most ``limit``."""
-        from ...formats.image_sources import open_image
+        from ...formats.image_sources import image_stem, open_image
 
         if self.state.summary is None:
             return []
@@ -295,7 +343,7 @@ class BatchWidget(DockWidget):
                 continue
             mask = Path(result.outputs[0])
             source = open_image(mask)
-            name = mask.stem
+            name = image_stem(mask)
             show_layer(self.viewer, "labels", source.array, name)
             opened.append(name)
         self.state.opened = opened
