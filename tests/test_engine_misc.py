@@ -491,3 +491,21 @@ def test_engine_errors_are_also_builtin_errors() -> None:
     assert isinstance(err, ImportError)
     assert 'pip install "napari-cellsparse[stardist]"' in str(err)
     assert err.extra == "stardist"
+
+
+@pytest.mark.parametrize("total", [3, 4, 10, 37, 256])
+def test_the_one_cycle_rate_outside_torch_is_torchs(total: int) -> None:
+    """StarDist's Keras optimiser follows the rate torch's models train with, step by step."""
+    from napari_cellsparse.core.lazy import import_torch
+    from napari_cellsparse.models.schedule import one_cycle, one_cycle_rate
+
+    torch = import_torch()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = one_cycle(torch, optimizer, 1e-3, total, 0.1)
+    for step in range(total):
+        assert one_cycle_rate(step, total, 1e-3, 0.1) == pytest.approx(
+            optimizer.param_groups[0]["lr"], rel=1e-9
+        )
+        optimizer.step()
+        if step < total - 1:
+            schedule.step()

@@ -31,10 +31,9 @@ from napari_cellsparse.training.cellpose_backend import (
     CellposeNetwork,
     cellpose_loss,
     cellpose_targets,
-    erase_cells,
 )
 from napari_cellsparse.training.config import CellposeConfig
-from napari_cellsparse.training.sampling import Batch, SparseDataset
+from napari_cellsparse.training.sampling import Batch, SparseDataset, erase_cells
 
 torch = import_torch()
 

@@ -112,6 +112,15 @@ def test_from_settings_names_the_setting(kind: type) -> None:
     assert kind.from_settings(patch_size=64.0).patch_size == 64  # a whole float is an int
 
 
+def test_a_yes_no_setting_takes_true_or_false_only() -> None:
+    from napari_cellsparse.training.config import StarDistConfig
+
+    assert StarDistConfig.from_settings(one_cycle=False).as_dict()["one_cycle"] is False
+    for value in (0, 1, "yes", None):
+        with pytest.raises(BadInputError, match="one_cycle must be true or false"):
+            StarDistConfig.from_settings(one_cycle=value)
+
+
 def test_tune_keeps_the_configuration_and_stores_thresholds_apart(home: Path, tiny) -> None:
     model = load_model("tiny")
     files = current_folder(model_folder("tiny"))

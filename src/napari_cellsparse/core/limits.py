@@ -86,6 +86,20 @@ class Bound:
         return low_ok and number <= self.high
 
 
+@dataclass(frozen=True)
+class Flag(Bound):
+    """A yes/no setting: ``true`` or ``false`` only (not 0 or 1, not a string)."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def describe(self) -> str:
+        return "true or false"
+
+    def allows(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+
 def _text(number: float) -> str:
     """Whole numbers in full (``1000000``), others as ``%g``."""
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
@@ -96,6 +110,7 @@ def _int(low: float, high: float) -> Bound:
 
 
 PROBABILITY = Bound(0.0, 1.0)
+FLAG = Flag()
 WEIGHT = Bound(0.0, 1000.0)
 
 # Every numeric setting of the trainable models (sparse training backends and the counter)
@@ -131,6 +146,8 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "net_conv_after_unet": _int(0, 1024),
         "prob_thresh": PROBABILITY,
         "nms_thresh": PROBABILITY,
+        "dist_loss_weight": WEIGHT,
+        "one_cycle": FLAG,
         # Cellpose
         "nbase": _int(1, 1024),
         "weight_decay": Bound(0.0, 1.0),

@@ -3,9 +3,13 @@ cosine annealing) over the steps of one training session."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-__all__ = ["one_cycle"]
+__all__ = ["one_cycle", "one_cycle_rate"]
+
+# torch's OneCycleLR defaults: start at max_lr / 25, end at that / 1e4.
+DIV_START, DIV_END = 25.0, 1e4
 
 
 def one_cycle(torch: Any, optimizer: Any, max_lr: float, total: int, warmup: float) -> Any:
@@ -18,3 +22,20 @@ def one_cycle(torch: Any, optimizer: Any, max_lr: float, total: int, warmup: flo
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=total, pct_start=pct
     )
+
+
+def one_cycle_rate(step: int, total: int, max_lr: float, warmup: float) -> float:
+    """The rate of :func:`one_cycle`'s schedule at ``step`` (0-based) of ``total``, for
+    optimisers outside torch (StarDist's Keras): cosine up over the warm-up, then down."""
+    if total < 3:
+        return max_lr
+    start, end = max_lr / DIV_START, max_lr / DIV_START / DIV_END
+    rise = min(max(warmup, 2.0 / total), 0.5) * total - 1  # at least 0.5 steps
+    if step <= rise:
+        return _cosine(start, max_lr, step / rise)
+    return _cosine(max_lr, end, min((step - rise) / max(total - 1 - rise, 1.0), 1.0))
+
+
+def _cosine(a: float, b: float, fraction: float) -> float:
+    """From ``a`` (fraction 0) to ``b`` (fraction 1) along half a cosine."""
+    return b + (a - b) * (1.0 + math.cos(math.pi * fraction)) / 2.0

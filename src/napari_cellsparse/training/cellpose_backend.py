@@ -32,7 +32,7 @@ from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE
 from .config import CellposeConfig, CellposeThresholds
 from .evaluate import annotated_f1
-from .sampling import SparseDataset
+from .sampling import SparseDataset, erase_cells
 from .torch_network import TorchNetwork
 
 __all__ = ["CellposeNetwork", "cellpose_loss", "cellpose_targets", "erase_cells"]
@@ -77,30 +77,6 @@ def cellpose_targets(
             flow_mask[i] &= ~np.isin(cells, cut)
     cellprob = (labels > 0).astype(np.float32)
     return flows, cellprob, mask, flow_mask
-
-
-def erase_cells(
-    images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, probability: float
-) -> None:
-    """In place: in a random ``probability`` of the crops, paint the annotated cells over.
-
-    Their pixels (grown by 2 px) get the median and spread of the crop's annotated background
-    and become background, so the network also sees background far from any cell.
-    """
-    if probability <= 0:
-        return
-    for i in range(len(labels)):
-        if rng.random() >= probability:
-            continue
-        cells, background = labels[i] > 0, labels[i] == 0
-        if not cells.any() or background.sum() < 16:
-            continue
-        values = images[i][background]
-        level = np.median(values, axis=0)
-        spread = 1.4826 * np.median(np.abs(values - level), axis=0)
-        region = ndi.binary_dilation(cells, iterations=2)
-        images[i][region] = level + rng.normal(size=(int(region.sum()), values.shape[1])) * spread
-        labels[i][cells] = 0
 
 
 def cellpose_loss(

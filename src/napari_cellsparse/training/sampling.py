@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from ..core.sparse_labels import IGNORE
 from ..models.augment import augment_pair
 
-__all__ = ["Batch", "SparseDataset"]
+__all__ = ["Batch", "SparseDataset", "erase_cells"]
 
 
 @dataclass
@@ -89,6 +90,30 @@ class SparseDataset:
             images[i] = img
             labels[i] = lab
         return Batch(images, labels)
+
+
+def erase_cells(
+    images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, probability: float
+) -> None:
+    """In place: in a random ``probability`` of the crops, paint the annotated cells over.
+
+    Their pixels (grown by 2 px) get the median and spread of the crop's annotated background
+    and become background, so the network also sees background far from any cell.
+    """
+    if probability <= 0:
+        return
+    for i in range(len(labels)):
+        if rng.random() >= probability:
+            continue
+        cells, background = labels[i] > 0, labels[i] == 0
+        if not cells.any() or background.sum() < 16:
+            continue
+        values = images[i][background]
+        level = np.median(values, axis=0)
+        spread = 1.4826 * np.median(np.abs(values - level), axis=0)
+        region = ndi.binary_dilation(cells, iterations=2)
+        images[i][region] = level + rng.normal(size=(int(region.sum()), values.shape[1])) * spread
+        labels[i][cells] = 0
 
 
 def _crop(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BadInputError, WeightsError
+from ..models.schedule import one_cycle_rate
 from .backend import Network
 from .config import StarDistConfig, StarDistThresholds
 from .sampling import Batch, SparseDataset
@@ -31,6 +32,9 @@ __all__ = ["WEIGHTS_FILE", "StarDistNetwork"]
 
 # Config keys that define the network's shape (copied from a pretrained model's config).
 ARCHITECTURE_KEYS = ("n_rays", "grid", "unet_n_depth", "unet_n_filter_base", "net_conv_after_unet")
+
+# The share of a session's steps warming the rate up (one_cycle).
+WARMUP = 0.1
 
 # Prediction tiles are at most this many pixels a side (bounds memory on large images).
 MAX_TILE = 1024
@@ -92,6 +96,7 @@ class StarDistNetwork(Network):
             train_patch_size=(patch, patch),
             train_batch_size=self.config.batch_size,
             train_learning_rate=self.config.learning_rate,
+            train_loss_weights=(1.0, self.config.dist_loss_weight),
             train_tensorboard=False,
             train_reduce_lr=None,
         )
@@ -233,15 +238,19 @@ class StarDistNetwork(Network):
             )
         self._prepare()
         tf = import_tf()
-        patch, batch_size = self._patch_size(), self.config.batch_size
-        for _ in range(steps):
-            x, prob, dist = self.targets(data.sample_batch(rng, batch_size, patch))
+        rate = model.keras_model.optimizer.learning_rate
+        lr = self.config.learning_rate
+        rate.assign(lr)
+        for step in range(steps):
+            if self.config.one_cycle:
+                rate.assign(one_cycle_rate(step, steps, lr, WARMUP))
+            x, prob, dist = self._training_batch(data, rng)
             for _retry in range(20):
                 # The probability loss averages over annotated grid points: a batch without
                 # any (a tiny annotation, all crops landing between grid points) gives NaN.
                 if (prob >= 0).any():
                     break
-                x, prob, dist = self.targets(data.sample_batch(rng, batch_size, patch))
+                x, prob, dist = self._training_batch(data, rng)
             else:
                 raise BadInputError(
                     "The annotation is too small to train StarDist on: paint whole cells and "
@@ -254,6 +263,12 @@ class StarDistNetwork(Network):
                 "prob_loss": float(logs.get("prob_loss", np.nan)),
                 "dist_loss": float(logs.get("dist_loss", np.nan)),
             }
+
+    def _training_batch(
+        self, data: SparseDataset, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Targets of fresh augmented crops."""
+        return self.targets(data.sample_batch(rng, self.config.batch_size, self._patch_size()))
 
     # -- prediction ---------------------------------------------------------------------
 
