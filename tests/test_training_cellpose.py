@@ -82,7 +82,7 @@ def sparse_nuclei(
 
 def test_backend_registered_and_lazy() -> None:
     assert backend_class("cellpose") is CellposeNetwork
-    assert CellposeNetwork.config_class().target_diameter == 30.0
+    assert CellposeNetwork.config_class().target_diameter == 17.0  # upstream nuclei models
     code = (
         "import sys, json\n"
         "import napari_cellsparse.training.cellpose_backend\n"
