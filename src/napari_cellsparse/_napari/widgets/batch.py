@@ -143,8 +143,8 @@ class BatchWidget(DockWidget):
         )
         self.project_check = QCheckBox("Write a QuPath project (Output/qupath)")
         self.project_check.setToolTip(
-            "One entry per image with its objects; run the project's import script in QuPath "
-            "(Automate > Project scripts) for every image at once."
+            "One entry per image with its objects: in QuPath open the project's import script "
+            "(Automate > Project scripts), then Run > Run for project."
         )
         self.pattern_edit = QLineEdit("*")
         self.scheduler_edit = QLineEdit()
