@@ -138,7 +138,12 @@ def test_predict_writes_labels_and_outlines(trainer, make_napari_viewer):
         sizes = np.bincount(labels.ravel())[1:]
         assert sizes[sizes > 0].min() >= 5
     assert "Predicted" in widget.status.text()
+    assert ("Nothing found" in widget.status.text()) == (n == 0)
     np.testing.assert_array_equal(viewer.layers["my annotation"].data, annotation)
+    widget.min_area_spin.setValue(96 * 96 + 1)  # every object dropped: the status says what to do
+    widget.predict()
+    assert "Predicted 0 object(s)" in widget.status.text()
+    assert "Nothing found: train this model for more steps" in widget.status.text()
 
     # A stored model in another viewer, on a stack, with a given diameter.
     other = make_napari_viewer()

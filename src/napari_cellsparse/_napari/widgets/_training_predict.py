@@ -31,6 +31,11 @@ from ._worker import JobRunner
 
 __all__ = ["PREVIEW", "PredictionPanel"]
 
+# What a person can change when a prediction holds no object (a short training finds none).
+NOTHING_FOUND = (
+    "train this model for more steps, give the cell diameter, or lower the minimum area."
+)
+
 PREVIEW = "Training preview"  # the training's preview layer; a prediction takes it over
 PREDICTION = "{} prediction"
 WHERE_NEXT = "{} where to annotate next"
@@ -234,7 +239,8 @@ class PredictionPanel:
         n = int(result["objects"])
         diameters = result["diameters"]
         shown = f", diameter {np.median(diameters):.1f} px" if diameters else ""
+        hint = "" if n else f" Nothing found: {NOTHING_FOUND}"
         self.status.setText(
             f"Predicted {n} object(s) in '{image_name}' with '{model}' "
-            f"({result['backend']} on {result['device']}{shown})."
+            f"({result['backend']} on {result['device']}{shown}).{hint}"
         )
