@@ -279,6 +279,48 @@ def plot_cells(out: Path) -> None:
     print(out / "f1_vs_cells.png")
 
 
+def plot_user_story(out: Path) -> None:
+    """The user story's F1 per backend and seed, with the full-annotation reference, from the
+    issue-25 benchmark JSON (the present defaults)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = ROOT / "benchmarks/results"
+    full = json.loads((results / "i25_sparse_full_reference.json").read_text())["runs"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    backends = ["cellpose", "stardist", "unet"]
+    for x, backend in enumerate(backends):
+        runs = json.loads((results / f"i25_sparse_{backend}_user.json").read_text())["runs"]
+        f1 = [r["f1"] for r in runs]
+        seconds = np.mean([r["train_s"] for r in runs])
+        ax.plot([x] * len(f1), f1, "o", color="C0", alpha=0.7)
+        ax.plot([x - 0.2, x + 0.2], [np.mean(f1)] * 2, "-", color="C0", linewidth=2)
+        ax.annotate(f"{seconds:.0f} s", (x + 0.22, np.mean(f1)), fontsize=8, va="center")
+        ref = [r["f1"] for r in full if r["backend"] == backend]
+        if ref:
+            ax.plot([x - 0.3, x + 0.3], ref * 2, "--", color="k", linewidth=1)
+    ax.plot([], [], "o", color="C0", label="user story, one seed (30 cells)")
+    ax.plot([], [], "--", color="k", label="every cell annotated (1904), same steps")
+    ax.set_xticks(range(len(backends)), backends)
+    ax.set_ylabel("F1 at IoU 0.5 on all test images")
+    ax.set_ylim(0.5, 1)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "user_story_f1.png")
+    plt.close(fig)
+    (out / "user_story_f1.txt").write_text(
+        "The user story (5 darkest + 5 brightest cells on each of 3 DSB 2018 fluorescence "
+        "images) with each backend's defaults, one dot per seed, the line their mean, the "
+        "mean training time beside it (2-core CPU, one thread); dashed: the same backend "
+        "trained on every cell of the 40 training images with the same steps. From "
+        "benchmarks/results/i25_sparse_*.json.\n"
+    )
+    print(out / "user_story_f1.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", help="a real vit_t checkpoint (mobile_sam.pt)")
@@ -287,6 +329,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_cells(out)
+    plot_user_story(out)
     shooter = Shooter(out)
     try:
         first_look(shooter)
