@@ -19,6 +19,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -267,16 +268,14 @@ def plot_cells(out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "f1_vs_cells.png")
-    plt.close(fig)
-    (out / "f1_vs_cells.txt").write_text(
+    _save_plot(
+        fig,
+        out / "f1_vs_cells.png",
         "F1 against annotated cells, from benchmarks/results/sparse_training.json: 'paper' "
         "protocol (k darkest + k brightest cells per image), full annotation, and the user "
         "story (5 + 5 cells on 3 images). 'stock' is upstream StarDist trained on the same "
-        "sparse labels without our masked losses.\n"
+        "sparse labels without our masked losses.",
     )
-    print(out / "f1_vs_cells.png")
 
 
 def plot_user_story(out: Path) -> None:
@@ -308,17 +307,26 @@ def plot_user_story(out: Path) -> None:
     ax.set_ylim(0.5, 1)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / "user_story_f1.png")
-    plt.close(fig)
-    (out / "user_story_f1.txt").write_text(
+    _save_plot(
+        fig,
+        out / "user_story_f1.png",
         "The user story (5 darkest + 5 brightest cells on each of 3 DSB 2018 fluorescence "
         "images) with each backend's defaults, one dot per seed, the line their mean, the "
         "mean training time beside it (2-core CPU, one thread); dashed: the same backend "
         "trained on every cell of the 40 training images with the same steps. From "
-        "benchmarks/results/i25_sparse_*.json.\n"
+        "benchmarks/results/i25_sparse_*.json.",
     )
-    print(out / "user_story_f1.png")
+
+
+def _save_plot(fig: Any, path: Path, caption: str) -> None:
+    """Write a plot and its caption file (``.txt`` beside it), and close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    path.with_suffix(".txt").write_text(caption + "\n")
+    print(path)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The learning-rate schedule every torch model here trains with: one cycle (warm-up, then
-cosine annealing) over the steps of one training session."""
+"""The learning-rate schedule the models here train with: one cycle (warm-up, then cosine
+annealing) over the steps of one training session; torch's scheduler for the torch models,
+the same curve step by step for StarDist's Keras optimiser."""
 
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ def one_cycle(torch: Any, optimizer: Any, max_lr: float, total: int, warmup: flo
     torch divides by its length in steps minus one (10 steps at 0.1 failed)."""
     if total < 3:
         return None
-    pct = min(max(warmup, 2.0 / total), 0.5)
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total, pct_start=pct
+        optimizer, max_lr=max_lr, total_steps=total, pct_start=_warmup_share(total, warmup)
     )
 
 
@@ -30,10 +30,16 @@ def one_cycle_rate(step: int, total: int, max_lr: float, warmup: float) -> float
     if total < 3:
         return max_lr
     start, end = max_lr / DIV_START, max_lr / DIV_START / DIV_END
-    rise = min(max(warmup, 2.0 / total), 0.5) * total - 1  # at least 0.5 steps
+    rise = _warmup_share(total, warmup) * total - 1  # at least 0.5 steps
     if step <= rise:
         return _cosine(start, max_lr, step / rise)
     return _cosine(max_lr, end, min((step - rise) / max(total - 1 - rise, 1.0), 1.0))
+
+
+def _warmup_share(total: int, warmup: float) -> float:
+    """The share of ``total`` steps that warms up: ``warmup``, at least two steps, at most
+    half of them."""
+    return min(max(warmup, 2.0 / total), 0.5)
 
 
 def _cosine(a: float, b: float, fraction: float) -> float:

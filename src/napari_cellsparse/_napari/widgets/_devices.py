@@ -10,6 +10,7 @@ process.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Generator
 from typing import Any
@@ -36,13 +37,10 @@ class _Answers(QObject):
     learned = Signal()
 
 
-_NEWS: list[_Answers] = []  # made with the first combo (a QObject needs Qt loaded)
-
-
+@functools.cache
 def _news() -> _Answers:
-    if not _NEWS:
-        _NEWS.append(_Answers())
-    return _NEWS[0]
+    """The one messenger of this session, made with the first combo (Qt is loaded by then)."""
+    return _Answers()
 
 
 def known_devices() -> list[str]:

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import BadInputError
-from ...scale.workspace import MASK_SUFFIXES
+from ...scale.workspace import MASK_SUFFIXES, deepcell_items, folder_items
 from ...training import BACKENDS, list_models, model_names
 from ._dock import DockWidget, guarded
 from ._fields import folder_row, model_row
@@ -255,8 +255,6 @@ class BatchWidget(DockWidget):
 
     # -- a folder ----------------------------------------------------------------------
     def _items(self) -> list[Any]:
-        from ...scale.workspace import deepcell_items, folder_items
-
         source = self.input_edit.text().strip()
         if not source:
             raise BadInputError("Choose the folder of images (or the DeepCell workspace).")
