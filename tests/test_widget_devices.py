@@ -12,10 +12,11 @@ pytest.importorskip("torch")
 
 @pytest.fixture
 def fresh():
-    """No answer from an earlier test; the shared worker stopped afterwards."""
+    """No answer and no shared worker left by an earlier test; the worker stopped afterwards."""
     from napari_cellsparse._napari.widgets import _devices, _worker
 
     _devices._ANSWER.clear()
+    _worker._stop_host()
     yield _devices
     _devices._ANSWER.clear()
     _worker._stop_host()
