@@ -142,11 +142,62 @@ def test_package_holds_raw_tensors_scale_metadata_and_only_dois(unet) -> None:
     assert test_out.shape == (1, 3, *test_in.shape[2:]) and test_out.min() < 0
     d = round(model.config.target_diameter)
     assert f"cells must be about {d} pixels across" in texts["README.md"]
+    halo = descr.outputs[0].axes[-1].halo
+    assert f"should crop {halo} pixels (the output's `halo`)" in texts["README.md"]
     assert any(str(c.doi) == SPARSE_DOI for c in descr.cite)
     ours = descr.config.model_extra["napari_cellsparse"]
     assert ours["config"]["centre_threshold"] == model.thresholds.centre_threshold
     assert ours["training"]["steps"] == 20 and ours["training"]["images"] == 1
     assert ours["training"]["annotated_cells"] == 6
+
+
+def test_measured_halo_is_the_reach_of_a_known_network() -> None:
+    import torch
+
+    from napari_cellsparse.training.bioimage_io.networks import measured_halo
+
+    torch.manual_seed(0)
+    for n_convs in (1, 5):  # each 3x3 convolution reaches one pixel farther
+        convs = torch.nn.Sequential(
+            *(torch.nn.Conv2d(1, 1, 3, padding=1, bias=False) for _ in range(n_convs))
+        )
+        with torch.no_grad():
+            for conv in convs:
+                conv.weight.fill_(1.0)
+
+        def forward(x: np.ndarray, net=convs) -> np.ndarray:
+            with torch.no_grad():
+                return net(torch.from_numpy(x)).numpy()
+
+        raw = np.random.default_rng(0).random((1, 1, 40, 40), np.float32) * 100
+        assert measured_halo(forward, raw, step=1) == n_convs
+        assert measured_halo(forward, raw, step=4) == 4 * -(-n_convs // 4)
+
+
+@pytest.mark.parametrize("backend", ["unet", "cellpose"])
+def test_a_consumer_tiling_with_the_declared_halo_matches_the_whole_image(backend, request):
+    from bioimageio.core import predict
+    from bioimageio.spec import load_model_description
+
+    package = request.getfixturevalue(backend)[2]
+    descr = load_model_description(package, perform_io_checks=False)
+    y_in, x_in = descr.inputs[0].axes[-2:]
+    y_out, x_out = descr.outputs[0].axes[-2:]
+    halo = y_out.halo
+    assert halo == x_out.halo and halo > 0 and halo % y_in.size.step == 0
+    assert y_in.size.min >= 2 * halo + y_in.size.step and x_in.size == y_in.size
+    image, _ = make_nuclei((384, 384), n_objects=120, radius=(7.0, 9.0), seed=4)
+    x = {"raw": image[None, None].astype(np.float32)}
+    whole = predict(model=descr, inputs=x).members["output"].data.values
+    tiled = predict(model=descr, inputs=x, blocksize_parameter=1).members["output"].data.values
+    assert tiled.shape == whole.shape
+    # Group normalisation (U-Net) and Cellpose's style see the tile, not the image: close only.
+    if backend == "unet":  # the class of nearly every pixel
+        agree = (tiled.argmax(1) == whole.argmax(1)).mean()
+        assert agree >= 0.9, agree
+    else:  # the flows and cell probability everywhere
+        change = np.abs(tiled - whole).max() / np.ptp(whole)
+        assert change < 0.05, change
 
 
 def test_cli_export_then_predict_from_the_package(unet, tmp_path, monkeypatch, capsys) -> None:

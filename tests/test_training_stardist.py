@@ -522,6 +522,10 @@ def _child_export_and_reload(folder: str) -> dict[str, Any]:
         "texts": texts,
         "input_axes": [str(a.id) for a in descr.inputs[0].axes],
         "output_axes": [str(a.id) for a in descr.outputs[0].axes],
+        "halo": [getattr(a, "halo", None) for a in descr.outputs[0].axes],
+        "input_min_step": [
+            [a.size.min, a.size.step] for a in descr.inputs[0].axes if str(a.id) in "yx"
+        ],
         "preprocessing": [
             [
                 p.id,
@@ -579,6 +583,11 @@ def test_export_holds_the_raw_stardist_output_as_published_packages(exported) ->
     )
     assert exported["input_axes"] == ["batch", "y", "x", "channel"]
     assert exported["output_axes"] == ["batch", "y", "x", "channel"]
+    # A consumer that tiles crops the measured reach of a pixel from each tile.
+    _, halo_y, halo_x, _ = exported["halo"]
+    (min_y, step), min_step_x = exported["input_min_step"]
+    assert halo_y == halo_x and halo_y >= step and halo_y % step == 0
+    assert min_y == 2 * halo_y + step and min_step_x == [min_y, step]
     assert exported["preprocessing"] == [["scale_range", 1.0, 99.8, ["y", "x"]]]
     folder = exported["folder"]
     test_in, test_out = np.load(folder / "test_input.npy"), np.load(folder / "test_output.npy")

@@ -67,7 +67,7 @@ def training_summary(model: TrainedModel) -> dict[str, Any]:
 
 
 def write_readme(
-    path: Path, model: TrainedModel, network: PackagedNetwork, summary: dict[str, Any]
+    path: Path, model: TrainedModel, network: PackagedNetwork, summary: dict[str, Any], halo: int
 ) -> None:
     """The package's README.md: input, expected object scale, output, training, validation."""
     d = model.config.target_diameter
@@ -85,6 +85,10 @@ A 2D image with {model.n_channels} channel(s), raw intensities (axes {axes}).
 The package declares the normalisation the model was trained with: per channel, the 1st and
 99.8th intensity percentiles of the image are mapped to 0 and 1 (`scale_range`). Height and
 width must be multiples of {network.step} pixels.
+
+Tools that cut a large image into tiles should crop {halo} pixels (the output's `halo`) from
+each side of a tile: one input pixel changes the output by less than 1 % of its own effect
+beyond that distance.
 
 **Object scale: cells must be about {d:.0f} pixels across.** The model was trained with its
 cells rescaled to that diameter, and tools that run this package do not rescale: resize your

@@ -24,7 +24,7 @@ from ..api import load_model
 from ..model import TrainedModel
 from .documents import citations, training_summary, write_cover, write_readme
 from .keras_package import grid_values, write_weights
-from .networks import PackagedNetwork, packaged_network, raw_output, test_image
+from .networks import PackagedNetwork, measured_halo, packaged_network, raw_output, test_image
 
 __all__ = ["CONFIG_KEY", "export_model"]
 
@@ -110,19 +110,19 @@ def _describe(
     }
     if network.channel_last:
         raw = np.ascontiguousarray(np.moveaxis(raw, 1, -1))
-        weights, output, framework = _keras_weights(m, model, raw, work)
+        weights, output, framework, halo = _keras_weights(m, model, raw, work, network.step)
         grid = tuple(int(g) for g in model.config.grid)
         cover_output = grid_values(output, grid)[None]
     else:
-        weights, output, framework = _torch_weights(m, model, network, raw, work)
+        weights, output, framework, halo = _torch_weights(m, model, network, raw, work)
         cover_output = output
     np.save(files["input"], raw)
     np.save(files["output"], output)
     summary = training_summary(model)
-    write_readme(files["readme"], model, network, summary)
+    write_readme(files["readme"], model, network, summary, halo)
     channel_first_raw = np.moveaxis(raw, -1, 1) if network.channel_last else raw
     write_cover(files["cover"], channel_first_raw, cover_output, model.backend)
-    inputs, outputs = _tensors(m, model, network, files)
+    inputs, outputs = _tensors(m, model, network, files, halo)
     return _model_descr(
         m, model, files, inputs, outputs, weights, summary, framework, author, license
     )
@@ -130,13 +130,19 @@ def _describe(
 
 def _torch_weights(
     m: Any, model: TrainedModel, network: PackagedNetwork, raw: np.ndarray, work: Path
-) -> tuple[Any, np.ndarray, str]:
+) -> tuple[Any, np.ndarray, str, int]:
     """PyTorch state dict (with its torch-only architecture file) and TorchScript weights."""
     import torch
 
     state = {k: v.detach().cpu() for k, v in model.network.net.state_dict().items()}
     net = network.module(state)
     output = raw_output(net, raw)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = net(torch.from_numpy(x))
+        return (out[0] if isinstance(out, tuple) else out).float().numpy()
+
     assert network.architecture is not None
     files = {
         "architecture": work / f"{network.callable.lower()}_architecture.py",
@@ -163,14 +169,14 @@ def _torch_weights(
             source=files["torchscript"], pytorch_version=torch_version, parent="pytorch_state_dict"
         ),
     )
-    return weights, output, "pytorch"
+    return weights, output, "pytorch", measured_halo(forward, raw, network.step)
 
 
 def _keras_weights(
-    m: Any, model: TrainedModel, raw: np.ndarray, work: Path
-) -> tuple[Any, np.ndarray, str]:
+    m: Any, model: TrainedModel, raw: np.ndarray, work: Path, step: int
+) -> tuple[Any, np.ndarray, str, int]:
     """StarDist: the Keras v3 file (the trained weights) and a SavedModel converted from it."""
-    files, output = write_weights(model, raw, work)
+    files, output, halo = write_weights(model, raw, work, step)
     import keras
     import tensorflow as tf
 
@@ -187,22 +193,25 @@ def _keras_weights(
             parent="keras_v3",
         ),
     )
-    return weights, output, "tensorflow"
+    return weights, output, "tensorflow", halo
 
 
 def _tensors(
-    m: Any, model: TrainedModel, network: PackagedNetwork, files: dict[str, Path]
+    m: Any, model: TrainedModel, network: PackagedNetwork, files: dict[str, Path], halo: int
 ) -> tuple[Any, Any]:
-    """The input (raw image, our normalisation declared) and output tensor descriptions."""
+    """The input (raw image, our normalisation declared) and output tensor descriptions; the
+    output's ``halo`` is what a consumer that tiles crops from each tile (an input can hold
+    at least the halo on both sides and one step)."""
     step = network.step
     space_in = [
-        m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=step, step=step))
+        m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=2 * halo + step, step=step))
         for a in ("y", "x")
     ]
     space_out = [
-        m.SpaceOutputAxis(
+        m.SpaceOutputAxisWithHalo(
             id=m.AxisId(a),
             size=m.SizeReference(tensor_id=m.TensorId(INPUT_ID), axis_id=m.AxisId(a)),
+            halo=halo,
         )
         for a in ("y", "x")
     ]

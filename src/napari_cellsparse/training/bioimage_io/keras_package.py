@@ -23,6 +23,7 @@ import numpy as np
 from ...core.errors import BadInputError
 from ...core.images import normalize_percentile
 from ..model import TrainedModel
+from .networks import measured_halo
 
 __all__ = [
     "KERAS_FILE",
@@ -63,10 +64,11 @@ def _packaged(model: TrainedModel) -> Any:
 
 
 def write_weights(
-    model: TrainedModel, raw: np.ndarray, work: Path
-) -> tuple[dict[str, Path], np.ndarray]:
+    model: TrainedModel, raw: np.ndarray, work: Path, step: int
+) -> tuple[dict[str, Path], np.ndarray, int]:
     """Write the Keras v3 file and the zipped SavedModel into ``work``; the packaged network's
-    output (1, Y, X, 1 + n_rays) for the raw (1, Y, X, C) test input, normalised as declared."""
+    output (1, Y, X, 1 + n_rays) for the raw (1, Y, X, C) test input, normalised as declared,
+    and its halo (``measured_halo``)."""
     from ..stardist_keras import import_tf, quiet
 
     tf = import_tf()
@@ -87,7 +89,12 @@ def write_weights(
     shutil.rmtree(bundle)
     normalized = normalize_percentile(raw, axis=(1, 2))
     output = np.asarray(network.predict(normalized, verbose=0), np.float32)
-    return files, output
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        out = network.predict(np.moveaxis(x, 1, -1), verbose=0)
+        return np.moveaxis(np.asarray(out, np.float32), -1, 1)
+
+    return files, output, measured_halo(forward, np.moveaxis(raw, -1, 1), step)
 
 
 def _export_saved_model(network: Any, n_channels: int, folder: Path, tf: Any) -> None:

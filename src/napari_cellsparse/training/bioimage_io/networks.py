@@ -9,6 +9,7 @@ The instance post-processing stays ours; its settings travel in the package's co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from ..config import CellposeConfig, StarDistConfig, UNetConfig
 from ..inputs import prediction_slices
 from ..model import TrainedModel
 
-__all__ = ["PackagedNetwork", "packaged_network", "raw_output", "test_image"]
+__all__ = ["PackagedNetwork", "measured_halo", "packaged_network", "raw_output", "test_image"]
 
 TEST_SIZE = 256  # the test input's largest side, in pixels at the training scale
+HALO_PROBE = 384  # side of the image a halo is measured on
+HALO_SHARE = 0.01  # a pixel's reach ends where its effect falls under this share of its peak
 EXPORTABLE = ("unet", "cellpose", "stardist")
 
 
@@ -154,6 +157,31 @@ def test_image(
     top, left = (raw.shape[0] - h) // 2, (raw.shape[1] - w) // 2
     crop = raw[top : top + h, left : left + w]
     return np.ascontiguousarray(np.moveaxis(crop, -1, 0)[None], dtype=np.float32)
+
+
+def measured_halo(forward: Callable[[np.ndarray], np.ndarray], raw: np.ndarray, step: int) -> int:
+    """How far one input pixel reaches in the output, rounded up to a multiple of ``step``:
+    the halo a consumer crops from each tile's border (bioimage.io's output ``halo``).
+
+    ``forward`` maps a normalised (1, C, Y, X) input to the raw (1, K, Y, X) output. Measured on
+    ``raw`` (the test input, normalised and mirrored out to ``HALO_PROBE`` pixels) by raising its
+    centre pixel: the reach ends where the output changes by less than ``HALO_SHARE`` of the
+    largest change. Group normalisation and Cellpose's style vector make every output depend a
+    little on the whole input, so the reach of a real image is the one worth declaring.
+    """
+    base = normalize_percentile(raw, axis=(2, 3)).astype(np.float32)
+    pad = [
+        (max(0, (HALO_PROBE - s) // 2), max(0, HALO_PROBE - s - (HALO_PROBE - s) // 2))
+        for s in base.shape[2:]
+    ]
+    base = np.pad(base, [(0, 0), (0, 0), *pad], mode="symmetric")
+    bumped = base.copy()
+    cy, cx = (s // 2 for s in base.shape[2:])
+    bumped[:, :, cy, cx] += 1.0
+    change = np.abs(forward(bumped) - forward(base))[0].max(axis=0)
+    yy, xx = np.nonzero(change >= HALO_SHARE * change.max())
+    reach = int(max(np.abs(yy - cy).max(), np.abs(xx - cx).max()))
+    return max(step, -(-reach // step) * step)
 
 
 def raw_output(net: Any, raw: np.ndarray) -> np.ndarray:
