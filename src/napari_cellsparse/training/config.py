@@ -107,10 +107,15 @@ class TrainingConfig(_Frozen):
 
 @dataclass(frozen=True)
 class UNetConfig(TrainingConfig):
-    """The 3-class U-Net: its size, target border and Dice weight."""
+    """The 3-class U-Net: its size, target border and Dice weight.
+
+    450 steps (was 1000): the user story (30 cells, 3 seeds) gave F1 0.720 / 0.713 / 0.740 in
+    58 s against 0.734 / 0.694 / 0.767 in 142 s (``benchmarks/results/i25_sparse_unet_user.json``
+    and its earlier version in git): the one-cycle rate anneals as well in fewer steps.
+    """
 
     kind: ClassVar[str] = "unet"
-    steps: int = 1000  # about 3 minutes of training on a 2-core laptop CPU
+    steps: int = 450  # about a minute of training on a 2-core laptop CPU
     learning_rate: float = 2e-3
     base_filters: int = 16
     depth: int = 3
@@ -123,18 +128,19 @@ class UNetConfig(TrainingConfig):
 class CellposeConfig(TrainingConfig):
     """Cellpose's CPnet: channel widths, optimiser, flow dynamics, tiling, cell erasing.
 
-    Cells at 17 px (upstream's nuclei models; its cytoplasm models use 30), 64 px crops 16 a
+    Cells at 17 px (upstream's nuclei models; its cytoplasm models use 30), 64 px crops 8 a
     batch and 512 px prediction tiles: the user story (30 cells, 3 seeds) went from F1 0.816
-    in 200 s of training and 13.9 s per megapixel of prediction to 0.833 in 100 s and
-    3.5 s/MPx (``benchmarks/results/i25_sparse_cellpose_user.json``). Whole cells with a
-    cytoplasm were not measured; ``target_diameter=30`` is upstream's choice for them.
+    in 200 s of training and 13.9 s per megapixel of prediction to 0.844 in 51 s and
+    2.6 s/MPx (``benchmarks/results/i25_sparse_cellpose_user.json``; 16 a batch gave 0.833 in
+    101 s). Whole cells with a cytoplasm were not measured; ``target_diameter=30`` is
+    upstream's choice for them.
     """
 
     kind: ClassVar[str] = "cellpose"
-    steps: int = 200  # under 2 minutes of training on a 2-core laptop CPU
+    steps: int = 200  # under a minute of training on a 2-core laptop CPU
     target_diameter: float = 17.0
     patch_size: int = 64
-    batch_size: int = 16
+    batch_size: int = 8
     learning_rate: float = 2e-3
     nbase: tuple[int, ...] = (16, 32, 64, 128)
     weight_decay: float = 1e-5

@@ -138,7 +138,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
         layout.addStretch()
 
     def _backend_steps(self, backend: str) -> None:
-        """Show the chosen backend's default step count (about 3 minutes on a laptop CPU)."""
+        """Show the chosen backend's default step count (about a minute on a laptop CPU)."""
         try:
             self.steps_spin.setValue(backend_class(backend).config_class().steps)
         except (CellsparseError, ImportError):  # an unavailable backend keeps the value
