@@ -179,6 +179,8 @@ def measured_halo(forward: Callable[[np.ndarray], np.ndarray], raw: np.ndarray, 
     cy, cx = (s // 2 for s in base.shape[2:])
     bumped[:, :, cy, cx] += 1.0
     change = np.abs(forward(bumped) - forward(base))[0].max(axis=0)
+    if not change.max() > 0:  # a network blind to its input reaches nowhere
+        return step
     yy, xx = np.nonzero(change >= HALO_SHARE * change.max())
     reach = int(max(np.abs(yy - cy).max(), np.abs(xx - cx).max()))
     return max(step, -(-reach // step) * step)
