@@ -22,7 +22,9 @@ centroids of the true nuclei, each moved by a uniform random offset of up to 3 p
 Per run: ``count_true`` / ``count_pred`` (sums over the test images), ``rel_count_error``
 (|sum pred - sum true| / sum true), ``mean_abs_rel_error_per_image``, ``loc_f1`` (detected
 centres vs. exact true centroids, Hungarian matching, a true positive within 5 px, pooled over
-the test images), ``train_s`` (wall time of ``train_counter``, or of the baseline's tuning),
+the test images) with ``loc_precision`` and ``loc_recall``, ``per_image`` (``image``, ``true``,
+``count``, ``centres``, ``hits``: matched centres), ``train_s`` (wall time of ``train_counter``,
+or of the baseline's tuning),
 ``count_s_per_mpx`` (wall time of counting the test images per megapixel), ``loadavg_start`` /
 ``loadavg_end`` and ``torch_threads``. The counter is trained with its default settings
 through the public API. The fluo_25 counter also counts ``fluo/test/images`` with the batch API
@@ -119,8 +121,8 @@ def score(
     true = [centroids(mask) for _, _, mask in data]
     n_true = np.array([len(t) for t in true], float)
     pred = np.array(counts, float)
-    matched = sum(len(match_centres(f, t, MATCH_PX)[0]) for f, t in zip(found, true, strict=True))
-    n_found = sum(len(f) for f in found)
+    hits = [len(match_centres(f, t, MATCH_PX)[0]) for f, t in zip(found, true, strict=True)]
+    matched, n_found = sum(hits), sum(len(f) for f in found)
     return {
         "images": len(data),
         "count_true": int(n_true.sum()),
@@ -128,7 +130,19 @@ def score(
         "rel_count_error": round(abs(pred.sum() - n_true.sum()) / n_true.sum(), 4),
         "mean_abs_rel_error_per_image": round(float(np.mean(np.abs(pred - n_true) / n_true)), 4),
         "loc_f1": round(2.0 * matched / (n_found + n_true.sum()), 4),
+        "loc_precision": round(matched / max(n_found, 1), 4),
+        "loc_recall": round(matched / n_true.sum(), 4),
         "n_centres": int(n_found),
+        "per_image": [
+            {
+                "image": name,
+                "true": int(n),
+                "count": round(float(c), 2),
+                "centres": len(f),
+                "hits": h,
+            }
+            for (name, _, _), n, c, f, h in zip(data, n_true, pred, found, hits, strict=True)
+        ],
     }
 
 
