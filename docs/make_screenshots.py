@@ -81,7 +81,7 @@ class Shooter:
         self.settle()
 
     def raise_dock(self, name: str) -> None:
-        self.viewer.window._dock_widgets[f"{name} ({PLUGIN})"].raise_()
+        self.viewer.window.dock_widgets[f"{name} ({PLUGIN})"].parent().raise_()
         self.settle()
 
     def shoot(self, name: str, caption: str) -> Path:
@@ -160,6 +160,35 @@ def sparse_training(shooter: Shooter) -> None:
         f"Sparse training: a U-Net trained for {STEPS} steps on the sample's sparse annotation "
         "(the loss curve in the widget), then Predict: the objects drawn as outlines. "
         f"Status line: {widget.status.text()}",
+    )
+    plot_loss(shooter.out, widget.loss_plot.steps, widget.loss_plot.losses)
+
+
+def plot_loss(out: Path, steps: list[int], losses: list[float]) -> None:
+    """The loss curve of the screenshot's training, as the widget received it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    ax.plot(steps, losses, color="C0", linewidth=1, alpha=0.5, label="each step")
+    window = 10
+    if len(losses) > window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="C0", linewidth=2, label="mean of 10 steps")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss on the annotated pixels")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_plot(
+        fig,
+        out / "training_loss.png",
+        f"The loss of the U-Net training in the Sparse training screenshot ({len(steps)} "
+        "steps on the sample's sparse annotation), as the widget's live curve received it. "
+        "Only annotated pixels (cells and painted background) count in it; the step-to-step "
+        "noise is the random crops, so judge the trend (the thick line), and the preview.",
     )
 
 
@@ -318,6 +347,44 @@ def plot_user_story(out: Path) -> None:
     )
 
 
+def plot_counts(out: Path) -> None:
+    """Counted against true cells per test image, the counting user story's seeds, from the
+    issue-25 counting benchmark JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads((ROOT / "benchmarks/results/i25_counting_user.json").read_text())
+    runs = [r for r in data["runs"] if r["run"] == "user" and "per_image" in r]
+    fig, ax = plt.subplots(figsize=(5, 4.6), dpi=110)
+    top = 1.0
+    for i, run in enumerate(runs):
+        true = [p["true"] for p in run["per_image"]]
+        counted = [p["count"] for p in run["per_image"]]
+        top = max(top, *true, *counted)
+        label = (
+            f"seed {run['seed']}: {run['given_points']} points given, total "
+            f"{run['count_pred']:.0f} / {run['count_true']}"
+        )
+        ax.plot(true, counted, "o", color=f"C{i}", alpha=0.7, label=label)
+    ax.plot([0, top * 1.05], [0, top * 1.05], "k--", linewidth=1, label="counted = true")
+    ax.set_xlabel("true nuclei per test image")
+    ax.set_ylabel("counted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left")
+    _save_plot(
+        fig,
+        out / "counts.png",
+        "Cell counting, the user story: a counter trained on a quarter of the nuclei of 6 DSB "
+        "2018 fluorescence images as rough points (moved up to 3 px) plus painted background, "
+        "then every image of fluo/test counted; one colour per seed (which points were "
+        "given). From benchmarks/results/i25_counting_user.json.",
+    )
+
+
 def _save_plot(fig: Any, path: Path, caption: str) -> None:
     """Write a plot and its caption file (``.txt`` beside it), and close the figure."""
     import matplotlib.pyplot as plt
@@ -338,6 +405,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot_cells(out)
     plot_user_story(out)
+    plot_counts(out)
     shooter = Shooter(out)
     try:
         first_look(shooter)
