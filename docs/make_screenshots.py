@@ -166,10 +166,7 @@ def sparse_training(shooter: Shooter) -> None:
 
 def plot_loss(out: Path, steps: list[int], losses: list[float]) -> None:
     """The loss curve of the screenshot's training, as the widget received it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
     ax.plot(steps, losses, color="C0", linewidth=1, alpha=0.5, label="each step")
@@ -274,10 +271,7 @@ def batch(shooter: Shooter) -> None:
 
 def plot_cells(out: Path) -> None:
     """F1 against the number of annotated cells, per backend, from the benchmark JSON."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     runs = json.loads((ROOT / "benchmarks/results/sparse_training.json").read_text())["runs"]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
@@ -310,10 +304,7 @@ def plot_cells(out: Path) -> None:
 def plot_user_story(out: Path) -> None:
     """The user story's F1 per backend and seed, with the full-annotation reference, from the
     issue-25 benchmark JSON (the present defaults)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     results = ROOT / "benchmarks/results"
     full = json.loads((results / "i25_sparse_full_reference.json").read_text())["runs"]
@@ -350,10 +341,7 @@ def plot_user_story(out: Path) -> None:
 def plot_counts(out: Path) -> None:
     """Counted against true cells per test image, the counting user story's seeds, from the
     issue-25 counting benchmark JSON."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     data = json.loads((ROOT / "benchmarks/results/i25_counting_user.json").read_text())
     runs = [r for r in data["runs"] if r["run"] == "user" and "per_image" in r]
@@ -383,6 +371,16 @@ def plot_counts(out: Path) -> None:
         "then every image of fluo/test counted; one colour per seed (which points were "
         "given). From benchmarks/results/i25_counting_user.json.",
     )
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot drawing off screen (no window, also under Xvfb)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save_plot(fig: Any, path: Path, caption: str) -> None:
