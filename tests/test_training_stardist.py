@@ -229,10 +229,27 @@ def _child_pretrained_used(out: Path) -> dict[str, Any]:
     }
 
 
+def _child_targets_keep_the_batch_order() -> dict[str, bool]:
+    """Targets of 8 different crops at once against each crop's targets alone."""
+    net = small_network()
+    net.build()
+    crops = [make_nuclei((64, 64), 4, radius=(6.0, 9.0), seed=s) for s in range(8)]
+    images = np.stack([normalise(img) for img, _ in crops])
+    labels = np.stack([to_internal(sparse_annotation(t, 2, seed=0)) for _, t in crops])
+    x, prob, dist = net.targets(Batch(images, labels.astype(np.int32)))
+    alone = [net.targets(Batch(images[i : i + 1], labels[i : i + 1])) for i in range(8)]
+    return {
+        "images": bool(np.array_equal(x, images)),
+        "prob": all(np.array_equal(prob[i], a[1][0]) for i, a in enumerate(alone)),
+        "dist": all(np.array_equal(dist[i], a[2][0]) for i, a in enumerate(alone)),
+    }
+
+
 def _child_untrained_checks(folder: str) -> dict[str, Any]:
     import_tf()  # as the app does: quiet, fast NMS
     out = Path(folder)
     return {
+        "order": outcome(_child_targets_keep_the_batch_order),
         "losses": outcome(_child_losses, out),
         "tune": outcome(_child_tune_untrained),
         "unknown": outcome(lambda: small_network(pretrained="2D_no_such_model").build()),
@@ -277,6 +294,33 @@ def test_loss_and_gradient_ignore_unannotated_pixels(untrained: dict[str, Any]) 
     assert any(not np.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in pairs)
     # And so does calling annotated background a cell.
     assert abs(losses["loss4"] - loss) > 1e-3
+
+
+def test_targets_keep_the_order_of_the_batch(untrained: dict[str, Any]) -> None:
+    # Upstream's data sequence shuffles with numpy's global generator; the crops must come
+    # back in our order, or a seed does not give the same model twice.
+    assert value_of(untrained["order"]) == {"images": True, "prob": True, "dist": True}
+
+
+def _child_weights_after_training(folder: str) -> str:
+    """A hash of the weights after a few seeded steps (a fresh process each time)."""
+    import hashlib
+
+    import_tf()
+    out = Path(folder)
+    data = SparseDataset([np.load(out / "image.npy")], [np.load(out / "internal.npy")])
+    net = small_network()
+    net.build()
+    for _ in net.train_steps(data, 4, np.random.default_rng(0)):
+        pass
+    weights = net.model.keras_model.get_weights()
+    return hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in weights)).hexdigest()
+
+
+def test_a_seed_gives_the_same_weights_in_two_processes(trained: dict[str, Any]) -> None:
+    folder = str(trained["folder"])
+    first = run_in_subprocess(_child_weights_after_training, folder)
+    assert run_in_subprocess(_child_weights_after_training, folder) == first
 
 
 def test_tune_on_an_untrained_network_keeps_thresholds(untrained: dict[str, Any]) -> None:

@@ -193,7 +193,8 @@ class StarDistNetwork(Network):
     # -- training -----------------------------------------------------------------------
 
     def targets(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Upstream StarDist targets of a batch: images, ``prob`` (-1 = ignored), dist + mask."""
+        """Upstream StarDist targets of a batch, in the batch's order: images, ``prob`` (-1 =
+        ignored), dist + mask."""
         from stardist.models.model2d import StarDistData2D
 
         model = self._require_model()
@@ -211,8 +212,11 @@ class StarDistNetwork(Network):
                 augmenter=None,
                 foreground_prob=0,
             )
+            # The sequence shuffles the batch with numpy's global, unseeded generator; put the
+            # crops back in our order so that a seed gives the same model in every process.
+            back = np.argsort(data.batch(0))
             (x,), (prob, dist) = data[0]
-        return x, prob, dist
+        return x[back], prob[back], dist[back]
 
     def _prepare(self) -> None:
         """Compile with upstream losses (``prepare_for_training``) at the configured rate."""
