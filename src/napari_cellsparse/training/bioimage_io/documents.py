@@ -13,7 +13,7 @@ import numpy as np
 
 from ...core.images import normalize_percentile
 from ..model import TrainedModel
-from .networks import PackagedNetwork
+from .networks import HALO_SHARE, PackagedNetwork
 
 __all__ = ["CITATIONS", "citations", "training_summary", "write_cover", "write_readme"]
 
@@ -87,8 +87,8 @@ The package declares the normalisation the model was trained with: per channel, 
 width must be multiples of {network.step} pixels.
 
 Tools that cut a large image into tiles should crop {halo} pixels (the output's `halo`) from
-each side of a tile: one input pixel changes the output by less than 1 % of its own effect
-beyond that distance.
+each side of a tile: one input pixel changes the output by less than {HALO_SHARE:.0%} of its own
+effect beyond that distance.
 
 **Object scale: cells must be about {d:.0f} pixels across.** The model was trained with its
 cells rescaled to that diameter, and tools that run this package do not rescale: resize your

@@ -24,7 +24,14 @@ from ..api import load_model
 from ..model import TrainedModel
 from .documents import citations, training_summary, write_cover, write_readme
 from .keras_package import grid_values, write_weights
-from .networks import PackagedNetwork, measured_halo, packaged_network, raw_output, test_image
+from .networks import (
+    PackagedNetwork,
+    measured_halo,
+    packaged_network,
+    raw_output,
+    test_image,
+    torch_forward,
+)
 
 __all__ = ["CONFIG_KEY", "export_model"]
 
@@ -137,12 +144,6 @@ def _torch_weights(
     state = {k: v.detach().cpu() for k, v in model.network.net.state_dict().items()}
     net = network.module(state)
     output = raw_output(net, raw)
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = net(torch.from_numpy(x))
-        return (out[0] if isinstance(out, tuple) else out).float().numpy()
-
     assert network.architecture is not None
     files = {
         "architecture": work / f"{network.callable.lower()}_architecture.py",
@@ -169,7 +170,7 @@ def _torch_weights(
             source=files["torchscript"], pytorch_version=torch_version, parent="pytorch_state_dict"
         ),
     )
-    return weights, output, "pytorch", measured_halo(forward, raw, network.step)
+    return weights, output, "pytorch", measured_halo(torch_forward(net), raw, network.step)
 
 
 def _keras_weights(

@@ -23,7 +23,14 @@ from ..config import CellposeConfig, StarDistConfig, UNetConfig
 from ..inputs import prediction_slices
 from ..model import TrainedModel
 
-__all__ = ["PackagedNetwork", "measured_halo", "packaged_network", "raw_output", "test_image"]
+__all__ = [
+    "PackagedNetwork",
+    "measured_halo",
+    "packaged_network",
+    "raw_output",
+    "test_image",
+    "torch_forward",
+]
 
 TEST_SIZE = 256  # the test input's largest side, in pixels at the training scale
 HALO_PROBE = 384  # side of the image a halo is measured on
@@ -186,14 +193,23 @@ def measured_halo(forward: Callable[[np.ndarray], np.ndarray], raw: np.ndarray, 
     return max(step, -(-reach // step) * step)
 
 
-def raw_output(net: Any, raw: np.ndarray) -> np.ndarray:
-    """The network's output for a raw (1, C, Y, X) input normalised as the package declares
-    (per channel, percentiles 1 and 99.8 over Y and X: our one normalisation)."""
+def torch_forward(net: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``net`` (a PyTorch package network) as a function of a normalised (1, C, Y, X) array:
+    its raw output, the first of a tuple (Cellpose also gives its style)."""
     from ...core.lazy import import_torch
 
     torch = import_torch()
-    normalized = normalize_percentile(raw, axis=(2, 3))
-    with torch.inference_mode():
-        out = net(torch.from_numpy(np.ascontiguousarray(normalized)))
-    out = out[0] if isinstance(out, tuple) else out
-    return out.float().cpu().numpy()
+
+    def forward(normalized: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = net(torch.from_numpy(np.ascontiguousarray(normalized)))
+        out = out[0] if isinstance(out, tuple) else out
+        return out.float().cpu().numpy()
+
+    return forward
+
+
+def raw_output(net: Any, raw: np.ndarray) -> np.ndarray:
+    """The network's output for a raw (1, C, Y, X) input normalised as the package declares
+    (per channel, percentiles 1 and 99.8 over Y and X: our one normalisation)."""
+    return torch_forward(net)(normalize_percentile(raw, axis=(2, 3)))
