@@ -3,12 +3,13 @@
 ``by_map``: the engine's "where to annotate next"
 (:func:`napari_cellsparse.training.uncertainty.where_to_annotate`) on each training image,
 with that image's annotation so annotated pixels are left out; the places of all images are
-ranked together by their score (doubt in cells' worth), and the ground-truth cell under each
-place's centroid is taken, best first, skipping places on no cell or on a cell already
-annotated or already taken, until ``n`` cells. ``at_random``: ``n`` unannotated cells drawn
-uniformly (seeded) from all the images' unannotated cells. ``add_cells`` paints the chosen
-cells into a copy of the annotation with the same background band as the user story
-(``sparse_from_truth``: truth-background pixels within ``band`` px of the cell).
+ranked together by their score (a place's mean doubt, weighted down below a cell's area),
+and the ground-truth cell under each place's point is taken, best first, skipping places on
+no cell or on a cell already annotated or already taken, until ``n`` cells. ``at_random``:
+``n`` unannotated cells drawn uniformly (seeded) from all the images' unannotated cells.
+``add_cells`` paints the chosen cells into a copy of the annotation with the same background
+band as the user story (``sparse_from_truth``: truth-background pixels within ``band`` px of
+the cell).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from napari_cellsparse.training.uncertainty import (
     _unview,
     _view,
     disagreement,
+    rank_places,
     uncertainty_iter,
     where_to_annotate,
 )
@@ -68,6 +69,39 @@ def test_disagreement_is_zero_when_all_agree_and_high_on_a_split_cell() -> None:
     assert doubt[cells == 2].min() > 0.2
     with pytest.raises(BadInputError):
         disagreement([cells])
+
+
+def test_places_are_ranked_by_object_not_by_the_size_of_a_doubtful_clump() -> None:
+    objects = np.zeros((60, 120), np.int32)
+    doubt = np.zeros(objects.shape, np.float32)
+    for k in range(5):  # a clump of five moderately doubtful cells, one object
+        objects[5:15, 5 + 10 * k : 15 + 10 * k] = 1
+    doubt[objects == 1] = 0.5
+    objects[30:40, 70:80] = 2  # one very doubtful cell
+    doubt[30:40, 70:80] = 0.9
+    objects[30:40, 90:100] = 3  # a cell every view agrees on
+    doubt[45:55, 20:30] = 0.7  # a cell the unturned view missed
+    places = rank_places(doubt, objects, cell_area=100.0)
+    assert [(p.y, p.x) for p in places] == [(34.5, 74.5), (49.5, 24.5), (9.5, 29.5)]
+    assert [round(p.score, 3) for p in places] == [0.9, 0.7, 0.5]
+    assert places[2].area == 500 and places[2].mean == pytest.approx(0.5)
+
+
+def test_a_place_point_lies_on_its_place_and_never_on_known_pixels() -> None:
+    objects = np.zeros((40, 40), np.int32)
+    objects[5:35, 5:35] = 1
+    objects[10:30, 10:35] = 0  # a C-shaped object: its centroid falls in the gap
+    doubt = np.where(objects > 0, 0.8, 0.0).astype(np.float32)
+    (place,) = rank_places(doubt, objects, cell_area=100.0)
+    assert objects[round(place.y), round(place.x)] == 1
+    known = np.zeros(objects.shape, bool)
+    known[:, :20] = True  # the left half is annotated
+    doubt[known] = 0.0
+    (place,) = rank_places(doubt, objects, cell_area=100.0, known=known)
+    assert (
+        objects[round(place.y), round(place.x)] == 1 and not known[round(place.y), round(place.x)]
+    )
+    assert place.area == int((objects > 0)[:, 20:].sum())
 
 
 @pytest.mark.parametrize("seed", [3, 7])
