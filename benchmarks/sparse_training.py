@@ -105,6 +105,7 @@ STOCK_PATCH = (128, 128)
 SEED = 0
 
 _OUT: IO[str] = sys.stdout  # the real stdout, once main() has pointed fd 1 at stderr
+SETTINGS: dict[str, float] = {}  # --set KEY=VALUE: training settings for our backends
 
 
 def log(message: str) -> None:
@@ -375,6 +376,7 @@ def run_ours(backend: str, task: Task, steps: int, seed: int) -> tuple[dict[str,
         cancel=threading.Event(),
         reset=True,
         seed=seed,
+        **SETTINGS,
     )
     end = time.perf_counter()
     train_s = end - start
@@ -397,6 +399,7 @@ def run_ours(backend: str, task: Task, steps: int, seed: int) -> tuple[dict[str,
         diam_ratio_min=summary(ratios)["min"],
         diam_ratio_max=summary(ratios)["max"],
         train_diameter=r4(model.scale.train_diameter),
+        self_training_cells=sessions[-1].get("self_training_cells"),
         device=str(model.network.device),
         **timing(task.test, predict_s),
     )
@@ -711,6 +714,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--histo", type=Path, default=HISTO, help="the dsb2018 histo folder (histo_user)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training setting for unet/stardist/cellpose, e.g. self_training=0.5 "
+        "(repeatable; default: each backend's defaults)",
+    )
     parser.add_argument("--out", type=Path, help="also write the final JSON object here")
     parser.add_argument(
         "--selfcheck", action="store_true", help="check the F1 plumbing and annotations, then exit"
@@ -737,6 +748,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds = parse_seeds(args.seeds)
     except ValueError as err:
         parser.error(str(err))
+    try:
+        args.set = {k.strip(): float(v) for k, v in (item.split("=", 1) for item in args.set)}
+    except ValueError:
+        parser.error("--set takes KEY=VALUE with a number, e.g. self_training=0.5")
     args.data = args.data.resolve()
     args.histo = args.histo.resolve()
     return args
@@ -818,6 +833,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "protocols": args.protocol,
             "k": args.k,
             "steps": args.steps,
+            "training_settings": args.set,
             "band_px": BAND,
             "iou": IOU,
             "same_scale": list(SAME_SCALE),
@@ -835,6 +851,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     global _OUT
     args = parse_args(argv)
+    SETTINGS.update(args.set)
     args.thread_settings = use_worker_threads(args.threads)  # before torch / TF are imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # leave GPU memory to torch too

@@ -34,6 +34,7 @@ from .config import ObjectScale, TrainingConfig
 from .inputs import training_pairs
 from .model import MAX_SCALED_PIXELS, TrainedModel
 from .sampling import SparseDataset
+from .self_training import pseudo_label
 from .stored import THRESHOLDS_FILE, read_stored, settings_for, write_thresholds
 
 __all__ = ["load_model", "train", "train_iter"]
@@ -101,6 +102,14 @@ def train_iter(
             model.scale = annotation.scale
             info["preview"] = model.predict(preview)
 
+    pseudo_at = round(total * config.self_training) if total else 0
+
+    def extra(done: int, info: dict[str, Any]) -> None:
+        add_preview(done, info)
+        if pseudo_at and done == pseudo_at:
+            model.scale = annotation.scale
+            info["self_training"] = {"cells_added": annotation.self_train(model)}
+
     stepper = network.train_steps(annotation.dataset, total, rng) if total else iter(())
     yield from session.run(
         stepper,
@@ -112,7 +121,7 @@ def train_iter(
         update_every=update_every,
         rebuild=annotation.rebuild,
         figures=annotation.figures(),
-        extra=add_preview,
+        extra=extra,
     )
     session.check_weights(network.weights_finite(), config.learning_rate)
     yield Progress(session.done, total, "Tuning thresholds on the annotated pixels")
@@ -122,6 +131,7 @@ def train_iter(
     record = session.record(
         images=[list(p[0].shape) for p in pairs],
         annotated_cells=annotation.figures()["cells"],
+        **({"self_training_cells": annotation.pseudo_cells} if pseudo_at else {}),
     )
 
     def save(version: Path) -> None:
@@ -204,6 +214,15 @@ class _Annotation:
         self.pairs = pairs
         self.target_diameter = target_diameter
         self.dataset, self.scale = _prepare(pairs, target_diameter)
+        self.pseudo_cells = 0
+
+    def self_train(self, model: TrainedModel) -> int:
+        """Train from now on with ``model``'s confident cells added to the annotation (the
+        pairs, their figures and the object scale stay the person's); the cells added."""
+        grown, added = pseudo_label(model, self.pairs)
+        self.dataset.replace(_prepare(grown, self.target_diameter)[0])
+        self.pseudo_cells = added.total
+        return added.total
 
     def figures(self) -> dict[str, int]:
         """Annotated cells and the image pixels the loss trusts (cells and background)."""
@@ -231,6 +250,7 @@ class _Annotation:
         dataset, self.scale = _prepare(pairs, self.target_diameter)
         self.dataset.replace(dataset)
         self.labels, self.pairs = labels, pairs
+        self.pseudo_cells = 0  # the cells self-training added are not in the new data
         return self.figures()
 
 

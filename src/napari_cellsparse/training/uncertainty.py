@@ -39,7 +39,9 @@ from .model import TrainedModel
 __all__ = [
     "UncertaintyResult",
     "WherePlace",
+    "disagreement",
     "place_pieces",
+    "predict_view",
     "rank_places",
     "uncertainty_iter",
     "where_to_annotate",
@@ -83,6 +85,13 @@ def _unview(array: np.ndarray, k: int) -> np.ndarray:
     """The inverse of :func:`_view`."""
     out = array[:, ::-1] if k >= 4 else array
     return np.ascontiguousarray(np.rot90(out, -(k % 4), axes=(0, 1)))
+
+
+def predict_view(
+    model: TrainedModel, normalized: np.ndarray, diameter: float, k: int
+) -> np.ndarray:
+    """The labels of ``normalized`` (YXC) predicted under view ``k``, turned back."""
+    return _unview(model.predict_normalized(_view(normalized, k), diameter), k)
 
 
 def _best_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -225,8 +234,7 @@ def uncertainty_iter(
     for k in range(N_VIEWS):
         check_cancel(cancel)
         yield Progress(k, N_VIEWS + 1, f"Predicting view {k + 1}/{N_VIEWS}")
-        labels = model.predict_normalized(_view(normalized, k), d)
-        predictions.append(_unview(labels, k))
+        predictions.append(predict_view(model, normalized, d, k))
     check_cancel(cancel)
     yield Progress(N_VIEWS, N_VIEWS + 1, "Comparing the views")
     doubt = disagreement(predictions)
