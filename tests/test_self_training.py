@@ -6,15 +6,18 @@ unannotated rest of the image are then checked against the generated truth.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from napari_cellsparse.core.errors import BadInputError
 from napari_cellsparse.core.paths import HOME_ENV
+from napari_cellsparse.core.progress import run_sync
 from napari_cellsparse.core.sparse_labels import IGNORE, to_internal
 from napari_cellsparse.samples.generated import make_nuclei
 from napari_cellsparse.samples.sparse_annotation import sparse_from_truth
-from napari_cellsparse.training import train
+from napari_cellsparse.training import train, train_iter
 from napari_cellsparse.training.inputs import training_pairs
 from napari_cellsparse.training.self_training import add_cells, confident_cells, pseudo_label
 
@@ -80,19 +83,16 @@ def test_training_with_self_training_records_the_cells_it_added(nuclei, tmp_path
     image, _, annotation = nuclei
     monkeypatch.setenv(HOME_ENV, str(tmp_path))
     events = []
-    trained = train(
-        "unet",
-        image,
-        annotation,
-        name="self",
-        steps=80,
-        self_training=0.75,
-        progress=lambda step, total, info: events.append((step, info)),
-        **SETTINGS,
+    work = train_iter(
+        "unet", image, annotation, name="self", steps=40, self_training=0.5, **SETTINGS
     )
-    added = [info["self_training"] for step, info in events if "self_training" in info]
-    assert [step for step, info in events if "self_training" in info] == [60]
-    assert added[0]["cells_added"] == trained.info["sessions"][-1]["self_training_cells"]
-    assert trained.info["sessions"][-1]["annotated_cells"] == 6  # the person's, not more
+    trained = run_sync(work, events.append)
+    more = [e for e in events if e.message.startswith("Self-training unet with")]
+    assert [e.step for e in more] == list(range(41, 61)) and events[-1].total == 60
+    assert any(e.message.startswith("Self-training: the model") for e in events)
+    added = int(re.match(r"Self-training unet with (\d+) more cells", more[0].message)[1])
+    session = trained.info["sessions"][-1]
+    assert session["steps"] == 60 and session["annotated_cells"] == 6  # the person's cells
+    assert session["self_training_cells"] == added > 0
     with pytest.raises(BadInputError, match="self_training"):
-        train("unet", image, annotation, name="bad", steps=1, self_training=1.5, **SETTINGS)
+        train("unet", image, annotation, name="bad", steps=1, self_training=5.0, **SETTINGS)

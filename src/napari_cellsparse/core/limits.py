@@ -128,8 +128,8 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "target_diameter": Bound(0.0, MAX_TARGET_DIAMETER, above=True),
         # times the widest annotated cell (0: keep every predicted object)
         "max_size_factor": Bound(0.0, MAX_SIZE_FACTOR),
-        # share of the steps after which self-training adds confident cells (0: off)
-        "self_training": Bound(0.0, 0.9),
+        # self-training's extra steps, as a share of the steps (0: off)
+        "self_training": Bound(0.0, 4.0),
         # prediction
         "diameter": Bound(0.0, MAX_DIAMETER),  # 0: estimate it (the counter's setting)
         "min_area": Bound(0.0, MAX_MIN_AREA),

@@ -118,7 +118,8 @@ class TrainingSession:
         """
         if updates is not None and int(update_every) < 1:
             raise BadInputError(f"update_every must be 1 or more, got {update_every}.")
-        self.started = time.perf_counter()
+        if self.done == 0:  # a second run (more steps on new data) keeps the first's start
+            self.started = time.perf_counter()
         try:
             while self.done < total:
                 if cancel is not None and cancel.is_set():

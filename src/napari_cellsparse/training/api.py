@@ -102,27 +102,26 @@ def train_iter(
             model.scale = annotation.scale
             info["preview"] = model.predict(preview)
 
-    pseudo_at = round(total * config.self_training) if total else 0
-
-    def extra(done: int, info: dict[str, Any]) -> None:
-        add_preview(done, info)
-        if pseudo_at and done == pseudo_at:
-            model.scale = annotation.scale
-            info["self_training"] = {"cells_added": annotation.self_train(model)}
-
+    extra_steps = round(total * config.self_training)
     stepper = network.train_steps(annotation.dataset, total, rng) if total else iter(())
-    yield from session.run(
-        stepper,
-        total,
-        f"Training {backend}",
-        config.learning_rate,
-        cancel=cancel,
-        updates=updates,
-        update_every=update_every,
-        rebuild=annotation.rebuild,
-        figures=annotation.figures(),
-        extra=extra,
-    )
+    run = {
+        "cancel": cancel,
+        "updates": updates,
+        "update_every": update_every,
+        "rebuild": annotation.rebuild,
+        "extra": add_preview,
+    }
+    title = f"Training {backend}"
+    figures = annotation.figures()
+    yield from session.run(stepper, total, title, config.learning_rate, figures=figures, **run)
+    if extra_steps and not session.stopped:
+        yield Progress(session.done, total, "Self-training: the model's confident cells")
+        model.scale = annotation.scale
+        added = annotation.self_train(model)
+        total += extra_steps
+        title = f"Self-training {backend} with {added} more cells"
+        stepper = network.train_steps(annotation.dataset, extra_steps, rng)
+        yield from session.run(stepper, total, title, config.learning_rate, **run)
     session.check_weights(network.weights_finite(), config.learning_rate)
     yield Progress(session.done, total, "Tuning thresholds on the annotated pixels")
     network.tune(annotation.dataset)
@@ -131,7 +130,7 @@ def train_iter(
     record = session.record(
         images=[list(p[0].shape) for p in pairs],
         annotated_cells=annotation.figures()["cells"],
-        **({"self_training_cells": annotation.pseudo_cells} if pseudo_at else {}),
+        **({"self_training_cells": annotation.pseudo_cells} if extra_steps else {}),
     )
 
     def save(version: Path) -> None:

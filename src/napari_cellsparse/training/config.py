@@ -103,9 +103,9 @@ class TrainingConfig(_Frozen):
     # Objects wider than this many times the widest annotated cell are left out of
     # predictions (background grown into one object, merged clumps); 0 keeps them all.
     max_size_factor: float = 2.0
-    # Self-training (:mod:`napari_cellsparse.training.self_training`): after this share of
-    # the steps the model's confident cells in unannotated pixels join the training data;
-    # 0 turns it off.
+    # Self-training (:mod:`napari_cellsparse.training.self_training`): after the steps, the
+    # model's confident cells in unannotated pixels join the training data and it trains
+    # this share of the steps more; 0 turns it off.
     self_training: float = 0.0
 
 
