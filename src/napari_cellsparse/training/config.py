@@ -105,7 +105,9 @@ class TrainingConfig(_Frozen):
     max_size_factor: float = 2.0
     # Self-training (:mod:`napari_cellsparse.training.self_training`): after the steps, the
     # model's confident cells in unannotated pixels join the training data and it trains
-    # this share of the steps more; 0 turns it off.
+    # this share of the steps more; 0 (the default) turns it off. Measured on the user story
+    # (Cellpose, 0.5, 3 seeds): F1 0.841 against 0.849 for the same steps without it, in 1.5x
+    # the time (benchmarks/README.md), so it is off unless asked for.
     self_training: float = 0.0
 
 
