@@ -360,3 +360,19 @@ def test_where_to_annotate_next_shows_a_map_and_numbered_places(trainer):
     widget.where_next()
     assert shown and "one 2D image" in shown[0]
     assert "stack where to annotate next" not in viewer.layers
+
+
+def test_self_training_from_the_backend_settings_trains_longer_and_keeps_the_layer(trainer):
+    from napari_cellsparse.training import load_model
+
+    viewer, widget = trainer
+    widget.settings_edit.setText(f"{TINY}, self_training=0.5")
+    annotation = viewer.layers["my annotation"]
+    before = annotation.data.copy()
+    widget.train()
+    assert "Trained 'tiny' for 9 step(s)" in widget.status.text(), widget.status.text()
+    assert widget.loss_plot.steps == list(range(1, 10))
+    assert widget.progress_bar.maximum() == 9 and widget.progress_bar.value() == 9
+    session = load_model("tiny").info["sessions"][-1]
+    assert session["steps"] == 9 and session["self_training_cells"] >= 0
+    np.testing.assert_array_equal(annotation.data, before)  # the person's layer is untouched
