@@ -105,7 +105,7 @@ STOCK_PATCH = (128, 128)
 SEED = 0
 
 _OUT: IO[str] = sys.stdout  # the real stdout, once main() has pointed fd 1 at stderr
-SETTINGS: dict[str, float] = {}  # --set KEY=VALUE: training settings for our backends
+SETTINGS: dict[str, Any] = {}  # --set KEY=VALUE: training settings for our backends
 
 
 def log(message: str) -> None:
@@ -719,8 +719,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a training setting for unet/stardist/cellpose, e.g. self_training=0.5 "
-        "(repeatable; default: each backend's defaults)",
+        help="a training setting for unet/stardist/cellpose, e.g. self_training=0.5 or "
+        "flip_average=True, read as the widget's Backend settings (repeatable; default: each "
+        "backend's defaults)",
     )
     parser.add_argument("--out", type=Path, help="also write the final JSON object here")
     parser.add_argument(
@@ -748,10 +749,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds = parse_seeds(args.seeds)
     except ValueError as err:
         parser.error(str(err))
+    from napari_cellsparse.core.errors import BadInputError
+    from napari_cellsparse.core.settings_text import parse_settings
+
     try:
-        args.set = {k.strip(): float(v) for k, v in (item.split("=", 1) for item in args.set)}
-    except ValueError:
-        parser.error("--set takes KEY=VALUE with a number, e.g. self_training=0.5")
+        args.set = parse_settings(", ".join(args.set))
+    except BadInputError as err:
+        parser.error(f"--set: {err}")
     args.data = args.data.resolve()
     args.histo = args.histo.resolve()
     return args
