@@ -316,6 +316,30 @@ def test_training_recovers_the_count_of_generated_nuclei(counter) -> None:
     assert result.centres.shape[1] == 2
 
 
+def test_points_only_on_the_brightest_cells_still_count_all_cells(tmp_path, monkeypatch) -> None:
+    # A person clicks the cells that stand out: the given points are no fair sample.
+    from napari_cellsparse.counting import train_counter
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
+    image, labels = make_nuclei((160, 160), n_objects=24, radius=(5.0, 7.0), seed=1)
+    ids = np.arange(1, labels.max() + 1)
+    centres = np.array(ndi.center_of_mass(labels > 0, labels, ids))
+    brightness = np.asarray(ndi.mean(image, labels, ids))
+    order = np.argsort(brightness)
+    given = centres[order[-len(ids) // 3 :]]  # the brightest third
+    assert (
+        brightness[order[-len(ids) // 3 :]].mean()
+        > 1.3 * brightness[order[: -len(ids) // 3]].mean()
+    )
+    background = ndi.distance_transform_edt(labels == 0) > 6
+    biased = train_counter(
+        [image], [given], name="bright", background=[background], steps=150, **TINY
+    )
+    test_image, test_centres, _ = nuclei(seed=2)
+    count = biased.count(test_image).count
+    assert abs(count - len(test_centres)) <= 0.1 * len(test_centres), (count, len(test_centres))
+
+
 def test_save_load_round_trip_and_the_store(counter, monkeypatch) -> None:
     from napari_cellsparse.counting import load_counter
     from napari_cellsparse.training import list_models, load_model
