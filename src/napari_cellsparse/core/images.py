@@ -14,6 +14,7 @@ __all__ = [
     "as_yxc",
     "guess_axes",
     "intensity_ranges",
+    "is_flat",
     "normalize",
     "normalize_percentile",
     "numeric_image",
@@ -189,6 +190,11 @@ def to_rgb_uint8(
     else:
         rgb[..., : converted.shape[-1]] = converted
     return rgb
+
+
+def is_flat(image: np.ndarray) -> bool:
+    """True for an image with nothing to segment: empty, all zero or one constant value."""
+    return not image.any() or float(image.max()) == float(image.min())
 
 
 def normalize(image: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ import numpy as np
 from skimage.measure import regionprops_table
 
 from ..core.errors import BadInputError
-from ..core.images import stretch
+from ..core.images import is_flat, stretch
 from ..core.paths import atomic_target
 from ..core.progress import Progress, check_cancel
 from ..core.tiling import Block, Region, block_grid
@@ -140,7 +140,7 @@ class ModelSegmenter:
         return max(32, math.ceil(2.0 * self.diameter))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        if not pixels.any() or float(pixels.max()) == float(pixels.min()):
+        if is_flat(pixels):
             return np.zeros(pixels.shape[:2], LABEL_DTYPE)
         return self.model.predict_normalized(stretch(pixels, *self.ranges), self.diameter)
 

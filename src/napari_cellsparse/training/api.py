@@ -218,10 +218,9 @@ class _Annotation:
     def self_train(self, model: TrainedModel) -> int:
         """Train from now on with ``model``'s confident cells added to the annotation (the
         pairs, their figures and the object scale stay the person's); the cells added."""
-        grown, added = pseudo_label(model, self.pairs)
+        grown, self.pseudo_cells = pseudo_label(model, self.pairs)
         self.dataset.replace(_prepare(grown, self.target_diameter)[0])
-        self.pseudo_cells = added.total
-        return added.total
+        return self.pseudo_cells
 
     def figures(self) -> dict[str, int]:
         """Annotated cells and the image pixels the loss trusts (cells and background)."""

@@ -18,7 +18,7 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import relabel_sequential
 
 from ..core.errors import BadInputError
-from ..core.images import normalize
+from ..core.images import is_flat, normalize
 from ..core.limits import check_setting
 from ..core.progress import Progress, check_cancel, run_sync
 from ..models.scale import foreground_diameter, rescale_image, resize_labels
@@ -128,7 +128,7 @@ class TrainedModel:
 
     def predict_slice(self, raw: np.ndarray, diameter: float | None) -> tuple[np.ndarray, float]:
         """Labels of one YXC slice and the diameter used for it."""
-        if not raw.any() or float(raw.max()) == float(raw.min()):
+        if is_flat(raw):
             return np.zeros(raw.shape[:2], np.int32), float(diameter or 0.0)
         normalized = normalize(raw)
         d = float(diameter) if diameter is not None else self.estimate_diameter(normalized)

@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 
 from ..core.errors import BadInputError
-from ..core.images import normalize
+from ..core.images import is_flat, normalize
 from ..core.progress import Progress, check_cancel, run_sync
 from ..core.sparse_labels import IGNORE, to_internal
 from .inputs import prediction_slices
@@ -225,7 +225,7 @@ def uncertainty_iter(
         known = internal != IGNORE
     raw = slices[0]
     shape = raw.shape[:2]
-    if not raw.any() or float(raw.max()) == float(raw.min()):
+    if is_flat(raw):
         return UncertaintyResult(np.zeros(shape, np.float32), (), float(diameter or 0.0))
     yield Progress(0, N_VIEWS + 1, "Normalising the image")
     normalized = normalize(raw)
