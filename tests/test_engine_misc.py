@@ -509,3 +509,20 @@ def test_the_one_cycle_rate_outside_torch_is_torchs(total: int) -> None:
         optimizer.step()
         if step < total - 1:
             schedule.step()
+
+
+def test_specks_do_not_outvote_the_cells_in_the_diameter_estimate() -> None:
+    from napari_cellsparse.core.images import normalize
+    from napari_cellsparse.models.scale import equivalent_diameters, foreground_diameter
+
+    image, labels = make_nuclei((256, 256), n_objects=20, radius=(8.0, 10.0), seed=3)
+    true = float(np.median(equivalent_diameters(labels)))
+    rng = np.random.default_rng(0)
+    specked = image.astype(np.float32).copy()
+    bright = float(np.percentile(image[labels > 0], 75))
+    free = np.argwhere(ndimage.binary_dilation(labels > 0, iterations=4) == 0)
+    for y, x in free[rng.choice(len(free), 60, replace=False)]:  # texture: 3 flecks a cell
+        specked[y : y + 5, x : x + 5] = bright
+    estimate = foreground_diameter(normalize(as_yxc(specked)))
+    assert estimate is not None
+    assert 0.75 * true <= estimate <= 1.25 * true
