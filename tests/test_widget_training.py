@@ -350,6 +350,14 @@ def test_where_to_annotate_next_shows_a_map_and_numbered_places(trainer):
     for y, x in places.data:
         assert painted[round(y), round(x)] == 0
 
+    # A model sure of everything says so, instead of numbering nothing.
+    from napari_cellsparse.training.uncertainty import UncertaintyResult
+
+    sure = UncertaintyResult(np.zeros((160, 320), np.float32), (), 12.0)
+    widget._show_where_next("mixed", viewer.layers["mixed"], sure)
+    assert "no place to suggest" in widget.status.text()
+    assert len(viewer.layers["mixed places to annotate"].data) == 0
+
     # Shown again in place; a stack is refused with a message, not a crash.
     widget.where_next()
     assert viewer.layers["mixed where to annotate next"] is doubt

@@ -180,6 +180,13 @@ class PredictionPanel:
             size=12,
             **where,
         )
+        if not top:
+            self.status.setText(
+                f"The model agrees with itself everywhere in '{image_name}' (its 8 views give "
+                "the same cells): no place to suggest. Check its prediction, or annotate "
+                "cells it gets wrong."
+            )
+            return
         self.status.setText(
             f"{len(result.places)} place(s) where the model is unsure in '{image_name}'; the "
             f"top {len(top)} are numbered. Annotate there and train again."
