@@ -182,9 +182,9 @@ class PredictionPanel:
         )
         if not top:
             self.status.setText(
-                f"The model agrees with itself everywhere in '{image_name}' (its 8 views give "
-                "the same cells): no place to suggest. Check its prediction, or annotate "
-                "cells it gets wrong."
+                f"Nowhere in '{image_name}' do the model's 8 views disagree over a cell's "
+                "worth of pixels (the map shows what doubt there is): no place to suggest. "
+                "Check its prediction, or annotate cells it gets wrong."
             )
             return
         self.status.setText(
