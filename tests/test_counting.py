@@ -228,7 +228,7 @@ def test_images_of_large_cells_are_read_again_for_small_ones() -> None:
     # The second reading (at 2/3) sees the small cells; its peaks on the large ones, whose
     # regions already hold a centre, are not added.
     assert len(both.centres) == 7 and both.count == pytest.approx(7.0, rel=0.02)
-    assert both.density.sum() == pytest.approx(both.count, rel=1e-5)
+    assert both.density.sum() == pytest.approx(both.count, rel=0.01)
     for group in (large, small):
         gap = np.linalg.norm(both.centres[:, None] - group[None], axis=-1).min(axis=0)
         assert gap.max() < 1.0, gap
@@ -237,6 +237,68 @@ def test_images_of_large_cells_are_read_again_for_small_ones() -> None:
     )
     alone.heatmap = _ideal_heatmap
     assert len(alone.count(image, diameter=48.0).centres) == 7
+
+
+def test_count_is_the_centres_plus_the_density_none_of_them_accounts_for() -> None:
+    # A network trained on a few rough points draws its peaks lower and wider than the
+    # targets: their density's sum over-counts; a faint cell gives density but no peak.
+    from napari_cellsparse.counting.counter import Counter, CounterConfig
+    from napari_cellsparse.counting.targets import heatmap_targets
+
+    config = CounterConfig(
+        sigma=8.0 / 3.0, peak_threshold=0.3, test_time_augmentation=False, foreground_gate=False
+    )
+    cells = np.array([[20.0, 20.0], [20.0, 50.0], [50.0, 20.0], [50.0, 50.0], [80.0, 35.0]])
+    faint = np.array([[100.0, 100.0]])
+    wide = 0.6 * heatmap_targets(cells, (128, 128), sigma=1.5 * config.sigma)
+    dim = 0.25 * heatmap_targets(faint, (128, 128), sigma=2.0 * config.sigma)
+
+    def read(flag: bool, heat: np.ndarray) -> tuple[float, float, int]:
+        counter = Counter(None, config.with_settings(centre_count=flag), 1, "cpu")
+        counter.heatmap = lambda image: heat
+        result = counter.count(np.zeros((128, 128), np.float32), diameter=16.0)
+        return result.count, float(result.density.sum()), len(result.centres)
+
+    count, mass, found = read(True, wide)
+    assert found == 5 and mass > 5.5  # the density alone says 6 or more
+    assert count == pytest.approx(5.0, abs=0.15)
+    count, mass, found = read(True, np.maximum(wide, dim))
+    assert found == 5 and count == pytest.approx(6.0, abs=0.2)  # the faint cell's density
+    count, mass, _ = read(False, wide)
+    assert count == pytest.approx(mass) and count > 5.5
+
+
+def test_training_images_are_read_at_their_blob_scale_when_the_points_agree() -> None:
+    # A few rough clicks read the cell size to +-20 %; the image's blob scale, over all its
+    # cells, is steadier. Points that agree with it within 30 % leave it as it is.
+    from napari_cellsparse.core.images import normalize
+    from napari_cellsparse.counting.config import CounterConfig
+    from napari_cellsparse.counting.training_data import calibrate
+    from napari_cellsparse.models.scale import foreground_diameter
+
+    rng = np.random.default_rng(5)
+    images, points, found = [], [], []
+    for seed in range(3):
+        image, labels = make_nuclei((192, 192), n_objects=30, radius=(6.0, 6.0), seed=seed)
+        ids = np.arange(1, labels.max() + 1)
+        centres = np.array(ndi.center_of_mass(labels > 0, labels, ids))[:5]
+        images.append(normalize(image[..., None]))
+        points.append(centres + rng.uniform(-3.0, 3.0, centres.shape))
+        found.append(foreground_diameter(images[-1], 1.0))
+    config, diameters = calibrate(CounterConfig(), images, points)
+    assert config.diameter_calibration == 1.0
+    assert diameters == pytest.approx(found)
+    # Where the blob scale reads cells of another size (texture breaks tissue into
+    # fragments; here a third), the points calibrate it and read the images themselves.
+    from napari_cellsparse.counting import training_data
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training_data, "foreground_diameter", lambda img, p: 12.0 / 3.0)
+        config, diameters = calibrate(CounterConfig(), images, points)
+    assert 2.4 <= config.diameter_calibration <= 3.6
+    assert all(9.0 <= d <= 15.0 for d in diameters), diameters
+    assert training_data._image_diameter(30.0, 10.0, 1.0) == 30.0  # points disagree
+    assert training_data._image_diameter(None, 10.0, 2.0) == 20.0  # too few points
 
 
 def test_diameter_is_read_at_the_given_points() -> None:
@@ -310,7 +372,7 @@ def test_training_recovers_the_count_of_generated_nuclei(counter) -> None:
     image, centres, _ = nuclei(seed=2)
     result = counter.count(image)
     assert result.density.dtype == np.float32 and result.density.shape == image.shape
-    assert result.count == pytest.approx(float(result.density.sum()), rel=1e-5)
+    assert result.count >= len(result.centres)
     assert abs(result.count - len(centres)) <= 0.1 * len(centres), (result.count, len(centres))
     assert localisation_f1(result.centres, centres, 4.0) >= 0.8
     assert result.centres.shape[1] == 2

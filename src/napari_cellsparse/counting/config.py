@@ -41,6 +41,7 @@ class CounterConfig:
     foreground_gate: bool = True  # peaks and density count only near the image's foreground
     snap_to_foreground: bool = True  # centres move to the centroid of their cell's pixels
     small_cells: bool = True  # images read at half scale or less are read again at twice it
+    centre_count: bool = True  # count = centres + density far from them (False: density sum)
     min_distance: float = 0.0  # between centres at the canonical scale; 0 = a cell radius
     polarity: float = 1.0  # set at training: +1 bright cells, -1 dark cells
     diameter_calibration: float = 1.0  # set at training: given diameter / estimated

