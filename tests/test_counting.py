@@ -534,3 +534,17 @@ def test_cli_trains_from_a_points_csv_and_counts_a_folder(tmp_path: Path, capsys
     assert main(["count", "--model", "cli", "--input", str(folder / "a.tif")]) == 0
     assert "centres" in capsys.readouterr().out
     assert main(["count", "--image", str(tmp_path / "img.tif")]) == 2  # no --points
+
+
+def test_threshold_tuning_takes_the_lowest_level_within_two_detections_of_the_best() -> None:
+    from napari_cellsparse.counting.train import choose_threshold
+
+    # (level, tp, fp, fn, found), as tuned in a user-story run: two background peaks
+    # fewer at 0.3 are chance, the lower levels found the same points.
+    same = [(level, 27, 2, 7, 29) for level in (0.03, 0.05, 0.1, 0.2)]
+    table = [*same, (0.3, 27, 0, 7, 27), (0.4, 24, 0, 10, 24), (0.5, 0, 0, 34, 0)]
+    level, f1, found = choose_threshold(table)
+    assert level == 0.03 and f1 == pytest.approx(54 / 63) and found == 29
+    # Many peaks on the background at low levels are no chance: a higher level wins.
+    noisy = [(0.03, 27, 12, 7, 39), (0.1, 27, 6, 7, 33), (0.2, 27, 0, 7, 27), (0.3, 25, 0, 9, 25)]
+    assert choose_threshold(noisy)[0] == 0.2
