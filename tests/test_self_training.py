@@ -96,3 +96,21 @@ def test_training_with_self_training_records_the_cells_it_added(nuclei, tmp_path
     assert session["self_training_cells"] == added > 0
     with pytest.raises(BadInputError, match="self_training"):
         train("unet", image, annotation, name="bad", steps=1, self_training=5.0, **SETTINGS)
+
+
+def test_self_training_keeps_the_persons_scale(model, nuclei, monkeypatch) -> None:
+    # The model predicts at the scale of the person's cells: the grown annotation is
+    # rescaled by the same factor even when the added cells are much smaller.
+    from napari_cellsparse.training import api
+
+    image, _, annotation = nuclei
+    pairs = training_pairs(image, annotation)
+    person = api._Annotation(image, annotation, pairs, 16.0)
+    before = [img.shape for img in person.dataset.images]
+    _, small = make_nuclei(image.shape, n_objects=60, radius=(3.0, 4.0), seed=9)
+    lab = pairs[0][1]
+    tiny = (small > 0) & (lab == IGNORE)
+    grown = np.where(tiny, lab.max() + 1 + small, lab).astype(lab.dtype)
+    monkeypatch.setattr(api, "pseudo_label", lambda _model, p: ([(p[0][0], grown)], 9))
+    assert person.self_train(model) == 9
+    assert [img.shape for img in person.dataset.images] == before

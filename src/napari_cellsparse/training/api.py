@@ -212,14 +212,14 @@ class _Annotation:
         self.labels = as_list(labels, "annotations")
         self.pairs = pairs
         self.target_diameter = target_diameter
-        self.dataset, self.scale = _prepare(pairs, target_diameter)
+        self.dataset, self.scale, self.diameters = _prepare(pairs, target_diameter)
         self.pseudo_cells = 0
 
     def self_train(self, model: TrainedModel) -> int:
         """Train from now on with ``model``'s confident cells added to the annotation (the
         pairs, their figures and the object scale stay the person's); the cells added."""
         grown, self.pseudo_cells = pseudo_label(model, self.pairs)
-        self.dataset.replace(_prepare(grown, self.target_diameter)[0])
+        self.dataset.replace(_prepare(grown, self.target_diameter, self.diameters)[0])
         return self.pseudo_cells
 
     def figures(self) -> dict[str, int]:
@@ -245,7 +245,7 @@ class _Annotation:
         if all(np.array_equal(a, b) for a, b in zip(labels, self.labels, strict=True)):
             return None
         pairs = training_pairs(self.images, labels)
-        dataset, self.scale = _prepare(pairs, self.target_diameter)
+        dataset, self.scale, self.diameters = _prepare(pairs, self.target_diameter)
         self.dataset.replace(dataset)
         self.labels, self.pairs = labels, pairs
         self.pseudo_cells = 0  # the cells self-training added are not in the new data
@@ -253,9 +253,16 @@ class _Annotation:
 
 
 def _prepare(
-    pairs: list[tuple[np.ndarray, np.ndarray]], target: float
-) -> tuple[SparseDataset, ObjectScale]:
-    """Normalise and rescale every pair to the training scale; measure the object scale."""
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    target: float,
+    diameters: list[float] | None = None,
+) -> tuple[SparseDataset, ObjectScale, list[float]]:
+    """Normalise and rescale every pair to the training scale; measure the object scale.
+
+    Each image is rescaled by its annotated cells' median diameter, or by ``diameters``
+    when given: self-training keeps the person's scale (the model predicts at it), whatever
+    the sizes of the cells it adds. Returns the dataset, the scale and the diameters used.
+    """
     per_image = [annotated_diameters(lab) for _, lab in pairs]
     all_d = np.concatenate(per_image)
     train_d = float(np.median(all_d))
@@ -265,9 +272,10 @@ def _prepare(
     outside = np.concatenate([n[m == 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
     polarity = 1.0 if inside.mean() >= outside.mean() else -1.0
     ratios, widest = [], 0.0
-    images, labels = [], []
-    for norm, (_, lab), d in zip(normalized, pairs, per_image, strict=True):
-        d_img = float(np.median(d)) if len(d) else train_d
+    images, labels, used = [], [], []
+    for k, (norm, (_, lab), d) in enumerate(zip(normalized, pairs, per_image, strict=True)):
+        d_img = diameters[k] if diameters else float(np.median(d)) if len(d) else train_d
+        used.append(d_img)
         if len(d):
             widest = max(widest, float(d.max()) * target / d_img)
         if len(d):
@@ -290,4 +298,4 @@ def _prepare(
         diameter_calibration=float(np.median(ratios)) if ratios else 1.0,
         widest_cell=widest,  # at the training scale
     )
-    return SparseDataset(images, labels), scale
+    return SparseDataset(images, labels), scale, used
