@@ -73,7 +73,8 @@ def test_train_in_a_worker_then_count(counting, qtbot):
     centres = viewer.layers["nuclei centres"]
     assert density.data.shape == (96, 96) and density.data.dtype == np.float32
     count = density.metadata["count"]
-    assert count == pytest.approx(float(density.data.sum()), rel=1e-5)
+    # the centres plus the density none of them accounts for
+    assert len(centres.data) <= count <= len(centres.data) + float(density.data.sum()) + 1e-3
     assert centres.metadata["count"] == count
     assert centres.metadata["n_centres"] == len(centres.data)
     assert f"Count: {count:.1f}" in widget.count_label.text()
