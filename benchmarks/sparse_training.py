@@ -13,6 +13,8 @@ is trained on sparse annotations made from the full masks of ``train/`` with
 * ``histo_user``: the same on ``../histo`` (``--histo``): 16 RGB brightfield images of 256x320
   with their masks in ``images/`` and ``masks/`` (no train/test split of its own); the first 3
   in file-name order train (k = 5 by grey mean, the band), the other 13 test;
+* ``histo_full``: histology's reference: every cell of the same 3 images, background
+  everywhere else, the same 13 test images (no other histology is annotated here);
 * ``next10``: the user story (its run is reported as ``user``), then "where to annotate next"
   (``training.uncertainty.where_to_annotate``) on each of the 3 training images: the ground-truth
   cells under the 10 top-ranked places of the 3 images (see ``next10.py``) are added with their
@@ -94,7 +96,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / ".." / "shared" / "data" / "dsb2018" / "fluo"
 BACKENDS = ("unet", "stardist", "cellpose", "stock")
 HISTO = DATA.parent / "histo"
-PROTOCOLS = ("paper", "full", "user", "histo_user", "next10", "sample")
+PROTOCOLS = ("paper", "full", "user", "histo_user", "histo_full", "next10", "sample")
 PAPER_KS = (1, 2, 4, 8)
 BAND = 12  # px of background painted around the kept cells
 USER_IMAGES, USER_K = 3, 5
@@ -204,7 +206,7 @@ def head(split: Split, n: int) -> tuple[Split, Split]:
 
 def build_tasks(protocols: list[str], ks: list[int], data: Path, histo: Path = HISTO) -> list[Task]:
     """The training sets asked for, in the order paper, full, user (also next10's start),
-    histo_user, sample."""
+    histo_user, histo_full, sample."""
     tasks: list[Task] = []
     if {"paper", "full", "user", "next10"} & set(protocols):
         train, test = load_split(data / "train"), load_split(data / "test")
@@ -215,10 +217,13 @@ def build_tasks(protocols: list[str], ks: list[int], data: Path, histo: Path = H
             tasks.append(make_task("full", None, train, test))
         if {"user", "next10"} & set(protocols):
             tasks.append(make_task("user", USER_K, head(train, USER_IMAGES)[0], test))
-    if "histo_user" in protocols:
+    if {"histo_user", "histo_full"} & set(protocols):
         first, rest = head(load_split(histo), USER_IMAGES)
         log(f"histology: {len(first.names)} training and {len(rest.names)} test images")
-        tasks.append(make_task("histo_user", USER_K, first, rest))
+        if "histo_user" in protocols:
+            tasks.append(make_task("histo_user", USER_K, first, rest))
+        if "histo_full" in protocols:
+            tasks.append(make_task("histo_full", None, first, rest))
     if "sample" in protocols:
         left, right = load_sample()
         tasks += [make_task("stardist_sample", k, left, right) for k in ks]
@@ -527,7 +532,8 @@ def selfcheck(data: Path, histo: Path = HISTO) -> dict[str, Any]:
     shifted = [np.roll(m, 40, axis=1) for m in test.masks]
     checks["shifted_prediction_worse"] = evaluate(test, shifted, area)["f1"] < 0.5
 
-    tasks = build_tasks(["paper", "full", "user", "histo_user", "sample"], [2], data, histo)
+    protocols = ["paper", "full", "user", "histo_user", "histo_full", "sample"]
+    tasks = build_tasks(protocols, [2], data, histo)
     by_key = {t.key: t for t in tasks}
     paper, full, user = by_key["paper-k2"], by_key["full-kfull"], by_key["user-k5"]
     train = load_split(data / "train")
@@ -558,7 +564,16 @@ def selfcheck(data: Path, histo: Path = HISTO) -> dict[str, Any]:
     )
     checks["sample_halves"] = by_key["stardist_sample-k2"].test.images[0].shape[1] > 0
     checks["epochs_for"] = epochs_for(600) == (6, 100) and epochs_for(5) == (1, 5)
-    checks.update(check_histo_and_next10(by_key["histo_user-k5"], user, load_split(histo)))
+    histology = load_split(histo)
+    checks.update(check_histo_and_next10(by_key["histo_user-k5"], user, histology))
+    checks["histo_full_every_cell_same_test"] = by_key[
+        "histo_full-kfull"
+    ].test.names == histology.names[USER_IMAGES:] and all(
+        len(np.unique(a[a >= 2])) == int(m.max()) and ((a == 1) == (m == 0)).all()
+        for a, m in zip(
+            by_key["histo_full-kfull"].annotations, histology.masks[:USER_IMAGES], strict=True
+        )
+    )
     return {"selfcheck": all(checks.values()), "checks": checks}
 
 
@@ -682,7 +697,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="repeatable or comma list (default: all): 'paper' (k darkest + k brightest "
         "cells of every training image, 12 px background band, one run per --k), 'full' "
         "(every cell, background everywhere else), 'user' (first 3 training images, k=5), "
-        "'histo_user' (first 3 of the histology images, k=5; test: the other 13), 'next10' "
+        "'histo_user' (first 3 of the histology images, k=5; test: the other 13), "
+        "'histo_full' (every cell of the same 3 histology images), 'next10' "
         "(the user story, then + 10 cells by the where-to-annotate map vs + 10 random, "
         "each retrained from scratch), 'sample' (StarDist's test_image_nuclei_2d, left half "
         "train, right half test, one run per --k; reported as 'stardist_sample')",
