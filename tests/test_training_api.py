@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from stardist.matching import matching
 
 from napari_cellsparse.core.errors import BackendUnavailableError, BadInputError, WeightsError
@@ -200,6 +201,40 @@ def test_new_image_at_another_scale_is_rescaled_automatically(trained) -> None:
     assert matching(big_truth, pred, thresh=0.5).f1 >= 0.7
     model.predict(big, diameter=train_d)  # a diameter given by the user is used as it is
     assert model.info["last_diameters"] == [train_d]
+
+
+def test_a_few_outstanding_cells_do_not_set_the_scale_of_new_images() -> None:
+    """A person annotates the cells that stand out, often smaller or larger than most: two
+    cells an image must not recalibrate the diameter estimate that rescales new images."""
+    from napari_cellsparse.training.api import _prepare
+
+    made = [make_nuclei((192, 192), n_objects=24, radius=(6.0, 11.0), seed=s) for s in (4, 5, 6)]
+    images = [image for image, _ in made]
+
+    def calibration(annotations: list[np.ndarray]) -> float:
+        pairs = training_pairs(images, annotations)
+        return _prepare(pairs, 20.0)[1].diameter_calibration
+
+    every_cell = calibration([sparse_from_truth(i, t, k=None) for i, t in made])
+    smallest = []
+    for _, truth in made:
+        ids, areas = np.unique(truth[truth > 0], return_counts=True)
+        annotation = np.zeros(truth.shape, np.uint16)
+        chosen = np.isin(truth, ids[np.argsort(areas)[:2]])
+        annotation[ndimage.binary_dilation(chosen, iterations=10) & (truth == 0)] = 1
+        annotation[chosen] = truth[chosen] + 1
+        smallest.append(annotation)
+    assert abs(np.log(calibration(smallest) / every_cell)) < np.log(1.15)
+
+
+def test_the_calibration_is_trusted_as_far_as_the_annotation_covers_the_cells() -> None:
+    from napari_cellsparse.models.scale import shrunk_calibration
+
+    assert shrunk_calibration(1.2, 1.0) == pytest.approx(1.2)
+    assert shrunk_calibration(1.2, 3.0) == pytest.approx(1.2)
+    assert shrunk_calibration(0.8, 0.0) == 1.0
+    assert shrunk_calibration(0.64, 0.5) == pytest.approx(0.8)
+    assert shrunk_calibration(float("nan"), 0.5) == shrunk_calibration(0.0, 0.5) == 1.0
 
 
 def test_stack_prediction_has_unique_ids_across_slices(trained) -> None:

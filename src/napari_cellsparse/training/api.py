@@ -21,7 +21,14 @@ from ..core.images import as_list, normalize
 from ..core.limits import check_training
 from ..core.progress import Progress, on_steps, run_sync
 from ..core.sparse_labels import IGNORE
-from ..models.scale import annotated_diameters, foreground_diameter, rescale_image, resize_labels
+from ..models.scale import (
+    annotated_diameters,
+    foreground_mask,
+    mask_diameter,
+    rescale_image,
+    resize_labels,
+    shrunk_calibration,
+)
 from ..models.store import (
     METADATA_FILE,
     current_folder,
@@ -259,6 +266,8 @@ def _prepare(
 ) -> tuple[SparseDataset, ObjectScale, list[float]]:
     """Normalise and rescale every pair to the training scale; measure the object scale.
 
+    The diameter estimate's calibration is trusted as far as the annotated cells cover the
+    images' foreground (:func:`~napari_cellsparse.models.scale.shrunk_calibration`).
     Each image is rescaled by its annotated cells' median diameter, or by ``diameters``
     when given: self-training keeps the person's scale (the model predicts at it), whatever
     the sizes of the cells it adds. Returns the dataset, the scale and the diameters used.
@@ -271,17 +280,19 @@ def _prepare(
     inside = np.concatenate([n[m > 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
     outside = np.concatenate([n[m == 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
     polarity = 1.0 if inside.mean() >= outside.mean() else -1.0
-    ratios, widest = [], 0.0
+    ratios, widest, cell_area, foreground_area = [], 0.0, 0, 0
     images, labels, used = [], [], []
     for k, (norm, (_, lab), d) in enumerate(zip(normalized, pairs, per_image, strict=True)):
         d_img = diameters[k] if diameters else float(np.median(d)) if len(d) else train_d
         used.append(d_img)
         if len(d):
             widest = max(widest, float(d.max()) * target / d_img)
-        if len(d):
-            found = foreground_diameter(norm, polarity)
+            foreground = foreground_mask(norm, polarity)
+            found = mask_diameter(foreground) if foreground is not None else None
             if found:
                 ratios.append(d_img / found)
+                cell_area += int(np.count_nonzero(lab > 0))
+                foreground_area += int(np.count_nonzero(foreground))
         factor = target / d_img
         if norm.shape[0] * norm.shape[1] * factor**2 > MAX_SCALED_PIXELS:
             raise BadInputError(
@@ -295,7 +306,11 @@ def _prepare(
     scale = ObjectScale(
         train_diameter=train_d,
         polarity=polarity,
-        diameter_calibration=float(np.median(ratios)) if ratios else 1.0,
+        diameter_calibration=(
+            shrunk_calibration(float(np.median(ratios)), cell_area / foreground_area)
+            if ratios
+            else 1.0
+        ),
         widest_cell=widest,  # at the training scale
     )
     return SparseDataset(images, labels), scale, used
