@@ -237,6 +237,27 @@ def test_the_calibration_is_trusted_as_far_as_the_annotation_covers_the_cells() 
     assert shrunk_calibration(float("nan"), 0.5) == shrunk_calibration(0.0, 0.5) == 1.0
 
 
+def test_a_model_that_finds_none_of_its_annotated_cells_says_so(
+    trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Tuning found no threshold at which the model finds any annotated cell: the person
+    is told (engine, CLI) instead of getting a model that predicts nothing."""
+    from napari_cellsparse.cli._common import print_trained
+    from napari_cellsparse.training.config import UNetThresholds
+    from napari_cellsparse.training.unet import UNetNetwork
+
+    assert "warning" not in trained[0].info
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
+    monkeypatch.setattr(
+        UNetNetwork, "find_thresholds", lambda self, data: UNetThresholds(tuned_annotated_f1=0.0)
+    )
+    image, truth = blobs()
+    model = train("unet", image, sparse(image, truth), name="blind", steps=2, **TINY)
+    assert "none of the annotated cells" in model.info["warning"]
+    print_trained("unet model", model, "cpu")
+    assert "warning: The model finds none" in capsys.readouterr().out
+
+
 def test_stack_prediction_has_unique_ids_across_slices(trained) -> None:
     model, image, _, _, _ = trained
     stack = np.stack([image, image[::-1]])

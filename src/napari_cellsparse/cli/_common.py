@@ -70,6 +70,8 @@ def print_trained(what: str, model: Any, device: str) -> None:
         f"trained {what} {model.name!r}: {session['steps']} steps in "
         f"{session['train_s']:.1f} s on {device}, saved in {model.folder}"
     )
+    if model.info.get("warning"):
+        print(f"warning: {model.info['warning']}")
 
 
 def read_image(spec: str) -> tuple[np.ndarray, str]:

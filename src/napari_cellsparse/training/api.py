@@ -48,6 +48,12 @@ __all__ = ["load_model", "train", "train_iter"]
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
+# info["warning"] of a model that finds none of its annotated cells at any threshold.
+NOTHING_FOUND = (
+    "The model finds none of the annotated cells at any threshold: train it further (more "
+    "steps), or annotate more cells, before predicting with it."
+)
+
 
 def train_iter(
     backend: str,
@@ -153,6 +159,8 @@ def train_iter(
         device=str(network.device),
     )
     model.info = session.result_info()
+    if network.thresholds.tuned_annotated_f1 == 0.0 and annotation.figures()["cells"]:
+        model.info["warning"] = NOTHING_FOUND
     yield Progress(session.done, total, f"Saved model {name!r}")
     return model
 

@@ -341,6 +341,5 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
             head = f"Stopped after {done} step(s); saved '{name}'"
         else:
             head = f"Trained '{name}' for {done} step(s)"
-        self.status.setText(
-            f"{head} ({summary['backend']} on {device}; {total} step(s) in all). Press Predict."
-        )
+        text = f"{head} ({summary['backend']} on {device}; {total} step(s) in all)."
+        self.status.setText(f"{text} {info.get('warning') or 'Press Predict.'}")
