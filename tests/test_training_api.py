@@ -443,3 +443,31 @@ def test_short_trainings_run_whatever_their_step_count(steps):
     image, truth = blobs()
     model = train("unet", image, sparse(image, truth), name=f"short-{steps}", steps=steps, **TINY)
     assert model.info["steps"] == steps
+
+
+def test_predictions_keep_only_objects_that_stand_out_as_the_annotated_cells_do(trained):
+    """The model measures how far its annotated cells stand out of their surroundings and
+    leaves out predicted objects below its floor (noise answered as cells, see
+    ``training.contrast``). With the floor raised to the median of its own objects, about
+    half of the generated nuclei go, the fainter ones."""
+    from napari_cellsparse.core.images import as_yxc, normalize
+    from napari_cellsparse.training.contrast import RING, object_snr
+
+    model, image, _, _, _ = trained
+    assert model.scale.cell_snr > 2 * model.config.min_snr  # the blobs stand out plainly
+    everything = model.predict(image)
+    d = model.info["last_diameters"][0]
+    signal = normalize(as_yxc(image)).mean(-1)
+    _, snr = object_snr(everything, signal, RING * d)
+    assert snr.min() >= model.config.min_snr
+    middle = float(np.median(snr))
+    config, scale = model.network.config, model.scale
+    try:
+        model.network.config = replace(config, min_snr=middle)
+        model.scale = replace(scale, cell_snr=4 * middle)
+        fewer = model.predict(image, diameter=d)
+    finally:
+        model.network.config, model.scale = config, scale
+    _, kept = object_snr(fewer, signal, RING * d, around=everything == 0)
+    assert 0.2 * len(snr) < len(kept) < 0.8 * len(snr)
+    assert np.median(kept) > middle  # the faint half went (measured at the training scale)

@@ -46,6 +46,7 @@ MAX_STEPS = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 MAX_TARGET_DIAMETER = 1000.0  # px at the training scale
 MAX_SIZE_FACTOR = 100.0  # an object 100x wider than any annotated cell is no cell
+MAX_SNR = 1000.0  # no cell stands out of its surroundings by 1000 standard deviations
 MAX_DIAMETER = 10_000.0  # px: a cell diameter in an image (prediction, counting)
 MAX_MIN_AREA = 100_000_000  # px: an object larger than this is larger than any image read
 MAX_COORDINATE = 1_000_000.0  # px: GeoJSON coordinates (whole slides are ~200,000 px wide)
@@ -128,6 +129,8 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "target_diameter": Bound(0.0, MAX_TARGET_DIAMETER, above=True),
         # times the widest annotated cell (0: keep every predicted object)
         "max_size_factor": Bound(0.0, MAX_SIZE_FACTOR),
+        # standard deviations of an object's surroundings (0: keep every predicted object)
+        "min_snr": Bound(0.0, MAX_SNR),
         # self-training's extra steps, as a share of the steps (0: off)
         "self_training": Bound(0.0, 4.0),
         # prediction

@@ -38,6 +38,7 @@ from ..models.store import (
 )
 from .backend import backend_class
 from .config import ObjectScale, TrainingConfig
+from .contrast import RING, typical_snr
 from .inputs import training_pairs
 from .model import MAX_SCALED_PIXELS, TrainedModel
 from .sampling import SparseDataset
@@ -320,5 +321,8 @@ def _prepare(
             else 1.0
         ),
         widest_cell=widest,  # at the training scale
+        cell_snr=typical_snr(
+            labels, [img.mean(axis=-1) * polarity for img in images], RING * target
+        ),
     )
     return SparseDataset(images, labels), scale, used

@@ -103,6 +103,10 @@ class TrainingConfig(_Frozen):
     # Objects wider than this many times the widest annotated cell are left out of
     # predictions (background grown into one object, merged clumps); 0 keeps them all.
     max_size_factor: float = 2.0
+    # Objects that stand out of their surroundings by fewer standard deviations of them than
+    # this (or a quarter of the annotated cells' median, when lower) are left out of
+    # predictions (:mod:`napari_cellsparse.training.contrast`); 0 keeps them all.
+    min_snr: float = 2.0
     # Self-training (:mod:`napari_cellsparse.training.self_training`): after the steps, the
     # model's confident cells in unannotated pixels join the training data and it trains
     # this share of the steps more; 0 (the default) turns it off. Measured on the user story
@@ -225,12 +229,14 @@ class StarDistThresholds(Thresholds):
 class ObjectScale:
     """The object scale measured on the annotation: the cells' median diameter (px), their
     polarity (1: brighter than the background), how the automatic estimate relates to it, and
-    the widest cell at the training scale (px)."""
+    the widest cell at the training scale (px), and how far the annotated cells stand out
+    of their surroundings."""
 
     train_diameter: float
     polarity: float = 1.0
     diameter_calibration: float = 1.0
     widest_cell: float = 0.0
+    cell_snr: float = 0.0  # the annotated cells' median signal-to-noise ratio (0: unknown)
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, Any]) -> ObjectScale:

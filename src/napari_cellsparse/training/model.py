@@ -24,6 +24,7 @@ from ..core.progress import Progress, check_cancel, run_sync
 from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from .backend import Network
 from .config import ObjectScale, Thresholds, TrainingConfig
+from .contrast import RING, faint_floor, without_faint
 from .inputs import prediction_slices
 from .stored import StoredSettings
 
@@ -147,7 +148,15 @@ class TrainedModel:
             )
         scaled = rescale_image(normalized, factor)
         labels = np.asarray(self.network.predict_scaled(scaled), np.int32)
-        return resize_labels(self._without_oversized(labels), normalized.shape[:2])
+        labels = self._without_faint(self._without_oversized(labels), scaled)
+        return resize_labels(labels, normalized.shape[:2])
+
+    def _without_faint(self, labels: np.ndarray, scaled: np.ndarray) -> np.ndarray:
+        """``labels`` (training scale) without objects that stand out of their surroundings
+        less than the annotation's cells allow (:mod:`~napari_cellsparse.training.contrast`)."""
+        floor = faint_floor(self.config.min_snr, self.scale.cell_snr)
+        signal = scaled.mean(axis=-1) * np.float32(self.scale.polarity)
+        return without_faint(labels, signal, RING * self.config.target_diameter, floor)
 
     def _without_oversized(self, labels: np.ndarray) -> np.ndarray:
         """``labels`` (training scale) without objects wider than ``max_size_factor`` times
