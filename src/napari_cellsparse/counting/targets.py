@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.errors import BadInputError
+from ..models.scale import cell_signal
 
 __all__ = [
     "check_points",
@@ -121,7 +122,7 @@ def probable_background(
     """
     from skimage.filters import gaussian, threshold_otsu
 
-    gray = np.asarray(image, np.float32).mean(-1) * np.float32(polarity)
+    gray = cell_signal(image, polarity)
     if float(gray.max() - gray.min()) <= 1e-6:
         return np.zeros(gray.shape, bool)
     smooth = gaussian(gray, 1.0)
@@ -167,7 +168,7 @@ def points_diameter(image: np.ndarray, points: np.ndarray, polarity: float) -> f
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     if len(pts) < 3:
         return None
-    gray = np.asarray(image, np.float32).mean(-1) * np.float32(polarity)
+    gray = cell_signal(image, polarity)
     idx = np.clip(np.round(pts[:MAX_SCALE_POINTS]).astype(int), 0, np.array(gray.shape) - 1)
     logs = np.arange(1.0, 5.01, 0.25)  # log2 sigma: diameters of about 6 to 90 px
     reach = int(np.ceil(4.0 * 2.0 ** logs[-1]))

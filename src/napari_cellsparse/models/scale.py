@@ -25,6 +25,7 @@ from skimage.transform import resize
 
 __all__ = [
     "annotated_diameters",
+    "cell_signal",
     "equivalent_diameters",
     "foreground_diameter",
     "foreground_mask",
@@ -35,6 +36,12 @@ __all__ = [
 ]
 
 MIN_REGION_AREA = 9
+
+
+def cell_signal(image: np.ndarray, polarity: float) -> np.ndarray:
+    """The channel mean of a YXC image (float32, Y x X), turned so that cells are bright:
+    times ``polarity`` (+1 cells brighter than the background, -1 darker)."""
+    return np.asarray(image, np.float32).mean(axis=-1) * np.float32(polarity)
 
 
 def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
@@ -62,7 +69,7 @@ def foreground_mask(
     """Cell foreground (bool, Y x X) of a YXC image: the channel mean times ``polarity``
     (+1: cells brighter than the background, -1: darker), Gaussian-smoothed by ``smoothing``
     pixels, above its Otsu threshold, opened and with holes filled. None without contrast."""
-    gray = np.asarray(image, np.float32).mean(axis=-1) * np.float32(polarity)
+    gray = cell_signal(image, polarity)
     if float(gray.max() - gray.min()) <= 1e-6:
         return None
     smooth = gaussian(gray, smoothing)

@@ -23,6 +23,7 @@ from ..core.progress import Progress, on_steps, run_sync
 from ..core.sparse_labels import IGNORE
 from ..models.scale import (
     annotated_diameters,
+    cell_signal,
     foreground_mask,
     mask_diameter,
     rescale_image,
@@ -321,8 +322,6 @@ def _prepare(
             else 1.0
         ),
         widest_cell=widest,  # at the training scale
-        cell_snr=typical_snr(
-            labels, [img.mean(axis=-1) * polarity for img in images], RING * target
-        ),
+        cell_snr=typical_snr(labels, [cell_signal(img, polarity) for img in images], RING * target),
     )
     return SparseDataset(images, labels), scale, used

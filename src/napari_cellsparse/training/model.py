@@ -21,7 +21,7 @@ from ..core.errors import BadInputError
 from ..core.images import is_flat, normalize
 from ..core.limits import check_setting
 from ..core.progress import Progress, check_cancel, run_sync
-from ..models.scale import foreground_diameter, rescale_image, resize_labels
+from ..models.scale import cell_signal, foreground_diameter, rescale_image, resize_labels
 from .backend import Network
 from .config import ObjectScale, Thresholds, TrainingConfig
 from .contrast import RING, faint_floor, without_faint
@@ -155,7 +155,9 @@ class TrainedModel:
         """``labels`` (training scale) without objects that stand out of their surroundings
         less than the annotation's cells allow (:mod:`~napari_cellsparse.training.contrast`)."""
         floor = faint_floor(self.config.min_snr, self.scale.cell_snr)
-        signal = scaled.mean(axis=-1) * np.float32(self.scale.polarity)
+        if floor <= 0:
+            return labels
+        signal = cell_signal(scaled, self.scale.polarity)
         return without_faint(labels, signal, RING * self.config.target_diameter, floor)
 
     def _without_oversized(self, labels: np.ndarray) -> np.ndarray:
