@@ -246,3 +246,29 @@ def test_batch_model_cache_follows_the_current_version(first) -> None:
     train("unet", image, ann, name="m", steps=1)
     assert worker_model(folder) is not model
     assert worker_model(folder).info["steps"] == 4
+
+
+def test_cpu_networks_run_channels_last_and_save_plain_tensors(first) -> None:
+    """On the CPU the network runs channels-last (faster convolutions); its file holds plain
+    contiguous tensors that a default-layout network of the architecture loads as they are."""
+    import torch
+
+    from napari_cellsparse.training.unet_architecture import UNet
+
+    image, _, before, _ = first
+    model = load_model("m")
+    convs = [p for p in model.network.net.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)  # truly channels-last, not 1x1 kernels
+    state = torch.load(current_folder(models_dir() / "m") / "unet.pt", weights_only=True)
+    assert all(t.is_contiguous() for t in state.values())
+    config = model.network.config
+    plain = UNet(1, config.base_filters, config.depth, config.grid)
+    plain.load_state_dict(state)
+    scaled = np.zeros((1, 1, 64, 64), np.float32)
+    scaled[..., 20:40, 20:40] = 1.0
+    with torch.inference_mode():
+        expected = plain.eval()(torch.from_numpy(scaled))
+        got = model.network.net.eval()(torch.from_numpy(scaled))
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(model.predict(image), before)

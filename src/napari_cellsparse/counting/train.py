@@ -86,7 +86,7 @@ def train_counter_iter(
     config = annotation.config
 
     from ..core.lazy import import_torch
-    from ..models.torch_io import load_state
+    from ..models.torch_io import load_state, to_device
     from .counter import WEIGHTS_FILE
     from .network import build_network
 
@@ -95,7 +95,7 @@ def train_counter_iter(
     if session.source is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            net = build_network(config.to_dict(), n_channels).to(where)
+            net = to_device(build_network(config.to_dict(), n_channels), where)
     else:
         net = load_state(
             session.source, WEIGHTS_FILE, lambda: build_network(config.to_dict(), n_channels), where

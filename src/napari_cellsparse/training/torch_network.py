@@ -40,7 +40,7 @@ class TorchNetwork(Network):
         torch = import_torch()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            self.net = self._architecture().to(self.device)
+            self.net = torch_io.to_device(self._architecture(), self.device)
         self.optimizer = None
 
     def weights_finite(self) -> bool:

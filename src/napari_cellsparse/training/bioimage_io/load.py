@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import BackendUnavailableError, BadInputError
+from ...models.torch_io import to_device
 from ..backend import backend_class
 from ..model import TrainedModel
 from ..stored import StoredSettings
@@ -84,7 +85,8 @@ def _load_torch(descr: Any, network: Any, path: Path) -> None:
     weights = descr.weights.pytorch_state_dict
     if weights is None:
         raise BadInputError(f"{path} has no PyTorch state dict weights.")
-    network.net = load_torch_model(weights, load_state=True, devices=[str(network.device)]).eval()
+    net = load_torch_model(weights, load_state=True, devices=[str(network.device)])
+    network.net = to_device(net, network.device).eval()  # the layout our own models run in
 
 
 def _our_config(descr: Any, path: Path) -> dict[str, Any]:
