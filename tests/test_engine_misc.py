@@ -526,3 +526,26 @@ def test_specks_do_not_outvote_the_cells_in_the_diameter_estimate() -> None:
     estimate = foreground_diameter(normalize(as_yxc(specked)))
     assert estimate is not None
     assert 0.75 * true <= estimate <= 1.25 * true
+
+
+@pytest.mark.parametrize(
+    ("steps", "tail", "written"),
+    [(4, 0.5, [3.5]), (4, 1.0, [2.5]), (4, 0.0, []), (10, 0.3, [9.0])],
+)
+def test_weight_average_writes_the_mean_of_the_last_steps_once(steps, tail, written) -> None:
+    """After each step the weights equal the step number (1, 2, ...); the mean of the last
+    ``tail`` share is written once, after the last step, and does not alias the weights."""
+    from napari_cellsparse.models.weight_average import WeightAverage
+
+    weights = {"w": np.zeros(3)}
+    writes: list[float] = []
+
+    def write(mean: dict) -> None:
+        assert mean["w"] is not weights["w"]
+        writes.append(float(mean["w"][0]))
+
+    average = WeightAverage(lambda: dict(weights), write, steps, tail)
+    for step in range(steps):
+        weights["w"] += 1.0
+        average.after_step(step)
+    assert writes == written

@@ -184,6 +184,30 @@ def test_batch_without_annotation_is_skipped() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize(("tail", "expected"), [(0.5, 3.5), (0.0, 4.0)])
+def test_training_ends_on_the_mean_of_its_last_steps(tail: float, expected: float) -> None:
+    """With ``average_tail`` the weights after the last step are the mean of those after each
+    of the last steps (taken as the session takes them: no call past the last step)."""
+    from itertools import islice
+
+    network = small_network(average_tail=tail)
+    image, _, labels = sparse_nuclei()
+    values = iter([1.0, 2.0, 3.0, 4.0])
+    params = list(network.net.parameters())
+
+    def train_batch(images: np.ndarray, labels: np.ndarray) -> float:
+        value = next(values)
+        with torch.no_grad():
+            for p in params:
+                p.fill_(value)
+        return 0.5
+
+    network.train_batch = train_batch  # type: ignore[method-assign]
+    steps = network.train_steps(SparseDataset([image], [labels]), 4, np.random.default_rng(0))
+    assert len(list(islice(steps, 4))) == 4
+    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in params)
+
+
 def test_sparse_training_segments_synthetic_nuclei(tmp_path: Path) -> None:
     from stardist.matching import matching
 

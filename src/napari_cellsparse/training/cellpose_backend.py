@@ -185,6 +185,7 @@ class CellposeNetwork(TorchNetwork):
         base_lr = self.config.learning_rate
         warmup = min(self.config.warmup_steps, max(steps // 5, 1))
         patch, batch_size = self.config.patch_size, self.config.batch_size
+        average = self.weight_average(steps, self.config.average_tail)
         for step in range(steps):
             lr = base_lr * min(1.0, (step + 1) / warmup)
             if step >= 0.9 * steps and steps >= 50:
@@ -194,6 +195,7 @@ class CellposeNetwork(TorchNetwork):
             for group in self._optimizer().param_groups:
                 group["lr"] = lr
             loss = self.train_batch(batch.images, batch.labels)
+            average.after_step(step)
             if loss is None:
                 yield {"loss": float("nan"), "skipped": 1.0, "lr": lr}
             else:

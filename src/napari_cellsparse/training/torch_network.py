@@ -10,6 +10,7 @@ from typing import Any
 from ..core.devices import resolve_device
 from ..core.lazy import import_torch
 from ..models import torch_io
+from ..models.weight_average import WeightAverage
 from .backend import Network
 from .config import Thresholds, TrainingConfig
 
@@ -56,3 +57,17 @@ class TorchNetwork(Network):
             folder, self.weight_files[0], self._architecture, self.device
         )
         self.optimizer = None
+
+
+    def weight_average(self, steps: int, tail: float) -> WeightAverage:
+        """Averages the floating-point state (weights, normalisation statistics) over the
+        last ``tail`` share of ``steps``; integer buffers keep their last value."""
+        net = self.net
+
+        def read() -> dict[str, Any]:
+            return {k: v.detach() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+        def write(mean: dict[str, Any]) -> None:
+            net.load_state_dict({**net.state_dict(), **mean})
+
+        return WeightAverage(read, write, steps, tail)

@@ -102,7 +102,8 @@ class UNetNetwork(TorchNetwork):
             )
         schedule = one_cycle(torch, self.optimizer, self.config.learning_rate, steps, 0.1)
         patch, batch_size = self.config.patch_size, self.config.batch_size
-        for _ in range(steps):
+        average = self.weight_average(steps, self.config.average_tail)
+        for step in range(steps):
             batch = data.sample_batch(rng, batch_size, patch)
             targets = unet_targets(batch.labels, self.config.border_width)
             x = torch.from_numpy(np.moveaxis(batch.images, -1, 1)).to(self.device)
@@ -114,6 +115,7 @@ class UNetNetwork(TorchNetwork):
             self.optimizer.step()
             if schedule is not None:
                 schedule.step()
+            average.after_step(step)
             yield {"loss": float(loss.detach())}
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
