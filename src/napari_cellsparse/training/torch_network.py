@@ -58,7 +58,6 @@ class TorchNetwork(Network):
         )
         self.optimizer = None
 
-
     def weight_average(self, steps: int, tail: float) -> WeightAverage:
         """Averages the floating-point state (weights, normalisation statistics) over the
         last ``tail`` share of ``steps``; integer buffers keep their last value."""
