@@ -115,7 +115,8 @@ def test_from_settings_names_the_setting(kind: type) -> None:
 def test_a_yes_no_setting_takes_true_or_false_only() -> None:
     from napari_cellsparse.training.config import StarDistConfig
 
-    assert StarDistConfig.from_settings(one_cycle=False).as_dict()["one_cycle"] is False
+    assert StarDistConfig().one_cycle is False
+    assert StarDistConfig.from_settings(one_cycle=True).as_dict()["one_cycle"] is True
     for value in (0, 1, "yes", None):
         with pytest.raises(BadInputError, match="one_cycle must be true or false"):
             StarDistConfig.from_settings(one_cycle=value)

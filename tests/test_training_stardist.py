@@ -49,6 +49,7 @@ SMALL = {
     "learning_rate": 5e-3,
 }
 TRAIN_STEPS = 160
+CYCLE_STEPS = 4
 
 
 def small_network(n_channels: int = 1, **overrides: Any) -> StarDistNetwork:
@@ -272,6 +273,25 @@ def _child_heads_start(out: Path) -> dict[str, Any]:
     return {"fresh": fresh, "started": started, "loaded_moved": float(np.abs(after - before).max())}
 
 
+def _child_average(tail: float) -> list[float]:
+    """Each weight after 4 steps whose optimiser step sets every weight to 1, 2, 3 and 4."""
+    raw, truth = make_nuclei((128, 128), 8, radius=(7.0, 10.0), seed=5)
+    data = SparseDataset([normalise(raw)], [to_internal(sparse_annotation(truth, 3, seed=0))])
+    net = small_network(average_tail=tail)
+    net.build()
+    keras_model = net.model.keras_model
+    values = iter([1.0, 2.0, 3.0, 4.0])
+
+    def train_on_batch(*args: Any, **kwargs: Any) -> dict[str, float]:
+        value = next(values)
+        keras_model.set_weights([np.full_like(w, value) for w in keras_model.get_weights()])
+        return {"loss": 0.5}
+
+    keras_model.train_on_batch = train_on_batch
+    assert len(list(net.train_steps(data, 4, np.random.default_rng(0)))) == 4
+    return sorted({float(v) for w in keras_model.get_weights() for v in np.unique(w)})
+
+
 def _child_untrained_checks(folder: str) -> dict[str, Any]:
     import_tf()  # as the app does: quiet, fast NMS
     out = Path(folder)
@@ -283,6 +303,8 @@ def _child_untrained_checks(folder: str) -> dict[str, Any]:
         "offline": outcome(_child_pretrained_offline),
         "pretrained": outcome(_child_pretrained_used, out),
         "heads": outcome(_child_heads_start, out),
+        "average_half": outcome(_child_average, 0.5),
+        "average_off": outcome(_child_average, 0.0),
     }
 
 
@@ -379,6 +401,13 @@ def test_a_fresh_network_starts_its_outputs_at_the_annotation_average(untrained)
     assert heads["loaded_moved"] < 0.1  # one step of the optimiser, no restart
 
 
+def test_training_ends_on_the_mean_of_its_last_steps(untrained: dict[str, Any]) -> None:
+    """With ``average_tail`` every weight after the last step is the mean of its values after
+    each of the last steps; without it, the last step's."""
+    assert value_of(untrained["average_half"]) == [3.5]
+    assert value_of(untrained["average_off"]) == [4.0]
+
+
 def test_pretrained_unknown_name(untrained: dict[str, Any]) -> None:
     assert_raised(untrained["unknown"], BadInputError, match="2D_versatile_fluo")
 
@@ -410,16 +439,16 @@ def _child_train_and_check(folder: str) -> dict[str, Any]:
     out = Path(folder)
     image, internal = np.load(out / "image.npy"), np.load(out / "internal.npy")
     data = SparseDataset([image], [internal])
-    net = small_network()
+    net = small_network()  # the defaults: a constant rate, the mean of the last half
     net.build()
     rng = np.random.default_rng(0)
     losses = [info["loss"] for info in net.train_steps(data, TRAIN_STEPS, rng)]
     config = net.config
     rate = net.model.keras_model.optimizer.learning_rate
-    rates = {"end": float(np.asarray(rate))}
-    net.config = replace(config, one_cycle=False)  # a session at a constant rate
-    losses += [info["loss"] for info in net.train_steps(data, 2, rng)]
-    rates["constant"] = float(np.asarray(rate))
+    rates = {"constant": float(np.asarray(rate))}
+    net.config = replace(config, one_cycle=True)  # a short session on one cycle
+    losses += [info["loss"] for info in net.train_steps(data, CYCLE_STEPS, rng)]
+    rates["end"] = float(np.asarray(rate))
     net.config = config
     updates = net.tune(data).as_dict()
     assert net.config is config  # tuning changes the thresholds only
@@ -488,7 +517,7 @@ def test_training_reduces_loss_and_segments(trained: dict[str, Any]) -> None:
     from stardist.matching import matching
 
     losses = trained["losses"]
-    assert len(losses) == TRAIN_STEPS + 2 and np.all(np.isfinite(losses))
+    assert len(losses) == TRAIN_STEPS + CYCLE_STEPS and np.all(np.isfinite(losses))
     assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:5])
     updates = trained["updates"]
     assert set(updates) >= {"prob_thresh", "nms_thresh"}
@@ -507,7 +536,7 @@ def test_the_rate_follows_one_cycle_and_the_distance_weight_reaches_keras(traine
     from napari_cellsparse.training.stardist_backend import WARMUP
 
     lr = SMALL["learning_rate"]
-    end = one_cycle_rate(TRAIN_STEPS - 1, TRAIN_STEPS, lr, WARMUP)
+    end = one_cycle_rate(CYCLE_STEPS - 1, CYCLE_STEPS, lr, WARMUP)
     assert end < lr / 100  # annealed
     assert trained["rates"]["end"] == pytest.approx(end, rel=1e-4)
     assert trained["rates"]["constant"] == pytest.approx(lr, rel=1e-6)

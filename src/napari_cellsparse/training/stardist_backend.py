@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core.errors import BadInputError, WeightsError
 from ..models.schedule import one_cycle_rate
+from ..models.weight_average import WeightAverage
 from .backend import Network
 from .config import StarDistConfig, StarDistThresholds
 from .sampling import Batch, SparseDataset
@@ -248,6 +249,7 @@ class StarDistNetwork(Network):
         rate = model.keras_model.optimizer.learning_rate
         lr = self.config.learning_rate
         rate.assign(lr)
+        average = self.weight_average(steps, self.config.average_tail)
         for step in range(steps):
             if self.config.one_cycle:
                 rate.assign(one_cycle_rate(step, steps, lr, WARMUP))
@@ -267,11 +269,25 @@ class StarDistNetwork(Network):
                 self._start_heads(prob, dist)
             with tf.device(self._tf_device):
                 logs = model.keras_model.train_on_batch([x], (prob, dist), return_dict=True)
+            average.after_step(step)
             yield {
                 "loss": float(logs["loss"]),
                 "prob_loss": float(logs.get("prob_loss", np.nan)),
                 "dist_loss": float(logs.get("dist_loss", np.nan)),
             }
+
+    def weight_average(self, steps: int, tail: float) -> WeightAverage:
+        """Averages the Keras model's weights (upstream StarDist has no batch
+        normalisation: every weight is learnt) over the last ``tail`` share of ``steps``."""
+        keras_model = self._require_model().keras_model
+
+        def read() -> dict[int, np.ndarray]:
+            return dict(enumerate(keras_model.get_weights()))
+
+        def write(mean: dict[int, np.ndarray]) -> None:
+            keras_model.set_weights([mean[i] for i in range(len(mean))])
+
+        return WeightAverage(read, write, steps, tail)
 
     def _start_heads(self, prob: np.ndarray, dist: np.ndarray) -> None:
         """Start fresh output layers at the batch's average: every ray at the cells' mean ray

@@ -100,7 +100,12 @@ class UNetNetwork(TorchNetwork):
             self.optimizer = torch.optim.AdamW(
                 self.net.parameters(), lr=self.config.learning_rate, weight_decay=1e-4
             )
-        schedule = one_cycle(torch, self.optimizer, self.config.learning_rate, steps, 0.1)
+        schedule = None
+        if self.config.one_cycle:
+            schedule = one_cycle(torch, self.optimizer, self.config.learning_rate, steps, 0.1)
+        else:
+            for group in self.optimizer.param_groups:  # after a one-cycle session too
+                group["lr"] = self.config.learning_rate
         patch, batch_size = self.config.patch_size, self.config.batch_size
         average = self.weight_average(steps, self.config.average_tail)
         for step in range(steps):
