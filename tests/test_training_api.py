@@ -168,6 +168,27 @@ def test_unet_loss_ignores_targets_under_unannotated_pixels() -> None:
     assert abs(loss_and_grad(on_annotated)[0] - base[0]) > 1e-3
 
 
+def test_unet_rate_is_constant_when_asked_after_a_one_cycle_session() -> None:
+    """``one_cycle=false`` trains at the configured rate, also after a one-cycle session
+    (which leaves the optimiser at its annealed end)."""
+    from napari_cellsparse.training.config import UNetConfig
+    from napari_cellsparse.training.sampling import SparseDataset
+    from napari_cellsparse.training.unet import UNetNetwork
+
+    image, truth = make_nuclei((64, 64), 4, radius=(6.0, 8.0), seed=0)
+    labels = np.where(truth > 0, truth, 0).astype(np.int32)
+    data = SparseDataset([(image / image.max()).astype(np.float32)[..., None]], [labels])
+    config = UNetConfig.from_settings(base_filters=4, depth=2, patch_size=32, batch_size=2)
+    network = UNetNetwork(config, 1, "cpu")
+    network.build()
+    rng = np.random.default_rng(0)
+    cycle = [network.optimizer.param_groups[0]["lr"] for _ in network.train_steps(data, 6, rng)]
+    network.config = replace(config, one_cycle=False)
+    constant = [network.optimizer.param_groups[0]["lr"] for _ in network.train_steps(data, 3, rng)]
+    assert min(cycle) < config.learning_rate / 100 and cycle[-1] != config.learning_rate
+    assert constant == [config.learning_rate] * 3
+
+
 # -- training, storage, prediction -----------------------------------------------------------
 
 

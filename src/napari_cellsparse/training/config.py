@@ -135,8 +135,8 @@ class UNetConfig(TrainingConfig):
     grid: int = 2
     border_width: int = 2
     dice_weight: float = 1.0
-    one_cycle: bool = False  # the rate: warm-up then cosine annealing (else constant)
-    average_tail: float = 0.5  # the share of the last steps whose weights are averaged
+    one_cycle: bool = True  # the rate: warm-up then cosine annealing (else constant)
+    average_tail: float = 0.0  # the share of the last steps whose weights are averaged
 
 
 @dataclass(frozen=True)
