@@ -368,6 +368,8 @@ def _cli_refuses(argv: list[str], message: str, capsys: pytest.CaptureFixture[st
         ("learning_rate=-1", "learning_rate must be a finite number above 0; got -1"),
         ("learning_rate=NaN", "learning_rate must be a finite number above 0"),
         ("min_size=1e400", "min_size must be an integer"),
+        ("steps=3", "steps cannot be among the other settings"),  # --steps says how many
+        ("name=other", "name cannot be among the other settings"),
     ],
 )
 def test_cli_train_refuses_bad_settings(
@@ -393,6 +395,8 @@ def test_cli_refuses_hostile_files(tmp_path: Path, capsys: pytest.CaptureFixture
     argv = ["count", "--image", str(tmp_path / "image.tif"), "--points", str(points),
             "--steps", "1", "--input", str(tmp_path / "image.tif"), "--out", str(out)]  # fmt: skip
     _cli_refuses(argv, "point 1 is not a finite number", capsys)
+    points.write_text("y,x\n10,12\n")
+    _cli_refuses([*argv, "--set", "steps=3"], "steps cannot be among the other settings", capsys)
     assert not out.exists()
 
 

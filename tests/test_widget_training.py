@@ -223,6 +223,8 @@ def test_bad_inputs_are_messages_not_crashes(make_napari_viewer, monkeypatch):
     attempt(widget.train, "name=value")
     widget.settings_edit.setText("no_such_setting=1")
     attempt(widget.train, "Unknown setting")
+    widget.settings_edit.setText(f"{TINY}, steps=3")  # the Steps box says how many
+    attempt(widget.train, "steps cannot be among the other settings")
     widget.settings_edit.setText(TINY)
     widget.name_edit.setText("../escape")
     attempt(widget.train, "cannot be a model name")

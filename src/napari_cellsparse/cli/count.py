@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..core.limits import check_training
 from ._common import (
     add_device,
     command,
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         points = [read_points_csv(path) for path in args.points]
         background = [read_count_image(Path(p)) > 0 for p in args.background or []] or None
         settings = parse_settings(args.set or [])
+        check_training(args.steps, settings)
         if args.diameter:
             settings["diameter"] = args.diameter
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..core.limits import check_training
 from ._common import (
     add_device,
     command,
@@ -72,6 +73,8 @@ def run_train(args: argparse.Namespace) -> int:
         from ..core.errors import BadInputError
 
         raise BadInputError("Give one --labels for every --image, in the same order.")
+    settings = parse_settings(args.set or [])
+    check_training(args.steps, settings)
     images = [read_image(spec)[0] for spec in args.image]
     labels = [read_annotation(spec) for spec in args.labels]
 
@@ -84,7 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
         progress=print_step,
         reset=args.reset,
         device=args.device,
-        **parse_settings(args.set or []),
+        **settings,
     )
     print_trained(f"{model.backend} model", model, model.info["device"])
     return 0

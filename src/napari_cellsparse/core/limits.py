@@ -197,8 +197,22 @@ def check_settings(settings: Mapping[str, Any]) -> None:
         check_setting(name, value)
 
 
+# What a training is told apart from its settings (the step count, model name, device...):
+# such a name among the settings would collide with the call's own argument.
+OWN_ARGUMENTS = (
+    *("steps", "name", "reset", "device", "cancel", "progress", "config"),
+    *("preview", "preview_every", "updates", "update_every", "background", "regions"),
+)
+
+
 def check_training(steps: Any, settings: Mapping[str, Any]) -> None:
     """A training's step count (None: the default) and settings, checked before any work."""
+    own = [name for name in OWN_ARGUMENTS if name in settings]
+    if own:
+        raise BadInputError(
+            f"{', '.join(own)} cannot be among the other settings: the steps, model name, "
+            "device and the like have their own boxes (--steps, --name, --device, ...)."
+        )
     if steps is not None:
         check_setting("steps", steps)
     check_settings(settings)
