@@ -772,6 +772,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.set = parse_settings(", ".join(args.set))
     except BadInputError as err:
         parser.error(f"--set: {err}")
+    if "steps" in args.set:
+        parser.error("--set steps: the step budget is --steps (every k gets the same)")
     args.data = args.data.resolve()
     args.histo = args.histo.resolve()
     return args
