@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.errors import BadInputError
-from ..models.scale import cell_signal
+from ..models.scale import cell_signal, otsu_foreground
 
 __all__ = [
     "check_points",
@@ -120,15 +120,11 @@ def probable_background(
     space between cells. It gives the loss the near-cell background that painted background
     rarely reaches, where a network otherwise invents halos around every cell.
     """
-    from skimage.filters import gaussian, threshold_otsu
-
-    gray = cell_signal(image, polarity)
-    if float(gray.max() - gray.min()) <= 1e-6:
-        return np.zeros(gray.shape, bool)
-    smooth = gaussian(gray, 1.0)
-    foreground = smooth > threshold_otsu(smooth)
+    foreground = otsu_foreground(image, polarity, 1.0)
+    if foreground is None:
+        return np.zeros(image.shape[:2], bool)
     near = ndi.distance_transform_edt(~foreground) <= margin
-    return ~near & ~trusted_mask(points, gray.shape, radius)
+    return ~near & ~trusted_mask(points, foreground.shape, radius)
 
 
 def points_polarity(normalized: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> float:

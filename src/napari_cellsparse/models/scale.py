@@ -30,6 +30,7 @@ __all__ = [
     "foreground_diameter",
     "foreground_mask",
     "mask_diameter",
+    "otsu_foreground",
     "rescale_image",
     "resize_labels",
     "shrunk_calibration",
@@ -63,17 +64,27 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     )
 
 
-def foreground_mask(
+def otsu_foreground(
     image: np.ndarray, polarity: float = 1.0, smoothing: float = 1.0
 ) -> np.ndarray | None:
-    """Cell foreground (bool, Y x X) of a YXC image: the channel mean times ``polarity``
-    (+1: cells brighter than the background, -1: darker), Gaussian-smoothed by ``smoothing``
-    pixels, above its Otsu threshold, opened and with holes filled. None without contrast."""
+    """The pixels (bool, Y x X) of a YXC image whose channel mean times ``polarity`` (+1:
+    cells brighter than the background, -1: darker), Gaussian-smoothed by ``smoothing``
+    pixels, is above its Otsu threshold. None without contrast."""
     gray = cell_signal(image, polarity)
     if float(gray.max() - gray.min()) <= 1e-6:
         return None
     smooth = gaussian(gray, smoothing)
-    foreground = smooth > threshold_otsu(smooth)
+    return smooth > threshold_otsu(smooth)
+
+
+def foreground_mask(
+    image: np.ndarray, polarity: float = 1.0, smoothing: float = 1.0
+) -> np.ndarray | None:
+    """Cell foreground (bool, Y x X) of a YXC image: :func:`otsu_foreground`, opened and with
+    holes filled. None without contrast."""
+    foreground = otsu_foreground(image, polarity, smoothing)
+    if foreground is None:
+        return None
     return ndi.binary_fill_holes(ndi.binary_opening(foreground))
 
 
