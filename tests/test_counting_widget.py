@@ -135,6 +135,10 @@ def test_batch_writes_all_outputs_and_reports_bad_files(counting, tmp_path, monk
 def test_bad_inputs_are_messages_not_crashes(counting, monkeypatch):
     shown = _errors(monkeypatch)
     viewer, widget = counting
+    widget.settings_edit.setText(f"{TINY}, steps=3")  # the Steps box says how many
+    widget.train()
+    assert "steps cannot be among the other settings" in shown[-1]
+    widget.settings_edit.setText(TINY)
     viewer.layers["centres I clicked"].data = np.zeros((0, 2))
     widget.train()
     assert "Points layer is empty" in shown[-1]

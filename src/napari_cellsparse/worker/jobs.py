@@ -209,8 +209,10 @@ def train_counter(
     live: bool = False,
 ) -> Job:
     """Train (or continue) a counter; returns its summary."""
+    from ..core.limits import check_training
     from ..counting import train_counter_iter
 
+    check_training(steps, settings)
     if live:
         settings = {**settings, "updates": ctx.pull, "update_every": 25}
     counter = yield from train_counter_iter(
