@@ -548,3 +548,41 @@ def test_threshold_tuning_takes_the_lowest_level_within_two_detections_of_the_be
     # Many peaks on the background at low levels are no chance: a higher level wins.
     noisy = [(0.03, 27, 12, 7, 39), (0.1, 27, 6, 7, 33), (0.2, 27, 0, 7, 27), (0.3, 25, 0, 9, 25)]
     assert choose_threshold(noisy)[0] == 0.2
+
+
+class _ConstantCrops:
+    """Training data whose every crop is the same, so that two sessions take the same steps."""
+
+    def sample(self, rng, batch_size: int, patch: int):
+        x = np.linspace(0, 1, batch_size * patch * patch, dtype=np.float32)
+        x = x.reshape(batch_size, 1, patch, patch)
+        return x, np.full_like(x, 0.5), np.ones_like(x)
+
+
+def test_counter_training_ends_on_the_mean_of_its_last_steps() -> None:
+    """With ``average_tail`` the counter's weights after the last step are the mean of those
+    after each of the last steps; the steps themselves are the same as without it."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from napari_cellsparse.counting.config import CounterConfig
+    from napari_cellsparse.counting.train import _steps
+
+    torch.manual_seed(0)
+    start = torch.nn.Conv2d(1, 1, 3, padding=1)
+    annotation = SimpleNamespace(data=_ConstantCrops())
+
+    def session(**settings) -> list[torch.Tensor]:
+        net = copy.deepcopy(start)
+        config = CounterConfig(batch_size=2, patch_size=8, **settings)
+        rng = np.random.default_rng(0)
+        return [net.weight.detach().clone() for _ in _steps(net, annotation, config, 4, rng, "cpu")]
+
+    plain = session(one_cycle=False)
+    averaged = session(one_cycle=False, average_tail=0.5)
+    assert all(torch.equal(a, p) for a, p in zip(averaged[:3], plain[:3], strict=True))
+    assert torch.allclose(averaged[3], (plain[2] + plain[3]) / 2)
+    assert not torch.allclose(averaged[3], plain[3])
+    assert not torch.allclose(session(one_cycle=True)[3], plain[3])  # the rate is a setting

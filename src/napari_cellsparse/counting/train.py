@@ -179,14 +179,19 @@ def _steps(
     rng: np.random.Generator,
     where: str,
 ) -> Iterator[dict[str, float]]:
-    """``total`` AdamW steps (one-cycle rate) on crops of the annotation's current data."""
+    """``total`` AdamW steps on crops of the annotation's current data: a one-cycle rate, or
+    a constant one; the weights end on the mean of the last ``average_tail`` of them."""
     from ..core.lazy import import_torch
+    from ..models.torch_io import weight_average
     from .network import counting_loss
 
     torch = import_torch()
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = one_cycle(torch, optimizer, config.learning_rate, total, 0.15)
-    for _ in range(total):
+    schedule = None
+    if config.one_cycle:
+        schedule = one_cycle(torch, optimizer, config.learning_rate, total, 0.15)
+    average = weight_average(net, total, config.average_tail)
+    for step in range(total):
         x, t, m = (
             torch.from_numpy(a).to(where)
             for a in annotation.data.sample(rng, config.batch_size, config.patch_size)
@@ -198,6 +203,7 @@ def _steps(
         optimizer.step()
         if schedule is not None:
             schedule.step()
+        average.after_step(step)
         yield {"loss": float(loss.detach())}
 
 

@@ -15,8 +15,9 @@ from typing import Any
 from ..core.errors import WeightsError
 from ..core.lazy import import_torch
 from ..core.paths import atomic_target
+from .weight_average import WeightAverage
 
-__all__ = ["load_state", "save_state", "state_finite", "to_device"]
+__all__ = ["load_state", "save_state", "state_finite", "to_device", "weight_average"]
 
 
 def save_state(net: Any, folder: Path, filename: str) -> None:
@@ -65,3 +66,17 @@ def load_state(folder: Path, filename: str, architecture: Callable[[], Any], dev
             f"{path} is damaged or belongs to another network and cannot be loaded ({err})."
         ) from err
     return to_device(net, device)
+
+
+def weight_average(net: Any, steps: int, tail: float) -> WeightAverage:
+    """A :class:`WeightAverage` of ``net``'s floating-point state (weights, normalisation
+    statistics) over the last ``tail`` share of ``steps``; integer buffers keep their last
+    value."""
+
+    def read() -> dict[str, Any]:
+        return {k: v.detach() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    def write(mean: dict[str, Any]) -> None:
+        net.load_state_dict({**net.state_dict(), **mean})
+
+    return WeightAverage(read, write, steps, tail)

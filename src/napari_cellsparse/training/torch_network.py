@@ -59,14 +59,6 @@ class TorchNetwork(Network):
         self.optimizer = None
 
     def weight_average(self, steps: int, tail: float) -> WeightAverage:
-        """Averages the floating-point state (weights, normalisation statistics) over the
-        last ``tail`` share of ``steps``; integer buffers keep their last value."""
-        net = self.net
-
-        def read() -> dict[str, Any]:
-            return {k: v.detach() for k, v in net.state_dict().items() if v.is_floating_point()}
-
-        def write(mean: dict[str, Any]) -> None:
-            net.load_state_dict({**net.state_dict(), **mean})
-
-        return WeightAverage(read, write, steps, tail)
+        """Averages the network's floating-point state over the last ``tail`` share of
+        ``steps`` (:func:`~napari_cellsparse.models.torch_io.weight_average`)."""
+        return torch_io.weight_average(self.net, steps, tail)
