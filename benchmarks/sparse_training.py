@@ -766,14 +766,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as err:
         parser.error(str(err))
     from napari_cellsparse.core.errors import BadInputError
+    from napari_cellsparse.core.limits import check_training
     from napari_cellsparse.core.settings_text import parse_settings
 
     try:
         args.set = parse_settings(", ".join(args.set))
+        check_training(None, args.set)  # steps, name...: the benchmark's own arguments
     except BadInputError as err:
         parser.error(f"--set: {err}")
-    if "steps" in args.set:
-        parser.error("--set steps: the step budget is --steps (every k gets the same)")
     args.data = args.data.resolve()
     args.histo = args.histo.resolve()
     return args

@@ -22,7 +22,7 @@ from ..core.errors import BadInputError
 from ..core.images import as_list, as_yxc, normalize
 from ..core.limits import check_settings, check_training
 from ..core.progress import Progress, on_steps, run_sync
-from ..models.schedule import one_cycle
+from ..models.schedule import rate_schedule
 from ..models.session import TrainingSession
 from ..models.store import model_folder
 from .counter import BACKEND, Counter, CounterConfig
@@ -187,9 +187,7 @@ def _steps(
 
     torch = import_torch()
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = None
-    if config.one_cycle:
-        schedule = one_cycle(torch, optimizer, config.learning_rate, total, 0.15)
+    schedule = rate_schedule(torch, optimizer, config.learning_rate, total, 0.15, config.one_cycle)
     average = weight_average(net, total, config.average_tail)
     for step in range(total):
         x, t, m = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["one_cycle", "one_cycle_rate"]
+__all__ = ["one_cycle", "one_cycle_rate", "rate_schedule"]
 
 # torch's OneCycleLR defaults: start at max_lr / 25, end at that / 1e4.
 DIV_START, DIV_END = 25.0, 1e4
@@ -22,6 +22,18 @@ def one_cycle(torch: Any, optimizer: Any, max_lr: float, total: int, warmup: flo
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=total, pct_start=_warmup_share(total, warmup)
     )
+
+
+def rate_schedule(
+    torch: Any, optimizer: Any, max_lr: float, total: int, warmup: float, cycle: bool
+) -> Any:
+    """:func:`one_cycle` when ``cycle``; else None, with every parameter group at ``max_lr``
+    (a constant rate, also after an earlier session's schedule moved it)."""
+    if cycle:
+        return one_cycle(torch, optimizer, max_lr, total, warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = max_lr
+    return None
 
 
 def one_cycle_rate(step: int, total: int, max_lr: float, warmup: float) -> float:

@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE
-from ..models.schedule import one_cycle
+from ..models.schedule import rate_schedule
 from .config import UNetConfig, UNetThresholds
 from .evaluate import annotated_f1
 from .sampling import SparseDataset
@@ -100,12 +100,9 @@ class UNetNetwork(TorchNetwork):
             self.optimizer = torch.optim.AdamW(
                 self.net.parameters(), lr=self.config.learning_rate, weight_decay=1e-4
             )
-        schedule = None
-        if self.config.one_cycle:
-            schedule = one_cycle(torch, self.optimizer, self.config.learning_rate, steps, 0.1)
-        else:
-            for group in self.optimizer.param_groups:  # after a one-cycle session too
-                group["lr"] = self.config.learning_rate
+        schedule = rate_schedule(
+            torch, self.optimizer, self.config.learning_rate, steps, 0.1, self.config.one_cycle
+        )
         patch, batch_size = self.config.patch_size, self.config.batch_size
         average = self.weight_average(steps, self.config.average_tail)
         for step in range(steps):
