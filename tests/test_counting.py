@@ -168,6 +168,21 @@ def test_centres_snap_to_the_centroid_of_their_cells_pixels() -> None:
     assert np.array_equal(snap_to_foreground(rough, np.zeros_like(labels, bool), 28.0), rough)
 
 
+def test_a_centre_alone_on_a_cell_larger_than_the_typical_one_snaps_to_all_of_it() -> None:
+    """The heat map places the centres of large, elongated nuclei roughly (a fifth of a
+    diameter off); the snap must take in the cell's far end too, not only its near part."""
+    from skimage.draw import ellipse
+
+    from napari_cellsparse.counting.centres import snap_to_foreground
+
+    cell = np.zeros((100, 140), bool)
+    cell[ellipse(50, 70, 12, 21, shape=cell.shape)] = True  # 42 px long, typical diameter 28
+    truth = np.array(ndi.center_of_mass(cell))
+    rough = truth[None] + np.array([[1.0, 6.0]])
+    snapped = snap_to_foreground(rough, cell, diameter=28.0)
+    assert np.linalg.norm(snapped[0] - truth) < 0.5, snapped[0] - truth
+
+
 def test_peaks_and_density_count_only_near_the_cell_foreground() -> None:
     from napari_cellsparse.counting.centres import cell_support
     from napari_cellsparse.counting.counter import Counter, CounterConfig
