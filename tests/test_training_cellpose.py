@@ -32,6 +32,7 @@ from napari_cellsparse.training.cellpose_backend import (
     CellposeNetwork,
     cellpose_loss,
     cellpose_targets,
+    pick_thresholds,
 )
 from napari_cellsparse.training.config import CellposeConfig
 from napari_cellsparse.training.sampling import Batch, SparseDataset, erase_cells
@@ -162,6 +163,21 @@ def test_erase_cells_paints_annotated_cells_as_background() -> None:
     background = batch.images[batch.labels == 0]
     assert abs(float(np.median(images[cells])) - float(np.median(background))) < 0.05
     assert float(np.median(batch.images[cells])) > float(np.median(background)) + 0.1
+
+
+def test_threshold_ties_go_to_the_most_lenient_setting() -> None:
+    """Settings the annotated cells cannot tell apart (within one cell's F1) keep the most
+    cells: no flow check, then the loosest, cell probability nearest 0; a setting better by
+    more than one cell wins outright."""
+    grid = [(cp, ft) for cp in (-1.0, -0.5, 0.0, 0.5) for ft in (0.4, 0.6, 0.8, 0.0)]
+    tied = [(0.90, cp, ft) for cp, ft in grid]
+    assert pick_thresholds(tied, n_cells=30) == (0.90, 0.0, 0.0)
+    within = [(0.90 if ft == 0.4 else 0.88, cp, ft) for cp, ft in grid]  # less than 1/30 apart
+    assert pick_thresholds(within, n_cells=30) == (0.88, 0.0, 0.0)
+    ahead = [(0.95 if (cp, ft) == (-0.5, 0.4) else 0.88, cp, ft) for cp, ft in grid]
+    assert pick_thresholds(ahead, n_cells=30) == (0.95, -0.5, 0.4)
+    no_off = [(0.90, cp, ft) for cp, ft in grid if ft > 0]
+    assert pick_thresholds(no_off, n_cells=30) == (0.90, 0.0, 0.8)
 
 
 def test_batch_without_annotation_is_skipped() -> None:
