@@ -51,7 +51,8 @@ the last step to the return of ``train()``. ``f1``/``precision``/``recall``/``pq
 test images; ``predict_s`` the wall time of predicting every test image and
 ``predict_s_per_mpx`` that per megapixel of test image; ``same_scale_f1`` over the test images
 whose median nucleus area is within 0.5-2x the median area of the annotated training cells.
-``diam_ratio_*``: estimated diameter / true median equivalent diameter, per test image. Each
+``diam_ratio_*``: estimated diameter / true median equivalent diameter, per test image;
+``thresholds``: the post-processing thresholds the training tuned (our backends). Each
 run prints one JSON line on stdout when it ends; the last line is one JSON object with every
 run, the summary, the settings and the machine. Everything else goes
 to stderr. Models are saved in a temporary ``NAPARI_CELLSPARSE_HOME``, removed at the end. Run
@@ -75,7 +76,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
@@ -405,6 +406,7 @@ def run_ours(backend: str, task: Task, steps: int, seed: int) -> tuple[dict[str,
         diam_ratio_max=summary(ratios)["max"],
         train_diameter=r4(model.scale.train_diameter),
         self_training_cells=sessions[-1].get("self_training_cells"),
+        thresholds=asdict(model.thresholds),
         device=str(model.network.device),
         **timing(task.test, predict_s),
     )

@@ -165,19 +165,38 @@ def test_erase_cells_paints_annotated_cells_as_background() -> None:
     assert float(np.median(batch.images[cells])) > float(np.median(background)) + 0.1
 
 
-def test_threshold_ties_go_to_the_most_lenient_setting() -> None:
-    """Settings the annotated cells cannot tell apart (within one cell's F1) keep the most
-    cells: no flow check, then the loosest, cell probability nearest 0; a setting better by
-    more than one cell wins outright."""
+def test_threshold_ties_go_to_the_most_lenient_setting_after_few_cells() -> None:
+    """Settings the annotated cells cannot tell apart (within one cell's F1): a model trained
+    on few cells keeps the most cells (no flow check, then the loosest, cell probability
+    nearest 0), one trained on many keeps upstream's (0, 0.4); a setting better by more than
+    one cell wins either way."""
     grid = [(cp, ft) for cp in (-1.0, -0.5, 0.0, 0.5) for ft in (0.4, 0.6, 0.8, 0.0)]
     tied = [(0.90, cp, ft) for cp, ft in grid]
-    assert pick_thresholds(tied, n_cells=30) == (0.90, 0.0, 0.0)
+    assert pick_thresholds(tied, 30, lenient=True) == (0.90, 0.0, 0.0)
+    assert pick_thresholds(tied, 30, lenient=False) == (0.90, 0.0, 0.4)
     within = [(0.90 if ft == 0.4 else 0.88, cp, ft) for cp, ft in grid]  # less than 1/30 apart
-    assert pick_thresholds(within, n_cells=30) == (0.88, 0.0, 0.0)
+    assert pick_thresholds(within, 30, lenient=True) == (0.88, 0.0, 0.0)
     ahead = [(0.95 if (cp, ft) == (-0.5, 0.4) else 0.88, cp, ft) for cp, ft in grid]
-    assert pick_thresholds(ahead, n_cells=30) == (0.95, -0.5, 0.4)
+    assert pick_thresholds(ahead, 30, lenient=True) == (0.95, -0.5, 0.4)
     no_off = [(0.90, cp, ft) for cp, ft in grid if ft > 0]
-    assert pick_thresholds(no_off, n_cells=30) == (0.90, 0.0, 0.8)
+    assert pick_thresholds(no_off, 30, lenient=True) == (0.90, 0.0, 0.8)
+
+
+def test_few_annotated_cells_make_the_tuning_lenient(monkeypatch) -> None:
+    """Every setting scoring alike, the kept thresholds follow how many cells were annotated."""
+    from napari_cellsparse.training import cellpose_backend
+
+    image, _, internal = sparse_nuclei()
+    network = small_network()
+    monkeypatch.setattr(cellpose_backend, "annotated_f1", lambda preds, truths: 0.5)
+    data = SparseDataset([image], [internal])
+    n_cells = len(np.unique(internal[internal > 0]))
+    assert 0 < n_cells < cellpose_backend.FEW_CELLS
+    few = network.find_thresholds(data)
+    assert (few.cellprob_threshold, few.flow_threshold) == (0.0, 0.0)
+    monkeypatch.setattr(cellpose_backend, "FEW_CELLS", n_cells)
+    many = network.find_thresholds(data)
+    assert (many.cellprob_threshold, many.flow_threshold) == (0.0, 0.4)
 
 
 def test_batch_without_annotation_is_skipped() -> None:
