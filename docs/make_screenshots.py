@@ -304,7 +304,7 @@ def plot_cells(out: Path) -> None:
 # The issue-25 runs of each backend's present defaults: the user story and, in the same run
 # or the run beside it, the same backend trained on every cell (benchmarks/README.md).
 DEFAULTS_RUNS = {
-    "cellpose": ["i25_cellpose_weight_average_half.json"],
+    "cellpose": ["i25_cellpose_few_cells_lenient.json"],
     "stardist": ["i25_stardist_constant_average.json", "i25_stardist_constant_average_full.json"],
     "unet": ["i25_channels_last_unet.json"],
 }
@@ -351,7 +351,7 @@ def plot_counts(out: Path) -> None:
     issue-25 counting benchmark JSON."""
     plt = _pyplot()
 
-    source = ROOT / "benchmarks/results/i25_counting_user_lowest_threshold.json"
+    source = ROOT / "benchmarks/results/i25_counting_user_lone_region.json"
     data = json.loads(source.read_text())
     runs = [r for r in data["runs"] if r["run"] == "user" and "per_image" in r]
     fig, ax = plt.subplots(figsize=(5, 4.6), dpi=110)
@@ -378,7 +378,7 @@ def plot_counts(out: Path) -> None:
         "Cell counting, the user story: a counter trained on a quarter of the nuclei of 6 DSB "
         "2018 fluorescence images as rough points (moved up to 3 px) plus painted background, "
         "then every image of fluo/test counted; one colour per seed (which points were "
-        "given). From benchmarks/results/i25_counting_user_lowest_threshold.json.",
+        "given). From benchmarks/results/i25_counting_user_lone_region.json.",
     )
 
 
