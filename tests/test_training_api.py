@@ -433,6 +433,7 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
 
     from napari_cellsparse.cli import main
     from napari_cellsparse.samples.catalog import load_sample
+    from napari_cellsparse.training.config import UNetThresholds
 
     argv = ["--image", "sample:nuclei", "--labels", "sample:nuclei", "--name", "sample-unet"]
     assert main(["train", "--backend", "unet", *argv, "--reset", "--steps", "120"]) == 0
@@ -446,7 +447,11 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
     assert np.bincount(labels.ravel())[1:].max() <= 4 * np.bincount(truth.ravel())[1:].max()
 
     model = load_model("sample-unet")
-    assert (model.thresholds.centre_threshold, model.thresholds.foreground_threshold) == (0.5, 0.5)
+    default = UNetThresholds()  # the few annotated cells score them alike: ties go there
+    assert (model.thresholds.centre_threshold, model.thresholds.foreground_threshold) == (
+        default.centre_threshold,
+        default.foreground_threshold,
+    )
     capped = 0.8  # narrower than most cells: they go
     model.network.config = replace(model.config, max_size_factor=capped)
     areas = np.bincount(model.predict(load_sample("nuclei").image).ravel())[1:]
