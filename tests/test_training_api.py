@@ -189,40 +189,6 @@ def test_unet_rate_is_constant_when_asked_after_a_one_cycle_session() -> None:
     assert constant == [config.learning_rate] * 3
 
 
-def test_unet_threshold_ties_within_one_cell_go_to_the_defaults(monkeypatch) -> None:
-    """Pairs the annotated cells cannot tell apart (less than one cell's F1 apart) keep the
-    defaults; a pair better by more than one cell wins."""
-    from napari_cellsparse.training import unet
-    from napari_cellsparse.training.config import UNetConfig, UNetThresholds
-    from napari_cellsparse.training.sampling import SparseDataset
-
-    image, truth = make_nuclei((64, 64), 4, radius=(6.0, 8.0), seed=0)
-    labels = np.where(truth > 0, truth, 0).astype(np.int32)  # 4 cells: one is 0.25 of F1
-    data = SparseDataset([(image / image.max()).astype(np.float32)[..., None]], [labels])
-    config = UNetConfig.from_settings(base_filters=4, depth=2, patch_size=32, batch_size=2)
-    network = unet.UNetNetwork(config, 1, "cpu")
-    network.build()
-    default = UNetThresholds()
-    loosest = (min(unet.CENTRE_GRID), min(unet.FOREGROUND_GRID))
-    pair = iter([])
-
-    def scored(preds, truths):
-        return next(pair)
-
-    monkeypatch.setattr(unet, "annotated_f1", scored)
-    grid = [(c, f) for c in unet.CENTRE_GRID for f in unet.FOREGROUND_GRID]
-    pair = iter([0.9 if p == loosest else 0.7 for p in grid])  # 0.2 ahead: within one cell
-    tied = network.find_thresholds(data)
-    assert (tied.centre_threshold, tied.foreground_threshold) == (
-        default.centre_threshold,
-        default.foreground_threshold,
-    )
-    assert tied.tuned_annotated_f1 == 0.7
-    pair = iter([0.99 if p == loosest else 0.7 for p in grid])  # more than one cell ahead
-    ahead = network.find_thresholds(data)
-    assert (ahead.centre_threshold, ahead.foreground_threshold) == loosest
-
-
 # -- training, storage, prediction -----------------------------------------------------------
 
 
@@ -467,7 +433,6 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
 
     from napari_cellsparse.cli import main
     from napari_cellsparse.samples.catalog import load_sample
-    from napari_cellsparse.training.config import UNetThresholds
 
     argv = ["--image", "sample:nuclei", "--labels", "sample:nuclei", "--name", "sample-unet"]
     assert main(["train", "--backend", "unet", *argv, "--reset", "--steps", "120"]) == 0
@@ -481,11 +446,7 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
     assert np.bincount(labels.ravel())[1:].max() <= 4 * np.bincount(truth.ravel())[1:].max()
 
     model = load_model("sample-unet")
-    default = UNetThresholds()  # the few annotated cells score them alike: ties go there
-    assert (model.thresholds.centre_threshold, model.thresholds.foreground_threshold) == (
-        default.centre_threshold,
-        default.foreground_threshold,
-    )
+    assert (model.thresholds.centre_threshold, model.thresholds.foreground_threshold) == (0.5, 0.5)
     capped = 0.8  # narrower than most cells: they go
     model.network.config = replace(model.config, max_size_factor=capped)
     areas = np.bincount(model.predict(load_sample("nuclei").image).ravel())[1:]

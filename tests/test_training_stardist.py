@@ -604,9 +604,10 @@ def _child_export_and_reload(folder: str) -> dict[str, Any]:
     os.chdir(out)  # bioimageio.core unzips SavedModel weights below the working directory
     image, truth = make_nuclei((128, 128), n_objects=14, radius=(7.0, 9.0), seed=1)
     annotation = sparse_from_truth(image, truth, k=5, band=8)
-    # A constant rate: the export needs a model that finds the cells in few steps, and the
-    # small network's one cycle at 5e-3 did not always get there in 200.
-    settings = {**SMALL, "batch_size": 4, "one_cycle": False}
+    # A constant rate and the last step's weights: the export needs a model that finds the
+    # cells in few steps; the small network's one cycle at 5e-3 did not always get there in
+    # 200, nor (on some machines) the mean of its last half's weights.
+    settings = {**SMALL, "batch_size": 4, "one_cycle": False, "average_tail": 0.0}
     model = train(
         "stardist", image, annotation, name="tiny-stardist", steps=EXPORT_STEPS, **settings
     )

@@ -218,16 +218,11 @@ class Thresholds(_Frozen):
 
 @dataclass(frozen=True)
 class UNetThresholds(Thresholds):
-    """Centre seeds and the cell region of the U-Net's class probabilities.
-
-    The defaults are strict: trained on sparse labels, the network learns background only
-    in the painted band, so on unseen images its cells reach into the background at lower
-    levels (see :meth:`~napari_cellsparse.training.unet.UNetNetwork.find_thresholds`).
-    """
+    """Centre seeds and the cell region of the U-Net's class probabilities."""
 
     kind: ClassVar[str] = "unet"
-    centre_threshold: float = 0.8
-    foreground_threshold: float = 0.8
+    centre_threshold: float = 0.5
+    foreground_threshold: float = 0.5
 
 
 @dataclass(frozen=True)

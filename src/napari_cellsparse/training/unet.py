@@ -10,7 +10,6 @@ watershed into the cell (border + centre) region.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,6 @@ __all__ = ["UNetNetwork", "unet_loss", "unet_targets"]
 
 BACKGROUND, BORDER, CENTRE = 0, 1, 2
 WEIGHTS_FILE = "unet.pt"
-CENTRE_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # threshold pairs the tuning tries
-FOREGROUND_GRID = (0.5, 0.6, 0.7, 0.8)
 
 
 def unet_targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
@@ -152,38 +149,22 @@ class UNetNetwork(TorchNetwork):
         return watershed(-prob[CENTRE], seeds, mask=cell_region).astype(np.int32)
 
     def find_thresholds(self, data: SparseDataset) -> UNetThresholds:
-        """The threshold pair with the best F1 on the annotated pixels; pairs within one
-        annotated cell's F1 of the best count as equal, and of those the one nearest the
-        defaults wins.
-
-        A few annotated cells score several pairs alike, and they are the cells the network
-        trained on with background painted right beside them: the loosest pair once grew
-        cells into the unannotated background, and on unseen images cells reach into it at
-        lower levels. The DSB 2018 user story's three U-Nets, judged on the 37 training
-        images they did not train on: F1 0.758 / 0.757 / 0.757 at their tuned pairs (0.5,
-        0.5 or 0.6), 0.805 / 0.799 / 0.79-0.80 at (0.8, 0.8), hence the defaults.
-        """
+        """The threshold pair with the best F1 on the annotated pixels; among equal scores the
+        pair nearest the defaults. A few annotated cells often score several pairs alike,
+        and the loosest of them grows cells into the unannotated background."""
         probs = [self.probabilities(img) for img in data.images]
-        default = UNetThresholds()
-        scores = [
-            (annotated_f1([self.instances(p, c, f) for p in probs], data.labels), c, f)
-            for c in CENTRE_GRID
-            for f in FOREGROUND_GRID
-        ]
-        best = max(f1 for f1, _, _ in scores)
-        if best <= 0.0:
-            return replace(default, tuned_annotated_f1=best)
-        n_cells = sum(len(np.unique(lab[lab > 0])) for lab in data.labels)
-        near = [s for s in scores if s[0] >= best - 1.0 / max(n_cells, 1) - 1e-9]
-        f1, centre, foreground = min(
-            near,
-            key=lambda s: (
-                abs(s[1] - default.centre_threshold) + abs(s[2] - default.foreground_threshold),
-                -s[0],
-            ),
+        default = (UNetThresholds.centre_threshold, UNetThresholds.foreground_threshold)
+        pairs = sorted(
+            ((c, f) for c in (0.3, 0.4, 0.5, 0.6, 0.7) for f in (0.4, 0.5, 0.6)),
+            key=lambda pair: abs(pair[0] - default[0]) + abs(pair[1] - default[1]),
         )
+        best = (-1.0, *default)
+        for centre, foreground in pairs:
+            f1 = annotated_f1([self.instances(p, centre, foreground) for p in probs], data.labels)
+            if f1 > best[0] + 1e-9:
+                best = (f1, centre, foreground)
         return UNetThresholds(
-            centre_threshold=centre, foreground_threshold=foreground, tuned_annotated_f1=f1
+            centre_threshold=best[1], foreground_threshold=best[2], tuned_annotated_f1=best[0]
         )
 
     def predict_scaled(self, image: np.ndarray) -> np.ndarray:
