@@ -24,6 +24,7 @@ __all__ = [
     "IGNORE",
     "SPARSE_KEY",
     "check_annotation",
+    "count_cells",
     "next_free_id",
     "paint_masks",
     "to_internal",
@@ -98,3 +99,8 @@ def check_annotation(image_shape: tuple[int, ...], internal: np.ndarray, what: s
             f"{what}: no background. Paint some background around the cells with label 1, "
             "so the model learns what is not a cell."
         )
+
+
+def count_cells(labels: Iterable[np.ndarray]) -> int:
+    """Annotated cells (distinct ids > 0) over internal-form annotations."""
+    return int(sum(len(np.unique(lab[lab > 0])) for lab in labels))

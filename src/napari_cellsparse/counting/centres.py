@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cell_support", "find_centres", "snap_to_foreground"]
+__all__ = ["cell_support", "find_centres", "pixel_indices", "snap_to_foreground"]
 
 SUPPORT_MARGIN = 0.25  # in cell diameters around the foreground
 
@@ -80,15 +80,13 @@ def snap_to_foreground(
     more than ``max_move`` diameters away (a share that takes in a cell the heat map missed, or
     the edge of a clump, is not that cell).
     """
-    from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
 
     centres = np.asarray(centres, np.float64).reshape(-1, 2)
     if not len(centres) or not foreground.any():
         return centres
     pixels = np.argwhere(foreground).astype(np.float64)
-    regions, n_regions = ndi.label(foreground)
-    lone = _lone_region_centroids(centres, pixels, regions, n_regions)
+    lone = _lone_region_centroids(centres, foreground)
     distance, owner = cKDTree(centres).query(pixels, distance_upper_bound=reach * diameter)
     inside = np.isfinite(distance)
     owner, pixels = owner[inside], pixels[inside]
@@ -106,22 +104,23 @@ def snap_to_foreground(
     return moved
 
 
-def _lone_region_centroids(
-    centres: np.ndarray, pixels: np.ndarray, regions: np.ndarray, n_regions: int
-) -> np.ndarray:
-    """Per centre (N x 2): the centroid of its foreground region when no other centre is on
-    that region, else NaN. ``pixels`` are the foreground's (row-major, as ``np.argwhere``)."""
-    where = np.clip(np.round(centres).astype(int), 0, np.array(regions.shape) - 1)
-    own = regions[where[:, 0], where[:, 1]]
-    on_region = np.bincount(own, minlength=n_regions + 1)
-    labels = regions[regions > 0]
-    size = np.bincount(labels, minlength=n_regions + 1).astype(np.float64)
-    sums = [np.bincount(labels, pixels[:, k], minlength=n_regions + 1) for k in (0, 1)]
-    centroid = np.stack(sums, axis=1) / np.maximum(size, 1.0)[:, None]
-    alone = (own > 0) & (on_region[own] == 1)
+def _lone_region_centroids(centres: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Per centre (N x 2): the centroid of its connected ``foreground`` region when no other
+    centre is on that region, else NaN."""
+    from scipy import ndimage as ndi
+
+    regions, n_regions = ndi.label(foreground)
+    own = regions[tuple(pixel_indices(centres, regions.shape).T)]
+    alone = (own > 0) & (np.bincount(own, minlength=n_regions + 1)[own] == 1)
     found = np.full(centres.shape, np.nan)
-    found[alone] = centroid[own[alone]]
+    if alone.any():
+        found[alone] = ndi.center_of_mass(foreground, regions, own[alone])
     return found
+
+
+def pixel_indices(centres: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest pixel (N x 2 int, inside an image of ``shape``) of each centre (y, x)."""
+    return np.clip(np.round(centres).astype(int), 0, np.array(shape[:2]) - 1).reshape(-1, 2)
 
 
 def cell_support(foreground: np.ndarray, diameter: float) -> np.ndarray:

@@ -59,7 +59,7 @@ from ..models.store import (
     read_json,
     resolve_model_folder,
 )
-from .centres import cell_support, find_centres, snap_to_foreground
+from .centres import cell_support, find_centres, pixel_indices, snap_to_foreground
 from .config import CounterConfig
 
 __all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "load_counter"]
@@ -164,7 +164,7 @@ class Counter:
         )
         if support is None or not len(found):
             return found
-        return found[support[tuple(_pixel_indices(found, support.shape).T)]]
+        return found[support[tuple(pixel_indices(found, support.shape).T)]]
 
     def foreground(self, normalized: np.ndarray, diameter: float) -> np.ndarray | None:
         """The image's cell foreground (:func:`foreground_mask`, smoothed at a sixteenth of
@@ -269,7 +269,7 @@ class Counter:
         if not self.config.centre_count or not len(centres):
             return float(density.sum(dtype=np.float64))
         unmarked = np.ones(density.shape, bool)
-        unmarked[tuple(_pixel_indices(centres, density.shape).T)] = False
+        unmarked[tuple(pixel_indices(centres, density.shape).T)] = False
         far = ndi.distance_transform_edt(unmarked) > RESIDUAL_REACH * diameter
         return float(len(centres) + density[far].sum(dtype=np.float64))
 
@@ -301,8 +301,8 @@ class Counter:
         scaled, peaks, _ = self._reading(normalized, diameter / 2.0)
         regions, _ = ndi.label(foreground)
         found = _to_image_pixels(peaks, scaled.shape, shape)
-        taken = regions[tuple(_pixel_indices(centres, shape).T)]
-        region = regions[tuple(_pixel_indices(found, shape).T)]
+        taken = regions[tuple(pixel_indices(centres, shape).T)]
+        region = regions[tuple(pixel_indices(found, shape).T)]
         keep = (region > 0) & ~np.isin(region, taken)
         near = np.zeros(scaled.shape, bool)
         radius = self.config.separation
@@ -331,11 +331,6 @@ def _to_image_pixels(
     """Centres (N x 2, y x) at a reading's scale mapped to the image's pixels."""
     ratio = np.array(shape[:2], np.float64) / np.array(scaled[:2], np.float64)
     return (np.asarray(peaks, np.float64).reshape(-1, 2) + 0.5) * ratio - 0.5
-
-
-def _pixel_indices(centres: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest pixel (N x 2 int, inside the image) of each centre."""
-    return np.clip(np.round(centres).astype(int), 0, np.array(shape[:2]) - 1).reshape(-1, 2)
 
 
 def _to_image_density(scaled: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

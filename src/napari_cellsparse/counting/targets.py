@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 
 from ..core.errors import BadInputError
 from ..models.scale import cell_signal, otsu_foreground
+from .centres import pixel_indices
 
 __all__ = [
     "check_points",
@@ -104,7 +105,7 @@ def trusted_mask(
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     if len(pts):
         seeds = np.ones(shape, bool)
-        idx = np.clip(np.round(pts).astype(int), 0, np.array(shape) - 1)
+        idx = pixel_indices(pts, shape)
         seeds[idx[:, 0], idx[:, 1]] = False
         mask |= ndi.distance_transform_edt(seeds) <= radius
     return mask
@@ -165,7 +166,7 @@ def points_diameter(image: np.ndarray, points: np.ndarray, polarity: float) -> f
     if len(pts) < 3:
         return None
     gray = cell_signal(image, polarity)
-    idx = np.clip(np.round(pts[:MAX_SCALE_POINTS]).astype(int), 0, np.array(gray.shape) - 1)
+    idx = pixel_indices(pts[:MAX_SCALE_POINTS], gray.shape)
     logs = np.arange(1.0, 5.01, 0.25)  # log2 sigma: diameters of about 6 to 90 px
     reach = int(np.ceil(4.0 * 2.0 ** logs[-1]))
     padded = np.pad(gray, reach, mode="reflect" if min(gray.shape) > reach else "symmetric")

@@ -20,7 +20,7 @@ from ..core.errors import BadInputError, WeightsError
 from ..core.images import as_list, normalize
 from ..core.limits import check_training
 from ..core.progress import Progress, on_steps, run_sync
-from ..core.sparse_labels import IGNORE
+from ..core.sparse_labels import IGNORE, count_cells
 from ..models.scale import (
     annotated_diameters,
     cell_signal,
@@ -242,7 +242,7 @@ class _Annotation:
     def figures(self) -> dict[str, int]:
         """Annotated cells and the image pixels the loss trusts (cells and background)."""
         return {
-            "cells": int(sum(len(np.unique(lab[lab > 0])) for _, lab in self.pairs)),
+            "cells": count_cells(lab for _, lab in self.pairs),
             "trusted_pixels": int(sum(np.count_nonzero(lab != IGNORE) for _, lab in self.pairs)),
         }
 

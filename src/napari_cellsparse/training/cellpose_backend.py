@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.lazy import import_torch
-from ..core.sparse_labels import IGNORE
+from ..core.sparse_labels import IGNORE, count_cells
 from .config import CellposeConfig, CellposeThresholds
 from .evaluate import annotated_f1
 from .sampling import SparseDataset, erase_cells
@@ -361,7 +361,6 @@ class CellposeNetwork(TorchNetwork):
         best = max(f1 for f1, _, _ in scores)
         if best <= 0.0:
             return replace(self.thresholds, tuned_annotated_f1=0.0)
-        n_cells = sum(len(np.unique(lab[lab > 0])) for lab in truths)
-        trained_on = sum(len(np.unique(lab[lab > 0])) for lab in data.labels)
-        f1, cp, ft = pick_thresholds(scores, n_cells, lenient=trained_on < FEW_CELLS)
+        lenient = count_cells(data.labels) < FEW_CELLS
+        f1, cp, ft = pick_thresholds(scores, count_cells(truths), lenient)
         return CellposeThresholds(cellprob_threshold=cp, flow_threshold=ft, tuned_annotated_f1=f1)
