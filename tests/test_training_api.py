@@ -189,6 +189,60 @@ def test_unet_rate_is_constant_when_asked_after_a_one_cycle_session() -> None:
     assert constant == [config.learning_rate] * 3
 
 
+def test_annotated_scores_judge_outlines_that_f1_at_iou_05_accepts() -> None:
+    """Cells grown past their outline still match at IoU 0.5 but not at 0.8-0.9: the
+    outline-aware score (the mean over IoU 0.5-0.9) drops, F1 at 0.5 does not."""
+    from skimage.segmentation import expand_labels
+
+    from napari_cellsparse.training.evaluate import IOU_LEVELS, annotated_f1, annotated_scores
+
+    _, truth = make_nuclei((96, 96), 6, radius=(6.0, 8.0), seed=2)
+    truth = truth.astype(np.int32)
+    exact = annotated_scores([truth], [truth])
+    np.testing.assert_array_equal(exact, np.ones(len(IOU_LEVELS)))
+    grown = annotated_scores([expand_labels(truth, 2)], [truth])
+    assert grown[0] == 1.0 == annotated_f1([expand_labels(truth, 2)], [truth])
+    assert grown[-1] == 0.0 and 0.0 < grown.mean() < 1.0
+
+
+def test_unet_thresholds_fit_the_outlines_and_ties_go_to_the_defaults(monkeypatch) -> None:
+    """The tuning scores pairs by the annotated F1 averaged over IoU 0.5-0.9; pairs less than
+    one annotated cell apart (at most 1/30) keep the defaults, a pair ahead by more wins."""
+    from napari_cellsparse.training import unet
+    from napari_cellsparse.training.config import UNetConfig, UNetThresholds
+    from napari_cellsparse.training.evaluate import IOU_LEVELS
+    from napari_cellsparse.training.sampling import SparseDataset
+
+    image, truth = make_nuclei((64, 64), 4, radius=(6.0, 8.0), seed=0)
+    labels = np.where(truth > 0, truth, 0).astype(np.int32)
+    data = SparseDataset([(image / image.max()).astype(np.float32)[..., None]], [labels])
+    config = UNetConfig.from_settings(base_filters=4, depth=2, patch_size=32, batch_size=2)
+    network = unet.UNetNetwork(config, 1, "cpu")
+    network.build()
+    default = UNetThresholds()
+    loosest = (min(unet.CENTRE_GRID), min(unet.FOREGROUND_GRID))
+    grid = [(c, f) for c in unet.CENTRE_GRID for f in unet.FOREGROUND_GRID]
+
+    def tune(lead: float, at_05: float = 0.7) -> UNetThresholds:
+        scores = iter([lead if p == loosest else 0.7 for p in grid])
+        levels = len(IOU_LEVELS)
+        monkeypatch.setattr(
+            unet,
+            "annotated_scores",
+            lambda preds, truths: np.array([at_05] + [next(scores)] * (levels - 1)),
+        )
+        return network.find_thresholds(data)
+
+    tied = tune(0.7 + 1.0 / 30)  # 4 cells, but a tie stays within 1/30
+    assert (tied.centre_threshold, tied.foreground_threshold) == (
+        default.centre_threshold,
+        default.foreground_threshold,
+    )
+    assert tied.tuned_annotated_f1 == 0.7  # the F1 at IoU 0.5 of the chosen pair
+    ahead = tune(0.75)
+    assert (ahead.centre_threshold, ahead.foreground_threshold) == loosest
+
+
 # -- training, storage, prediction -----------------------------------------------------------
 
 
@@ -433,6 +487,7 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
 
     from napari_cellsparse.cli import main
     from napari_cellsparse.samples.catalog import load_sample
+    from napari_cellsparse.training.config import UNetThresholds
 
     argv = ["--image", "sample:nuclei", "--labels", "sample:nuclei", "--name", "sample-unet"]
     assert main(["train", "--backend", "unet", *argv, "--reset", "--steps", "120"]) == 0
@@ -446,7 +501,8 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
     assert np.bincount(labels.ravel())[1:].max() <= 4 * np.bincount(truth.ravel())[1:].max()
 
     model = load_model("sample-unet")
-    assert (model.thresholds.centre_threshold, model.thresholds.foreground_threshold) == (0.5, 0.5)
+    default = UNetThresholds()  # the few annotated cells score the centre levels alike
+    assert model.thresholds.centre_threshold == default.centre_threshold
     capped = 0.8  # narrower than most cells: they go
     model.network.config = replace(model.config, max_size_factor=capped)
     areas = np.bincount(model.predict(load_sample("nuclei").image).ravel())[1:]

@@ -40,7 +40,7 @@ class BatchOptions:
     """How every image of a batch is processed."""
 
     block: int = 1024
-    halo: int | None = None  # None: twice the cell diameter
+    halo: int | None = None  # None: three cell diameters
     diameter: float | None = None  # None: estimated per image
     pixel_size: float | None = None  # None: from the image's metadata
     channel_names: tuple[str, ...] | None = None

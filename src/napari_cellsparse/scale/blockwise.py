@@ -106,6 +106,9 @@ class BlockSink(Protocol):
         """The run is complete: ``labels`` is the whole output array (still readable)."""
 
 
+HALO_DIAMETERS = 3.0  # the default context around each block, in cell diameters
+
+
 class ModelSegmenter:
     """A trained model as a :data:`Segmenter` for the blocks of one image.
 
@@ -135,9 +138,12 @@ class ModelSegmenter:
 
     @property
     def halo(self) -> int:
-        """Context around each block: twice the cell diameter (at least 32 pixels), so an
-        object owned by a block lies inside what the block saw, with context around it."""
-        return max(32, math.ceil(2.0 * self.diameter))
+        """Context around each block: three cell diameters (at least 32 pixels), so an
+        object owned by a block lies inside what the block saw, with context around it.
+        The networks' outputs still change with context two diameters away: a small U-Net's
+        outlines at a region level of 0.7 matched the whole image's at IoU 0.9 for 68 of 70
+        generated nuclei with two diameters of halo, 70 of 70 with three."""
+        return max(32, math.ceil(HALO_DIAMETERS * self.diameter))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         if is_flat(pixels):

@@ -218,10 +218,15 @@ class Thresholds(_Frozen):
 
 @dataclass(frozen=True)
 class UNetThresholds(Thresholds):
-    """Centre seeds and the cell region of the U-Net's class probabilities."""
+    """Centre seeds and the cell region of the U-Net's class probabilities.
+
+    The tuning picks the region's level from how well objects fit the annotated cells; the
+    centre level a few annotated cells cannot tell apart stays at its strict default (see
+    :meth:`~napari_cellsparse.training.unet.UNetNetwork.find_thresholds`).
+    """
 
     kind: ClassVar[str] = "unet"
-    centre_threshold: float = 0.5
+    centre_threshold: float = 0.8
     foreground_threshold: float = 0.5
 
 

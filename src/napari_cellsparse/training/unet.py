@@ -10,16 +10,17 @@ watershed into the cell (border + centre) region.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.lazy import import_torch
-from ..core.sparse_labels import IGNORE
+from ..core.sparse_labels import IGNORE, count_cells
 from ..models.schedule import rate_schedule
 from .config import UNetConfig, UNetThresholds
-from .evaluate import annotated_f1
+from .evaluate import annotated_scores
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
 
@@ -27,6 +28,9 @@ __all__ = ["UNetNetwork", "unet_loss", "unet_targets"]
 
 BACKGROUND, BORDER, CENTRE = 0, 1, 2
 WEIGHTS_FILE = "unet.pt"
+CENTRE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # threshold pairs the tuning tries
+FOREGROUND_GRID = (0.4, 0.5, 0.6, 0.7, 0.8)
+TIE_CELLS = 30  # ties: scores within one cell of the annotated ones, at most one in this many
 
 
 def unet_targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
@@ -149,22 +153,38 @@ class UNetNetwork(TorchNetwork):
         return watershed(-prob[CENTRE], seeds, mask=cell_region).astype(np.int32)
 
     def find_thresholds(self, data: SparseDataset) -> UNetThresholds:
-        """The threshold pair with the best F1 on the annotated pixels; among equal scores the
-        pair nearest the defaults. A few annotated cells often score several pairs alike,
-        and the loosest of them grows cells into the unannotated background."""
+        """The threshold pair whose objects fit the annotated cells best: the annotated F1
+        averaged over IoU 0.5-0.9. Pairs within one annotated cell of the best (at most
+        1/30) count as equal, and of those the one nearest the defaults wins.
+
+        F1 at IoU 0.5 alone scores most pairs alike on a few cells and accepts cells grown
+        well past their outline; the looser pairs then merge neighbours and spill into the
+        unannotated background. The outline-aware score picks the foreground level, the
+        centre level the annotated cells cannot tell apart stays at its default: on the
+        DSB 2018 user story's 37 unused training images, the three U-Nets scored F1 0.757 at
+        the pairs F1 at IoU 0.5 picked, 0.801 at the pairs picked now.
+        """
         probs = [self.probabilities(img) for img in data.images]
-        default = (UNetThresholds.centre_threshold, UNetThresholds.foreground_threshold)
-        pairs = sorted(
-            ((c, f) for c in (0.3, 0.4, 0.5, 0.6, 0.7) for f in (0.4, 0.5, 0.6)),
-            key=lambda pair: abs(pair[0] - default[0]) + abs(pair[1] - default[1]),
+        default = UNetThresholds()
+        scores = []
+        for c in CENTRE_GRID:
+            for f in FOREGROUND_GRID:
+                f1s = annotated_scores([self.instances(p, c, f) for p in probs], data.labels)
+                scores.append((float(f1s.mean()), float(f1s[0]), c, f))
+        best = max(s[0] for s in scores)
+        if best <= 0.0:
+            return replace(default, tuned_annotated_f1=0.0)
+        tolerance = 1.0 / max(count_cells(data.labels), TIE_CELLS)
+        near = [s for s in scores if s[0] >= best - tolerance - 1e-9]
+        _, f1, centre, foreground = min(
+            near,
+            key=lambda s: (
+                abs(s[2] - default.centre_threshold) + abs(s[3] - default.foreground_threshold),
+                -s[0],
+            ),
         )
-        best = (-1.0, *default)
-        for centre, foreground in pairs:
-            f1 = annotated_f1([self.instances(p, centre, foreground) for p in probs], data.labels)
-            if f1 > best[0] + 1e-9:
-                best = (f1, centre, foreground)
         return UNetThresholds(
-            centre_threshold=best[1], foreground_threshold=best[2], tuned_annotated_f1=best[0]
+            centre_threshold=centre, foreground_threshold=foreground, tuned_annotated_f1=f1
         )
 
     def predict_scaled(self, image: np.ndarray) -> np.ndarray:
