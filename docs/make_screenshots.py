@@ -306,7 +306,7 @@ def plot_cells(out: Path) -> None:
 DEFAULTS_RUNS = {
     "cellpose": ["i25_cellpose_few_cells_lenient.json"],
     "stardist": ["i25_stardist_constant_average.json", "i25_stardist_constant_average_full.json"],
-    "unet": ["i25_channels_last_unet.json"],
+    "unet": ["i25_unet_outline_thresholds.json"],
 }
 
 
