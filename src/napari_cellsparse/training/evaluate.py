@@ -16,10 +16,26 @@ import numpy as np
 
 from ..core.sparse_labels import IGNORE
 
-__all__ = ["IOU_LEVELS", "annotated_counts", "annotated_f1", "annotated_scores"]
+__all__ = [
+    "IOU_LEVELS",
+    "TIE_CELLS",
+    "annotated_counts",
+    "annotated_f1",
+    "annotated_scores",
+    "tie_tolerance",
+]
 
 
 IOU_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)  # the boundary-aware score's IoU thresholds
+TIE_CELLS = 30  # a tie is at most one cell in this many
+
+
+def tie_tolerance(n_cells: int) -> float:
+    """How far below the best a tuning score still counts as equal: one of ``n_cells``
+    annotated cells (the F1 step it makes), at most 1 / :data:`TIE_CELLS`. The cells are the
+    ones the network trained on, so a peak narrower than that is noise, not a better setting;
+    with fewer cells a one-cell step would swallow real differences."""
+    return 1.0 / max(int(n_cells), TIE_CELLS)
 
 
 def annotated_counts(

@@ -20,7 +20,7 @@ from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
 from ..models.schedule import rate_schedule
 from .config import UNetConfig, UNetThresholds
-from .evaluate import annotated_scores
+from .evaluate import annotated_scores, tie_tolerance
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
 
@@ -30,7 +30,6 @@ BACKGROUND, BORDER, CENTRE = 0, 1, 2
 WEIGHTS_FILE = "unet.pt"
 CENTRE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # threshold pairs the tuning tries
 FOREGROUND_GRID = (0.4, 0.5, 0.6, 0.7, 0.8)
-TIE_CELLS = 30  # ties: scores within one cell of the annotated ones, at most one in this many
 
 
 def unet_targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
@@ -174,7 +173,7 @@ class UNetNetwork(TorchNetwork):
         best = max(s[0] for s in scores)
         if best <= 0.0:
             return replace(default, tuned_annotated_f1=0.0)
-        tolerance = 1.0 / max(count_cells(data.labels), TIE_CELLS)
+        tolerance = tie_tolerance(count_cells(data.labels))
         near = [s for s in scores if s[0] >= best - tolerance - 1e-9]
         _, f1, centre, foreground = min(
             near,
