@@ -305,7 +305,7 @@ def plot_cells(out: Path) -> None:
 # or the run beside it, the same backend trained on every cell (benchmarks/README.md).
 DEFAULTS_RUNS = {
     "cellpose": ["i25_cellpose_few_cells_lenient.json"],
-    "stardist": ["i25_stardist_constant_average.json", "i25_stardist_constant_average_full.json"],
+    "stardist": ["i25_stardist_one_cell_plateau.json"],
     "unet": ["i25_unet_outline_thresholds.json"],
 }
 
