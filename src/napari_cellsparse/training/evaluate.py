@@ -2,10 +2,10 @@
 
 A sparse annotation cannot say whether a predicted object in unannotated pixels is right, so
 those objects are neither rewarded nor punished. An annotated cell counts as found when one
-predicted object overlaps it with IoU >= 0.5 (such a match is unique), or at the stricter
-thresholds of :data:`IOU_LEVELS`. A predicted object
-that lies mostly on annotated pixels and matches no annotated cell is a false positive (a cell
-in painted background, a fragment, or a merge of annotated cells).
+predicted object overlaps it with IoU >= 0.5 (such a match is unique), or with the stricter
+IoU of :data:`IOU_LEVELS`. A predicted object that lies mostly on annotated pixels and matches
+no annotated cell is a false positive (a cell in painted background, a fragment, or a merge
+of annotated cells).
 """
 
 from __future__ import annotations
