@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
 from .config import CellposeConfig, CellposeThresholds
-from .evaluate import annotated_f1, tie_tolerance
+from .evaluate import annotated_f1, near_best
 from .sampling import SparseDataset, erase_cells
 from .torch_network import TorchNetwork
 
@@ -132,9 +132,8 @@ def pick_thresholds(
     (0, 0.4) wins, or with ``lenient`` (a model trained on few cells, :data:`FEW_CELLS`) the
     most lenient flow check (off, then 0.8 ... 0.4), then the cell probability nearest 0.
     """
-    best = max(f1 for f1, _, _ in scores)
-    near = [s for s in scores if s[0] >= best - tie_tolerance(n_cells) - 1e-9]
     rank = _leniency_rank if lenient else _distance_to_default
+    near = near_best(scores, lambda s: s[0], n_cells)
     return min(near, key=lambda s: (rank(s[1], s[2]), -s[0]))
 
 

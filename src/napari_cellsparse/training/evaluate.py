@@ -10,7 +10,8 @@ of annotated cells).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,8 +23,11 @@ __all__ = [
     "annotated_counts",
     "annotated_f1",
     "annotated_scores",
+    "near_best",
     "tie_tolerance",
 ]
+
+T = TypeVar("T")
 
 
 IOU_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)  # the boundary-aware score's IoU thresholds
@@ -38,11 +42,19 @@ def tie_tolerance(n_cells: int) -> float:
     return 1.0 / max(int(n_cells), TIE_CELLS)
 
 
+def near_best(items: Iterable[T], score: Callable[[T], float], n_cells: int) -> list[T]:
+    """The ``items`` whose ``score`` lies within :func:`tie_tolerance` of the best: the
+    settings a tuning on ``n_cells`` annotated cells cannot tell apart."""
+    items = list(items)
+    floor = max(score(item) for item in items) - tie_tolerance(n_cells) - 1e-9
+    return [item for item in items if score(item) >= floor]
+
+
 def annotated_counts(
-    pred: np.ndarray, internal: np.ndarray, iou: float | Sequence[float] = 0.5
-) -> tuple[int, int, int] | list[tuple[int, int, int]]:
-    """True positives, false positives and false negatives of ``pred`` on an annotation;
-    one triple per threshold when ``iou`` is a sequence (the overlaps are measured once)."""
+    pred: np.ndarray, internal: np.ndarray, levels: Sequence[float] = (0.5,)
+) -> list[tuple[int, int, int]]:
+    """True positives, false positives and false negatives of ``pred`` on an annotation, one
+    triple per IoU threshold of ``levels`` (the overlaps are measured once)."""
     pred = np.asarray(pred).astype(np.int64, copy=False)
     truth = np.where(internal > 0, internal, 0).astype(np.int64)
     n_pred = int(pred.max()) + 1 if pred.size else 1
@@ -59,13 +71,13 @@ def annotated_counts(
     mostly_annotated = on_annotation[1:][pred_ids] > 0.5 * pred_area[1:][pred_ids]
     pairs = ious[np.ix_(true_ids, pred_ids)] if len(true_ids) and len(pred_ids) else None
     counts = []
-    for level in np.atleast_1d(iou):
+    for level in levels:
         matched = pairs >= level if pairs is not None else None
         tp = int(matched.any(axis=1).sum()) if matched is not None else 0
         pred_matched = matched.any(axis=0) if matched is not None else np.zeros(len(pred_ids), bool)
         fp = int((mostly_annotated & ~pred_matched).sum())
         counts.append((tp, fp, len(true_ids) - tp))
-    return counts if isinstance(iou, Sequence) else counts[0]
+    return counts
 
 
 def annotated_f1(preds: list[np.ndarray], internals: list[np.ndarray], iou: float = 0.5) -> float:
@@ -81,6 +93,6 @@ def annotated_scores(
     which F1 at IoU 0.5 alone accepts from a wide range of object sizes."""
     totals = np.zeros((len(ious), 3), np.int64)
     for pred, internal in zip(preds, internals, strict=True):
-        totals += np.asarray(annotated_counts(pred, internal, tuple(ious)), np.int64)
+        totals += np.asarray(annotated_counts(pred, internal, ious), np.int64)
     tp, fp, fn = totals.T
     return 2 * tp / np.maximum(2 * tp + fp + fn, 1)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.sparse_labels import IGNORE, count_cells
 from .config import StarDistThresholds
-from .evaluate import annotated_f1, tie_tolerance
+from .evaluate import annotated_f1, near_best
 from .sampling import SparseDataset
 
 __all__ = ["search_thresholds"]
@@ -67,11 +67,11 @@ def search_thresholds(
             scores[key] = annotated_f1(preds, data.labels)
         return scores[key]
 
-    tolerance = tie_tolerance(count_cells(data.labels))
+    n_cells = count_cells(data.labels)
 
     def choice() -> tuple[float, float, list[float]]:
         best = max(scores.values())
-        tied = [k for k, v in scores.items() if v >= best - tolerance - 1e-9]
+        tied = [k for k, _ in near_best(scores.items(), lambda kv: kv[1], n_cells)]
         # Prefer upstream's nms 0.4 among equals, and the middle of the prob plateau.
         nms = min({k[1] for k in tied}, key=lambda t: (abs(t - 0.4), t))
         return best, nms, sorted(k[0] for k in tied if k[1] == nms)

@@ -20,7 +20,7 @@ from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
 from ..models.schedule import rate_schedule
 from .config import UNetConfig, UNetThresholds
-from .evaluate import annotated_scores, tie_tolerance
+from .evaluate import annotated_scores, near_best
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
 
@@ -173,10 +173,8 @@ class UNetNetwork(TorchNetwork):
         best = max(s[0] for s in scores)
         if best <= 0.0:
             return replace(default, tuned_annotated_f1=0.0)
-        tolerance = tie_tolerance(count_cells(data.labels))
-        near = [s for s in scores if s[0] >= best - tolerance - 1e-9]
         _, f1, centre, foreground = min(
-            near,
+            near_best(scores, lambda s: s[0], count_cells(data.labels)),
             key=lambda s: (
                 abs(s[2] - default.centre_threshold) + abs(s[3] - default.foreground_threshold),
                 -s[0],
