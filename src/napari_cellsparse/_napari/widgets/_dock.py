@@ -24,6 +24,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QLabel, QPushButton, QWidget
 
 from ...core.errors import CellsparseError
+from ..warmup import warm_napari
 from ._worker import JobRunner
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class DockWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, state: Any) -> None:
         super().__init__()
+        warm_napari()  # napari's Shapes code compiles off the event loop, not at first use
         self.viewer = napari_viewer
         self.state = state
         self.status = QLabel(self.hint)
