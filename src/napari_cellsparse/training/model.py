@@ -149,7 +149,7 @@ class TrainedModel:
         scaled = rescale_image(normalized, factor)
         labels = np.asarray(self.network.predict_scaled(scaled), np.int32)
         labels = self._without_faint(self._without_oversized(labels), scaled)
-        return resize_labels(labels, normalized.shape[:2])
+        return resize_labels(labels, normalized.shape[:2], smooth=True)
 
     def _without_faint(self, labels: np.ndarray, scaled: np.ndarray) -> np.ndarray:
         """``labels`` (training scale) without objects that stand out of their surroundings
