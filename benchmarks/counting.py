@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from bench_common import (
+    cpu_info,
     load_now,
     megapixels,
     over_seeds,
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarise(runs),
         "machine": {
             "cpu_count": os.cpu_count(),
+            **cpu_info(),
             "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(),
             "torch": torch.__version__,

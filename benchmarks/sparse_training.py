@@ -85,6 +85,7 @@ import numpy as np
 
 import next10
 from bench_common import (
+    cpu_info,
     load_now,
     megapixels,
     over_seeds,
@@ -653,6 +654,7 @@ def machine_info(began: float, load_start: tuple[float, ...]) -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
+        **cpu_info(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
