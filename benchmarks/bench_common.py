@@ -49,7 +49,8 @@ def use_worker_threads(threads: int | None = None) -> dict[str, Any]:
 
 def cpu_info() -> dict[str, Any]:
     """The processor's name and its widest vector units: TensorFlow's and torch's CPU speed
-    follows them (StarDist trained 2.5x slower on one 2-core AVX2 machine than on an earlier one)."""
+    follows them (StarDist trained 2.5x slower on one 2-core AVX2 machine than on an
+    earlier one)."""
     import platform
 
     info: dict[str, Any] = {"cpu": platform.processor() or platform.machine()}
