@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from napari_cellsparse.models.scale import resize_labels
@@ -74,3 +75,18 @@ def test_an_object_too_small_to_survive_smoothing_keeps_its_pixels() -> None:
     big = resize_labels(labels, (60, 60), smooth=True)
     assert set(np.unique(big)) == {0, 3, 7}
     assert 4 <= (big == 3).sum() <= 16  # about the 3 x 3 block nearest neighbour gives
+
+
+def test_objects_cut_by_the_image_edge_keep_their_edge() -> None:
+    labels = np.zeros((30, 30), np.int32)
+    labels[:6, :8] = 4  # a cell cut by the top and left edges
+    labels[20:, 25:] = 9  # and one by the bottom and right
+    big = resize_labels(labels, (75, 75), smooth=True)
+    blocky = resize_labels(labels, (75, 75))
+    for label in (4, 9):
+        # its pixels on the image's border, two pixels or more from its outline (there,
+        # the outline lies between old pixels and either side is right)
+        edge = ndi.binary_erosion(blocky == label, iterations=2, border_value=1)
+        edge[1:-1, 1:-1] = False
+        assert edge.sum() > 20
+        assert (big[edge] == label).all()

@@ -124,13 +124,16 @@ def test_map_ranks_the_ambiguous_half_above_the_clean_half(model, seed: int) -> 
 
 
 def test_annotated_pixels_are_left_out(model) -> None:
+    # A low place threshold, so that places remain once the top one is annotated (how many
+    # pass the default depends on the tiny model's training, machine to machine).
     image = clean_and_ambiguous(3)
-    before = where_to_annotate(model, image, diameter=16.0)
+    before = where_to_annotate(model, image, diameter=16.0, threshold=0.1)
+    assert len(before.places) >= 2
     top = before.places[0]
     annotation = np.zeros(image.shape, np.uint16)  # 0 = not annotated
     y, x = round(top.y), round(top.x)
     annotation[max(0, y - 30) : y + 30, max(0, x - 30) : x + 30] = 1  # painted background
-    after = where_to_annotate(model, image, diameter=16.0, annotation=annotation)
+    after = where_to_annotate(model, image, diameter=16.0, annotation=annotation, threshold=0.1)
     assert not after.map[annotation > 0].any()
     np.testing.assert_array_equal(after.map[annotation == 0], before.map[annotation == 0])
     assert all(annotation[round(p.y), round(p.x)] == 0 for p in after.places)

@@ -77,8 +77,8 @@ def _upsample_smooth(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     Each object's indicator is smoothed (Gaussian, :data:`OUTLINE_SMOOTHING` old pixels) and
     interpolated linearly onto the new grid; a new pixel takes the object whose value there
     is highest, if over one half (an object too small for that keeps its nearest-neighbour
-    pixels). Nearest neighbour copies each old pixel as a block, so
-    outlines came back as staircases of the coarse grid. On generated ellipses segmented
+    pixels). Nearest neighbour copies each old pixel as a block, so outlines came back as
+    staircases of the coarse grid. On generated ellipses segmented
     ideally on a grid 1.5-3x coarser, the objects' mean IoU with their true shapes went
     from 0.945 / 0.930 / 0.916 / 0.901 (nearest neighbour, 1.5x / 2x / 2.5x / 3x) to
     0.972 / 0.946 / 0.942 / 0.930. Pixel centres map as in :func:`skimage.transform.resize`.
@@ -99,8 +99,10 @@ def _upsample_smooth(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
             continue
         y0, x0 = max(0, found[0].start - pad), max(0, found[1].start - pad)
         y1, x1 = min(h, found[0].stop + pad), min(w, found[1].stop + pad)
+        crop = labels[y0:y1, x0:x1]
+        # "nearest": background pads the crop inside the image, the object goes on past it
         mine = ndi.gaussian_filter(
-            (labels[y0:y1, x0:x1] == label).astype(np.float32), OUTLINE_SMOOTHING, mode="constant"
+            (crop == label).astype(np.float32), OUTLINE_SMOOTHING, mode="nearest"
         )
         fy0, fy1 = int(np.floor(y0 / sy)), min(shape[0], int(np.ceil(y1 / sy)))
         fx0, fx1 = int(np.floor(x0 / sx)), min(shape[1], int(np.ceil(x1 / sx)))
@@ -111,7 +113,9 @@ def _upsample_smooth(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         window = best[fy0:fy1, fx0:fx1]
         wins = value > window
         if not wins.any():  # too small to pass one half once smoothed: its nearest pixels
-            near = labels[y0:y1, x0:x1][np.ix_(np.rint(cy).astype(int), np.rint(cx).astype(int))]
+            iy = np.clip(np.rint(cy).astype(int), 0, crop.shape[0] - 1)
+            ix = np.clip(np.rint(cx).astype(int), 0, crop.shape[1] - 1)
+            near = crop[np.ix_(iy, ix)]
             wins = (near == label) & (out[fy0:fy1, fx0:fx1] == 0)
         window[wins] = np.maximum(value[wins], window[wins])
         out[fy0:fy1, fx0:fx1][wins] = label
