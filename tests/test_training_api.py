@@ -206,8 +206,9 @@ def test_annotated_scores_judge_outlines_that_f1_at_iou_05_accepts() -> None:
 
 
 def test_unet_thresholds_fit_the_outlines_and_ties_go_to_the_defaults(monkeypatch) -> None:
-    """The tuning scores pairs by the annotated F1 averaged over IoU 0.5-0.9; pairs less than
-    one annotated cell apart (at most 1/30) keep the defaults, a pair ahead by more wins."""
+    """The tuning scores settings by the annotated F1 averaged over IoU 0.5-0.9; settings
+    less than one annotated cell apart (at most 1/30) keep the defaults (splitting at necks
+    first), settings ahead by more win, with or without the split."""
     from napari_cellsparse.training import unet
     from napari_cellsparse.training.config import UNetConfig, UNetThresholds
     from napari_cellsparse.training.evaluate import IOU_LEVELS
@@ -221,10 +222,12 @@ def test_unet_thresholds_fit_the_outlines_and_ties_go_to_the_defaults(monkeypatc
     network.build()
     default = UNetThresholds()
     loosest = (min(unet.CENTRE_GRID), min(unet.FOREGROUND_GRID))
-    grid = [(c, f) for c in unet.CENTRE_GRID for f in unet.FOREGROUND_GRID]
+    grid = [
+        (s, c, f) for s in (True, False) for c in unet.CENTRE_GRID for f in unet.FOREGROUND_GRID
+    ]
 
-    def tune(lead: float, at_05: float = 0.7) -> UNetThresholds:
-        scores = iter([lead if p == loosest else 0.7 for p in grid])
+    def tune(lead: float, at: tuple[bool, float, float], at_05: float = 0.7) -> UNetThresholds:
+        scores = iter([lead if p == at else 0.7 for p in grid])
         levels = len(IOU_LEVELS)
         monkeypatch.setattr(
             unet,
@@ -233,14 +236,15 @@ def test_unet_thresholds_fit_the_outlines_and_ties_go_to_the_defaults(monkeypatc
         )
         return network.find_thresholds(data)
 
-    tied = tune(0.7 + 1.0 / 30)  # 4 cells, but a tie stays within 1/30
-    assert (tied.centre_threshold, tied.foreground_threshold) == (
-        default.centre_threshold,
-        default.foreground_threshold,
-    )
-    assert tied.tuned_annotated_f1 == 0.7  # the F1 at IoU 0.5 of the chosen pair
-    ahead = tune(0.75)
-    assert (ahead.centre_threshold, ahead.foreground_threshold) == loosest
+    def chosen(t: UNetThresholds) -> tuple[bool, float, float]:
+        return t.split_necks, t.centre_threshold, t.foreground_threshold
+
+    defaults = (True, default.centre_threshold, default.foreground_threshold)
+    for at in ((True, *loosest), (False, *loosest), (False, *defaults[1:])):
+        tied = tune(0.7 + 1.0 / 30, at)  # 4 cells, but a tie stays within 1/30
+        assert chosen(tied) == defaults
+        assert tied.tuned_annotated_f1 == 0.7  # the F1 at IoU 0.5 of the chosen setting
+        assert chosen(tune(0.75, at)) == at
 
 
 # -- training, storage, prediction -----------------------------------------------------------

