@@ -205,6 +205,25 @@ def test_annotated_scores_judge_outlines_that_f1_at_iou_05_accepts() -> None:
     assert grown[-1] == 0.0 and 0.0 < grown.mean() < 1.0
 
 
+def test_tunings_judge_the_annotated_boxes_within_their_budget() -> None:
+    """Each image's annotated box grown by the margin (from row and column 0 at least);
+    images without annotation are skipped; a budget stops after the image that spends it."""
+    from napari_cellsparse.training.evaluate import judged_windows
+
+    labels = [np.full((50, 60), -1, np.int32) for _ in range(4)]
+    labels[0][10:20, 30:35] = 0
+    labels[2][0:5, 50:60] = 3
+    labels[3][40:50, 0:10] = 2
+    windows = judged_windows(labels, margin=8)
+    assert windows == [
+        (0, slice(2, 28), slice(22, 43)),
+        (2, slice(0, 13), slice(42, 68)),
+        (3, slice(32, 58), slice(0, 18)),
+    ]
+    budgeted = judged_windows(labels, margin=8, budget=1, seed=0)
+    assert len(budgeted) == 1 and budgeted[0] in windows
+
+
 def test_unet_thresholds_fit_the_outlines_and_ties_go_to_the_defaults(monkeypatch) -> None:
     """The tuning scores settings by the annotated F1 averaged over IoU 0.5-0.9; settings
     less than one annotated cell apart (at most 1/30) keep the defaults (splitting at necks

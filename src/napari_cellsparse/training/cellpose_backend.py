@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
 from .config import CellposeConfig, CellposeThresholds
-from .evaluate import annotated_f1, near_best
+from .evaluate import annotated_f1, judged_windows, near_best
 from .sampling import SparseDataset, erase_cells
 from .torch_network import TorchNetwork
 
@@ -321,24 +321,12 @@ class CellposeNetwork(TorchNetwork):
         device = torch.device(self._flow_device())
         margin = int(np.ceil(1.5 * self.config.target_diameter))
         crops = []
-        pixels = 0
-        # Images in a seeded order until the budget of judged pixels is spent: the flow
-        # dynamics dominate the cost, and a few hundred annotated cells judge as well as all.
-        order = np.random.default_rng(self.config.seed).permutation(len(data.images))
-        for index in order:
-            if pixels >= TUNE_PIXELS:
-                break
-            image, labels = data.images[index], data.labels[index]
-            annotated = labels != IGNORE
-            rows, cols = np.nonzero(annotated)
-            if rows.size == 0:
-                continue
-            ys = slice(max(rows.min() - margin, 0), rows.max() + margin + 1)
-            xs = slice(max(cols.min() - margin, 0), cols.max() + margin + 1)
-            pixels += (ys.stop - ys.start) * (xs.stop - xs.start)
-            flows, cellprob = self.network_output(image)
+        # The flow dynamics dominate the cost: judged on a budget of pixels.
+        for index, ys, xs in judged_windows(data.labels, margin, TUNE_PIXELS, self.config.seed):
+            labels = data.labels[index]
+            flows, cellprob = self.network_output(data.images[index])
             # Only objects near annotated pixels can be judged: run the dynamics there only.
-            near = ndi.maximum_filter(annotated[ys, xs], size=2 * margin + 1)
+            near = ndi.maximum_filter(labels[ys, xs] != IGNORE, size=2 * margin + 1)
             prob = np.where(near, cellprob[ys, xs], np.float32(-1e4))
             crops.append((np.ascontiguousarray(flows[:, ys, xs]), prob, labels[ys, xs]))
         if not crops:

@@ -23,6 +23,7 @@ __all__ = [
     "annotated_counts",
     "annotated_f1",
     "annotated_scores",
+    "judged_windows",
     "near_best",
     "tie_tolerance",
 ]
@@ -40,6 +41,33 @@ def tie_tolerance(n_cells: int) -> float:
     ones the network trained on, so a peak narrower than that is noise, not a better setting;
     with fewer cells a one-cell step would swallow real differences."""
     return 1.0 / max(int(n_cells), TIE_CELLS)
+
+
+def judged_windows(
+    labels: Sequence[np.ndarray], margin: int, budget: int | None = None, seed: int = 0
+) -> list[tuple[int, slice, slice]]:
+    """Where a tuning judges: (image index, rows, columns) of each image's annotated pixels'
+    box grown by ``margin`` (only objects near annotated pixels can be judged). With a
+    ``budget``, images in a seeded order until that many pixels are spent (the image that
+    crosses it included); without, every image with annotated pixels, in order."""
+    windows: list[tuple[int, slice, slice]] = []
+    pixels = 0
+    order = (
+        range(len(labels))
+        if budget is None
+        else np.random.default_rng(seed).permutation(len(labels))
+    )
+    for index in order:
+        if budget is not None and pixels >= budget:
+            break
+        rows, cols = np.nonzero(np.asarray(labels[index]) != IGNORE)
+        if rows.size == 0:
+            continue
+        ys = slice(max(int(rows.min()) - margin, 0), int(rows.max()) + margin + 1)
+        xs = slice(max(int(cols.min()) - margin, 0), int(cols.max()) + margin + 1)
+        pixels += (ys.stop - ys.start) * (xs.stop - xs.start)
+        windows.append((int(index), ys, xs))
+    return windows
 
 
 def near_best(items: Iterable[T], score: Callable[[T], float], n_cells: int) -> list[T]:

@@ -21,7 +21,7 @@ from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
 from ..models.schedule import rate_schedule
 from .config import UNetConfig, UNetThresholds
-from .evaluate import annotated_scores, near_best
+from .evaluate import annotated_scores, judged_windows, near_best
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
 
@@ -80,7 +80,8 @@ def split_at_necks(core: np.ndarray, diameter: float) -> tuple[np.ndarray, np.nd
     seeds = core.copy()
     margin = int(np.ceil(4.0 * sigma)) + 1
     next_id = int(core.max()) + 1
-    for label, box in zip(several, (ndi.find_objects(core)[i - 1] for i in several), strict=True):
+    boxes = ndi.find_objects(core)
+    for label, box in zip(several, (boxes[i - 1] for i in several), strict=True):
         box = tuple(slice(max(b.start - margin, 0), b.stop + margin) for b in box)
         own = core[box] == label
         peaks, n = ndi.label(h_maxima(distance[box], NECK_DEPTH * diameter).astype(bool) & own)
@@ -234,7 +235,10 @@ class UNetNetwork(TorchNetwork):
         DSB 2018 user story's 37 unused training images, the three U-Nets scored F1 0.757 at
         the pairs F1 at IoU 0.5 picked, 0.801 at the pairs picked now.
         """
-        probs = [self.probabilities(img) for img in data.images]
+        margin = int(np.ceil(1.5 * self.config.target_diameter))
+        windows = judged_windows(data.labels, margin)
+        probs = [self.probabilities(data.images[i])[:, ys, xs] for i, ys, xs in windows]
+        truths = [data.labels[i][ys, xs] for i, ys, xs in windows]
         default = UNetThresholds()
         scores = []
         for split in (True, False):
@@ -248,13 +252,13 @@ class UNetNetwork(TorchNetwork):
                         if key not in seeds:
                             seeds[key] = self._seeds(p, c, f, split)
                         objects.append(self._grow(p, f, seeds[key]))
-                    f1s = annotated_scores(objects, data.labels)
+                    f1s = annotated_scores(objects, truths)
                     scores.append((float(f1s.mean()), float(f1s[0]), c, f, split))
         best = max(s[0] for s in scores)
         if best <= 0.0:
             return replace(default, tuned_annotated_f1=0.0)
         _, f1, centre, foreground, split = min(
-            near_best(scores, lambda s: s[0], count_cells(data.labels)),
+            near_best(scores, lambda s: s[0], count_cells(truths)),
             key=lambda s: (
                 s[4] != default.split_necks,
                 abs(s[2] - default.centre_threshold) + abs(s[3] - default.foreground_threshold),
