@@ -31,7 +31,8 @@ from scipy import ndimage as ndi
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
 from .config import CellposeConfig, CellposeThresholds
-from .evaluate import annotated_f1, judged_windows, near_best
+from .evaluate import annotated_f1, judged_windows, near_best, tie_tolerance
+from .necks import split_objects
 from .sampling import SparseDataset, erase_cells
 from .torch_network import TorchNetwork
 
@@ -305,14 +306,18 @@ class CellposeNetwork(TorchNetwork):
         flows, cellprob = self.network_output(image)
         labels = self._masks(
             flows, cellprob, self.thresholds.cellprob_threshold, self.thresholds.flow_threshold
-        )
-        return labels[margin : margin + h, margin : margin + w]
+        )[margin : margin + h, margin : margin + w]
+        if self.thresholds.split_necks:
+            labels = split_objects(labels, self.config.target_diameter)
+        return labels
 
     def find_thresholds(self, data: SparseDataset) -> CellposeThresholds:
         """Thresholds maximising the annotated F1; the network runs once per image.
 
         Settings within one annotated cell's worth of the best F1 count as equal; which of
         those is kept depends on how many cells the model learnt from (:func:`pick_thresholds`).
+        Objects are split at necks (:mod:`~napari_cellsparse.training.necks`) unless not
+        splitting scores better by more than that.
         """
         from cellpose.dynamics import remove_bad_flow_masks
         from cellpose.utils import fill_holes_and_remove_small_masks
@@ -334,6 +339,7 @@ class CellposeNetwork(TorchNetwork):
         min_size = self.config.min_size
         truths = [lab for _, _, lab in crops]
         scores: list[tuple[float, float, float]] = []  # (F1, cellprob, flow threshold)
+        split_scores: list[tuple[float, float, float]] = []  # the same, objects split at necks
         for cp in CELLPROB_GRID:
             raw = [self._masks(f, c, cp, 0.0, min_size=-1) for f, c, _ in crops]
             for ft in FLOW_GRID:
@@ -346,9 +352,16 @@ class CellposeNetwork(TorchNetwork):
                         m = fill_holes_and_remove_small_masks(m, min_size=min_size)
                     preds.append(m)
                 scores.append((annotated_f1(preds, truths), cp, ft))
-        best = max(f1 for f1, _, _ in scores)
+                split = [split_objects(m, self.config.target_diameter) for m in preds]
+                split_scores.append((annotated_f1(split, truths), cp, ft))
+        best = max(f1 for f1, _, _ in scores + split_scores)
         if best <= 0.0:
             return replace(self.thresholds, tuned_annotated_f1=0.0)
         lenient = count_cells(data.labels) < FEW_CELLS
-        f1, cp, ft = pick_thresholds(scores, count_cells(truths), lenient)
-        return CellposeThresholds(cellprob_threshold=cp, flow_threshold=ft, tuned_annotated_f1=f1)
+        n_cells = count_cells(truths)
+        # Split at necks unless not splitting fits the annotated cells better by over a cell.
+        split = max(f1 for f1, _, _ in split_scores) >= best - tie_tolerance(n_cells) - 1e-9
+        f1, cp, ft = pick_thresholds(split_scores if split else scores, n_cells, lenient)
+        return CellposeThresholds(
+            cellprob_threshold=cp, flow_threshold=ft, split_necks=split, tuned_annotated_f1=f1
+        )

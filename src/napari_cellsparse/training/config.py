@@ -238,6 +238,7 @@ class CellposeThresholds(Thresholds):
     kind: ClassVar[str] = "cellpose"
     cellprob_threshold: float = 0.0
     flow_threshold: float = 0.4
+    split_necks: bool = True  # split objects where they narrow between touching cells
 
 
 @dataclass(frozen=True)

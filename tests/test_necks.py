@@ -1,4 +1,5 @@
-"""The U-Net's instances: centre regions of touching cells split where they narrow."""
+"""Objects of touching cells split where they narrow: the U-Net's centre regions, and any
+backend's objects (Cellpose's)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from napari_cellsparse.training.config import UNetConfig
-from napari_cellsparse.training.unet import BORDER, CENTRE, UNetNetwork, split_at_necks
+from napari_cellsparse.training.necks import split_at_necks, split_objects
+from napari_cellsparse.training.unet import BORDER, CENTRE, UNetNetwork
 
 SHAPE = (96, 128)
 
@@ -70,3 +72,21 @@ def test_regions_with_one_maximum_keep_their_seed_and_ids_stay_unique() -> None:
     pair = pair[pair > 0]
     assert len(pair) == 2 and 3 not in pair and 7 not in pair
     assert landscape.shape == SHAPE and landscape[60, 40] > landscape[60, 47]
+
+
+def test_objects_holding_two_cells_are_split_and_the_others_kept() -> None:
+    """An object over a touching pair becomes two that tile it; a round object, an
+    elongated one and a pair of touching objects that are already two stay as they are."""
+    labels = np.zeros(SHAPE, np.int32)
+    labels[_disc((30, 30), 11) | _disc((30, 48), 11)] = 5  # one object, two cells
+    labels[_ellipse((75, 30), 6, 22)] = 2
+    labels[_disc((70, 100), 10)] = 9
+    labels[_disc((50, 100), 10) & ~_disc((70, 100), 10)] = 4  # touches object 9
+    out = split_objects(labels, 24.0)
+    np.testing.assert_array_equal(out > 0, labels > 0)  # outlines unchanged
+    for kept in (2, 4, 9):
+        np.testing.assert_array_equal(out == kept, labels == kept)
+    pair = np.unique(out[labels == 5])
+    assert len(pair) == 2 and 5 in pair and pair.max() > 9  # a new id for the second part
+    assert out[30, 22] != out[30, 56]
+    np.testing.assert_array_equal(split_objects(np.zeros(SHAPE, np.int32), 24.0), 0)
