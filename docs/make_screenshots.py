@@ -304,9 +304,9 @@ def plot_cells(out: Path) -> None:
 # The issue-25 runs of each backend's present defaults: the user story and, in the same run
 # or the run beside it, the same backend trained on every cell (benchmarks/README.md).
 DEFAULTS_RUNS = {
-    "cellpose": ["i25_cellpose_few_cells_lenient.json"],
+    "cellpose": ["i25_cellpose_neck_split.json"],
     "stardist": ["i25_stardist_one_cell_plateau.json"],
-    "unet": ["i25_unet_outline_thresholds.json"],
+    "unet": ["i25_unet_neck_split.json"],
 }
 
 
