@@ -306,7 +306,7 @@ def plot_cells(out: Path) -> None:
 DEFAULTS_RUNS = {
     "cellpose": ["i25_cellpose_neck_split.json"],
     "stardist": ["i25_stardist_one_cell_plateau.json"],
-    "unet": ["i25_unet_neck_split.json"],
+    "unet": ["i25_unet_400_steps.json"],
 }
 
 
