@@ -352,8 +352,8 @@ class CellposeNetwork(TorchNetwork):
                         m = fill_holes_and_remove_small_masks(m, min_size=min_size)
                     preds.append(m)
                 scores.append((annotated_f1(preds, truths), cp, ft))
-                split = [split_objects(m, self.config.target_diameter) for m in preds]
-                split_scores.append((annotated_f1(split, truths), cp, ft))
+                parted = [split_objects(m, self.config.target_diameter) for m in preds]
+                split_scores.append((annotated_f1(parted, truths), cp, ft))
         best = max(f1 for f1, _, _ in scores + split_scores)
         if best <= 0.0:
             return replace(self.thresholds, tuned_annotated_f1=0.0)

@@ -76,15 +76,15 @@ def split_objects(labels: np.ndarray, diameter: float) -> np.ndarray:
         np.where(find_boundaries(labels, mode="inner"), 0, labels), diameter
     )
     out = labels.copy()
-    next_id = int(labels.max()) + 1
-    for label, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
+    top = int(labels.max())
+    next_id = top + 1
+    boxes = ndi.find_objects(labels)
+    # split_at_necks gives the parts of a split region new ids, above every object's.
+    for label in np.unique(labels[seeds > top]):
+        box = boxes[label - 1]
         own = labels[box] == label
         markers = np.where(own, seeds[box], 0)
         parts = np.unique(markers[markers > 0])
-        if len(parts) < 2:
-            continue
         flooded = watershed(-distance[box], markers, mask=own)
         region = out[box]
         for part in parts[1:]:
