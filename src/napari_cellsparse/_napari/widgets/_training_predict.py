@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import BadInputError
 from ...training import BACKENDS, model_names
+from ...training.uncertainty import THRESHOLD as DOUBTFUL
 from ._dock import when_idle
 from ._fields import model_row
 from ._layers import compact_labels, layer_data, refill_combo, show_layer
@@ -182,14 +183,16 @@ class PredictionPanel:
         )
         if not top:
             self.status.setText(
-                f"Nowhere in '{image_name}' do the model's 8 views disagree over a cell's "
-                "worth of pixels (the map shows what doubt there is): no place to suggest. "
-                "Check its prediction, or annotate cells it gets wrong."
+                f"The model's 8 views agree on every object in '{image_name}' and nowhere "
+                "else disagree over a cell's worth of pixels: no place to suggest. Check its "
+                "prediction, or annotate cells it gets wrong."
             )
             return
+        clear = sum(place.mean >= DOUBTFUL for place in result.places)
         self.status.setText(
-            f"{len(result.places)} place(s) where the model is unsure in '{image_name}'; the "
-            f"top {len(top)} are numbered. Annotate there and train again."
+            f"{len(result.places)} place(s) where the model's views disagree in "
+            f"'{image_name}' ({clear} clearly, mean doubt {DOUBTFUL} or more); the top "
+            f"{len(top)} are numbered. Annotate there and train again."
         )
 
     @when_idle
