@@ -351,7 +351,7 @@ def plot_counts(out: Path) -> None:
     issue-25 counting benchmark JSON."""
     plt = _pyplot()
 
-    source = ROOT / "benchmarks/results/i25_counting_user_lone_region.json"
+    source = ROOT / "benchmarks/results/i25_counting_user_prominence_pieces.json"
     data = json.loads(source.read_text())
     runs = [r for r in data["runs"] if r["run"] == "user" and "per_image" in r]
     fig, ax = plt.subplots(figsize=(5, 4.6), dpi=110)
@@ -378,7 +378,7 @@ def plot_counts(out: Path) -> None:
         "Cell counting, the user story: a counter trained on a quarter of the nuclei of 6 DSB "
         "2018 fluorescence images as rough points (moved up to 3 px) plus painted background, "
         "then every image of fluo/test counted; one colour per seed (which points were "
-        "given). From benchmarks/results/i25_counting_user_lone_region.json.",
+        "given). From benchmarks/results/i25_counting_user_prominence_pieces.json.",
     )
 
 

@@ -183,6 +183,64 @@ def test_a_centre_alone_on_a_cell_larger_than_the_typical_one_snaps_to_all_of_it
     assert np.linalg.norm(snapped[0] - truth) < 0.5, snapped[0] - truth
 
 
+def test_two_bumps_of_one_ridge_are_one_centre_touching_cells_stay_two() -> None:
+    """A large nucleus read too small shows the network two low bumps of one ridge; two
+    touching cells give two peaks with the heat map falling near zero between them."""
+    from napari_cellsparse.counting.centres import find_centres
+
+    yy, xx = np.mgrid[:64, :96]
+
+    def bump(y: float, x: float, sigma: float) -> np.ndarray:
+        return np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2.0 * sigma**2))
+
+    ridge = bump(32, 20, 4.5) + 0.9 * bump(32, 32, 4.5)  # dips by a sixth between
+    pair = bump(32, 62, 8.0 / 3.0) + 0.9 * bump(32, 78, 8.0 / 3.0)  # dips to nearly zero
+    heat = ridge + pair
+    assert len(find_centres(heat, 0.3, 8)) == 4
+    found = find_centres(heat, 0.3, 8, refine=4.0, prominence=0.25)
+    assert len(found) == 3, found
+    assert np.abs(found[np.argmin(found[:, 1])] - (32, 21)).max() < 2.0
+    assert sorted(np.round(found[:, 1]).astype(int).tolist())[1:] == [62, 78]
+
+
+def _neck_pair(shape: tuple[int, int] = (60, 100)) -> tuple[np.ndarray, np.ndarray]:
+    """Two discs of 20 px joined by a 4 px bridge (one foreground region, two cells), and
+    their true centres."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = np.array([[30.0, 30.0], [30.0, 52.0]])
+    mask = np.zeros(shape, bool)
+    for y, x in centres:
+        mask |= (yy - y) ** 2 + (xx - x) ** 2 <= 10.0**2
+    mask[28:33, 30:52] = True
+    return mask, centres
+
+
+def test_a_cell_touching_a_counted_one_across_a_neck_gets_a_centre() -> None:
+    from napari_cellsparse.counting.centres import fill_empty_pieces, foreground_pieces
+
+    mask, truth = _neck_pair()
+    mask[5:8, 80:83] = True  # a speck of 9 px: under half a cell, no centre
+    pieces = foreground_pieces(mask, 20.0)
+    assert len(np.unique(pieces[mask])) == 3
+    given = truth[:1] + 1.0
+    filled = fill_empty_pieces(given, pieces, 20.0)
+    assert len(filled) == 2 and np.array_equal(filled[0], given[0])
+    assert np.linalg.norm(filled[1] - truth[1]) < 1.5, filled
+    assert np.array_equal(fill_empty_pieces(filled, pieces, 20.0), filled)
+
+
+def test_a_centre_alone_on_its_piece_takes_the_pieces_centroid() -> None:
+    from napari_cellsparse.counting.centres import foreground_pieces, snap_to_foreground
+
+    mask, truth = _neck_pair()
+    rough = truth[:1] + np.array([[3.0, 4.0]])
+    pieces = foreground_pieces(mask, 20.0)
+    on_piece = snap_to_foreground(rough, pieces, diameter=20.0)
+    on_region = snap_to_foreground(rough, mask, diameter=20.0)
+    assert np.linalg.norm(on_piece[0] - truth[0]) < 1.0, on_piece
+    assert np.linalg.norm(on_region[0] - truth[0]) > 2.0, on_region
+
+
 def test_peaks_and_density_count_only_near_the_cell_foreground() -> None:
     from napari_cellsparse.counting.centres import cell_support
     from napari_cellsparse.counting.counter import Counter, CounterConfig

@@ -46,6 +46,8 @@ class CounterConfig:
     test_time_augmentation: bool = True  # heat map = mean over the 8 flips/turns
     foreground_gate: bool = True  # peaks and density count only near the image's foreground
     snap_to_foreground: bool = True  # centres move to the centroid of their cell's pixels
+    fill_foreground: bool = True  # a cell-sized piece of foreground with no centre gets one
+    peak_prominence: float = 0.25  # a peak must dip this fraction on the way to a higher one
     small_cells: bool = True  # images read at half scale or less are read again at twice it
     centre_count: bool = True  # count = centres + density far from them (False: density sum)
     min_distance: float = 0.0  # between centres at the canonical scale; 0 = a cell radius
