@@ -258,7 +258,7 @@ class Counter:
         d = float(diameter) if diameter is not None else self.estimate_diameter(normalized)
         shape = normalized.shape[:2]
         scaled, peaks, foreground = self._reading(normalized, d)
-        centres = _to_image_pixels(peaks, scaled.shape, shape)
+        centres = to_image_pixels(peaks, scaled.shape, shape)
         config = self.config
         if foreground is not None and (config.snap_to_foreground or config.fill_foreground):
             pieces = foreground_pieces(foreground, d)
@@ -318,7 +318,7 @@ class Counter:
         shape = normalized.shape[:2]
         scaled, peaks, _ = self._reading(normalized, diameter / 2.0)
         regions, _ = ndi.label(foreground)
-        found = _to_image_pixels(peaks, scaled.shape, shape)
+        found = to_image_pixels(peaks, scaled.shape, shape)
         taken = regions[tuple(pixel_indices(centres, shape).T)]
         region = regions[tuple(pixel_indices(found, shape).T)]
         keep = (region > 0) & ~np.isin(region, taken)
@@ -343,7 +343,7 @@ class Counter:
         save_state(self.net, folder, WEIGHTS_FILE)
 
 
-def _to_image_pixels(
+def to_image_pixels(
     peaks: np.ndarray, scaled: tuple[int, ...], shape: tuple[int, ...]
 ) -> np.ndarray:
     """Centres (N x 2, y x) at a reading's scale mapped to the image's pixels."""

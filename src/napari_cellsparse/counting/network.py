@@ -9,13 +9,14 @@ channel: a heat map whose value is 1 at a cell centre, i.e. the density scaled b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ..core.lazy import import_segmentation_models, import_torch
 
-__all__ = ["build_network", "counting_loss", "heatmap", "pad_multiple"]
+__all__ = ["build_network", "counting_loss", "heatmap", "pad_multiple", "view_heatmaps"]
 
 
 def build_network(config: dict[str, Any], n_channels: int) -> Any:
@@ -70,13 +71,19 @@ def heatmap(
     if not augment:
         return _heatmap(net, image, multiple, device)
     total = np.zeros(image.shape[:2], np.float64)
+    for heat in view_heatmaps(net, image, multiple, device):
+        total += heat
+    return (total / 8.0).astype(np.float32)
+
+
+def view_heatmaps(net: Any, image: np.ndarray, multiple: int, device: str) -> Iterator[np.ndarray]:
+    """The heat maps of the image's 8 flips and quarter turns, each turned back."""
     for turns in range(4):
         for flip in (False, True):
             view = np.rot90(image, turns)
             view = view[:, ::-1] if flip else view
             heat = _heatmap(net, np.ascontiguousarray(view), multiple, device)
-            total += np.rot90(heat[:, ::-1] if flip else heat, -turns)
-    return (total / 8.0).astype(np.float32)
+            yield np.ascontiguousarray(np.rot90(heat[:, ::-1] if flip else heat, -turns))
 
 
 def _heatmap(net: Any, image: np.ndarray, multiple: int, device: str) -> np.ndarray:
