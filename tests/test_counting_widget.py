@@ -82,6 +82,19 @@ def test_train_in_a_worker_then_count(counting, qtbot):
     widget.count()  # again: the layers are replaced, not duplicated
     assert [ly.name for ly in viewer.layers].count("nuclei density") == 1
 
+    widget.where_to_click()
+    doubt = viewer.layers["nuclei where to click next"]
+    places = viewer.layers["nuclei places to click"]
+    assert doubt.data.shape == (96, 96) and len(places.data) <= 10
+    assert doubt.metadata["where_to_click"] and places.metadata["where_to_click"]
+    offered = [widget.points_combo.itemText(i) for i in range(widget.points_combo.count())]
+    assert places.name not in offered  # not a layer of clicked centres
+    text = widget.status.text()
+    assert "are numbered" in text or "no place to suggest" in text, text
+    if len(places.data):  # places near the points given are known, left out
+        gap = np.linalg.norm(places.data[:, None] - clicked[None], axis=-1).min()
+        assert gap > 2.0
+
 
 def test_stop_saves_the_counter_so_far(counting):
     from napari_cellsparse.training import list_models

@@ -252,6 +252,26 @@ def count(ctx: JobContext, name: str, device: str, image: np.ndarray) -> Job:
     return counter.count(np.asarray(image))
 
 
+def where_to_click(
+    ctx: JobContext,
+    name: str,
+    device: str,
+    image: np.ndarray,
+    points: np.ndarray | None = None,
+    background: np.ndarray | None = None,
+) -> Job:
+    """Where the counter's 8 views of an image disagree (a ``ClickUncertainty``); places
+    near given ``points`` or on painted ``background`` are left out."""
+    from ..counting.uncertainty import click_uncertainty_iter
+
+    counter = yield from _counter(ctx, name, device)
+    return (
+        yield from click_uncertainty_iter(
+            counter, np.asarray(image), points, background, cancel=ctx.cancel
+        )
+    )
+
+
 def count_folder(ctx: JobContext, name: str, device: str, folder: str, out: str) -> Job:
     """Count every image of a folder; write counts.json, counts.csv and overlays."""
     from ..counting import count_folder_iter
@@ -336,6 +356,7 @@ JOBS: dict[str, Callable[..., Job]] = {
     "train_counter": train_counter,
     "count": count,
     "count_folder": count_folder,
+    "where_to_click": where_to_click,
     "segment_layer": segment_layer,
     "batch": batch,
     "export_bioimageio": export_bioimageio,

@@ -20,6 +20,45 @@ __all__ = [
 ]
 
 
+def show_places(
+    viewer: Any,
+    doubt: np.ndarray,
+    points: np.ndarray,
+    names: tuple[str, str],
+    image: Any,
+    limits: tuple[float, float] = (0.0, 1.0),
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """A "where next" result over ``image`` (a layer): the ``doubt`` map (magma, added on
+    top, ``limits``) and the places (N x 2, y x, best first) numbered; ``names`` are the
+    two layers' names, ``metadata`` goes to both."""
+    where = {"scale": image.scale[-2:], "translate": image.translate[-2:]}
+    if metadata is not None:
+        where["metadata"] = metadata
+    show_layer(
+        viewer,
+        "image",
+        doubt,
+        names[0],
+        colormap="magma",
+        blending="additive",
+        contrast_limits=limits,
+        **where,
+    )
+    show_layer(
+        viewer,
+        "points",
+        np.asarray(points, float).reshape(-1, 2),
+        names[1],
+        features={"rank": np.arange(1, len(points) + 1)},
+        text={"string": "{rank}", "color": "cyan", "anchor": "upper_left"},
+        face_color="transparent",
+        border_color="cyan",
+        size=12,
+        **where,
+    )
+
+
 def show_layer(viewer: Any, kind: str, data: Any, name: str, **properties: Any) -> Any:
     """Show ``data`` as the ``kind`` layer ("labels", "image", "points" or "shapes") called
     ``name``, with the layer ``properties`` given as to ``viewer.add_<kind>``.

@@ -27,7 +27,7 @@ from ...training import BACKENDS, model_names
 from ...training.uncertainty import THRESHOLD as DOUBTFUL
 from ._dock import when_idle
 from ._fields import model_row
-from ._layers import compact_labels, layer_data, refill_combo, show_layer
+from ._layers import compact_labels, layer_data, refill_combo, show_layer, show_places
 from ._worker import JobRunner
 
 __all__ = ["PREVIEW", "PredictionPanel"]
@@ -157,30 +157,9 @@ class PredictionPanel:
 
     def _show_where_next(self, image_name: str, image: Image, result: Any) -> None:
         """The disagreement map (magma, added on top) and its top places, numbered."""
-        where = {"scale": image.scale[-2:], "translate": image.translate[-2:]}
-        show_layer(
-            self.viewer,
-            "image",
-            result.map,
-            WHERE_NEXT.format(image_name),
-            colormap="magma",
-            blending="additive",
-            contrast_limits=(0.0, 1.0),
-            **where,
-        )
         top = result.places[:TOP_PLACES]
-        show_layer(
-            self.viewer,
-            "points",
-            np.array([[p.y, p.x] for p in top], float).reshape(-1, 2),
-            PLACES.format(image_name),
-            features={"rank": np.arange(1, len(top) + 1)},
-            text={"string": "{rank}", "color": "cyan", "anchor": "upper_left"},
-            face_color="transparent",
-            border_color="cyan",
-            size=12,
-            **where,
-        )
+        names = (WHERE_NEXT.format(image_name), PLACES.format(image_name))
+        show_places(self.viewer, result.map, [[p.y, p.x] for p in top], names, image)
         if not top:
             self.status.setText(
                 f"The model's 8 views agree on every object in '{image_name}' and nowhere "

@@ -1,7 +1,8 @@
 """The "Cell counting" dock widget: click rough centres of some cells, train, count.
 
-Thin front end over :mod:`napari_cellsparse.counting`: training, counting and folder batches
-run in a background worker (progress bar, Stop/Cancel). A count adds the density as an Image
+Thin front end over :mod:`napari_cellsparse.counting`: training, counting, "where to click
+next" (:mod:`._counting_where`) and folder batches run in a background worker (progress bar,
+Stop/Cancel). A count adds the density as an Image
 layer and the detected centres as a Points layer; the count is shown here and stored in both
 layers' ``metadata["count"]``. Layers the user drew are only ever read (copied).
 """
@@ -33,6 +34,7 @@ from ...core.settings_text import parse_settings
 from ...counting import BACKEND, BatchResult, CounterConfig, CountResult
 from ...models.store import model_folder
 from ...training import model_names
+from ._counting_where import WHERE_KEY, ClickPanel
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import folder_row, model_row, training_controls
@@ -58,7 +60,7 @@ class CountingState:
     last_count: float | None = None
 
 
-class CellCountingWidget(DockWidget):
+class CellCountingWidget(ClickPanel, DockWidget):
     """Dock widget: points (+ background, complete regions) → train → count an image or a folder."""
 
     hint = "Click the centres of some cells in a Points layer, then Train."
@@ -69,7 +71,8 @@ class CellCountingWidget(DockWidget):
         self._refresh_models()
 
     def busy_buttons(self) -> list[QWidget]:
-        return [self.train_button, self.reset_button, self.count_button, self.batch_button]
+        buttons = (self.train_button, self.reset_button, self.count_button, self.click_button)
+        return [*buttons, self.batch_button]
 
     # -- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -129,6 +132,7 @@ class CellCountingWidget(DockWidget):
         count_form.addRow("Count on", self.count_image_combo)
         count_form.addRow(self.count_button)
         count_form.addRow(self.count_label)
+        count_form.addRow(self._build_click())
         count_form.addRow("Folder", folder_row(self.folder_edit, self, "Folder of images to count"))
         count_form.addRow("Output", self.out_edit)
         count_form.addRow(self.batch_button)
@@ -143,7 +147,7 @@ class CellCountingWidget(DockWidget):
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
         layers = list(self.viewer.layers)
-        ours = {ly.name for ly in layers if "count" in ly.metadata}  # results of Count
+        ours = {ly.name for ly in layers if {"count", WHERE_KEY} & set(ly.metadata)}
         images = [ly.name for ly in layers if isinstance(ly, Image) and ly.name not in ours]
         points = [ly.name for ly in layers if isinstance(ly, Points) and ly.name not in ours]
         masks = [NONE] + [ly.name for ly in layers if isinstance(ly, (Labels, Shapes))]
