@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from counting import NOISE_PX, centroids
+from next10 import take_cells
 
 
 def given_ids(points: np.ndarray, mask: np.ndarray) -> set[int]:
@@ -42,23 +43,9 @@ def by_map(counter: Any, train: list, points: list, background: list, n: int) ->
         n_places.append(len(result.places))
         ranked += [(-p.score, -p.spread, index, p) for p in result.places]
     ranked.sort(key=lambda item: item[:3])
-    taken: list[list[int]] = [[] for _ in train]
     known = [given_ids(p, m) for p, (_, _, m) in zip(points, train, strict=True)]
-    no_cell = already = used = 0
-    for _, _, index, place in ranked:
-        if sum(map(len, taken)) == n:
-            break
-        used += 1
-        mask = train[index][2]
-        y = min(max(round(place.y), 0), mask.shape[0] - 1)
-        x = min(max(round(place.x), 0), mask.shape[1] - 1)
-        cell = int(mask[y, x])
-        if cell == 0:
-            no_cell += 1
-        elif cell in known[index] or cell in taken[index]:
-            already += 1
-        else:
-            taken[index].append(cell)
+    places = [(index, place.y, place.x) for *_, index, place in ranked]
+    taken, (used, no_cell, already) = take_cells(places, [m for *_, m in train], known, n)
     return taken, {
         "places_per_image": n_places,
         "places_used": used,

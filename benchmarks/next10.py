@@ -58,29 +58,40 @@ def by_map(
         n_places.append(len(result.places))
         ranked += [(place.score, index, place) for place in result.places]
     ranked.sort(key=lambda item: (-item[0], item[1], item[2].y, item[2].x))
-    taken: list[list[int]] = [[] for _ in images]
     known = [annotated_truth_ids(a, t) for a, t in zip(annotations, truths, strict=True)]
-    skipped_no_cell = skipped_known = used = 0
-    for _, index, place in ranked:
-        if sum(map(len, taken)) == n:
-            break
-        used += 1
-        truth = truths[index]
-        y = min(max(round(place.y), 0), truth.shape[0] - 1)
-        x = min(max(round(place.x), 0), truth.shape[1] - 1)
-        cell = int(truth[y, x])
-        if cell == 0:
-            skipped_no_cell += 1
-        elif cell in known[index] or cell in taken[index]:
-            skipped_known += 1
-        else:
-            taken[index].append(cell)
+    places = [(index, place.y, place.x) for _, index, place in ranked]
+    taken, (used, skipped_no_cell, skipped_known) = take_cells(places, truths, known, n)
     return taken, {
         "places_per_image": n_places,
         "places_used": used,
         "skipped_no_cell": skipped_no_cell,
         "skipped_annotated": skipped_known,
     }
+
+
+def take_cells(
+    places: list[tuple[int, float, float]], truths: list[np.ndarray], known: list[set[int]], n: int
+) -> tuple[list[list[int]], tuple[int, int, int]]:
+    """Per image, the truth ids under ``places`` ((image index, y, x), best first) until
+    ``n``, skipping places on no cell or on a ``known`` or already taken one; and how many
+    places were read, on no cell, on a known or taken cell."""
+    taken: list[list[int]] = [[] for _ in truths]
+    no_cell = again = used = 0
+    for index, py, px in places:
+        if sum(map(len, taken)) == n:
+            break
+        used += 1
+        truth = truths[index]
+        y = min(max(round(py), 0), truth.shape[0] - 1)
+        x = min(max(round(px), 0), truth.shape[1] - 1)
+        cell = int(truth[y, x])
+        if cell == 0:
+            no_cell += 1
+        elif cell in known[index] or cell in taken[index]:
+            again += 1
+        else:
+            taken[index].append(cell)
+    return taken, (used, no_cell, again)
 
 
 def at_random(
