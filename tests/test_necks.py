@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_cellsparse.models.necks import split_at_necks, split_objects
 from napari_cellsparse.training.config import UNetConfig
-from napari_cellsparse.training.necks import split_at_necks, split_objects
 from napari_cellsparse.training.unet import BORDER, CENTRE, UNetNetwork
 
 SHAPE = (96, 128)

@@ -133,10 +133,11 @@ def prominent(heat: np.ndarray, peaks: np.ndarray, fraction: float, reach: float
 
 def foreground_pieces(foreground: np.ndarray, diameter: float) -> np.ndarray:
     """The connected regions of a boolean ``foreground`` (int32 labels), each split at its
-    necks between cells ``diameter`` pixels wide (:func:`~..training.necks.split_objects`)."""
+    necks between cells ``diameter`` pixels wide
+    (:func:`~napari_cellsparse.models.necks.split_objects`)."""
     from scipy import ndimage as ndi
 
-    from ..training.necks import split_objects
+    from ..models.necks import split_objects
 
     regions, _ = ndi.label(foreground)
     return split_objects(regions, diameter)

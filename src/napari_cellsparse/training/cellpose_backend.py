@@ -30,9 +30,9 @@ from scipy import ndimage as ndi
 
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
+from ..models.necks import split_objects
 from .config import CellposeConfig, CellposeThresholds
 from .evaluate import annotated_f1, judged_windows, near_best, tie_tolerance
-from .necks import split_objects
 from .sampling import SparseDataset, erase_cells
 from .torch_network import TorchNetwork
 
@@ -316,7 +316,7 @@ class CellposeNetwork(TorchNetwork):
 
         Settings within one annotated cell's worth of the best F1 count as equal; which of
         those is kept depends on how many cells the model learnt from (:func:`pick_thresholds`).
-        Objects are split at necks (:mod:`~napari_cellsparse.training.necks`) unless not
+        Objects are split at necks (:mod:`~napari_cellsparse.models.necks`) unless not
         splitting scores better by more than that.
         """
         from cellpose.dynamics import remove_bad_flow_masks

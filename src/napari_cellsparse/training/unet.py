@@ -19,10 +19,10 @@ from scipy import ndimage as ndi
 
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
+from ..models.necks import split_at_necks
 from ..models.schedule import rate_schedule
 from .config import UNetConfig, UNetThresholds
 from .evaluate import annotated_scores, judged_windows, near_best
-from .necks import split_at_necks
 from .sampling import SparseDataset
 from .torch_network import TorchNetwork
 
