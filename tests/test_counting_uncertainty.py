@@ -80,3 +80,10 @@ def test_bad_input_is_a_clear_message() -> None:
         where_to_click(_counter(), _image(), diameter=-1.0)
     with pytest.raises(BadInputError, match="background"):
         where_to_click(_counter(), _image(), background=np.zeros((5, 5), bool), diameter=16.0)
+
+
+def test_a_flat_image_has_no_place_and_a_wrong_channel_count_is_a_message() -> None:
+    flat = where_to_click(_counter(), np.full((64, 64), 7.0, np.float32), diameter=16.0)
+    assert flat.places == () and flat.map.shape == (64, 64) and not flat.map.any()
+    with pytest.raises(BadInputError, match="channel"):
+        where_to_click(_counter(), np.zeros((64, 64, 2), np.float32), diameter=16.0)

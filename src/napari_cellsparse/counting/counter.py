@@ -72,7 +72,7 @@ from .centres import (
 )
 from .config import CounterConfig
 
-__all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "load_counter"]
+__all__ = ["BACKEND", "CountResult", "Counter", "CounterConfig", "load_counter", "to_image_pixels"]
 
 BACKEND = "counter"
 WEIGHTS_FILE = "counter.pt"
@@ -165,8 +165,8 @@ class Counter:
         threshold: float | None = None,
         support: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Detected cell centres (N x 2, y x) of a heat map at the canonical scale; only
-        those inside ``support`` when given."""
+        """Detected cell centres (N x 2, y x) of a heat map at the canonical scale: peaks
+        that stand out (``peak_prominence``), only those inside ``support`` when given."""
         distance = self.config.separation
         level = self.config.peak_threshold if threshold is None else threshold
         return find_centres(
