@@ -221,8 +221,16 @@ def cell_counting(shooter: Shooter) -> None:
         "steps, then Count: the density and every centre found. "
         f"{widget.count_label.text()}",
     )
+    widget.where_to_click()
+    shooter.wait(widget)
+    shooter.shoot(
+        "where_to_click",
+        "Where to click next: the counter's 8 flipped and turned readings compared; bright "
+        "where their heat maps differ, the 10 least sure cells numbered (cells near a clicked "
+        "point are left out).",
+    )
     for layer in list(viewer.layers):
-        if layer.name == "clicked centres" or "count" in layer.metadata:
+        if layer.name == "clicked centres" or {"count", "where_to_click"} & set(layer.metadata):
             layer.visible = False
 
 
