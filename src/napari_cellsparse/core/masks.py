@@ -1,7 +1,9 @@
-"""One predicted object as a boolean mask in a window of the image (SAM prompts, automask).
+"""Objects as boolean masks: one predicted object in a window of the image (SAM prompts,
+automask), and the point that stands for an object (where to annotate or click next).
 
-Kept as a window, not a full image, so that thousands of small objects on a large image cost
-their own size; :meth:`PromptMask.full` makes the full-size mask when it is needed.
+:class:`PromptMask` is kept as a window, not a full image, so that thousands of small objects
+on a large image cost their own size; :meth:`PromptMask.full` makes the full-size mask when
+it is needed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PromptMask"]
+__all__ = ["PromptMask", "point_inside"]
 
 
 @dataclass
@@ -50,3 +52,14 @@ class PromptMask:
             self.y0 + int(rows[-1]) + 1,
             self.x0 + int(cols[-1]) + 1,
         )
+
+
+def point_inside(piece: np.ndarray, cy: float, cx: float) -> tuple[float, float]:
+    """(cy, cx) when it falls inside the boolean ``piece``, else the piece's nearest pixel:
+    the point of an object whose centroid may lie outside it (a crescent, a ring)."""
+    y, x = round(cy), round(cx)
+    if 0 <= y < piece.shape[0] and 0 <= x < piece.shape[1] and piece[y, x]:
+        return cy, cx
+    ys, xs = np.nonzero(piece)
+    nearest = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+    return float(ys[nearest]), float(xs[nearest])

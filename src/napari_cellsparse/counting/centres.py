@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.masks import point_inside
+
 __all__ = [
     "cell_support",
     "fill_empty_pieces",
@@ -167,11 +169,8 @@ def fill_empty_pieces(
     boxes = ndi.find_objects(pieces)
     for label in empty:
         box = boxes[label - 1]
-        ys, xs = np.nonzero(pieces[box] == label)
-        cy, cx = ys.mean(), xs.mean()
-        nearest = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
-        inside = pieces[box][round(cy), round(cx)] == label
-        y, x = (cy, cx) if inside else (ys[nearest], xs[nearest])
+        piece = pieces[box] == label
+        y, x = point_inside(piece, *ndi.center_of_mass(piece))
         added.append((y + box[0].start, x + box[1].start))
     return np.concatenate([centres, np.array(added, np.float64)])
 

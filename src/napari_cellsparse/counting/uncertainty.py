@@ -25,6 +25,7 @@ import numpy as np
 from ..core.errors import BadInputError
 from ..core.progress import Progress, check_cancel, run_sync
 from ..models.scale import rescale_image
+from .centres import pixel_indices
 from .counter import Counter, to_image_pixels
 from .network import pad_multiple, view_heatmaps
 
@@ -88,22 +89,17 @@ def group_centres(view_centres: list[np.ndarray], reach: float) -> list[tuple[fl
 
 
 def _known(
-    places: list[tuple[float, float, int]],
-    points: np.ndarray | None,
-    background: np.ndarray | None,
-    reach: float,
+    xy: np.ndarray, points: np.ndarray | None, background: np.ndarray | None, reach: float
 ) -> np.ndarray:
-    """Which places lie near a given point or on painted background."""
+    """Which places (N x 2, y x) lie near a given point or on painted background."""
     from scipy.spatial import cKDTree
 
-    xy = np.array([(y, x) for y, x, _ in places], np.float64).reshape(-1, 2)
-    known = np.zeros(len(places), bool)
+    known = np.zeros(len(xy), bool)
     if points is not None and len(points):
         distance, _ = cKDTree(np.asarray(points, np.float64).reshape(-1, 2)).query(xy)
         known |= distance <= reach
     if background is not None:
-        pixel = np.clip(np.round(xy).astype(int), 0, np.array(background.shape) - 1)
-        known |= np.asarray(background, bool)[pixel[:, 0], pixel[:, 1]]
+        known |= np.asarray(background, bool)[tuple(pixel_indices(xy, background.shape).T)]
     return known
 
 
@@ -145,16 +141,17 @@ def click_uncertainty_iter(
         to_image_pixels(counter.centres(h, support=support), scaled.shape, shape) for h in heats
     ]
     groups = group_centres(centres, GROUP_REACH * d)
-    known = _known(groups, points, background, GROUP_REACH * d)
+    xy = np.array([(y, x) for y, x, _ in groups], np.float64).reshape(-1, 2)
+    known = _known(xy, points, background, GROUP_REACH * d)
     spread = np.clip(2.0 * _image_sized(np.std(heats, axis=0), shape), 0.0, 1.0)
     if background is not None:
         spread[np.asarray(background, bool)] = 0.0
+    at = spread[tuple(pixel_indices(xy, shape).T)]
     places = []
-    for (y, x, views), done in zip(groups, known, strict=True):
+    for (y, x, views), done, here in zip(groups, known, at, strict=True):
         if not done:
             share = views / N_VIEWS
-            at = spread[min(max(round(y), 0), shape[0] - 1), min(max(round(x), 0), shape[1] - 1)]
-            places.append(ClickPlace(y, x, views, 4.0 * share * (1.0 - share), float(at)))
+            places.append(ClickPlace(y, x, views, 4.0 * share * (1.0 - share), float(here)))
     places.sort(key=lambda p: (-p.score, -p.spread, p.y, p.x))
     yield Progress(N_VIEWS + 1, N_VIEWS + 1, f"Found {len(places)} place(s) to click")
     return ClickUncertainty(spread.astype(np.float32), tuple(places), d)

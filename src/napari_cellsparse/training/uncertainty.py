@@ -35,6 +35,7 @@ from skimage.segmentation import relabel_sequential
 
 from ..core.errors import BadInputError
 from ..core.images import is_flat, normalize
+from ..core.masks import point_inside
 from ..core.progress import Progress, check_cancel, run_sync
 from ..core.sparse_labels import IGNORE, to_internal
 from .inputs import prediction_slices
@@ -143,16 +144,6 @@ def place_pieces(doubt: np.ndarray, objects: np.ndarray, threshold: float) -> np
     return np.where(outside > 0, outside + offset, pieces)
 
 
-def _point_inside(piece: np.ndarray, cy: float, cx: float) -> tuple[float, float]:
-    """(cy, cx) when it falls inside the boolean ``piece``, else the piece's nearest pixel."""
-    y, x = round(cy), round(cx)
-    if 0 <= y < piece.shape[0] and 0 <= x < piece.shape[1] and piece[y, x]:
-        return cy, cx
-    ys, xs = np.nonzero(piece)
-    nearest = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
-    return float(ys[nearest]), float(xs[nearest])
-
-
 def rank_places(
     doubt: np.ndarray,
     objects: np.ndarray,
@@ -178,7 +169,7 @@ def rank_places(
             continue
         piece = pieces[box] == i
         cy, cx = ndi.center_of_mass(piece)
-        cy, cx = _point_inside(piece, cy, cx)
+        cy, cx = point_inside(piece, cy, cx)
         mean = float(total / area)
         places.append(
             WherePlace(

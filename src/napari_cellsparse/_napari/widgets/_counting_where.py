@@ -15,6 +15,7 @@ from napari.layers import Image
 from qtpy.QtWidgets import QComboBox, QLabel, QPushButton
 
 from ._dock import when_idle
+from ._fields import NONE
 from ._layers import image_2d, mask_of, points_yx, show_places
 from ._worker import JobRunner
 
@@ -23,7 +24,6 @@ __all__ = ["WHERE_KEY", "ClickPanel"]
 WHERE_CLICK = "{} where to click next"
 CLICK_PLACES = "{} places to click"
 TOP_PLACES = 10
-NONE = "(none)"
 WHERE_KEY = "where_to_click"  # in the metadata of its layers: not inputs to train or count
 
 

@@ -16,7 +16,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["folder_row", "model_row", "training_controls"]
+__all__ = ["NONE", "folder_row", "model_row", "training_controls"]
+
+NONE = "(none)"  # the choice of no layer in an optional layer list
 
 
 def folder_row(edit: QLineEdit, parent: QWidget, title: str) -> QHBoxLayout:

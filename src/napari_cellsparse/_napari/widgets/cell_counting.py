@@ -37,7 +37,7 @@ from ...training import model_names
 from ._counting_where import WHERE_KEY, ClickPanel
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
-from ._fields import folder_row, model_row, training_controls
+from ._fields import NONE, folder_row, model_row, training_controls
 from ._layers import image_2d, mask_of, points_yx, refill_combo, show_layer
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CellCountingWidget"]
 
-NONE = "(none)"
 DENSITY = "{} density"
 CENTRES = "{} centres"
 

@@ -33,6 +33,7 @@ from ...core.errors import BadInputError
 from ...core.progress import Progress
 from ...scale.measure import measure_objects
 from ._dock import DockWidget, when_idle
+from ._fields import NONE
 from ._layers import layer_data, refill_combo
 from ._tables import save_table_as, show_table
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MeasureCellsWidget"]
 
-NONE = "(none)"
 RGB_NAMES = ("Red", "Green", "Blue", "Alpha")
 
 
