@@ -9,6 +9,7 @@ image and the labels together, so the ignore mask stays aligned with the pixels 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,8 @@ class SparseDataset:
     zoom_range: tuple[float, float] = (0.8, 1.25)
     _cell_pixels: list[np.ndarray] = field(default_factory=list, repr=False)
     _annotated_pixels: list[np.ndarray] = field(default_factory=list, repr=False)
+    # replace() and sample_batch() may run in different threads (batches are prefetched).
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels) or not self.images:
@@ -50,8 +53,10 @@ class SparseDataset:
     def replace(self, other: SparseDataset) -> None:
         """Sample from ``other``'s pairs from now on (the annotation changed while training;
         a backend's running step loop holds this object)."""
-        self.images, self.labels = other.images, other.labels
-        self._cell_pixels, self._annotated_pixels = other._cell_pixels, other._annotated_pixels
+        with self._lock:
+            self.images, self.labels = other.images, other.labels
+            self._cell_pixels = other._cell_pixels
+            self._annotated_pixels = other._annotated_pixels
 
     @property
     def n_channels(self) -> int:
@@ -65,6 +70,12 @@ class SparseDataset:
         self, rng: np.random.Generator, batch_size: int, patch: int, augment: bool = True
     ) -> Batch:
         """``batch_size`` crops of ``patch`` x ``patch`` pixels centred on annotated pixels."""
+        with self._lock:
+            return self._sample(rng, batch_size, patch, augment)
+
+    def _sample(
+        self, rng: np.random.Generator, batch_size: int, patch: int, augment: bool
+    ) -> Batch:
         images = np.empty((batch_size, patch, patch, self.n_channels), np.float32)
         labels = np.empty((batch_size, patch, patch), np.int32)
         weights = np.array([len(p) for p in self._annotated_pixels], np.float64)

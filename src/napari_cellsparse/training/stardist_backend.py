@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BadInputError, WeightsError
+from ..models.prefetch import prefetched
 from ..models.schedule import one_cycle_rate
 from ..models.weight_average import WeightAverage
 from .backend import Network
@@ -203,23 +204,24 @@ class StarDistNetwork(Network):
 
         model = self._require_model()
         n, h, w = batch.labels.shape
-        with quiet():
-            data = StarDistData2D(
-                list(batch.images),
-                list(batch.labels),
-                batch_size=n,
-                n_rays=int(model.config.n_rays),
-                length=1,
-                patch_size=(h, w),
-                grid=tuple(model.config.grid),
-                shape_completion=False,
-                augmenter=None,
-                foreground_prob=0,
-            )
-            # The sequence shuffles the batch with numpy's global, unseeded generator; put the
-            # crops back in our order so that a seed gives the same model in every process.
-            back = np.argsort(data.batch(0))
-            (x,), (prob, dist) = data[0]
+        # No quiet() here: it swaps process-wide state and this runs in the prefetch thread
+        # (the data sequence prints nothing for these arguments).
+        data = StarDistData2D(
+            list(batch.images),
+            list(batch.labels),
+            batch_size=n,
+            n_rays=int(model.config.n_rays),
+            length=1,
+            patch_size=(h, w),
+            grid=tuple(model.config.grid),
+            shape_completion=False,
+            augmenter=None,
+            foreground_prob=0,
+        )
+        # The sequence shuffles the batch with numpy's global, unseeded generator; put the
+        # crops back in our order so that a seed gives the same model in every process.
+        back = np.argsort(data.batch(0))
+        (x,), (prob, dist) = data[0]
         return x[back], prob[back], dist[back]
 
     def _prepare(self) -> None:
@@ -250,21 +252,10 @@ class StarDistNetwork(Network):
         lr = self.config.learning_rate
         rate.assign(lr)
         average = self.weight_average(steps, self.config.average_tail)
-        for step in range(steps):
+        batches = prefetched(lambda: self._training_batch(data, rng), steps)
+        for step, (x, prob, dist) in enumerate(batches):
             if self.config.one_cycle:
                 rate.assign(one_cycle_rate(step, steps, lr, WARMUP))
-            x, prob, dist = self._training_batch(data, rng)
-            for _retry in range(20):
-                # The probability loss averages over annotated grid points: a batch without
-                # any (a tiny annotation, all crops landing between grid points) gives NaN.
-                if (prob >= 0).any():
-                    break
-                x, prob, dist = self._training_batch(data, rng)
-            else:
-                raise BadInputError(
-                    "The annotation is too small to train StarDist on: paint whole cells and "
-                    "some background around them."
-                )
             if self._fresh_heads:
                 self._start_heads(prob, dist)
             with tf.device(self._tf_device):
@@ -316,8 +307,19 @@ class StarDistNetwork(Network):
     def _training_batch(
         self, data: SparseDataset, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Targets of fresh augmented crops."""
-        return self.targets(data.sample_batch(rng, self.config.batch_size, self._patch_size()))
+        """Targets of fresh augmented crops, drawn again while no grid point is annotated:
+        the probability loss averages over annotated grid points, and a batch without any (a
+        tiny annotation, every crop landing between grid points) gives NaN."""
+        for _draw in range(20):
+            x, prob, dist = self.targets(
+                data.sample_batch(rng, self.config.batch_size, self._patch_size())
+            )
+            if (prob >= 0).any():
+                return x, prob, dist
+        raise BadInputError(
+            "The annotation is too small to train StarDist on: paint whole cells and some "
+            "background around them."
+        )
 
     # -- prediction ---------------------------------------------------------------------
 
