@@ -321,6 +321,16 @@ def default_steps(backend: str) -> int:
     return backend_class(backend).config_class().steps
 
 
+def load_framework(backend: str) -> float:
+    """Seconds to import the backend's libraries, before any training is timed: the widgets'
+    worker loads them when a person picks the backend (stock: StarDist's)."""
+    from napari_cellsparse.training import backend_class
+
+    start = time.perf_counter()
+    backend_class("stardist" if backend == "stock" else backend).load_framework()
+    return round(time.perf_counter() - start, 2)
+
+
 def check_backend(backend: str) -> None:
     """Raise when the backend cannot run here."""
     if backend == "stock":
@@ -825,10 +835,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     tasks = build_tasks(args.protocol, args.k, args.data, args.histo)
     with_next10 = "next10" in args.protocol
     runs: list[dict[str, Any]] = []
+    loads: dict[str, float] = {}
     for backend in args.backend:
         try:
             check_backend(backend)
             steps = args.steps or default_steps(backend)
+            loads[backend] = load_framework(backend)
         except Exception as err:  # a backend not written or not installed here
             row = {"backend": backend, "error": f"{type(err).__name__}: {err}", "skipped": True}
             emit(row)
@@ -853,6 +865,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "runs": runs,
         "summary": summarise(runs),
+        "framework_load_s": loads,
         "settings": {
             "data": str(args.data),
             "backends": args.backend,

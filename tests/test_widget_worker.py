@@ -61,7 +61,8 @@ def test_train_preview_stop_predict_in_a_shown_viewer(shown, qtbot, backend):
     viewer, widget, _truth = shown
     annotation = viewer.layers["annotation"].data.copy()
     before = set(sys.modules)
-    widget.backend_combo.setCurrentText(backend)
+    widget.backend_combo.setCurrentText(backend)  # as a person picks it from the list:
+    widget.backend_combo.textActivated.emit(backend)  # the worker loads it in the background
     widget.name_edit.setText(f"shown-{backend}")
     widget.steps_spin.setValue(400)
     widget.preview_spin.setValue(2)
@@ -83,6 +84,9 @@ def test_train_preview_stop_predict_in_a_shown_viewer(shown, qtbot, backend):
     assert viewer.layers["nuclei prediction"] is preview
     assert "Training preview" not in viewer.layers
     np.testing.assert_array_equal(viewer.layers["annotation"].data, annotation)
+    # Train, pressed at once, waited for the background load, which went first
+    assert [type(r) for r in widget.runner.warmed] == [dict], widget.runner.warmed
+    assert widget.runner.warmed[0]["backend"] == backend
     assert not [m for m in FRAMEWORKS if m in set(sys.modules) - before]  # none imported here
     assert "tensorflow" not in sys.modules
 

@@ -298,6 +298,15 @@ def test_where_next_returns_the_map_and_places_through_the_worker(host, sample):
     assert scores == sorted(scores, reverse=True) and all(p.x < 200 for p in result.places)
 
 
+def test_prepare_loads_a_backend_once_and_names_unknown_ones(host):
+    first = run_sync(host.run("prepare", {"backend": "unet"}, "loading"))
+    again = run_sync(host.run("prepare", {"backend": "unet"}, "loading"))
+    assert first["backend"] == again["backend"] == "unet"
+    assert again["seconds"] <= first["seconds"]
+    with pytest.raises(BadInputError, match="stardust"):
+        run_sync(host.run("prepare", {"backend": "stardust"}, "loading"))
+
+
 def test_export_job_writes_a_stardist_package_in_the_worker(host, sample, tmp_path):
     """StarDist's export (TensorFlow) runs in the worker: the package comes back valid, a bad
     output path is a BadInputError with nothing written, and TensorFlow never loads here."""

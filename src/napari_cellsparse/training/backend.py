@@ -62,6 +62,13 @@ class Network(ABC):
         self.n_channels = n_channels
         self.device = device
 
+    @classmethod
+    def load_framework(cls) -> None:
+        """Import the backend's libraries now, so that a training or prediction started
+        later does not wait for them (the widgets' worker does it when a backend is chosen)."""
+        for module in cls.requires:
+            importlib.import_module(module)
+
     @abstractmethod
     def build(self) -> None:
         """Create fresh (randomly initialised) weights."""

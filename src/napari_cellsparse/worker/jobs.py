@@ -72,6 +72,20 @@ def devices(ctx: JobContext) -> Job:
     return available_devices()
 
 
+def prepare(ctx: JobContext, backend: str) -> Job:
+    """Import a segmentation backend's libraries ahead of its first training or prediction
+    (TensorFlow takes 5-8 s); returns the seconds it took (0 when already loaded)."""
+    import time
+
+    from ..training import backend_class
+
+    cls = backend_class(backend)
+    yield Progress(0, 0, f"Loading {cls.title}")
+    start = time.perf_counter()
+    cls.load_framework()
+    return {"backend": backend, "seconds": round(time.perf_counter() - start, 2)}
+
+
 def train(
     ctx: JobContext,
     backend: str,
@@ -350,6 +364,7 @@ def export_bioimageio(
 JOBS: dict[str, Callable[..., Job]] = {
     "echo": echo,
     "devices": devices,
+    "prepare": prepare,
     "train": train,
     "predict": predict,
     "where_next": where_next,

@@ -93,6 +93,8 @@ class JobRunner:
         self._on_event: Callable[[Progress], None] | None = None
         self._pending: list[tuple[Callable[..., None], tuple]] = []  # job signals to handle
         self._handling = False
+        self._warm_cancel = threading.Event()  # set when the widget goes
+        self.warmed: list[Any] = []  # what the background loads returned (or their errors)
         if cancel_button is not None:
             cancel_button.setEnabled(False)
             cancel_button.clicked.connect(self.cancel)
@@ -183,12 +185,40 @@ class JobRunner:
         self._remote = True
         self.start(relay, on_done, description, cancel=cancel, on_progress=on_progress)
 
+    def warm_in_worker(
+        self, job: str, kwargs: dict[str, Any], description: str
+    ) -> threading.Thread | None:
+        """Run the model worker's ``job`` in the background, with no progress bar and the
+        buttons left as they are: loading a framework before the job that needs it. A job
+        started meanwhile waits for it, saying so; a failure is only logged (the job that
+        needs the framework reports it). None when synchronous (tests) or closed."""
+        if self.synchronous or self.closed:
+            return None
+        host = shared_host()
+        _CLIENTS.add(id(self))
+
+        def work() -> None:
+            try:
+                gen = host.run(job, kwargs, description, self._warm_cancel)
+                while True:
+                    next(gen)
+            except StopIteration as stop:
+                self.warmed.append(stop.value)
+            except Exception as err:  # the job that needs the framework will say what
+                self.warmed.append(err)
+                log.info("%s in the model worker failed: %s", description, err)
+
+        thread = threading.Thread(target=work, name="cellsparse-warm-worker", daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
         """The widget goes away: stop its job (ending the worker if the job is running
         there) and leave the shared worker. Nothing touches the widget afterwards."""
         if self.closed:
             return
         self.closed = True
+        self._warm_cancel.set()  # a background load still waiting never starts
         if self._cancel_event is not None:
             self._cancel_event.set()  # a job still waiting for the worker never starts
             if self._remote and shared_host().runs(self._cancel_event):

@@ -89,6 +89,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.backend_combo.currentTextChanged.connect(self._backend_steps)
+        self.backend_combo.textActivated.connect(self._load_backend)
         self._backend_steps(self.backend_combo.currentText())
         form = QFormLayout()
         self._build_pairs(form)
@@ -143,6 +144,15 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
             self.steps_spin.setValue(backend_class(backend).config_class().steps)
         except (CellsparseError, ImportError):  # an unavailable backend keeps the value
             return
+
+    def _load_backend(self, backend: str) -> None:
+        """The person chose ``backend``: the worker loads its libraries now, while they
+        annotate (TensorFlow takes 5-8 s), so that Train does not wait for them."""
+        try:
+            cls = backend_class(backend)
+        except (CellsparseError, ImportError):  # Train will say what is missing
+            return
+        self.runner.warm_in_worker("prepare", {"backend": backend}, f"Loading {cls.title}")
 
     @staticmethod
     def _default_spin(spin: Any, top: float, step: float, decimals: int | None = None) -> Any:
