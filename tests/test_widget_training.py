@@ -386,3 +386,19 @@ def test_self_training_from_the_backend_settings_trains_longer_and_keeps_the_lay
     session = load_model("tiny").info["sessions"][-1]
     assert session["steps"] == 9 and session["self_training_cells"] >= 0
     np.testing.assert_array_equal(annotation.data, before)  # the person's layer is untouched
+
+
+def test_status_names_the_device_once_and_not_while_waiting(trainer):
+    """A job waiting for the worker has no device yet; a message naming it is not given it
+    twice."""
+    from napari_cellsparse.core.progress import Progress
+
+    viewer, widget = trainer
+    image = viewer.layers["nuclei"]
+    widget.state.device = ""
+    widget._on_progress(Progress(0, 0, "Waiting for 'Loading X' to finish"), image)
+    assert widget.status.text() == "Waiting for 'Loading X' to finish"
+    widget._on_progress(Progress(0, 5, "Preparing unet on cpu", {"device": "cpu"}), image)
+    assert widget.status.text() == "Preparing unet on cpu"
+    widget._on_progress(Progress(0, 5, "Preparing the training data"), image)
+    assert widget.status.text() == "Preparing the training data (cpu)"

@@ -275,7 +275,9 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
         loss = info.get("loss")
         if loss is None:
             if event.message:
-                self.status.setText(f"{event.message} ({self.state.device})")
+                device = self.state.device
+                said = not device or device in event.message  # waiting, or already named
+                self.status.setText(event.message if said else f"{event.message} ({device})")
             return
         self.state.step = event.step
         self.loss_plot.add(event.step, float(loss))
