@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import TypeVar
 
 __all__ = ["prefetched"]
@@ -29,7 +29,7 @@ T = TypeVar("T")
 _POLL_S = 0.05  # how often a blocked producer checks whether the caller stopped
 
 
-def prefetched(make: Callable[[], T], count: int, ahead: int = 1) -> Iterator[T]:
+def prefetched(make: Callable[[], T], count: int, ahead: int = 1) -> Generator[T, None, None]:
     """``make()`` called ``count`` times in a background thread, at most ``ahead`` results
     waiting; yields them in order."""
     if count <= 0:

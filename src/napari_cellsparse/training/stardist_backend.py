@@ -11,6 +11,7 @@ inside methods only, so a missing install is reported cleanly by ``backend_class
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Iterator
@@ -257,20 +258,24 @@ class StarDistNetwork(Network):
         lr = self.config.learning_rate
         rate.assign(lr)
         average = self.weight_average(steps, self.config.average_tail)
-        batches = prefetched(lambda: self._training_batch(data, rng), steps)
-        for step, (x, prob, dist) in enumerate(batches):
-            if self.config.one_cycle:
-                rate.assign(one_cycle_rate(step, steps, lr, WARMUP))
-            if self._fresh_heads:
-                self._start_heads(prob, dist)
-            with tf.device(self._tf_device):
-                logs = model.keras_model.train_on_batch([x], (prob, dist), return_dict=True)
-            average.after_step(step)
-            yield {
-                "loss": float(logs["loss"]),
-                "prob_loss": float(logs.get("prob_loss", np.nan)),
-                "dist_loss": float(logs.get("dist_loss", np.nan)),
-            }
+        # closed with this generator (Stop, an error, a new annotation): the thread making
+        # the next batch ends before anything else uses ``rng``
+        with contextlib.closing(
+            prefetched(lambda: self._training_batch(data, rng), steps)
+        ) as batches:
+            for step, (x, prob, dist) in enumerate(batches):
+                if self.config.one_cycle:
+                    rate.assign(one_cycle_rate(step, steps, lr, WARMUP))
+                if self._fresh_heads:
+                    self._start_heads(prob, dist)
+                with tf.device(self._tf_device):
+                    logs = model.keras_model.train_on_batch([x], (prob, dist), return_dict=True)
+                average.after_step(step)
+                yield {
+                    "loss": float(logs["loss"]),
+                    "prob_loss": float(logs.get("prob_loss", np.nan)),
+                    "dist_loss": float(logs.get("dist_loss", np.nan)),
+                }
 
     def weight_average(self, steps: int, tail: float) -> WeightAverage:
         """Averages the Keras model's weights (upstream StarDist has no batch
