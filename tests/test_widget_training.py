@@ -388,9 +388,9 @@ def test_self_training_from_the_backend_settings_trains_longer_and_keeps_the_lay
     np.testing.assert_array_equal(annotation.data, before)  # the person's layer is untouched
 
 
-def test_status_names_the_device_once_and_not_while_waiting(trainer):
-    """A job waiting for the worker has no device yet; a message naming it is not given it
-    twice."""
+def test_status_names_the_device_and_the_cells_once(trainer):
+    """A job waiting for the worker has no device yet; a message naming the device or the
+    annotated cells is not given them twice."""
     from napari_cellsparse.core.progress import Progress
 
     viewer, widget = trainer
@@ -402,3 +402,9 @@ def test_status_names_the_device_once_and_not_while_waiting(trainer):
     assert widget.status.text() == "Preparing unet on cpu"
     widget._on_progress(Progress(0, 5, "Preparing the training data"), image)
     assert widget.status.text() == "Preparing the training data (cpu)"
+    first = Progress(1, 5, "Training unet: step 1/5, on 4 annotated cells", {"loss": 1.0})
+    first.info["annotation"] = {"cells": 4}
+    widget._on_progress(first, image)
+    assert widget.status.text().count("annotated cell") == 1, widget.status.text()
+    widget._on_progress(Progress(2, 5, "Training unet: step 2/5", {"loss": 0.9}), image)
+    assert widget.status.text().endswith("loss 0.9000, 4 annotated cell(s)")

@@ -287,7 +287,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
         if annotation:
             self.state.cells = int(annotation.get("cells", 0))
         text = f"{event.message} on {self.state.device}, loss {float(loss):.4f}"
-        if self.state.cells:
+        if self.state.cells and "annotated cell" not in event.message:
             text += f", {self.state.cells} annotated cell(s)"
         if info.get("annotation_error"):
             text += f" (new annotation not used: {info['annotation_error']})"
