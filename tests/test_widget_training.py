@@ -408,3 +408,20 @@ def test_status_names_the_device_and_the_cells_once(trainer):
     assert widget.status.text().count("annotated cell") == 1, widget.status.text()
     widget._on_progress(Progress(2, 5, "Training unet: step 2/5", {"loss": 0.9}), image)
     assert widget.status.text().endswith("loss 0.9000, 4 annotated cell(s)")
+
+
+def test_choosing_a_stored_model_loads_its_backend_in_the_worker(trainer, qtbot):
+    """Picking a model for Predict (as a person does, from the list) loads its backend in the
+    model worker in the background; a name the store does not hold loads nothing."""
+    _viewer, widget = trainer
+    widget.train()
+    name = widget.model_combo.currentText()
+    assert name == "tiny"
+    widget.runner.synchronous = False  # the background load runs only outside tests' sync mode
+    widget.model_combo.textActivated.emit("no such model")
+    widget.model_combo.textActivated.emit(name)
+    qtbot.waitUntil(lambda: bool(widget.runner.warmed), timeout=60_000)
+    assert widget.runner.warmed == [
+        {"backend": "unet", "seconds": widget.runner.warmed[0]["seconds"]}
+    ]
+    widget.runner.close()

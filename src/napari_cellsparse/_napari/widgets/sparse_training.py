@@ -30,7 +30,7 @@ from ...core.errors import BackendUnavailableError, BadInputError, CellsparseErr
 from ...core.progress import Progress
 from ...core.settings_text import parse_settings
 from ...models.store import model_folder
-from ...training import BACKENDS, backend_class
+from ...training import BACKENDS, backend_class, list_models
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import training_controls
@@ -127,6 +127,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
         self.loss_plot = LossPlot()
 
         predict_form, predict_row = self._build_prediction()
+        self.model_combo.textActivated.connect(self._load_model_backend)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -153,6 +154,13 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
         except (CellsparseError, ImportError):  # Train will say what is missing
             return
         self.runner.warm_in_worker("prepare", {"backend": backend}, f"Loading {cls.title}")
+
+    def _load_model_backend(self, name: str) -> None:
+        """The person chose the stored model ``name``: load its backend's libraries ahead of
+        Predict (a model of an unknown or unreadable kind: Predict will say so)."""
+        backend = next((m.get("backend") for m in list_models() if m["name"] == name), None)
+        if backend in BACKENDS:
+            self._load_backend(str(backend))
 
     @staticmethod
     def _default_spin(spin: Any, top: float, step: float, decimals: int | None = None) -> Any:
