@@ -27,7 +27,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QWidget
 
 from ...core.errors import CancelledError, CellsparseError
-from ...core.progress import Progress
+from ...core.progress import Progress, run_sync
 from ...worker import WorkerHost
 
 __all__ = ["JobRunner", "friendly_message", "release_host", "shared_host"]
@@ -199,11 +199,7 @@ class JobRunner:
 
         def work() -> None:
             try:
-                gen = host.run(job, kwargs, description, self._warm_cancel)
-                while True:
-                    next(gen)
-            except StopIteration as stop:
-                self.warmed.append(stop.value)
+                self.warmed.append(run_sync(host.run(job, kwargs, description, self._warm_cancel)))
             except Exception as err:  # the job that needs the framework will say what
                 self.warmed.append(err)
                 log.info("%s in the model worker failed: %s", description, err)
