@@ -81,3 +81,16 @@ def test_results_take_a_small_label_type_already_shown(viewer):
     assert compact_labels(labels, viewer).dtype == np.uint16  # napari has drawn that type
     assert compact_labels(labels + 70_000, viewer).dtype == np.int64  # does not fit
     assert compact_labels(labels - 1, viewer).dtype == np.int64  # negative ids stay
+
+
+def test_the_default_annotation_is_never_a_result(viewer):
+    from napari_cellsparse._napari.widgets._layers import annotation_choice, mark_output
+
+    image = viewer.add_image(np.zeros((8, 8)), name="annotation image")
+    result = mark_output(viewer.add_labels(np.zeros((8, 8), int), name="result"), "test")
+    assert annotation_choice([image, result]) is None
+    painted = viewer.add_labels(np.zeros((8, 8), int), name="Labels")
+    assert annotation_choice(viewer.layers) == "Labels"
+    named = mark_output(viewer.add_labels(np.zeros((8, 8), int), name="My Annotation"), "test")
+    assert annotation_choice(viewer.layers) == named.name  # a person named it so
+    assert painted.metadata == {} and result.metadata["cellsparse_output"] == "test"

@@ -425,3 +425,40 @@ def test_choosing_a_stored_model_loads_its_backend_in_the_worker(trainer, qtbot)
         {"backend": "unet", "seconds": widget.runner.warmed[0]["seconds"]}
     ]
     widget.runner.close()
+
+
+def test_a_prediction_is_never_the_default_annotation(trainer, monkeypatch):
+    """With no painted layer left, the new prediction is listed but not chosen as the
+    annotation (its object 1 would be read as background): Train asks for a choice, a new
+    Labels layer becomes the default, and a prediction picked by hand stays picked."""
+    from napari_cellsparse._napari.widgets._layers import OUTPUT_KEY
+
+    shown = _errors(monkeypatch)
+    viewer, widget = trainer
+    widget.train()
+    viewer.layers.remove("my annotation")
+    widget.predict()
+    prediction = viewer.layers["nuclei prediction"]
+    assert prediction.metadata[OUTPUT_KEY] == "prediction of 'tiny'"
+    assert [widget.labels_combo.itemText(i) for i in range(widget.labels_combo.count())] == [
+        "nuclei prediction"
+    ]
+    assert widget.labels_combo.currentText() == ""
+    widget.train()
+    assert "No annotation layer chosen" in shown[-1]
+    viewer.add_labels(np.zeros((96, 96), np.int32), name="Labels")
+    assert widget.labels_combo.currentText() == "Labels"
+    widget.labels_combo.setCurrentText("nuclei prediction")
+    viewer.add_labels(np.zeros((96, 96), np.int32), name="Labels [1]")
+    assert widget.labels_combo.currentText() == "nuclei prediction"
+
+
+def test_a_renamed_layer_stays_chosen_under_its_new_name(trainer):
+    viewer, widget = trainer
+    viewer.layers["my annotation"].name = "cells"
+    assert widget.labels_combo.currentText() == "cells"
+    viewer.layers["nuclei"].name = "DAPI"
+    assert widget.image_combo.currentText() == "DAPI"
+    assert widget.predict_image_combo.currentText() == "DAPI"
+    widget.train()
+    assert "Trained 'tiny'" in widget.status.text(), widget.status.text()

@@ -3,10 +3,11 @@
 A widget subclasses :class:`DockWidget` and brings only its own controls: ``_build()`` lays
 them out (and places ``self.status``), ``busy_buttons()`` are disabled while a job runs,
 ``stop_button`` (or None) cancels it, ``_refresh_layers()`` refills its layer choices when
-layers come and go. Model jobs go to the worker process with ``self.runner.run_in_worker``;
-errors become one message with ``self.runner.report``. When the widget closes, is taken out
-of its dock (napari's x) or is destroyed with the viewer's window, its job is stopped and it
-leaves the shared model worker (the last one to leave ends the process).
+layers come, go or are renamed (a combo box that showed a renamed layer shows its new name).
+Model jobs go to the worker process with ``self.runner.run_in_worker``; errors become one
+message with ``self.runner.report``. When the widget closes, is taken out of its dock
+(napari's x) or is destroyed with the viewer's window, its job is stopped and it leaves the
+shared model worker (the last one to leave ends the process).
 
 What a user starts (a button's method) is decorated with :func:`guarded`: the
 :class:`~napari_cellsparse.core.errors.CellsparseError` it raises (a missing layer, a bad
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QWidget
 
 from ...core.errors import CellsparseError
 from ..warmup import warm_napari
@@ -87,7 +88,10 @@ class DockWidget(QWidget):
         self._layer_events = (self.viewer.layers.events.inserted, self.viewer.layers.events.removed)
         for event in self._layer_events:
             event.connect(self._refresh_layers)
+        self._names: dict[str, str] = {}  # unique id of a layer -> its name, to follow renames
+        self.viewer.layers.events.inserted.connect(self._follow_names)
         self.destroyed.connect(self.runner.close)
+        self._follow_names()
         self._refresh_layers()
 
     def _build(self) -> None:
@@ -98,7 +102,28 @@ class DockWidget(QWidget):
         return []
 
     def _refresh_layers(self, _event: Any = None) -> None:
-        """Refill the layer choices (layers were added or removed)."""
+        """Refill the layer choices (layers were added, removed or renamed)."""
+
+    def _follow_names(self, _event: Any = None) -> None:
+        """Watch every layer's name (napari's layer list says nothing of a rename)."""
+        for layer in self.viewer.layers:
+            if layer.unique_id not in self._names:
+                layer.events.name.connect(self._renamed)
+            self._names[layer.unique_id] = layer.name
+
+    def _renamed(self, event: Any) -> None:
+        """Refill the layer choices; a combo box that showed the old name shows the new one
+        (a person who renames the chosen annotation keeps it chosen)."""
+        layer = event.source
+        old, new = self._names.get(layer.unique_id), layer.name
+        self._names[layer.unique_id] = new
+        showing = [c for c in self.findChildren(QComboBox) if old and c.currentText() == old]
+        self._refresh_layers()
+        for combo in showing:
+            if combo.findText(new) >= 0:
+                combo.blockSignals(True)
+                combo.setCurrentText(new)
+                combo.blockSignals(False)
 
     # -- layers a running training follows ----------------------------------------------
     def watch(self, layers: list[Any]) -> None:
@@ -147,3 +172,6 @@ class DockWidget(QWidget):
         self.runner.close()
         for layer_event in self._layer_events:
             layer_event.disconnect(self._refresh_layers)
+        self.viewer.layers.events.inserted.disconnect(self._follow_names)
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self._renamed)

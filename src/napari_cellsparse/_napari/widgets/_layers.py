@@ -10,14 +10,39 @@ import numpy as np
 from ...core.errors import BadInputError
 
 __all__ = [
+    "OUTPUT_KEY",
+    "annotation_choice",
     "compact_labels",
     "image_2d",
     "layer_data",
+    "mark_output",
     "mask_of",
     "points_yx",
     "refill_combo",
     "show_layer",
 ]
+
+# Metadata key of the Labels layers the plugin's predictions write (predictions, the training
+# preview, blockwise and folder results, SAM's automatic masks); the value says what made it.
+OUTPUT_KEY = "cellsparse_output"
+
+
+def mark_output(layer: Any, made_by: str) -> Any:
+    """Mark ``layer`` as a result the plugin wrote (``made_by``: what wrote it), so that
+    widgets never offer it as an annotation by default."""
+    layer.metadata = {**layer.metadata, OUTPUT_KEY: made_by}
+    return layer
+
+
+def annotation_choice(layers: Sequence[Any]) -> str | None:
+    """The Labels layer a widget offers as the annotation by default: the first named like
+    an annotation, else the first that the plugin did not write; None when every Labels layer
+    is a result. A prediction is taken as annotation only when a person picks it: its object
+    1 would be read as painted background."""
+    labels = [ly for ly in layers if type(ly).__name__ == "Labels"]
+    named = [ly.name for ly in labels if "annotation" in ly.name.lower()]
+    painted = [ly.name for ly in labels if OUTPUT_KEY not in ly.metadata]
+    return (named or painted or [None])[0]
 
 
 def show_places(
@@ -111,18 +136,24 @@ def layer_data(layer: Any) -> Any:
 
 
 def refill_combo(
-    combo: Any, names: Sequence[str], best: str | None = None, select: str | None = None
+    combo: Any,
+    names: Sequence[str],
+    best: str | None = None,
+    select: str | None = None,
+    blank: bool = False,
 ) -> None:
     """Replace a combo box's items, sending no signal; the choice is ``select`` when listed,
-    else the current one when still listed, else ``best``."""
+    else the current one when still listed, else ``best``, else the first item (``blank``:
+    no item, so that nothing is used until a person picks one)."""
     current = combo.currentText()
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(list(names))
-    for choice in (select, current, best):
-        if choice and choice in names:
-            combo.setCurrentText(choice)
-            break
+    chosen = next((c for c in (select, current, best) if c and c in names), None)
+    if chosen is not None:
+        combo.setCurrentText(chosen)
+    elif blank:
+        combo.setCurrentIndex(-1)
     combo.blockSignals(False)
 
 

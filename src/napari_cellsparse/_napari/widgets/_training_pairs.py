@@ -76,8 +76,8 @@ class TrainingPairs:
             raise BadInputError("No image layer: open an image first (File > Open Sample).")
         if not labels_name or labels_name not in self.viewer.layers:
             raise BadInputError(
-                "No annotation layer: add a Labels layer and paint some cells (2, 3, ...) and "
-                "background (1); 0 means not annotated."
+                "No annotation layer chosen: pick one under Annotation, or add a Labels layer "
+                "and paint some cells (2, 3, ...) and background (1); 0 means not annotated."
             )
         image, labels = self.viewer.layers[image_name], self.viewer.layers[labels_name]
         self._check_pair(image, labels)

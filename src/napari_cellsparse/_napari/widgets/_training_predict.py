@@ -27,7 +27,14 @@ from ...training import BACKENDS, model_names
 from ...training.uncertainty import THRESHOLD as DOUBTFUL
 from ._dock import when_idle
 from ._fields import model_row
-from ._layers import compact_labels, layer_data, refill_combo, show_layer, show_places
+from ._layers import (
+    compact_labels,
+    layer_data,
+    mark_output,
+    refill_combo,
+    show_layer,
+    show_places,
+)
 from ._worker import JobRunner
 
 __all__ = ["PREVIEW", "PredictionPanel"]
@@ -224,6 +231,7 @@ class PredictionPanel:
             translate=image.translate[-nd:],
             opacity=0.7,
         )
+        mark_output(layer, f"prediction of '{model}'")
         layer.contour = 1
         n = int(result["objects"])
         diameters = result["diameters"]

@@ -34,7 +34,14 @@ from ...training import BACKENDS, backend_class, list_models
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import training_controls
-from ._layers import compact_labels, layer_data, refill_combo, show_layer
+from ._layers import (
+    annotation_choice,
+    compact_labels,
+    layer_data,
+    mark_output,
+    refill_combo,
+    show_layer,
+)
 from ._training_pairs import TrainingPairs
 from ._training_predict import PREVIEW, PredictionPanel
 from .loss_plot import LossPlot
@@ -176,16 +183,12 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
         images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-        labels = [
-            ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name != PREVIEW
-        ]
-        preferred = [n for n in labels if "annotation" in n.lower()]
-        for combo, names, best in (
-            (self.image_combo, images, images[:1]),
-            (self.labels_combo, labels, preferred[:1] or labels[:1]),
-            (self.predict_image_combo, images, images[:1]),
-        ):
-            refill_combo(combo, names, best[0] if best else None)
+        labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name != PREVIEW]
+        best = images[0] if images else None
+        refill_combo(self.image_combo, images, best)
+        refill_combo(self.predict_image_combo, images, best)
+        names = [ly.name for ly in labels]
+        refill_combo(self.labels_combo, names, annotation_choice(labels), blank=True)
         self._keep_present_pairs()
 
     # -- training ----------------------------------------------------------------------
@@ -310,7 +313,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
 
     def _show_preview(self, labels: np.ndarray, image: Image) -> None:
         nd = labels.ndim
-        show_layer(
+        layer = show_layer(
             self.viewer,
             "labels",
             compact_labels(labels, self.viewer),
@@ -319,6 +322,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
             scale=image.scale[-nd:],
             translate=image.translate[-nd:],
         )
+        mark_output(layer, "training preview")
 
     def stop(self) -> None:
         """Stop training after the current step (the model so far is saved); a second Stop

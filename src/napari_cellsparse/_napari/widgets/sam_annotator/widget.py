@@ -33,7 +33,7 @@ from ....sam.large_images import TILE_ABOVE
 from ....sam.weights import MODEL_TYPES, download_weights, find_weights
 from .._devices import DeviceCombo
 from .._dock import DockWidget
-from .._layers import refill_combo
+from .._layers import annotation_choice, refill_combo
 from .automask import AutomaskPanel
 from .embedding import EmbeddingMixin
 from .prompts import PromptsMixin
@@ -150,11 +150,14 @@ class SamAnnotatorWidget(AutomaskPanel, PromptsMixin, EmbeddingMixin, DockWidget
         return folded
 
     def _refresh_layers(self, _event: Any = None) -> None:
-        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
-            names = [ly.name for ly in self.viewer.layers if isinstance(ly, kind)]
-            if kind is Labels:
-                names = [n for n in names if n != PREVIEW]
-            refill_combo(combo, names)
+        """The layer lists; the default annotation is never a result the plugin wrote (SAM
+        then paints into a new annotation layer unless a person picks one)."""
+        refill_combo(
+            self.image_combo, [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
+        )
+        labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name != PREVIEW]
+        names = [ly.name for ly in labels]
+        refill_combo(self.labels_combo, names, annotation_choice(labels), blank=True)
 
     def _browse_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
