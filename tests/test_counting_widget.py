@@ -168,3 +168,19 @@ def test_bad_inputs_are_messages_not_crashes(counting, monkeypatch):
     widget.train()
     assert "Points layer" in shown[-1]
     assert not widget.runner.busy
+
+
+def test_other_widgets_results_are_not_offered_as_inputs(counting, monkeypatch):
+    """The segmentation's "where next" map and numbered places are results, not an image and
+    clicked centres: with the image gone, Train asks for one instead of training on them."""
+    from napari_cellsparse._napari.widgets._layers import show_places
+
+    shown = _errors(monkeypatch)
+    viewer, widget = counting
+    image = viewer.layers["nuclei"]
+    show_places(viewer, np.zeros((96, 96)), [[5.0, 5.0]], ("map", "places"), image)
+    viewer.layers.remove("nuclei")
+    viewer.layers.remove("centres I clicked")
+    assert widget.image_combo.count() == 0 and widget.points_combo.count() == 0
+    widget.train()
+    assert "Choose an image layer first" in shown[-1]

@@ -84,13 +84,15 @@ def test_results_take_a_small_label_type_already_shown(viewer):
 
 
 def test_the_default_annotation_is_never_a_result(viewer):
-    from napari_cellsparse._napari.widgets._layers import annotation_choice, mark_output
+    from napari_cellsparse._napari.widgets._layers import OUTPUT_KEY, annotation_choice
 
     image = viewer.add_image(np.zeros((8, 8)), name="annotation image")
-    result = mark_output(viewer.add_labels(np.zeros((8, 8), int), name="result"), "test")
+    result = viewer.add_labels(np.zeros((8, 8), int), name="result", metadata={OUTPUT_KEY: "test"})
     assert annotation_choice([image, result]) is None
     painted = viewer.add_labels(np.zeros((8, 8), int), name="Labels")
     assert annotation_choice(viewer.layers) == "Labels"
-    named = mark_output(viewer.add_labels(np.zeros((8, 8), int), name="My Annotation"), "test")
+    named = viewer.add_labels(
+        np.zeros((8, 8), int), name="My Annotation", metadata={OUTPUT_KEY: "test"}
+    )
     assert annotation_choice(viewer.layers) == named.name  # a person named it so
     assert painted.metadata == {} and result.metadata["cellsparse_output"] == "test"

@@ -118,3 +118,27 @@ def test_measure_in_a_worker_thread(measurer, qtbot) -> None:
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30_000)
     assert viewer.layers["cells"].features["Object ID"].tolist() == [5, 9]
     assert widget.measure_button.isEnabled() and widget.save_button.isEnabled()
+
+
+def test_the_newest_result_is_measured_and_an_annotation_without_its_background(
+    measurer,
+) -> None:
+    """The newest prediction the plugin wrote is measured by default until a person picks a
+    layer; a sparse annotation's id 1 (painted background) is never measured as an object."""
+    from napari_cellsparse._napari.widgets._layers import OUTPUT_KEY
+    from napari_cellsparse.core.sparse_labels import SPARSE_KEY
+
+    viewer, widget = measurer
+    sparse = np.zeros((20, 24), np.int32)
+    sparse[:, :2] = 1  # painted background
+    sparse[2:8, 3:9] = 2
+    viewer.add_labels(sparse, name="annotation", metadata={SPARSE_KEY: True})
+    for name in ("first prediction", "second prediction"):
+        viewer.add_labels(np.zeros((20, 24), np.int32), name=name, metadata={OUTPUT_KEY: "x"})
+    assert widget.labels_combo.currentText() == "second prediction"
+    widget.labels_combo.textActivated.emit("annotation")  # a person picks it from the list
+    widget.labels_combo.setCurrentText("annotation")
+    viewer.add_labels(np.zeros((20, 24), np.int32), name="third", metadata={OUTPUT_KEY: "x"})
+    assert widget.labels_combo.currentText() == "annotation"  # the person's choice stays
+    widget.measure()
+    assert list(widget.state.table["Object ID"]) == [2], widget.state.table

@@ -11,27 +11,28 @@ from ...core.errors import BadInputError
 
 __all__ = [
     "OUTPUT_KEY",
+    "PREVIEW_OUTPUT",
     "annotation_choice",
     "compact_labels",
     "image_2d",
+    "is_output",
     "layer_data",
-    "mark_output",
     "mask_of",
     "points_yx",
     "refill_combo",
     "show_layer",
 ]
 
-# Metadata key of the Labels layers the plugin's predictions write (predictions, the training
-# preview, blockwise and folder results, SAM's automatic masks); the value says what made it.
+# Metadata key of the layers the plugin writes (predictions, the training preview, block-wise
+# and folder results, SAM's automatic masks, counts, "where next" maps and places); the value
+# says what made it. Widgets never take them as inputs by default.
 OUTPUT_KEY = "cellsparse_output"
+PREVIEW_OUTPUT = "training preview"  # the value for the live preview of a running training
 
 
-def mark_output(layer: Any, made_by: str) -> Any:
-    """Mark ``layer`` as a result the plugin wrote (``made_by``: what wrote it), so that
-    widgets never offer it as an annotation by default."""
-    layer.metadata = {**layer.metadata, OUTPUT_KEY: made_by}
-    return layer
+def is_output(layer: Any) -> bool:
+    """Whether the plugin wrote ``layer`` (see :data:`OUTPUT_KEY`)."""
+    return OUTPUT_KEY in layer.metadata
 
 
 def annotation_choice(layers: Sequence[Any]) -> str | None:
@@ -41,7 +42,7 @@ def annotation_choice(layers: Sequence[Any]) -> str | None:
     1 would be read as painted background."""
     labels = [ly for ly in layers if type(ly).__name__ == "Labels"]
     named = [ly.name for ly in labels if "annotation" in ly.name.lower()]
-    painted = [ly.name for ly in labels if OUTPUT_KEY not in ly.metadata]
+    painted = [ly.name for ly in labels if not is_output(ly)]
     return (named or painted or [None])[0]
 
 
@@ -56,8 +57,12 @@ def show_places(
 ) -> None:
     """A "where next" result over ``image`` (a layer): the ``doubt`` map (magma, added on
     top, ``limits``) and the places (N x 2, y x, best first) numbered; ``names`` are the
-    two layers' names, ``metadata`` goes to both."""
-    where = {"scale": image.scale[-2:], "translate": image.translate[-2:]}
+    two layers' names, ``metadata`` goes to both (marked as the plugin's output)."""
+    where = {
+        "scale": image.scale[-2:],
+        "translate": image.translate[-2:],
+        "made_by": "where to annotate next",
+    }
     if metadata is not None:
         where["metadata"] = metadata
     show_layer(
@@ -84,9 +89,13 @@ def show_places(
     )
 
 
-def show_layer(viewer: Any, kind: str, data: Any, name: str, **properties: Any) -> Any:
+def show_layer(
+    viewer: Any, kind: str, data: Any, name: str, made_by: str | None = None, **properties: Any
+) -> Any:
     """Show ``data`` as the ``kind`` layer ("labels", "image", "points" or "shapes") called
-    ``name``, with the layer ``properties`` given as to ``viewer.add_<kind>``.
+    ``name``, with the layer ``properties`` given as to ``viewer.add_<kind>``; ``made_by``
+    marks it as the plugin's result (:data:`OUTPUT_KEY`) from the start, so that widgets
+    refreshing their layer lists as it arrives already see it as one.
 
     A layer of that name, kind and dimensionality is updated in place: removing a layer makes
     napari run a full garbage collection (about 0.1 s of the main thread here) and adding one
@@ -94,6 +103,8 @@ def show_layer(viewer: Any, kind: str, data: Any, name: str, **properties: Any) 
     An image's contrast limits follow the new data. Any other layer of that name is replaced.
     Shapes ``data`` is a ``(shapes, shape_type)`` pair, so that shapes replaced in place keep
     their type."""
+    if made_by is not None:
+        properties["metadata"] = {**properties.get("metadata", {}), OUTPUT_KEY: made_by}
     layer = next((layer for layer in viewer.layers if layer.name == name), None)
     if layer is not None and _fits(layer, kind, data):
         if kind == "shapes":  # napari's Shapes.data cannot take more shapes with their type

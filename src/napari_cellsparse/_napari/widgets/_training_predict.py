@@ -28,9 +28,9 @@ from ...training.uncertainty import THRESHOLD as DOUBTFUL
 from ._dock import when_idle
 from ._fields import model_row
 from ._layers import (
+    OUTPUT_KEY,
     compact_labels,
     layer_data,
-    mark_output,
     refill_combo,
     show_layer,
     show_places,
@@ -218,20 +218,23 @@ class PredictionPanel:
         nd = labels.ndim
         name = PREDICTION.format(image_name)
         layers = self.viewer.layers
+        made_by = f"prediction of '{model}'"
         if name not in layers and PREVIEW in layers and isinstance(layers[PREVIEW], Labels):
             # The prediction supersedes the training preview: it takes over that layer
             # rather than lying on top of it (and napari builds no new layer: ~0.17 s).
-            layers[PREVIEW].name = name
+            preview = layers[PREVIEW]
+            preview.metadata = {**preview.metadata, OUTPUT_KEY: made_by}
+            preview.name = name
         layer = show_layer(
             self.viewer,
             "labels",
             labels,
             name,
+            made_by,
             scale=image.scale[-nd:],
             translate=image.translate[-nd:],
             opacity=0.7,
         )
-        mark_output(layer, f"prediction of '{model}'")
         layer.contour = 1
         n = int(result["objects"])
         diameters = result["diameters"]

@@ -37,7 +37,7 @@ from ...scale.workspace import MASK_SUFFIXES, deepcell_items, folder_items
 from ...training import BACKENDS, list_models, model_names
 from ._dock import DockWidget, guarded
 from ._fields import folder_row, model_row
-from ._layers import compact_labels, layer_data, mark_output, refill_combo, show_layer
+from ._layers import compact_labels, layer_data, refill_combo, show_layer
 from ._tables import save_table_as, show_table
 
 if TYPE_CHECKING:
@@ -226,8 +226,9 @@ class BatchWidget(DockWidget):
     ) -> None:
         labels_name = f"{name} labels"
         labels = compact_labels(result.labels, self.viewer)
-        layer = show_layer(self.viewer, "labels", labels, labels_name, scale=scale)
-        mark_output(layer, "block-wise segmentation")
+        layer = show_layer(
+            self.viewer, "labels", labels, labels_name, "block-wise segmentation", scale=scale
+        )
         if table is not None and len(table):
             show_table(layer, table)
         else:
@@ -343,7 +344,7 @@ class BatchWidget(DockWidget):
             mask = Path(result.outputs[0])
             source = open_image(mask)
             name = image_stem(mask)
-            mark_output(show_layer(self.viewer, "labels", source.array, name), "folder run")
+            show_layer(self.viewer, "labels", source.array, name, "folder run")
             opened.append(name)
         self.state.opened = opened
         return opened

@@ -34,11 +34,11 @@ from ...core.settings_text import parse_settings
 from ...counting import BACKEND, BatchResult, CounterConfig, CountResult
 from ...models.store import model_folder
 from ...training import model_names
-from ._counting_where import WHERE_KEY, ClickPanel
+from ._counting_where import ClickPanel
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import NONE, folder_row, model_row, training_controls
-from ._layers import image_2d, mask_of, points_yx, refill_combo, show_layer
+from ._layers import OUTPUT_KEY, image_2d, is_output, mask_of, points_yx, refill_combo, show_layer
 
 if TYPE_CHECKING:
     import napari
@@ -146,7 +146,7 @@ class CellCountingWidget(ClickPanel, DockWidget):
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
         layers = list(self.viewer.layers)
-        ours = {ly.name for ly in layers if {"count", WHERE_KEY} & set(ly.metadata)}
+        ours = {ly.name for ly in layers if is_output(ly)}
         images = [ly.name for ly in layers if isinstance(ly, Image) and ly.name not in ours]
         points = [ly.name for ly in layers if isinstance(ly, Points) and ly.name not in ours]
         masks = [NONE] + [ly.name for ly in layers if isinstance(ly, (Labels, Shapes))]
@@ -301,7 +301,12 @@ class CellCountingWidget(ClickPanel, DockWidget):
         )
 
     def _show(self, layer: Image, counter: str, result: CountResult) -> None:
-        meta = {"count": result.count, "n_centres": len(result.centres), "counter": counter}
+        meta = {
+            OUTPUT_KEY: f"count of '{counter}'",
+            "count": result.count,
+            "n_centres": len(result.centres),
+            "counter": counter,
+        }
         nd_scale, nd_translate = layer.scale[-2:], layer.translate[-2:]
         density_name, centres_name = DENSITY.format(layer.name), CENTRES.format(layer.name)
         show_layer(

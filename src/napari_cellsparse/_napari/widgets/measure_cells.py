@@ -31,10 +31,11 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import BadInputError
 from ...core.progress import Progress
+from ...core.sparse_labels import FIRST_CELL_ID, SPARSE_KEY
 from ...scale.measure import measure_objects
 from ._dock import DockWidget, when_idle
 from ._fields import NONE
-from ._layers import layer_data, refill_combo
+from ._layers import OUTPUT_KEY, PREVIEW_OUTPUT, is_output, layer_data, refill_combo
 from ._tables import save_table_as, show_table
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class MeasureState:
 
     table: pd.DataFrame | None = None
     labels_name: str = ""
+    picked: bool = False  # the person chose the cells layer: a new result does not replace it
 
 
 def _channels(layers: list[Image]) -> tuple[list[Any], list[str]]:
@@ -85,6 +87,7 @@ class MeasureCellsWidget(DockWidget):
     def _build(self) -> None:
         self.labels_combo = QComboBox()
         self.labels_combo.currentTextChanged.connect(self._default_pixel_size)
+        self.labels_combo.textActivated.connect(self._picked)
         self.nuclei_combo = QComboBox()
         self.nuclei_combo.setToolTip("Nucleus labels: adds Nucleus / Cytoplasm / Cell columns.")
         self.images_list = QListWidget()
@@ -122,10 +125,14 @@ class MeasureCellsWidget(DockWidget):
 
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
-        labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels)]
-        images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-        refill_combo(self.labels_combo, labels)
-        refill_combo(self.nuclei_combo, [NONE, *labels])
+        labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels)]
+        names = [ly.name for ly in labels]
+        images = [
+            ly.name for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)
+        ]
+        newest = None if self.state.picked else _newest_result(labels)
+        refill_combo(self.labels_combo, names, _default_cells(labels), select=newest)
+        refill_combo(self.nuclei_combo, [NONE, *names])
         chosen = {item.text() for item in self.images_list.selectedItems()}
         first = not self.images_list.count()
         self.images_list.clear()
@@ -134,6 +141,9 @@ class MeasureCellsWidget(DockWidget):
             if name in chosen or (first and row == 0):
                 self.images_list.item(row).setSelected(True)
         self._default_pixel_size(self.labels_combo.currentText())
+
+    def _picked(self, _name: str) -> None:
+        self.state.picked = True
 
     def _default_pixel_size(self, name: str) -> None:
         """The Labels layer's scale when it is not 1 (then it is likely µm), else none."""
@@ -172,6 +182,8 @@ class MeasureCellsWidget(DockWidget):
                     f"pixels as '{layer.name}' {tuple(layer.data.shape)}."
                 )
         labels = np.array(layer.data, copy=True)  # the user may keep painting
+        if layer.metadata.get(SPARSE_KEY):  # id 1 of a sparse annotation is painted background
+            labels[labels < FIRST_CELL_ID] = 0
         pixel_size = self.pixel_spin.value() or None
         name = layer.name
 
@@ -214,3 +226,18 @@ class MeasureCellsWidget(DockWidget):
             self.status,
             "Nothing measured yet: press Measure first.",
         )
+
+
+def _newest_result(labels: list[Labels]) -> str | None:
+    """The newest Labels layer the plugin wrote (a prediction; not a training's live
+    preview), if any: measured by default until the person picks a layer."""
+    made = [
+        ly.name for ly in labels if ly.metadata.get(OUTPUT_KEY, PREVIEW_OUTPUT) != PREVIEW_OUTPUT
+    ]
+    return made[-1] if made else None
+
+
+def _default_cells(labels: list[Labels]) -> str | None:
+    """With no result: the first Labels layer that is not a sparse annotation, else the first."""
+    plain = [ly.name for ly in labels if not ly.metadata.get(SPARSE_KEY)]
+    return (plain[:1] or [ly.name for ly in labels][:1] or [None])[0]

@@ -35,10 +35,11 @@ from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import training_controls
 from ._layers import (
+    PREVIEW_OUTPUT,
     annotation_choice,
     compact_labels,
+    is_output,
     layer_data,
-    mark_output,
     refill_combo,
     show_layer,
 )
@@ -182,7 +183,9 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
 
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
-        images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
+        images = [
+            ly.name for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)
+        ]
         labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name != PREVIEW]
         best = images[0] if images else None
         refill_combo(self.image_combo, images, best)
@@ -313,16 +316,16 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
 
     def _show_preview(self, labels: np.ndarray, image: Image) -> None:
         nd = labels.ndim
-        layer = show_layer(
+        show_layer(
             self.viewer,
             "labels",
             compact_labels(labels, self.viewer),
             PREVIEW,
+            made_by=PREVIEW_OUTPUT,
             opacity=0.5,
             scale=image.scale[-nd:],
             translate=image.translate[-nd:],
         )
-        mark_output(layer, "training preview")
 
     def stop(self) -> None:
         """Stop training after the current step (the model so far is saved); a second Stop

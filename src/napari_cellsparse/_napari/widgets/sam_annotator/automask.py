@@ -31,7 +31,7 @@ from ....core.progress import Progress
 from ....sam.automask_params import AUTOMASK_BOUNDS, PRESETS, AutomaskParams
 from ....sam.automask_result import label_masks
 from .._dock import guarded
-from .._layers import compact_labels, mark_output, show_layer
+from .._layers import compact_labels, show_layer
 from .state import AUTOMASK, AUTOMASK_OUTLINES
 
 if TYPE_CHECKING:
@@ -152,8 +152,8 @@ class AutomaskPanel:
         ndim = image.data.ndim - (1 if image.rgb else 0)
         scale = image.scale[-2:] if ndim >= 2 else None
         labels = compact_labels(labels, self.viewer)
-        layer = show_layer(self.viewer, "labels", labels, AUTOMASK, scale=scale, opacity=0.5)
-        mark_output(layer, "SAM automatic masks")
+        made_by = "SAM automatic masks"
+        show_layer(self.viewer, "labels", labels, AUTOMASK, made_by, scale=scale, opacity=0.5)
         show_layer(
             self.viewer,
             "shapes",
