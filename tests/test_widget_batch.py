@@ -48,6 +48,7 @@ def test_a_layer_is_segmented_block_by_block_with_measurements(widget, tmp_path:
     w.run_layer()
     layer = viewer.layers["nuclei labels"]
     assert tuple(layer.scale) == (0.5, 0.5)
+    assert "cellsparse_output" in layer.metadata  # a result, never offered as an annotation
     assert matching(truth, np.asarray(layer.data), thresh=0.5).f1 >= 0.85
     features = layer.features
     assert len(features) == layer.data.max() and "Area µm^2" in features.columns
@@ -134,3 +135,12 @@ def test_bad_choices_give_messages_not_crashes(widget, errors, monkeypatch, tmp_
     w.run_layer()
     assert "No trained model" in errors[-1]
     assert w.save_table(tmp_path / "x.csv") is None and "Nothing segmented" in errors[-1]
+
+
+def test_results_are_not_offered_as_images(widget) -> None:
+    from napari_cellsparse._napari.widgets._layers import OUTPUT_KEY
+
+    viewer, w = widget
+    viewer.add_image(np.zeros((8, 8)), name="where map", metadata={OUTPUT_KEY: "test"})
+    viewer.add_image(np.zeros((8, 8)), name="nuclei")
+    assert [w.image_combo.itemText(i) for i in range(w.image_combo.count())] == ["nuclei"]

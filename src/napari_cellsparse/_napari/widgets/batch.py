@@ -37,7 +37,7 @@ from ...scale.workspace import MASK_SUFFIXES, deepcell_items, folder_items
 from ...training import BACKENDS, list_models, model_names
 from ._dock import DockWidget, guarded
 from ._fields import folder_row, model_row
-from ._layers import compact_labels, layer_data, refill_combo, show_layer
+from ._layers import compact_labels, is_output, layer_data, refill_combo, show_layer
 from ._tables import save_table_as, show_table
 
 if TYPE_CHECKING:
@@ -178,9 +178,8 @@ class BatchWidget(DockWidget):
         refill_combo(self.model_combo, model_names(BACKENDS), select=select)
 
     def _refresh_layers(self, _event: Any = None) -> None:
-        refill_combo(
-            self.image_combo, [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-        )
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)]
+        refill_combo(self.image_combo, [ly.name for ly in images])
 
     def _model_folder(self) -> str:
         name = self.model_combo.currentText()
