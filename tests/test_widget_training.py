@@ -462,3 +462,23 @@ def test_a_renamed_layer_stays_chosen_under_its_new_name(trainer):
     assert widget.predict_image_combo.currentText() == "DAPI"
     widget.train()
     assert "Trained 'tiny'" in widget.status.text(), widget.status.text()
+
+
+def test_a_new_widget_offers_the_model_saved_last(trainer):
+    """Reopened, the widget offers the model the person trained last, not the first by name."""
+    from napari_cellsparse._napari.widgets.sparse_training import SparseTrainingWidget
+
+    viewer, widget = trainer
+    widget.train()
+    widget.name_edit.setText("a-model")
+    widget.train()
+    widget.name_edit.setText("tiny")
+    widget.steps_spin.setValue(2)
+    widget.train()  # trained again: saved last
+    fresh = SparseTrainingWidget(viewer)
+    assert [fresh.model_combo.itemText(i) for i in range(fresh.model_combo.count())] == [
+        "a-model",
+        "tiny",
+    ]
+    assert fresh.model_combo.currentText() == "tiny"
+    fresh.leave()

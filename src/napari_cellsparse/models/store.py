@@ -37,6 +37,7 @@ __all__ = [
     "model_folder",
     "model_names",
     "models_dir",
+    "newest_model",
     "now",
     "read_json",
     "resolve_model_folder",
@@ -273,6 +274,22 @@ def model_names(backends: Collection[str]) -> list[str]:
     """Names of the intact stored models made by one of ``backends`` (a widget's model list:
     segmentation models are no use to the counter, nor counters to Predict)."""
     return [m["name"] for m in list_models() if "error" not in m and m.get("backend") in backends]
+
+
+def newest_model(backends: Collection[str]) -> str | None:
+    """The intact stored model of ``backends`` saved last (a widget's default choice: the
+    model a person trained last, not the first by name); None when there is none."""
+    saved = {}
+    for model in list_models():
+        if "error" in model or model.get("backend") not in backends:
+            continue
+        folder = Path(model["path"])
+        pointer = folder / POINTER_FILE
+        try:
+            saved[model["name"]] = (pointer if pointer.is_file() else folder / METADATA_FILE).stat()
+        except OSError:  # removed meanwhile
+            continue
+    return max(saved, key=lambda name: saved[name].st_mtime_ns) if saved else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,7 +9,7 @@ Annotations: 0 = not annotated (ignored by every loss), 1 = background, 2+ = one
 
 from __future__ import annotations
 
-from ..models.store import list_models, model_names, models_dir
+from ..models.store import list_models, model_names, models_dir, newest_model
 from .api import load_model, train, train_iter
 from .backend import BACKENDS, Network, backend_class
 from .model import TrainedModel
@@ -23,6 +23,7 @@ __all__ = [
     "load_model",
     "model_names",
     "models_dir",
+    "newest_model",
     "train",
     "train_iter",
 ]

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import BadInputError
-from ...training import BACKENDS, model_names
+from ...training import BACKENDS, model_names, newest_model
 from ...training.uncertainty import THRESHOLD as DOUBTFUL
 from ._dock import when_idle
 from ._fields import model_row
@@ -103,7 +103,7 @@ class PredictionPanel:
 
     def _refresh_models(self, select: str | None = None) -> None:
         """Fill the model list with the store's segmentation models (no counters)."""
-        refill_combo(self.model_combo, model_names(BACKENDS), select=select)
+        refill_combo(self.model_combo, model_names(BACKENDS), newest_model(BACKENDS), select=select)
 
     def _model_name(self) -> str:
         name = self.model_combo.currentText()

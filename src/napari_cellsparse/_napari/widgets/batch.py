@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import BadInputError
 from ...scale.workspace import MASK_SUFFIXES, deepcell_items, folder_items
-from ...training import BACKENDS, list_models, model_names
+from ...training import BACKENDS, list_models, model_names, newest_model
 from ._dock import DockWidget, guarded
 from ._fields import folder_row, model_row
 from ._layers import compact_labels, is_output, layer_data, refill_combo, show_layer
@@ -175,7 +175,7 @@ class BatchWidget(DockWidget):
     # -- models and layers -------------------------------------------------------------
     def refresh_models(self, select: str | None = None) -> None:
         """Fill the model list with the store's segmentation models."""
-        refill_combo(self.model_combo, model_names(BACKENDS), select=select)
+        refill_combo(self.model_combo, model_names(BACKENDS), newest_model(BACKENDS), select=select)
 
     def _refresh_layers(self, _event: Any = None) -> None:
         images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)]

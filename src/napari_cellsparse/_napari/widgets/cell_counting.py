@@ -33,7 +33,7 @@ from ...core.progress import Progress
 from ...core.settings_text import parse_settings
 from ...counting import BACKEND, BatchResult, CounterConfig, CountResult
 from ...models.store import model_folder
-from ...training import model_names
+from ...training import model_names, newest_model
 from ._counting_where import ClickPanel
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
@@ -160,7 +160,9 @@ class CellCountingWidget(ClickPanel, DockWidget):
             refill_combo(combo, names)
 
     def _refresh_models(self, select: str | None = None) -> None:
-        refill_combo(self.model_combo, model_names({BACKEND}), select=select)
+        refill_combo(
+            self.model_combo, model_names({BACKEND}), newest_model({BACKEND}), select=select
+        )
 
     def _layer(self, combo: QComboBox, what: str) -> Any:
         name = combo.currentText()
