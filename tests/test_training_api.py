@@ -537,6 +537,27 @@ def test_headless_pipeline_finds_the_sample_nuclei_and_nothing_oversized(tmp_pat
     assert kept.max() <= np.pi / 4 * (capped * widest * 1.2) ** 2  # resizing back rounds up
 
 
+def test_objects_far_from_the_annotated_sizes_are_left_out(trained):
+    """Slivers narrower than ``min_size_factor`` times the narrowest annotated cell and
+    clumps wider than ``max_size_factor`` times the widest are no cells (training scale)."""
+    model = trained[0]
+    narrowest, widest = model.scale.narrowest_cell, model.scale.widest_cell
+    assert 4 < narrowest <= widest < 3 * narrowest  # the blobs' cells: 14-18 px
+    side = int(widest) + 2
+    labels = np.zeros((8 * side, 8 * side), np.int32)
+    labels[:2, :2] = 1  # a sliver at the edge
+    labels[side : 2 * side, side : 2 * side] = 2  # as wide as the annotated cells
+    labels[3 * side :, 3 * side :] = 3  # a clump 5x as wide as the widest cell
+    kept = np.unique(model._without_out_of_size(labels))
+    assert kept.tolist() == [0, 2]
+    config = model.config
+    model.network.config = replace(config, min_size_factor=0.0, max_size_factor=0.0)
+    try:
+        assert np.unique(model._without_out_of_size(labels)).tolist() == [0, 1, 2, 3]
+    finally:
+        model.network.config = config
+
+
 @pytest.mark.parametrize("steps", [1, 2, 10])
 def test_short_trainings_run_whatever_their_step_count(steps):
     """The one-cycle schedule divided by zero at 10 steps (a warm-up of one step)."""

@@ -129,6 +129,8 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "target_diameter": Bound(0.0, MAX_TARGET_DIAMETER, above=True),
         # times the widest annotated cell (0: keep every predicted object)
         "max_size_factor": Bound(0.0, MAX_SIZE_FACTOR),
+        # times the narrowest annotated cell (0: keep every predicted object)
+        "min_size_factor": Bound(0.0, 1.0),
         # standard deviations of an object's surroundings (0: keep every predicted object)
         "min_snr": Bound(0.0, MAX_SNR),
         # self-training's extra steps, as a share of the steps (0: off)

@@ -290,13 +290,14 @@ def _prepare(
     inside = np.concatenate([n[m > 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
     outside = np.concatenate([n[m == 0].mean(-1) for n, m in zip(normalized, masks, strict=True)])
     polarity = 1.0 if inside.mean() >= outside.mean() else -1.0
-    ratios, widest, cell_area, foreground_area = [], 0.0, 0, 0
+    ratios, widest, narrowest, cell_area, foreground_area = [], 0.0, np.inf, 0, 0
     images, labels, used = [], [], []
     for k, (norm, (_, lab), d) in enumerate(zip(normalized, pairs, per_image, strict=True)):
         d_img = diameters[k] if diameters else float(np.median(d)) if len(d) else train_d
         used.append(d_img)
         if len(d):
             widest = max(widest, float(d.max()) * target / d_img)
+            narrowest = min(narrowest, float(d.min()) * target / d_img)
             foreground = foreground_mask(norm, polarity)
             found = mask_diameter(foreground) if foreground is not None else None
             if found:
@@ -322,6 +323,7 @@ def _prepare(
             else 1.0
         ),
         widest_cell=widest,  # at the training scale
+        narrowest_cell=narrowest if np.isfinite(narrowest) else 0.0,
         cell_snr=typical_snr(labels, [cell_signal(img, polarity) for img in images], RING * target),
     )
     return SparseDataset(images, labels), scale, used

@@ -148,7 +148,7 @@ class TrainedModel:
             )
         scaled = rescale_image(normalized, factor)
         labels = np.asarray(self.network.predict_scaled(scaled), np.int32)
-        labels = self._without_faint(self._without_oversized(labels), scaled)
+        labels = self._without_faint(self._without_out_of_size(labels), scaled)
         return resize_labels(labels, normalized.shape[:2], smooth=True)
 
     def _without_faint(self, labels: np.ndarray, scaled: np.ndarray) -> np.ndarray:
@@ -160,15 +160,19 @@ class TrainedModel:
         signal = cell_signal(scaled, self.scale.polarity)
         return without_faint(labels, signal, RING * self.config.target_diameter, floor)
 
-    def _without_oversized(self, labels: np.ndarray) -> np.ndarray:
+    def _without_out_of_size(self, labels: np.ndarray) -> np.ndarray:
         """``labels`` (training scale) without objects wider than ``max_size_factor`` times
-        the widest annotated cell: none of the annotation's shapes looks like them."""
-        widest, factor = self.scale.widest_cell, self.config.max_size_factor
-        if widest <= 0 or factor <= 0 or not labels.any():
+        the widest annotated cell or narrower than ``min_size_factor`` times the narrowest:
+        none of the annotation's shapes looks like them."""
+        if not labels.any():
             return labels
-        largest_area = np.pi / 4.0 * (factor * widest) ** 2
-        oversized = np.bincount(labels.ravel()) > largest_area
-        oversized[0] = False
-        if oversized.any():
-            labels = np.where(oversized[labels], 0, labels)
-        return labels
+        areas = np.bincount(labels.ravel())
+        drop = np.zeros(len(areas), bool)
+        widest, factor = self.scale.widest_cell, self.config.max_size_factor
+        if widest > 0 and factor > 0:
+            drop |= areas > np.pi / 4.0 * (factor * widest) ** 2
+        narrowest, factor = self.scale.narrowest_cell, self.config.min_size_factor
+        if narrowest > 0 and factor > 0:
+            drop |= (areas > 0) & (areas < np.pi / 4.0 * (factor * narrowest) ** 2)
+        drop[0] = False
+        return np.where(drop[labels], 0, labels) if drop.any() else labels
