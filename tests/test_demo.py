@@ -27,11 +27,12 @@ SCRIPT = textwrap.dedent(
     from qtpy.QtWidgets import QApplication
     from napari_cellsparse._napari.demo import open_demo, widget_names
 
-    viewer, docked = open_demo()
-    viewer.window.show()
+    viewer, docked = open_demo()  # shown, as napari.Viewer() is
     for _ in range(5):
         QApplication.processEvents()
     extent = viewer.layers[0].extent.world
+    window = viewer.window._qt_window
+    room = QApplication.primaryScreen().availableGeometry()
     print(json.dumps({
         "names": widget_names(),
         "docked": len(docked),
@@ -39,6 +40,8 @@ SCRIPT = textwrap.dedent(
         "size": [float(v) for v in (extent[1] - extent[0])[-2:]],
         "canvas": [float(v) for v in viewer.window._qt_viewer.canvas.size],
         "zoom": float(viewer.camera.zoom),
+        "window": [window.width(), window.height()],
+        "screen": [room.width(), room.height()],
     }))
     viewer.close()
     """
@@ -59,6 +62,10 @@ def test_demo_docks_every_widget_and_shows_the_whole_image():
     assert all(f"{name} (napari-cellsparse)" in facts["docks"] for name in facts["names"])
     visible = np.asarray(facts["canvas"]) / facts["zoom"]  # (height, width) in image pixels
     assert np.all(visible >= np.asarray(facts["size"]) * 0.999), facts
+    # The docks are tabs of one area: the window fits the screen (two stacked docks made it
+    # 1,400 px tall) and the canvas has room (it was a third of the window's width).
+    assert np.all(np.asarray(facts["window"]) <= np.asarray(facts["screen"])), facts
+    assert facts["canvas"][1] >= 0.4 * facts["window"][0], facts
 
 
 def test_demo_without_a_display_says_so(capsys):

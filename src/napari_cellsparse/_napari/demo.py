@@ -27,9 +27,10 @@ def widget_names() -> list[str]:
     return [widget.display_name for widget in manifest.contributions.widgets]
 
 
-def open_demo(viewer=None, sample: str = "nuclei"):
-    """Load the sample into ``viewer`` (a new one when None) and dock every widget (the
-    first two side by side, the others as tabs behind the second), the image in full view."""
+def open_demo(viewer=None, sample: str = "nuclei", front: str = "Sparse training"):
+    """Load the sample into ``viewer`` (a new one when None) and dock every widget as tabs of
+    one dock area, ``front`` shown, the image in full view. Two docks stacked made the window
+    taller than a laptop's screen (about 1,400 px) and the canvas a third of its width."""
     import napari
     from qtpy.QtCore import QTimer
 
@@ -37,12 +38,24 @@ def open_demo(viewer=None, sample: str = "nuclei"):
     viewer.open_sample(PLUGIN, sample)
     docked = []
     for k, name in enumerate(widget_names()):
-        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=k > 1)
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=k > 0)
         docked.append(widget)
-        if k == 1:
+        if name == front:
             QTimer.singleShot(0, dock.raise_)  # after napari has tabified the docks
+    _fit_screen(viewer)
     QTimer.singleShot(0, viewer.reset_view)  # the docks took room from the canvas
     return viewer, docked
+
+
+def _fit_screen(viewer) -> None:
+    """Size the window to 90 % of the screen: napari restores the last session's size, which
+    may be larger than this screen (the window then runs off it) or leave the canvas narrow."""
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen()
+    if screen is not None:
+        room = screen.availableGeometry()
+        viewer.window.resize(int(0.9 * room.width()), int(0.9 * room.height()))
 
 
 def display_problem(env: Mapping[str, str] | None = None) -> str | None:
