@@ -97,7 +97,8 @@ def first_look(shooter: Shooter) -> None:
     shooter.shoot(
         "first_look",
         "`make demo`: the generated nuclei sample with its ready sparse annotation (a few "
-        "cells and painted background), and every dock widget of the plugin.",
+        "cells and painted background), and every dock widget of the plugin as a tab (Sparse "
+        "training in front).",
     )
 
 
