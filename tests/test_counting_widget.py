@@ -184,3 +184,16 @@ def test_other_widgets_results_are_not_offered_as_inputs(counting, monkeypatch):
     assert widget.image_combo.count() == 0 and widget.points_combo.count() == 0
     widget.train()
     assert "Choose an image layer first" in shown[-1]
+
+
+def test_count_on_follows_the_training_image_until_picked(counting):
+    viewer, widget = counting
+    viewer.add_image(np.zeros((96, 96)), name="well A1")
+    viewer.add_image(np.zeros((96, 96)), name="well A2")
+    assert widget.count_image_combo.currentText() == "nuclei"
+    widget.image_combo.setCurrentText("well A1")  # as a person's pick does
+    assert widget.count_image_combo.currentText() == "well A1"
+    widget.count_image_combo.textActivated.emit("well A2")  # the person picks one
+    widget.count_image_combo.setCurrentText("well A2")
+    widget.image_combo.setCurrentText("nuclei")
+    assert widget.count_image_combo.currentText() == "well A2"

@@ -482,3 +482,16 @@ def test_a_new_widget_offers_the_model_saved_last(trainer):
     ]
     assert fresh.model_combo.currentText() == "tiny"
     fresh.leave()
+
+
+def test_predict_on_follows_the_training_image_until_picked(trainer):
+    viewer, widget = trainer
+    viewer.add_image(np.zeros((96, 96)), name="second")
+    assert widget.predict_image_combo.currentText() == "nuclei"
+    widget.image_combo.setCurrentText("second")
+    assert widget.predict_image_combo.currentText() == "second"
+    widget.predict_image_combo.textActivated.emit("nuclei")
+    widget.predict_image_combo.setCurrentText("nuclei")
+    widget.image_combo.setCurrentText("nuclei")
+    widget.image_combo.setCurrentText("second")
+    assert widget.predict_image_combo.currentText() == "nuclei"

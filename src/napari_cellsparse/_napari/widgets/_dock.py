@@ -104,6 +104,18 @@ class DockWidget(QWidget):
     def _refresh_layers(self, _event: Any = None) -> None:
         """Refill the layer choices (layers were added, removed or renamed)."""
 
+    def follow_choice(self, source: QComboBox, target: QComboBox) -> None:
+        """``target`` takes what is chosen in ``source`` until a person picks in ``target``
+        itself: the image to predict on or count follows the training image."""
+        picked: list[str] = []  # what the person picked in ``target``; the rule ends there
+        target.textActivated.connect(picked.append)
+
+        def follow(text: str) -> None:
+            if not picked and target.findText(text) >= 0:
+                target.setCurrentText(text)
+
+        source.currentTextChanged.connect(follow)
+
     def _follow_names(self, _event: Any = None) -> None:
         """Watch every layer's name (napari's layer list says nothing of a rename)."""
         for layer in self.viewer.layers:

@@ -135,6 +135,7 @@ class CellCountingWidget(ClickPanel, DockWidget):
         count_form.addRow("Folder", folder_row(self.folder_edit, self, "Folder of images to count"))
         count_form.addRow("Output", self.out_edit)
         count_form.addRow(self.batch_button)
+        self.follow_choice(self.image_combo, self.count_image_combo)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)

@@ -136,6 +136,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
 
         predict_form, predict_row = self._build_prediction()
         self.model_combo.textActivated.connect(self._load_model_backend)
+        self.follow_choice(self.image_combo, self.predict_image_combo)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
