@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -276,17 +276,16 @@ def model_names(backends: Collection[str]) -> list[str]:
     return [m["name"] for m in list_models() if "error" not in m and m.get("backend") in backends]
 
 
-def newest_model(backends: Collection[str]) -> str | None:
-    """The intact stored model of ``backends`` saved last (a widget's default choice: the
-    model a person trained last, not the first by name); None when there is none."""
+def newest_model(names: Sequence[str]) -> str | None:
+    """Of the stored models ``names`` (a widget's list, from :func:`model_names`), the one
+    saved last: a widget's default choice, the model a person trained last rather than the
+    first by name. None when there is none. Reads file times only, not the store again."""
     saved = {}
-    for model in list_models():
-        if "error" in model or model.get("backend") not in backends:
-            continue
-        folder = Path(model["path"])
+    for name in names:
+        folder = models_dir() / name
         pointer = folder / POINTER_FILE
         try:
-            saved[model["name"]] = (pointer if pointer.is_file() else folder / METADATA_FILE).stat()
+            saved[name] = (pointer if pointer.is_file() else folder / METADATA_FILE).stat()
         except OSError:  # removed meanwhile
             continue
     return max(saved, key=lambda name: saved[name].st_mtime_ns) if saved else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ __all__ = [
     "annotation_choice",
     "compact_labels",
     "image_2d",
+    "input_names",
     "is_output",
     "layer_data",
     "mask_of",
@@ -33,6 +34,11 @@ PREVIEW_OUTPUT = "training preview"  # the value for the live preview of a runni
 def is_output(layer: Any) -> bool:
     """Whether the plugin wrote ``layer`` (see :data:`OUTPUT_KEY`)."""
     return OUTPUT_KEY in layer.metadata
+
+
+def input_names(layers: Iterable[Any], kind: type) -> list[str]:
+    """Names of the ``kind`` layers a widget offers as inputs: those the plugin did not write."""
+    return [ly.name for ly in layers if isinstance(ly, kind) and not is_output(ly)]
 
 
 def annotation_choice(layers: Sequence[Any]) -> str | None:

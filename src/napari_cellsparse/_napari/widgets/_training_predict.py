@@ -103,7 +103,8 @@ class PredictionPanel:
 
     def _refresh_models(self, select: str | None = None) -> None:
         """Fill the model list with the store's segmentation models (no counters)."""
-        refill_combo(self.model_combo, model_names(BACKENDS), newest_model(BACKENDS), select=select)
+        names = model_names(BACKENDS)
+        refill_combo(self.model_combo, names, newest_model(names), select=select)
 
     def _model_name(self) -> str:
         name = self.model_combo.currentText()

@@ -37,7 +37,7 @@ from ...scale.workspace import MASK_SUFFIXES, deepcell_items, folder_items
 from ...training import BACKENDS, list_models, model_names, newest_model
 from ._dock import DockWidget, guarded
 from ._fields import folder_row, model_row
-from ._layers import compact_labels, is_output, layer_data, refill_combo, show_layer
+from ._layers import compact_labels, input_names, layer_data, refill_combo, show_layer
 from ._tables import save_table_as, show_table
 
 if TYPE_CHECKING:
@@ -175,11 +175,11 @@ class BatchWidget(DockWidget):
     # -- models and layers -------------------------------------------------------------
     def refresh_models(self, select: str | None = None) -> None:
         """Fill the model list with the store's segmentation models."""
-        refill_combo(self.model_combo, model_names(BACKENDS), newest_model(BACKENDS), select=select)
+        names = model_names(BACKENDS)
+        refill_combo(self.model_combo, names, newest_model(names), select=select)
 
     def _refresh_layers(self, _event: Any = None) -> None:
-        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)]
-        refill_combo(self.image_combo, [ly.name for ly in images])
+        refill_combo(self.image_combo, input_names(self.viewer.layers, Image))
 
     def _model_folder(self) -> str:
         name = self.model_combo.currentText()

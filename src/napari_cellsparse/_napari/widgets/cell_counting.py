@@ -38,7 +38,7 @@ from ._counting_where import ClickPanel
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
 from ._fields import NONE, folder_row, model_row, training_controls
-from ._layers import OUTPUT_KEY, image_2d, is_output, mask_of, points_yx, refill_combo, show_layer
+from ._layers import image_2d, input_names, mask_of, points_yx, refill_combo, show_layer
 
 if TYPE_CHECKING:
     import napari
@@ -147,9 +147,7 @@ class CellCountingWidget(ClickPanel, DockWidget):
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
         layers = list(self.viewer.layers)
-        ours = {ly.name for ly in layers if is_output(ly)}
-        images = [ly.name for ly in layers if isinstance(ly, Image) and ly.name not in ours]
-        points = [ly.name for ly in layers if isinstance(ly, Points) and ly.name not in ours]
+        images, points = input_names(layers, Image), input_names(layers, Points)
         masks = [NONE] + [ly.name for ly in layers if isinstance(ly, (Labels, Shapes))]
         for combo, names in (
             (self.image_combo, images),
@@ -161,9 +159,8 @@ class CellCountingWidget(ClickPanel, DockWidget):
             refill_combo(combo, names)
 
     def _refresh_models(self, select: str | None = None) -> None:
-        refill_combo(
-            self.model_combo, model_names({BACKEND}), newest_model({BACKEND}), select=select
-        )
+        names = model_names({BACKEND})
+        refill_combo(self.model_combo, names, newest_model(names), select=select)
 
     def _layer(self, combo: QComboBox, what: str) -> Any:
         name = combo.currentText()
@@ -304,12 +301,8 @@ class CellCountingWidget(ClickPanel, DockWidget):
         )
 
     def _show(self, layer: Image, counter: str, result: CountResult) -> None:
-        meta = {
-            OUTPUT_KEY: f"count of '{counter}'",
-            "count": result.count,
-            "n_centres": len(result.centres),
-            "counter": counter,
-        }
+        meta = {"count": result.count, "n_centres": len(result.centres), "counter": counter}
+        made_by = f"count of '{counter}'"
         nd_scale, nd_translate = layer.scale[-2:], layer.translate[-2:]
         density_name, centres_name = DENSITY.format(layer.name), CENTRES.format(layer.name)
         show_layer(
@@ -317,6 +310,7 @@ class CellCountingWidget(ClickPanel, DockWidget):
             "image",
             result.density,
             density_name,
+            made_by,
             colormap="inferno",
             blending="additive",
             opacity=0.7,
@@ -329,6 +323,7 @@ class CellCountingWidget(ClickPanel, DockWidget):
             "points",
             result.centres,
             centres_name,
+            made_by,
             size=max(3.0, result.diameter / 2),
             face_color="red",
             border_color="white",

@@ -35,7 +35,7 @@ from ...core.sparse_labels import FIRST_CELL_ID, SPARSE_KEY
 from ...scale.measure import measure_objects
 from ._dock import DockWidget, when_idle
 from ._fields import NONE
-from ._layers import OUTPUT_KEY, PREVIEW_OUTPUT, is_output, layer_data, refill_combo
+from ._layers import OUTPUT_KEY, PREVIEW_OUTPUT, input_names, is_output, layer_data, refill_combo
 from ._tables import save_table_as, show_table
 
 if TYPE_CHECKING:
@@ -127,9 +127,7 @@ class MeasureCellsWidget(DockWidget):
     def _refresh_layers(self, _event: Any = None) -> None:
         labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels)]
         names = [ly.name for ly in labels]
-        images = [
-            ly.name for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)
-        ]
+        images = input_names(self.viewer.layers, Image)
         newest = None if self.state.picked else _newest_result(labels)
         refill_combo(self.labels_combo, names, _default_cells(labels), select=newest)
         refill_combo(self.nuclei_combo, [NONE, *names])
@@ -231,9 +229,7 @@ class MeasureCellsWidget(DockWidget):
 def _newest_result(labels: list[Labels]) -> str | None:
     """The newest Labels layer the plugin wrote (a prediction; not a training's live
     preview), if any: measured by default until the person picks a layer."""
-    made = [
-        ly.name for ly in labels if ly.metadata.get(OUTPUT_KEY, PREVIEW_OUTPUT) != PREVIEW_OUTPUT
-    ]
+    made = [ly.name for ly in labels if is_output(ly) and ly.metadata[OUTPUT_KEY] != PREVIEW_OUTPUT]
     return made[-1] if made else None
 
 

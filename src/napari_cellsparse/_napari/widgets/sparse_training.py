@@ -38,7 +38,7 @@ from ._layers import (
     PREVIEW_OUTPUT,
     annotation_choice,
     compact_labels,
-    is_output,
+    input_names,
     layer_data,
     refill_combo,
     show_layer,
@@ -184,9 +184,7 @@ class SparseTrainingWidget(TrainingPairs, PredictionPanel, DockWidget):
 
     # -- layers ------------------------------------------------------------------------
     def _refresh_layers(self, _event: Any = None) -> None:
-        images = [
-            ly.name for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)
-        ]
+        images = input_names(self.viewer.layers, Image)
         labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name != PREVIEW]
         best = images[0] if images else None
         refill_combo(self.image_combo, images, best)

@@ -33,7 +33,7 @@ from ....sam.large_images import TILE_ABOVE
 from ....sam.weights import MODEL_TYPES, download_weights, find_weights
 from .._devices import DeviceCombo
 from .._dock import DockWidget
-from .._layers import annotation_choice, is_output, refill_combo
+from .._layers import annotation_choice, input_names, refill_combo
 from .automask import AutomaskPanel
 from .embedding import EmbeddingMixin
 from .prompts import PromptsMixin
@@ -152,8 +152,7 @@ class SamAnnotatorWidget(AutomaskPanel, PromptsMixin, EmbeddingMixin, DockWidget
     def _refresh_layers(self, _event: Any = None) -> None:
         """The layer lists; the default annotation is never a result the plugin wrote (SAM
         then paints into a new annotation layer unless a person picks one)."""
-        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)]
-        refill_combo(self.image_combo, [ly.name for ly in images])
+        refill_combo(self.image_combo, input_names(self.viewer.layers, Image))
         labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and ly.name != PREVIEW]
         names = [ly.name for ly in labels]
         refill_combo(self.labels_combo, names, annotation_choice(labels), blank=True)
