@@ -135,6 +135,7 @@ SETTING_BOUNDS: Mapping[str, Bound] = MappingProxyType(
         "min_snr": Bound(0.0, MAX_SNR),
         # self-training's extra steps, as a share of the steps (0: off)
         "self_training": Bound(0.0, 4.0),
+        "touching_cells": PROBABILITY,  # share of the cell-centred crops (0: off)
         "average_tail": PROBABILITY,  # share of the steps (0: the last step's weights)
         # prediction
         "diameter": Bound(0.0, MAX_DIAMETER),  # 0: estimate it (the counter's setting)

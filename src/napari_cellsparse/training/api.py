@@ -103,7 +103,7 @@ def train_iter(
     total = int(steps if steps is not None else config.steps)
 
     yield Progress(0, total, "Preparing the training data")
-    annotation = _Annotation(images, labels, pairs, config.target_diameter)
+    annotation = _Annotation(images, labels, pairs, config.target_diameter, config.touching_cells)
     network = cls(config, n_channels, device, thresholds)
     if session.source is None:
         network.build()
@@ -224,19 +224,22 @@ class _Annotation:
         labels: np.ndarray | Sequence[np.ndarray],
         pairs: list[tuple[np.ndarray, np.ndarray]],
         target_diameter: float,
+        touching: float = 0.0,
     ) -> None:
         self.images = images
         self.labels = as_list(labels, "annotations")
         self.pairs = pairs
         self.target_diameter = target_diameter
-        self.dataset, self.scale, self.diameters = _prepare(pairs, target_diameter)
+        self.touching = touching
+        self.dataset, self.scale, self.diameters = _prepare(pairs, target_diameter, touching)
         self.pseudo_cells = 0
 
     def self_train(self, model: TrainedModel) -> int:
         """Train from now on with ``model``'s confident cells added to the annotation (the
         pairs, their figures and the object scale stay the person's); the cells added."""
         grown, self.pseudo_cells = pseudo_label(model, self.pairs)
-        self.dataset.replace(_prepare(grown, self.target_diameter, self.diameters)[0])
+        grown_data = _prepare(grown, self.target_diameter, self.touching, self.diameters)[0]
+        self.dataset.replace(grown_data)
         return self.pseudo_cells
 
     def figures(self) -> dict[str, int]:
@@ -262,7 +265,7 @@ class _Annotation:
         if all(np.array_equal(a, b) for a, b in zip(labels, self.labels, strict=True)):
             return None
         pairs = training_pairs(self.images, labels)
-        dataset, self.scale, self.diameters = _prepare(pairs, self.target_diameter)
+        dataset, self.scale, self.diameters = _prepare(pairs, self.target_diameter, self.touching)
         self.dataset.replace(dataset)
         self.labels, self.pairs = labels, pairs
         self.pseudo_cells = 0  # the cells self-training added are not in the new data
@@ -272,6 +275,7 @@ class _Annotation:
 def _prepare(
     pairs: list[tuple[np.ndarray, np.ndarray]],
     target: float,
+    touching: float = 0.0,
     diameters: list[float] | None = None,
 ) -> tuple[SparseDataset, ObjectScale, list[float]]:
     """Normalise and rescale every pair to the training scale; measure the object scale.
@@ -326,4 +330,4 @@ def _prepare(
         narrowest_cell=narrowest if np.isfinite(narrowest) else 0.0,
         cell_snr=typical_snr(labels, [cell_signal(img, polarity) for img in images], RING * target),
     )
-    return SparseDataset(images, labels), scale, used
+    return SparseDataset(images, labels, touching=touching), scale, used

@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 
 from ..core.sparse_labels import IGNORE
 from ..models.augment import augment_pair
+from .touching import CellBank, paste_touching
 
 __all__ = ["Batch", "SparseDataset", "erase_cells", "zoom_pair"]
 
@@ -36,6 +37,8 @@ class SparseDataset:
     images: list[np.ndarray]
     labels: list[np.ndarray]
     zoom_range: tuple[float, float] = (0.8, 1.25)
+    touching: float = 0.0  # share of cell-centred crops given a touching neighbour
+    _cells: CellBank = field(default_factory=lambda: CellBank((), ()), repr=False)
     _cell_pixels: list[np.ndarray] = field(default_factory=list, repr=False)
     _annotated_pixels: list[np.ndarray] = field(default_factory=list, repr=False)
     # replace() and sample_batch() may run in different threads (batches are prefetched).
@@ -49,6 +52,7 @@ class SparseDataset:
                 raise ValueError(f"Pair shapes differ: {image.shape} vs {labels.shape}.")
         self._cell_pixels = [np.flatnonzero(lab > 0) for lab in self.labels]
         self._annotated_pixels = [np.flatnonzero(lab != IGNORE) for lab in self.labels]
+        self._cells = CellBank.of(self.images, self.labels)
 
     def replace(self, other: SparseDataset) -> None:
         """Sample from ``other``'s pairs from now on (the annotation changed while training;
@@ -57,6 +61,7 @@ class SparseDataset:
             self.images, self.labels = other.images, other.labels
             self._cell_pixels = other._cell_pixels
             self._annotated_pixels = other._annotated_pixels
+            self._cells = other._cells
 
     @property
     def n_channels(self) -> int:
@@ -88,6 +93,8 @@ class SparseDataset:
             zoom = np.exp(rng.uniform(*np.log(self.zoom_range))) if augment else 1.0
             size = max(8, round(patch / zoom))
             img, lab = _crop(self.images[k], self.labels[k], centre, size)
+            if augment and on_cell and self.touching and rng.random() < self.touching:
+                paste_touching(rng, img, lab, self._cells)
             if size != patch:
                 img, lab = zoom_pair(img, lab, patch)
             if augment:
