@@ -125,7 +125,7 @@ class TrainingConfig(_Frozen):
     # against it; 0 turns it off. User story, the 37 unused training images, 3 seeds, F1 /
     # PQ means without and with 0.5: U-Net 0.865 / 0.713 -> 0.877 / 0.729 (cells lost in a
     # merged object 458 -> 354), StarDist 0.826 / 0.595 -> 0.844 / 0.614, Cellpose 0.875 /
-    # 0.720 -> 0.882 / 0.731 (benchmarks/README.md).
+    # 0.720 -> 0.882 / 0.731 (fluo/test and histology: benchmarks/README.md).
     touching_cells: float = 0.5
 
 
@@ -153,6 +153,10 @@ class UNetConfig(TrainingConfig):
     dice_weight: float = 1.0
     one_cycle: bool = True  # the rate: warm-up then cosine annealing (else constant)
     average_tail: float = 0.0  # the share of the last steps whose weights are averaged
+    # Off for the U-Net: on `fluo/test` its user story read the same with touching cells
+    # pasted (0.866 both), and the histology user story lost 0.04 F1 (0.629 -> 0.589; one
+    # seed's network 0.659 -> 0.586 at its best thresholds), histology's best backend.
+    touching_cells: float = 0.0
 
 
 @dataclass(frozen=True)
