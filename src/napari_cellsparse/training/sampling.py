@@ -5,6 +5,8 @@ model's training scale (internal labels: -1 ignore, 0 background, >0 cells). Eve
 centred on an annotated pixel (half of them on a cell), so steps are not wasted on
 unannotated areas; flips, 90° rotations, a mild zoom and intensity changes are applied to the
 image and the labels together, so the ignore mask stays aligned with the pixels it describes.
+Crops on a cell may get a copy of another annotated cell pasted against it
+(:mod:`~napari_cellsparse.training.touching`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class SparseDataset:
                 raise ValueError(f"Pair shapes differ: {image.shape} vs {labels.shape}.")
         self._cell_pixels = [np.flatnonzero(lab > 0) for lab in self.labels]
         self._annotated_pixels = [np.flatnonzero(lab != IGNORE) for lab in self.labels]
-        self._cells = CellBank.of(self.images, self.labels)
+        if self.touching > 0:
+            self._cells = CellBank.of(self.images, self.labels)
 
     def replace(self, other: SparseDataset) -> None:
         """Sample from ``other``'s pairs from now on (the annotation changed while training;
