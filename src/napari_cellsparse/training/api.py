@@ -230,7 +230,6 @@ class _Annotation:
         self.labels = as_list(labels, "annotations")
         self.pairs = pairs
         self.target_diameter = target_diameter
-        self.touching = touching
         self.dataset, self.scale, self.diameters = _prepare(pairs, target_diameter, touching)
         self.pseudo_cells = 0
 
@@ -238,7 +237,7 @@ class _Annotation:
         """Train from now on with ``model``'s confident cells added to the annotation (the
         pairs, their figures and the object scale stay the person's); the cells added."""
         grown, self.pseudo_cells = pseudo_label(model, self.pairs)
-        grown_data = _prepare(grown, self.target_diameter, self.touching, self.diameters)[0]
+        grown_data = _prepare(grown, self.target_diameter, self.dataset.touching, self.diameters)[0]
         self.dataset.replace(grown_data)
         return self.pseudo_cells
 
@@ -265,7 +264,9 @@ class _Annotation:
         if all(np.array_equal(a, b) for a, b in zip(labels, self.labels, strict=True)):
             return None
         pairs = training_pairs(self.images, labels)
-        dataset, self.scale, self.diameters = _prepare(pairs, self.target_diameter, self.touching)
+        dataset, self.scale, self.diameters = _prepare(
+            pairs, self.target_diameter, self.dataset.touching
+        )
         self.dataset.replace(dataset)
         self.labels, self.pairs = labels, pairs
         self.pseudo_cells = 0  # the cells self-training added are not in the new data

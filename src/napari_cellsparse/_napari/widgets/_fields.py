@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from qtpy.QtWidgets import (
@@ -16,7 +16,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["NONE", "folder_row", "model_row", "training_controls"]
+from ...training import model_names, newest_model
+from ._layers import refill_combo
+
+__all__ = ["NONE", "folder_row", "model_row", "refill_models", "training_controls"]
 
 NONE = "(none)"  # the choice of no layer in an optional layer list
 
@@ -47,6 +50,13 @@ def model_row(combo: QComboBox, refresh: Callable[[], object]) -> QHBoxLayout:
     row.addWidget(combo, 1)
     row.addWidget(button)
     return row
+
+
+def refill_models(combo: QComboBox, backends: Collection[str], select: str | None = None) -> None:
+    """Fill a model list with the store's models of ``backends``; the model saved last is
+    the default (the one a person trained last, not the first by name)."""
+    names = model_names(backends)
+    refill_combo(combo, names, newest_model(names), select=select)
 
 
 def training_controls(widget: Any, stop_tip: str) -> QVBoxLayout:

@@ -23,15 +23,14 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import BadInputError
-from ...training import BACKENDS, model_names, newest_model
+from ...training import BACKENDS
 from ...training.uncertainty import THRESHOLD as DOUBTFUL
 from ._dock import when_idle
-from ._fields import model_row
+from ._fields import model_row, refill_models
 from ._layers import (
     OUTPUT_KEY,
     compact_labels,
     layer_data,
-    refill_combo,
     show_layer,
     show_places,
 )
@@ -103,8 +102,7 @@ class PredictionPanel:
 
     def _refresh_models(self, select: str | None = None) -> None:
         """Fill the model list with the store's segmentation models (no counters)."""
-        names = model_names(BACKENDS)
-        refill_combo(self.model_combo, names, newest_model(names), select=select)
+        refill_models(self.model_combo, BACKENDS, select)
 
     def _model_name(self) -> str:
         name = self.model_combo.currentText()

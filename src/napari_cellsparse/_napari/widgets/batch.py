@@ -34,9 +34,9 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import BadInputError
 from ...scale.workspace import MASK_SUFFIXES, deepcell_items, folder_items
-from ...training import BACKENDS, list_models, model_names, newest_model
+from ...training import BACKENDS, list_models
 from ._dock import DockWidget, guarded
-from ._fields import folder_row, model_row
+from ._fields import folder_row, model_row, refill_models
 from ._layers import compact_labels, input_names, layer_data, refill_combo, show_layer
 from ._tables import save_table_as, show_table
 
@@ -175,8 +175,7 @@ class BatchWidget(DockWidget):
     # -- models and layers -------------------------------------------------------------
     def refresh_models(self, select: str | None = None) -> None:
         """Fill the model list with the store's segmentation models."""
-        names = model_names(BACKENDS)
-        refill_combo(self.model_combo, names, newest_model(names), select=select)
+        refill_models(self.model_combo, BACKENDS, select)
 
     def _refresh_layers(self, _event: Any = None) -> None:
         refill_combo(self.image_combo, input_names(self.viewer.layers, Image))

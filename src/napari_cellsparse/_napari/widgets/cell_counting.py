@@ -33,11 +33,10 @@ from ...core.progress import Progress
 from ...core.settings_text import parse_settings
 from ...counting import BACKEND, BatchResult, CounterConfig, CountResult
 from ...models.store import model_folder
-from ...training import model_names, newest_model
 from ._counting_where import ClickPanel
 from ._devices import DeviceCombo
 from ._dock import DockWidget, when_idle
-from ._fields import NONE, folder_row, model_row, training_controls
+from ._fields import NONE, folder_row, model_row, refill_models, training_controls
 from ._layers import image_2d, input_names, mask_of, points_yx, refill_combo, show_layer
 
 if TYPE_CHECKING:
@@ -159,8 +158,7 @@ class CellCountingWidget(ClickPanel, DockWidget):
             refill_combo(combo, names)
 
     def _refresh_models(self, select: str | None = None) -> None:
-        names = model_names({BACKEND})
-        refill_combo(self.model_combo, names, newest_model(names), select=select)
+        refill_models(self.model_combo, {BACKEND}, select)
 
     def _layer(self, combo: QComboBox, what: str) -> Any:
         name = combo.currentText()
