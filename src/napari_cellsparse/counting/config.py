@@ -32,6 +32,10 @@ class CounterConfig:
     # whose weights are averaged. A constant rate with the last half averaged, which helped
     # StarDist, counted worse (user story seed 0: F1 0.830 against 0.883, count +8.0 % against
     # -0.5 %; benchmarks/results/i25_counting_constant_average_seed0.json).
+    # Touching-cell augmentation (:mod:`napari_cellsparse.counting.point_cells`): this share
+    # of the crops centred on a given point whose cell's outline the foreground shows gets
+    # another such cell pasted against it (0: off).
+    touching_cells: float = 0.5
     one_cycle: bool = True
     average_tail: float = 0.0
     seed: int = 0

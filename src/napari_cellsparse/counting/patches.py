@@ -5,6 +5,8 @@ images whose cells were shrunk to the canonical scale are not under-sampled) and
 random trusted pixel (mostly painted background), so steps are spent where the loss can learn
 something. D4 flips/rotations and brightness/contrast/noise come from the sparse-training
 sampler, applied to the target and mask as one stack so they stay aligned with the pixels.
+With ``cells`` (:class:`~napari_cellsparse.counting.point_cells.CellCrops`), a ``touching``
+share of the point-centred crops first gets a touching cell pasted against its point's cell.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..models.augment import augment_pair
+from .centres import pixel_indices
+from .point_cells import CellCrops
 
 __all__ = ["CountingData"]
 
@@ -27,6 +31,9 @@ class CountingData:
     targets: list[np.ndarray]
     masks: list[np.ndarray]
     points: list[np.ndarray]
+    cells: CellCrops | None = None
+    touching: float = 0.0  # share of the point-centred crops given a touching cell
+    sigma: float = 1.0  # of the targets' peaks (for the pasted cells' peaks)
     _trusted: list[np.ndarray] = field(default_factory=list, repr=False)
     _owners: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
 
@@ -48,11 +55,14 @@ class CountingData:
         weights /= weights.sum()
         owners = self._owners
         for i in range(batch_size):
+            point = None
             if len(owners) and rng.random() < 0.5:
                 j = int(rng.integers(len(owners)))
                 k = int(owners[j])
                 index = j - int(np.searchsorted(owners, k))
                 centre = np.round(self.points[k][index]).astype(int)
+                if augment and self._pastes(rng, k, index):
+                    point = pixel_indices(self.points[k][index], self.masks[k].shape)[0]
             else:
                 k = int(rng.choice(len(self.images), p=weights))
                 pool = self._trusted[k]
@@ -60,9 +70,14 @@ class CountingData:
                     np.unravel_index(int(pool[rng.integers(len(pool))]), self.masks[k].shape)
                 )
             jitter = rng.integers(-patch // 4, patch // 4 + 1, size=2)
-            img, extra = _crop(
-                self.images[k], self.targets[k], self.masks[k], centre + jitter, patch
-            )
+            planes = [self.targets[k], self.masks[k]]
+            if point is not None and self.cells is not None:
+                planes.append(self.cells.known[k])
+            img, extra, origin = _crop(self.images[k], planes, centre + jitter, patch)
+            if point is not None and self.cells is not None:
+                y, x = point - origin
+                self.cells.paste(rng, img, extra, (int(y), int(x)), self.sigma)
+                extra = extra[..., :2]
             if augment:
                 img, extra = augment_pair(rng, img, extra)
             images[i] = np.moveaxis(img, -1, 0)
@@ -70,21 +85,29 @@ class CountingData:
             masks[i, 0] = extra[..., 1]
         return images, targets, masks
 
+    def _pastes(self, rng: np.random.Generator, k: int, index: int) -> bool:
+        """Whether this crop of point ``index`` of image ``k`` gets a touching cell: its cell
+        has an outline and the draw says so (no draw when pasting is off)."""
+        if self.cells is None or self.touching <= 0 or index not in self.cells.outlined[k]:
+            return False
+        return bool(rng.random() < self.touching)
+
 
 def _crop(
-    image: np.ndarray, target: np.ndarray, mask: np.ndarray, centre: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray]:
+    image: np.ndarray, planes: list[np.ndarray], centre: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A ``size`` window around ``centre``, kept inside the image where it fits; beyond the
-    image the crop is zero and untrusted. Returns the image crop and (target, mask) stacked."""
-    h, w = mask.shape
+    image the crop is zero (untrusted). Returns the image crop, the ``planes`` (Y x X maps)
+    cropped and stacked on a last axis, and the window's origin (y, x) in the image."""
+    h, w = planes[0].shape
     y0 = int(np.clip(centre[0] - size // 2, min(0, h - size), max(0, h - size)))
     x0 = int(np.clip(centre[1] - size // 2, min(0, w - size), max(0, w - size)))
     img = np.zeros((size, size, image.shape[-1]), np.float32)
-    extra = np.zeros((size, size, 2), np.float32)
+    extra = np.zeros((size, size, len(planes)), np.float32)
     sy0, sx0 = max(y0, 0), max(x0, 0)
     sy1, sx1 = min(y0 + size, h), min(x0 + size, w)
     dst = (slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
     img[dst] = image[sy0:sy1, sx0:sx1]
-    extra[(*dst, 0)] = target[sy0:sy1, sx0:sx1]
-    extra[(*dst, 1)] = mask[sy0:sy1, sx0:sx1]
-    return img, extra
+    for c, plane in enumerate(planes):
+        extra[(*dst, c)] = plane[sy0:sy1, sx0:sx1]
+    return img, extra, np.array([y0, x0])

@@ -17,6 +17,7 @@ from ..core.errors import BadInputError
 from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from .counter import MAX_FACTOR, MIN_FACTOR, CounterConfig
 from .patches import CountingData
+from .point_cells import CellCrops, point_cells
 from .targets import (
     check_points,
     density_targets,
@@ -223,6 +224,7 @@ def build_dataset(
     scale = np.float32(2.0 * np.pi * config.sigma**2)
     radius = max(2.0, config.neighbourhood * config.radius)
     images, targets, masks, scaled_points, scaled_bg, scaled_regs = [], [], [], [], [], []
+    cell_maps = []
     for img, pts, bg, reg, d in zip(
         normalized, points, background, regions, diameters, strict=True
     ):
@@ -243,7 +245,13 @@ def build_dataset(
             bg_s = probable if bg_s is None else bg_s | probable
         masks.append(weight)
         scaled_bg.append(bg_s)
-    return CountingData(images, targets, masks, scaled_points), scaled_bg, scaled_regs
+        if config.touching_cells > 0:
+            cell_maps.append(point_cells(scaled, pts_s, config.polarity, config.target_diameter))
+    cells = CellCrops(images, cell_maps) if cell_maps else None
+    data = CountingData(
+        images, targets, masks, scaled_points, cells, config.touching_cells, config.sigma
+    )
+    return data, scaled_bg, scaled_regs
 
 
 def _resize_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:

@@ -55,17 +55,24 @@ def _at_edge(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
 
 
 def paste_touching(
-    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, bank: CellBank
-) -> bool:
-    """In place: a cell of ``bank`` pasted against the cell at the crop's centre.
+    rng: np.random.Generator,
+    image: np.ndarray,
+    labels: np.ndarray,
+    bank: CellBank,
+    at: tuple[int, int] | None = None,
+) -> tuple[float, float] | None:
+    """In place: a cell of ``bank`` pasted against the cell at ``at`` (default: the crop's
+    centre), its pixels labelled with a new id (the largest plus one).
 
     It must land on the crop without covering any annotated cell but that one; up to
-    ``TRIES`` directions are tried. True when a cell was pasted.
+    ``TRIES`` directions are tried. Returns the pasted cell's centre (y, x) in the crop, or
+    None when none was pasted.
     """
     size = labels.shape[0]
-    centre_id = int(labels[size // 2, size // 2])
+    y, x = (size // 2, size // 2) if at is None else at
+    centre_id = int(labels[y, x]) if 0 <= y < size and 0 <= x < labels.shape[1] else 0
     if centre_id <= 0 or not len(bank):
-        return False
+        return None
     target = labels == centre_id
     ty, tx = (float(v) for v in np.argwhere(target).mean(0))
     t_radius = np.sqrt(target.sum() / np.pi)
@@ -88,8 +95,8 @@ def paste_touching(
             continue
         image[dst][footprint] = pixels[src][footprint]
         labels[dst][footprint] = int(labels.max()) + 1
-        return True
-    return False
+        return y0 + my, x0 + mx
+    return None
 
 
 def _turned(
