@@ -95,3 +95,16 @@ def test_a_counter_dataset_pastes_only_when_asked() -> None:
     assert targets.sum() > 5 * unit_peak  # half the crops are on points, 3 of 5 outlined
     for target, weight in zip(targets[:, 0], weights[:, 0], strict=True):
         assert (weight[target > 0.5] == 1).all()  # each peak lies on trusted pixels
+
+
+def test_a_counter_annotation_makes_cell_crops_only_when_touching_cells_is_on() -> None:
+    from napari_cellsparse.counting.config import CounterConfig
+    from napari_cellsparse.counting.training_data import CounterAnnotation
+
+    image, points = _image()
+    for share, expected in ((0.0, False), (0.5, True)):
+        config = CounterConfig(touching_cells=share)
+        annotation = CounterAnnotation([image], [image], [points], [None], [None], config)
+        assert (annotation.data.cells is not None) is expected
+        assert annotation.data.touching == share
+    assert len(annotation.data.cells.bank) == 3  # the three lone cells
