@@ -28,16 +28,16 @@ class CounterConfig:
     learning_rate: float = 3e-3
     mse_weight: float = 1.0
     steps: int = 650  # under 3 minutes on a 2-core laptop CPU
-    # The rate: warm-up then cosine annealing (else constant), and the share of the last steps
-    # whose weights are averaged. A constant rate with the last half averaged, which helped
-    # StarDist, counted worse (user story seed 0: F1 0.830 against 0.883, count +8.0 % against
-    # -0.5 %; benchmarks/results/i25_counting_constant_average_seed0.json).
     # Touching-cell augmentation (:mod:`napari_cellsparse.counting.point_cells`): this share
     # of the crops centred on a given point whose cell's outline the foreground shows gets
     # another such cell pasted against it. Off: at 0.5 the counting user story's centres F1
     # rose on 34 unused fluorescence images (0.881 -> 0.887, 3 seeds) but fell on `fluo/test`
     # (0.912 -> 0.907) and on histology (0.670 -> 0.647; benchmarks/README.md).
     touching_cells: float = 0.0
+    # The rate: warm-up then cosine annealing (else constant), and the share of the last steps
+    # whose weights are averaged. A constant rate with the last half averaged, which helped
+    # StarDist, counted worse (user story seed 0: F1 0.830 against 0.883, count +8.0 % against
+    # -0.5 %; benchmarks/results/i25_counting_constant_average_seed0.json).
     one_cycle: bool = True
     average_tail: float = 0.0
     seed: int = 0

@@ -70,13 +70,14 @@ class CountingData:
                     np.unravel_index(int(pool[rng.integers(len(pool))]), self.masks[k].shape)
                 )
             jitter = rng.integers(-patch // 4, patch // 4 + 1, size=2)
+            cells = self.cells if point is not None else None
             planes = [self.targets[k], self.masks[k]]
-            if point is not None and self.cells is not None:
-                planes.append(self.cells.known[k])
+            if cells is not None:
+                planes.append(cells.known[k])
             img, extra, origin = _crop(self.images[k], planes, centre + jitter, patch)
-            if point is not None and self.cells is not None:
+            if cells is not None and point is not None:
                 y, x = point - origin
-                self.cells.paste(rng, img, extra, (int(y), int(x)), self.sigma)
+                cells.paste(rng, img, extra, (int(y), int(x)), self.sigma)
                 extra = extra[..., :2]
             if augment:
                 img, extra = augment_pair(rng, img, extra)

@@ -35,10 +35,8 @@ def point_cells(
     disc of ``diameter`` around every other given point (``known``, what a paste must not
     cover)."""
     shape = image.shape[:2]
-    outlines = np.zeros(shape, np.int32)
-    known = np.zeros(shape, np.int32)
     if not len(points):
-        return outlines, known
+        return np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     foreground = foreground_mask(image, polarity, max(0.5, diameter / 16))
     pieces = ndi.label(foreground)[0] if foreground is not None else np.zeros(shape, np.int32)
     at = pixel_indices(points, shape)
@@ -51,7 +49,7 @@ def point_cells(
         if p > 0 and given[p] == 1 and CELL_AREA[0] * disc <= areas[p] <= CELL_AREA[1] * disc:
             lookup[p] = j + 1
     outlines = lookup[pieces]
-    known[:] = outlines
+    known = outlines.copy()
     radius = diameter / 2
     yy, xx = np.ogrid[: shape[0], : shape[1]]
     for j, (y, x) in enumerate(at):
@@ -69,7 +67,7 @@ class CellCrops:
     def __init__(self, images: list[np.ndarray], maps: list[tuple[np.ndarray, np.ndarray]]):
         self.known = [known for _, known in maps]
         self.bank = CellBank.of(images, [outlines for outlines, _ in maps])
-        # per image, per point: whether the point's cell has an outline (a bank cell)
+        # per image, the indices of the points whose cell has an outline (is in the bank)
         self.outlined = [np.unique(outlines[outlines > 0]) - 1 for outlines, _ in maps]
 
     def paste(
