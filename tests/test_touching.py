@@ -7,8 +7,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_cellsparse.core.sparse_labels import IGNORE
+from napari_cellsparse.models.touching import CellBank, paste_touching
 from napari_cellsparse.training.sampling import SparseDataset
-from napari_cellsparse.training.touching import CellBank, paste_touching
 
 
 def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:

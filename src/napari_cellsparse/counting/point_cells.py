@@ -3,7 +3,7 @@
 Points say where a cell is, not its shape. Where a given point lies on a piece of the image's
 foreground (:func:`~napari_cellsparse.models.scale.foreground_mask`) of about one cell's
 size with no other given point on it, that piece is taken for the cell's outline. Those
-outlines make a :class:`~napari_cellsparse.training.touching.CellBank`, so counter training
+outlines make a :class:`~napari_cellsparse.models.touching.CellBank`, so counter training
 can paste touching cells as sparse segmentation training does: the crops of sparse points
 seldom show two given cells pressed together, and the counter then draws one peak for a
 touching pair. The pasted cell's pixels become trusted, with a peak at its centre; no other
@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..models.scale import foreground_mask
-from ..training.touching import CellBank, paste_touching
+from ..models.touching import CellBank, paste_touching
 from .centres import pixel_indices
 from .targets import heatmap_targets
 

@@ -120,7 +120,7 @@ class TrainingConfig(_Frozen):
     # (Cellpose, 0.5, 3 seeds): F1 0.841 against 0.849 for the same steps without it, in 1.5x
     # the time (benchmarks/README.md), so it is off unless asked for.
     self_training: float = 0.0
-    # Touching-cell augmentation (:mod:`napari_cellsparse.training.touching`): this share of
+    # Touching-cell augmentation (:mod:`napari_cellsparse.models.touching`): this share of
     # the crops centred on an annotated cell get a copy of another annotated cell pasted
     # against it; 0 turns it off. User story, the 37 unused training images, 3 seeds, F1 /
     # PQ means without and with 0.5: U-Net 0.865 / 0.713 -> 0.877 / 0.729 (cells lost in a

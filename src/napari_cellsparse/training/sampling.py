@@ -6,7 +6,7 @@ centred on an annotated pixel (half of them on a cell), so steps are not wasted 
 unannotated areas; flips, 90° rotations, a mild zoom and intensity changes are applied to the
 image and the labels together, so the ignore mask stays aligned with the pixels it describes.
 Crops on a cell may get a copy of another annotated cell pasted against it
-(:mod:`~napari_cellsparse.training.touching`).
+(:mod:`~napari_cellsparse.models.touching`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from ..core.sparse_labels import IGNORE
 from ..models.augment import augment_pair
-from .touching import CellBank, paste_touching
+from ..models.touching import CellBank, paste_touching
 
 __all__ = ["Batch", "SparseDataset", "erase_cells", "zoom_pair"]
 
