@@ -659,3 +659,15 @@ def test_counter_training_ends_on_the_mean_of_its_last_steps() -> None:
     assert torch.allclose(averaged[3], (plain[2] + plain[3]) / 2)
     assert not torch.allclose(averaged[3], plain[3])
     assert not torch.allclose(session(one_cycle=True)[3], plain[3])  # the rate is a setting
+
+
+def test_a_count_mostly_without_centres_is_doubted() -> None:
+    from napari_cellsparse.counting.counter import CountResult
+
+    def result(count: float, centres: int) -> CountResult:
+        return CountResult(count, np.zeros((centres, 2)), np.zeros((8, 8), np.float32))
+
+    assert result(60.4, 58).doubt is None  # a trained counter's few faint cells
+    assert result(2.9, 1).doubt is None  # too few cells without a centre to judge
+    doubt = result(128.7, 59).doubt  # an undertrained counter (the demo after 40 steps)
+    assert doubt is not None and "69.7 of the count 128.7" in doubt

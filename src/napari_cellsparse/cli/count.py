@@ -85,4 +85,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     counted = counter.count(read_count_image(source))
     print(f"{source}\t{counted.count:.2f}\t{len(counted.centres)} centres")
+    if counted.doubt:
+        print(f"warning: {counted.doubt}", file=sys.stderr)
     return 0

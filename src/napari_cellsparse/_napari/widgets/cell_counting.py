@@ -331,7 +331,8 @@ class CellCountingWidget(ClickPanel, DockWidget):
         )
         self.state.last_count = result.count
         self.count_label.setText(f"Count: {result.count:.1f}  ({len(result.centres)} centres)")
-        self.status.setText(f"Counted '{layer.name}' with '{counter}'.")
+        doubt = f" {result.doubt}" if result.doubt else ""
+        self.status.setText(f"Counted '{layer.name}' with '{counter}'.{doubt}")
 
     @when_idle
     def count_folder(self) -> None:
