@@ -34,8 +34,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.masks import point_inside
+from ..models.scale import foreground_mask
 
 __all__ = [
+    "cell_foreground",
     "cell_support",
     "fill_empty_pieces",
     "find_centres",
@@ -235,6 +237,13 @@ def _lone_piece_centroids(centres: np.ndarray, foreground: np.ndarray) -> np.nda
 def pixel_indices(centres: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Nearest pixel (N x 2 int, inside an image of ``shape``) of each centre (y, x)."""
     return np.clip(np.round(centres).astype(int), 0, np.array(shape[:2]) - 1).reshape(-1, 2)
+
+
+def cell_foreground(normalized: np.ndarray, polarity: float, diameter: float) -> np.ndarray | None:
+    """A YXC image's cell foreground (:func:`foreground_mask`, smoothed at a sixteenth of the
+    cell ``diameter`` so that texture inside a nucleus does not split it), or None when the
+    image has no contrast."""
+    return foreground_mask(normalized, float(polarity), max(0.5, diameter / 16))
 
 
 def cell_support(foreground: np.ndarray, diameter: float) -> np.ndarray:

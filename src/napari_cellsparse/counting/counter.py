@@ -54,7 +54,7 @@ from skimage.transform import resize
 
 from ..core.errors import BadInputError, WeightsError
 from ..core.images import as_yxc, normalize
-from ..models.scale import foreground_diameter, foreground_mask, rescale_image, resize_labels
+from ..models.scale import foreground_diameter, rescale_image, resize_labels
 from ..models.store import (
     CONFIG_FILE,
     METADATA_FILE,
@@ -63,6 +63,7 @@ from ..models.store import (
     resolve_model_folder,
 )
 from .centres import (
+    cell_foreground,
     cell_support,
     fill_empty_pieces,
     find_centres,
@@ -200,14 +201,13 @@ class Counter:
         )
 
     def foreground(self, normalized: np.ndarray, diameter: float) -> np.ndarray | None:
-        """The image's cell foreground (:func:`foreground_mask`, smoothed at a sixteenth of
-        the cell diameter so that texture inside a nucleus does not split it), or None when
-        the counter uses none or the image has no contrast."""
+        """The image's cell foreground (:func:`~.centres.cell_foreground`), or None when the
+        counter uses none or the image has no contrast."""
         config = self.config
         used = (config.foreground_gate, config.snap_to_foreground, config.fill_foreground)
         if not (any(used) or config.small_cells):
             return None
-        return foreground_mask(normalized, float(config.polarity), max(0.5, diameter / 16))
+        return cell_foreground(normalized, config.polarity, diameter)
 
     def support(
         self, heat: np.ndarray, foreground: np.ndarray | None, diameter: float

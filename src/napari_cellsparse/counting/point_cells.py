@@ -1,8 +1,9 @@
 """The cells under a counter's given points, and touching cells pasted against them.
 
 Points say where a cell is, not its shape. Where a given point lies on a piece of the image's
-foreground (:func:`~napari_cellsparse.models.scale.foreground_mask`) of about one cell's
-size with no other given point on it, that piece is taken for the cell's outline. Those
+foreground (:func:`~napari_cellsparse.counting.centres.cell_foreground`, as the counter reads
+it) of about one cell's size with no other given point on it, that piece is taken for the
+cell's outline. Those
 outlines make a :class:`~napari_cellsparse.models.touching.CellBank`, so counter training
 can paste touching cells as sparse segmentation training does: the crops of sparse points
 seldom show two given cells pressed together, and the counter then draws one peak for a
@@ -15,9 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..models.scale import foreground_mask
 from ..models.touching import CellBank, paste_touching
-from .centres import pixel_indices
+from .centres import cell_foreground, pixel_indices
 from .targets import heatmap_targets
 
 __all__ = ["CellCrops", "point_cells"]
@@ -37,7 +37,7 @@ def point_cells(
     shape = image.shape[:2]
     if not len(points):
         return np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-    foreground = foreground_mask(image, polarity, max(0.5, diameter / 16))
+    foreground = cell_foreground(image, polarity, diameter)
     pieces = ndi.label(foreground)[0] if foreground is not None else np.zeros(shape, np.int32)
     at = pixel_indices(points, shape)
     piece = pieces[at[:, 0], at[:, 1]]
@@ -81,7 +81,8 @@ class CellCrops:
         """In place on a crop: ``image`` and ``extra`` (target, weight and the known map, the
         last two axes' planes 0-2). A bank cell pasted against the given cell at ``at`` (its
         point's pixel in the crop; the caller checks the cell has an outline), its pixels
-        trusted and its peak added to the target. True when one was pasted."""
+        trusted, labelled in the known map, and its peak added to the target. True when one
+        was pasted."""
         known = extra[..., 2].astype(np.int32)
         before = int(known.max())
         centre = paste_touching(rng, image, known, self.bank, at)
