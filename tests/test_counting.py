@@ -569,7 +569,7 @@ def test_batch_writes_counts_overlays_and_reports_bad_files(counter, tmp_path: P
     counts = json.loads((out / "counts.json").read_text())
     assert counts == pytest.approx(result.counts)
     rows = (out / "counts.csv").read_text().splitlines()
-    assert rows[0] == "image,count,n_centres" and len(rows) == 4
+    assert rows[0] == "image,count,n_centres,doubt" and len(rows) == 4
     overlays = sorted(p.name for p in out.glob("*_count.png"))
     assert overlays == ["cells_6_count.png", "cells_7_count.png", "cells_8_count.png"]
     with Image.open(out / "cells_6_count.png") as png:
@@ -671,3 +671,34 @@ def test_a_count_mostly_without_centres_is_doubted() -> None:
     assert result(2.9, 1).doubt is None  # too few cells without a centre to judge
     doubt = result(128.7, 59).doubt  # an undertrained counter (the demo after 40 steps)
     assert doubt is not None and "69.7 of the count 128.7" in doubt
+
+
+def test_a_folder_count_keeps_each_images_doubt(counter, tmp_path: Path, monkeypatch) -> None:
+    import csv
+
+    import tifffile
+
+    from napari_cellsparse.counting import count_folder
+    from napari_cellsparse.counting.counter import Counter, CountResult
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seed in (6, 7):
+        tifffile.imwrite(folder / f"cells_{seed}.tif", nuclei(seed=seed)[0])
+    seventh_image = nuclei(seed=7)[0]
+    real = Counter.count
+
+    def density_heavy(self, image, diameter=None):  # cells_7: 20 cells of density, no centre
+        found = real(self, image, diameter)
+        extra = 20.0 if np.array_equal(image, seventh_image) else 0.0
+        return CountResult(found.count + extra, found.centres, found.density, found.diameter)
+
+    monkeypatch.setattr(Counter, "count", density_heavy)
+    result = count_folder(counter, folder, tmp_path / "out")
+
+    seventh = str(folder / "cells_7.tif")
+    assert list(result.doubts) == [seventh] and "without a centre" in result.doubts[seventh]
+    with (tmp_path / "out" / "counts.csv").open(newline="") as fh:
+        rows = {row["image"]: row for row in csv.DictReader(fh)}
+    assert rows[seventh]["doubt"] == result.doubts[seventh]
+    assert rows[str(folder / "cells_6.tif")]["doubt"] == ""

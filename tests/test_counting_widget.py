@@ -142,7 +142,7 @@ def test_batch_writes_all_outputs_and_reports_bad_files(counting, tmp_path, monk
     out = folder / "counts"
     counts = json.loads((out / "counts.json").read_text())
     assert sorted(counts) == [str(folder / "well_2.tif"), str(folder / "well_3.tif")]
-    assert (out / "counts.csv").read_text().splitlines()[0] == "image,count,n_centres"
+    assert (out / "counts.csv").read_text().splitlines()[0] == "image,count,n_centres,doubt"
     assert sorted(p.name for p in out.glob("*.png")) == ["well_2_count.png", "well_3_count.png"]
     assert "Counted 2 image(s)" in widget.status.text() and "Skipped 1" in widget.status.text()
     assert warned and "readme.txt" in warned[0]

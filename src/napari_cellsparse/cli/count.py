@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         result = count_folder(counter, source, args.out, progress=print_progress)
         for path, message in result.errors.items():
             print(f"skipped {path}: {message}", file=sys.stderr)
+        for path, message in result.doubts.items():
+            print(f"warning: {path}: {message}", file=sys.stderr)
         print(f"counted {len(result.counts)} image(s); wrote {', '.join(map(str, result.outputs))}")
         return 0
     counted = counter.count(read_count_image(source))

@@ -1,7 +1,8 @@
 """Count every image of a folder: ``counts.json``, ``counts.csv`` and one overlay PNG each.
 
 ``counts.json`` maps each image path to its count (as CellNet's does); ``counts.csv`` has the
-columns ``image, count, n_centres``; ``<stem>_count.png`` shows the image, the detected centres
+columns ``image, count, n_centres, doubt`` (the count's warning, :attr:`CountResult.doubt`,
+empty when there is none); ``<stem>_count.png`` shows the image, the detected centres
 and the count in a title bar. A file that is not an image, or an image that cannot be read or
 counted, is reported in :attr:`BatchResult.errors` and the batch goes on. Cancel stops before
 the next file; what was counted so far is still written.
@@ -42,10 +43,12 @@ OVERLAY_SUFFIX = "_count.png"
 
 @dataclass
 class BatchResult:
-    """Per-image counts and centre numbers (keyed by path), per-file errors, written files."""
+    """Per-image counts, centre numbers and doubts (keyed by path; a doubt only for the images
+    whose count has one), per-file errors, written files."""
 
     counts: dict[str, float] = field(default_factory=dict)
     n_centres: dict[str, int] = field(default_factory=dict)
+    doubts: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     overlays: list[Path] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
@@ -170,10 +173,14 @@ def count_folder_iter(
             continue
         result.counts[key] = round(counted.count, 3)
         result.n_centres[key] = len(counted.centres)
+        if counted.doubt:
+            result.doubts[key] = counted.doubt
         if overlays:
             stem = path.stem if path.stem not in taken else f"{path.stem}_{path.suffix[1:]}"
             taken.add(stem)
             title = f"{path.name}: count {counted.count:.1f} ({len(counted.centres)} centres)"
+            if counted.doubt:
+                title += ", doubtful: see counts.csv"
             result.overlays.append(
                 overlay_png(image, counted, out / f"{stem}{OVERLAY_SUFFIX}", title)
             )
@@ -190,9 +197,10 @@ def _write_tables(result: BatchResult, out: Path) -> list[Path]:
         temp.write_text(json.dumps(result.counts, indent=2) + "\n", encoding="utf-8")
     with atomic_target(csv_path) as temp, temp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["image", "count", "n_centres"])
+        writer.writerow(["image", "count", "n_centres", "doubt"])
         for key, count in result.counts.items():
-            writer.writerow([key, f"{count:.3f}", result.n_centres[key]])
+            doubt = result.doubts.get(key, "")
+            writer.writerow([key, f"{count:.3f}", result.n_centres[key], doubt])
     return [json_path, csv_path]
 
 

@@ -366,4 +366,10 @@ class CellCountingWidget(ClickPanel, DockWidget):
             skipped = "; ".join(f"{Path(p).name}: {m}" for p, m in result.errors.items())
             show_warning(f"{len(result.errors)} file(s) skipped: {skipped}")
             text += f" Skipped {len(result.errors)} file(s)."
+        if result.doubts:
+            names = ", ".join(Path(p).name for p in result.doubts)
+            text += (
+                f" {len(result.doubts)} count(s) mostly without centres ({names}): check their "
+                "overlays; counts.csv says why."
+            )
         self.status.setText(text)
