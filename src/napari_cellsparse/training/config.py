@@ -210,6 +210,11 @@ class StarDistConfig(TrainingConfig):
     0.792 / 0.847 / 0.814 and 0.870 / 0.882 / 0.864; averaging the one cycle's annealed tail
     changed nothing (0.785 / 0.849 / 0.822) (``i25_stardist_constant_average*.json``,
     ``i25_stardist_channels_last_zoom.json``, ``i25_stardist_one_cycle_average.json``).
+    24 filters in the U-Net's first level instead of upstream's 32: a step is a quarter
+    shorter (0.17 against 0.23 s), so the default training ends within a minute (48-52 s
+    against 62-66 s the same day); the user story on the 37 training images it does not use
+    read the same (F1 0.846 against 0.844, 3 seeds), on ``fluo/test`` 0.850 against 0.862
+    (full annotation 0.861 against 0.871; ``i25_stardist_filters24.json``).
     """
 
     kind: ClassVar[str] = "stardist"
@@ -220,7 +225,7 @@ class StarDistConfig(TrainingConfig):
     n_rays: int = 32
     grid: tuple[int, ...] = (2, 2)
     unet_n_depth: int = 3
-    unet_n_filter_base: int = 32
+    unet_n_filter_base: int = 24
     net_conv_after_unet: int = 128
     pretrained: str | None = None
     dist_loss_weight: float = 1.0  # of the ray-distance loss against the probability loss
