@@ -95,6 +95,20 @@ def test_backend_registered_and_lazy() -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
+def test_loading_the_framework_loads_the_flow_dynamics() -> None:
+    """The widgets' worker loads a backend's libraries when it is picked: for Cellpose that
+    includes the flow dynamics (seconds of numba compiling) the first training would wait for."""
+    code = (
+        "import sys, json\n"
+        "from napari_cellsparse.training import backend_class\n"
+        "backend_class('cellpose').load_framework()\n"
+        "print(json.dumps('cellpose.dynamics' in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) is True
+
+
 def test_masked_loss_ignores_unannotated_targets() -> None:
     gen = torch.Generator().manual_seed(0)
     prediction = torch.randn(2, 3, 12, 12, generator=gen)

@@ -21,6 +21,7 @@ step on a 2-core CPU, and no worse after a few hundred steps from scratch.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -163,6 +164,15 @@ class CellposeNetwork(TorchNetwork):
     config: CellposeConfig
     thresholds: CellposeThresholds
     weight_files = (WEIGHTS_FILE,)
+
+    @classmethod
+    def load_framework(cls) -> None:
+        """PyTorch and Cellpose with its flow dynamics, which the training's targets and the
+        tuning use: importing them takes 3.7 s on a 2-core laptop CPU (numba compiles their
+        functions), which the first training after the backend is picked no longer waits for."""
+        super().load_framework()
+        importlib.import_module("cellpose.dynamics")
+        importlib.import_module("cellpose.resnet_torch")
 
     # -- weights ---------------------------------------------------------------------------
 
