@@ -233,6 +233,26 @@ def test_batch_without_annotation_is_skipped() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_batches_made_ahead_keep_a_seed_and_stop_with_the_training() -> None:
+    """Cellpose's batches and flows are made in a thread while the last batch trains: a seed
+    still gives the same steps, and stopping early leaves no thread making batches."""
+    import threading
+    from itertools import islice
+
+    image, _, labels = sparse_nuclei()
+    data = SparseDataset([image], [labels])
+
+    def losses(n: int) -> list[float]:
+        steps = small_network().train_steps(data, 6, np.random.default_rng(4))
+        taken = [info["loss"] for info in islice(steps, n)]
+        steps.close()
+        return taken
+
+    assert losses(6) == losses(6)
+    assert losses(2) == losses(6)[:2]
+    assert not [t for t in threading.enumerate() if t.name == "cellsparse-prefetch"]
+
+
 @pytest.mark.parametrize(("tail", "expected"), [(0.5, 3.5), (0.0, 4.0)])
 def test_training_ends_on_the_mean_of_its_last_steps(tail: float, expected: float) -> None:
     """With ``average_tail`` the weights after the last step are the mean of those after each
@@ -244,7 +264,7 @@ def test_training_ends_on_the_mean_of_its_last_steps(tail: float, expected: floa
     values = iter([1.0, 2.0, 3.0, 4.0])
     params = list(network.net.parameters())
 
-    def train_batch(images: np.ndarray, labels: np.ndarray) -> float:
+    def train_batch(images: np.ndarray, labels: np.ndarray, targets: tuple | None = None) -> float:
         value = next(values)
         with torch.no_grad():
             for p in params:

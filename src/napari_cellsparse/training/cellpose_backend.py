@@ -21,6 +21,7 @@ step on a 2-core CPU, and no worse after a few hundred steps from scratch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -32,6 +33,7 @@ from scipy import ndimage as ndi
 from ..core.lazy import import_torch
 from ..core.sparse_labels import IGNORE, count_cells
 from ..models.necks import split_objects
+from ..models.prefetch import prefetched
 from .config import CellposeConfig, CellposeThresholds
 from .evaluate import annotated_f1, judged_windows, near_best, tie_tolerance
 from .sampling import SparseDataset, erase_cells
@@ -198,8 +200,11 @@ class CellposeNetwork(TorchNetwork):
             )
         return self.optimizer
 
-    def train_batch(self, images: np.ndarray, labels: np.ndarray) -> float | None:
-        """One optimiser step on crops (N, P, P, C) / internal labels (N, P, P).
+    def train_batch(
+        self, images: np.ndarray, labels: np.ndarray, targets: tuple | None = None
+    ) -> float | None:
+        """One optimiser step on crops (N, P, P, C) / internal labels (N, P, P), with their
+        :func:`cellpose_targets` when already made.
 
         Returns the loss, or None (no step taken) when no pixel of the batch is annotated.
         """
@@ -207,7 +212,9 @@ class CellposeNetwork(TorchNetwork):
         if not (np.asarray(labels) != IGNORE).any():
             return None
         optimizer = self._optimizer()
-        flows, cellprob, mask, flow_mask = cellpose_targets(labels, self._flow_device())
+        if targets is None:
+            targets = cellpose_targets(labels, self._flow_device())
+        flows, cellprob, mask, flow_mask = targets
         dev = self.device
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))).float().to(dev)
         self.net.train()
@@ -224,6 +231,17 @@ class CellposeNetwork(TorchNetwork):
         optimizer.step()
         return float(loss.detach())
 
+    def _training_batch(
+        self, data: SparseDataset, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+        """A training batch: crops, their labels with cells erased, and their targets (None
+        when no pixel is annotated)."""
+        batch = data.sample_batch(rng, self.config.batch_size, self.config.patch_size)
+        erase_cells(batch.images, batch.labels, rng, self.config.erase_cells)
+        annotated = (np.asarray(batch.labels) != IGNORE).any()
+        targets = cellpose_targets(batch.labels, self._flow_device()) if annotated else None
+        return batch.images, batch.labels, targets
+
     def train_steps(
         self, data: SparseDataset, steps: int, rng: np.random.Generator
     ) -> Iterator[dict[str, float]]:
@@ -232,22 +250,25 @@ class CellposeNetwork(TorchNetwork):
             self.build()
         base_lr = self.config.learning_rate
         warmup = min(self.config.warmup_steps, max(steps // 5, 1))
-        patch, batch_size = self.config.patch_size, self.config.batch_size
         average = self.weight_average(steps, self.config.average_tail)
-        for step in range(steps):
-            lr = base_lr * min(1.0, (step + 1) / warmup)
-            if step >= 0.9 * steps and steps >= 50:
-                lr = base_lr / 2
-            batch = data.sample_batch(rng, batch_size, patch)
-            erase_cells(batch.images, batch.labels, rng, self.config.erase_cells)
-            for group in self._optimizer().param_groups:
-                group["lr"] = lr
-            loss = self.train_batch(batch.images, batch.labels)
-            average.after_step(step)
-            if loss is None:
-                yield {"loss": float("nan"), "skipped": 1.0, "lr": lr}
-            else:
-                yield {"loss": loss, "lr": lr}
+        # The next batch and its flows are made in a thread while this one trains (the
+        # worker's one torch thread leaves a core free); closed with this generator (Stop, an
+        # error, a new annotation), that thread ends before anything else uses ``rng``.
+        with contextlib.closing(
+            prefetched(lambda: self._training_batch(data, rng), steps)
+        ) as batches:
+            for step, (images, labels, targets) in enumerate(batches):
+                lr = base_lr * min(1.0, (step + 1) / warmup)
+                if step >= 0.9 * steps and steps >= 50:
+                    lr = base_lr / 2
+                for group in self._optimizer().param_groups:
+                    group["lr"] = lr
+                loss = self.train_batch(images, labels, targets)
+                average.after_step(step)
+                if loss is None:
+                    yield {"loss": float("nan"), "skipped": 1.0, "lr": lr}
+                else:
+                    yield {"loss": loss, "lr": lr}
 
     # -- prediction ------------------------------------------------------------------------
 
