@@ -173,13 +173,14 @@ def count_folder_iter(
             continue
         result.counts[key] = round(counted.count, 3)
         result.n_centres[key] = len(counted.centres)
-        if counted.doubt:
-            result.doubts[key] = counted.doubt
+        doubt = counted.doubt
+        if doubt:
+            result.doubts[key] = doubt
         if overlays:
             stem = path.stem if path.stem not in taken else f"{path.stem}_{path.suffix[1:]}"
             taken.add(stem)
             title = f"{path.name}: count {counted.count:.1f} ({len(counted.centres)} centres)"
-            if counted.doubt:
+            if doubt:
                 title += ", doubtful: see counts.csv"
             result.overlays.append(
                 overlay_png(image, counted, out / f"{stem}{OVERLAY_SUFFIX}", title)

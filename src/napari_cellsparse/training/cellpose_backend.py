@@ -233,13 +233,11 @@ class CellposeNetwork(TorchNetwork):
 
     def _training_batch(
         self, data: SparseDataset, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, tuple | None]:
-        """A training batch: crops, their labels with cells erased, and their targets (None
-        when no pixel is annotated)."""
+    ) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """A training batch: crops, their labels with cells erased, and their targets."""
         batch = data.sample_batch(rng, self.config.batch_size, self.config.patch_size)
         erase_cells(batch.images, batch.labels, rng, self.config.erase_cells)
-        annotated = (np.asarray(batch.labels) != IGNORE).any()
-        targets = cellpose_targets(batch.labels, self._flow_device()) if annotated else None
+        targets = cellpose_targets(batch.labels, self._flow_device())
         return batch.images, batch.labels, targets
 
     def train_steps(
